@@ -16,7 +16,7 @@
 use crate::dirty::DirtySet;
 use crate::error::{Error, Result};
 use crate::Shim;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Work done in the `cptfork` child on the frozen image; its return value is the exit code.
 ///
@@ -26,6 +26,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 pub unsafe trait ChildJob {
     /// Runs in the child. Returns the child's exit status (0 = success).
     fn run(&self) -> i32;
+
+    /// Runs in the parent right after the fork, e.g. to close the parent's copy of the fd the
+    /// child writes to (so that a reader sees end-of-file when the child is done).
+    fn after_fork_in_parent(&mut self) {}
 }
 
 /// A job that ends the child at once: the snapshot is taken and dropped (used to measure the
@@ -45,21 +49,23 @@ unsafe impl ChildJob for ExitAtOnce {
 /// The stream is a sequence of records `addr: u64 LE, len: u64 LE, len bytes`, ended by a
 /// record with `len == 0` (so a reader can tell a complete dump from a cut one). It is the
 /// shim's own minimal dump; the Hot Spare image format is defined by the `hotspare` crate.
-/// On a failed write the child exits with the `errno` as its status.
+/// On a failed write the child exits with the `errno` as its status. The job owns the fd; the
+/// parent's copy is closed right after the fork.
 #[derive(Debug)]
-pub struct WriteDirtyPages<'fd> {
-    fd: BorrowedFd<'fd>,
+pub struct WriteDirtyPages {
+    fd: Option<OwnedFd>,
+    raw_fd: RawFd,
     _headers: Box<[[u8; 16]]>,
     iov: Box<[libc::iovec]>,
 }
 
 // SAFETY: the fields are only read in the child (raw pointers into `_headers`, which this value
 // owns, and into the process's own tracked memory); no interior mutability.
-unsafe impl Send for WriteDirtyPages<'_> {}
+unsafe impl Send for WriteDirtyPages {}
 
-impl<'fd> WriteDirtyPages<'fd> {
-    /// Prepares (in the parent) the iovecs for every run of `dirty`.
-    pub fn new(fd: BorrowedFd<'fd>, dirty: &DirtySet) -> WriteDirtyPages<'fd> {
+impl WriteDirtyPages {
+    /// Prepares (in the parent) the iovecs for every run of `dirty`, to be written to `fd`.
+    pub fn new(fd: OwnedFd, dirty: &DirtySet) -> WriteDirtyPages {
         let record = |addr: usize, len: usize| {
             let mut h = [0u8; 16];
             h[..8].copy_from_slice(&(addr as u64).to_le_bytes());
@@ -89,7 +95,8 @@ impl<'fd> WriteDirtyPages<'fd> {
             iov_len: 16,
         });
         WriteDirtyPages {
-            fd,
+            raw_fd: fd.as_raw_fd(),
+            fd: Some(fd),
             _headers: headers,
             iov: iov.into_boxed_slice(),
         }
@@ -102,7 +109,7 @@ impl<'fd> WriteDirtyPages<'fd> {
 }
 
 // SAFETY: `run` uses only a stack array, `writev` and `errno`: async-signal-safe.
-unsafe impl ChildJob for WriteDirtyPages<'_> {
+unsafe impl ChildJob for WriteDirtyPages {
     fn run(&self) -> i32 {
         const BATCH: usize = 64;
         let (mut idx, mut off) = (0usize, 0usize);
@@ -121,7 +128,7 @@ unsafe impl ChildJob for WriteDirtyPages<'_> {
                 n += 1;
             }
             // SAFETY: `batch[..n]` describes readable memory: our headers and tracked pages.
-            let w = unsafe { libc::writev(self.fd.as_raw_fd(), batch.as_ptr(), n as libc::c_int) };
+            let w = unsafe { libc::writev(self.raw_fd, batch.as_ptr(), n as libc::c_int) };
             if w < 0 {
                 // SAFETY: reading errno of this thread.
                 let e = unsafe { *libc::__errno_location() };
@@ -148,6 +155,10 @@ unsafe impl ChildJob for WriteDirtyPages<'_> {
             }
         }
         0
+    }
+
+    fn after_fork_in_parent(&mut self) {
+        self.fd = None;
     }
 }
 
@@ -244,7 +255,7 @@ impl Shim {
         prepare: impl FnOnce(&DirtySet) -> J,
     ) -> Result<Snapshot<J>> {
         let dirty = self.query()?;
-        let job = prepare(&dirty);
+        let mut job = prepare(&dirty);
         // SAFETY: the child runs only `child_main`, i.e. the async-signal-safe job promised by
         // the `ChildJob` contract, and ends with `_exit`.
         let pid = unsafe { libc::fork() };
@@ -254,7 +265,10 @@ impl Shim {
             pid => Ok(Snapshot {
                 pid,
                 dirty,
-                job,
+                job: {
+                    job.after_fork_in_parent();
+                    job
+                },
                 reaped: false,
             }),
         }
