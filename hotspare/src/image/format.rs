@@ -1,0 +1,325 @@
+//! The checkpoint stream: framed, little-endian, every frame CRC32C-checked. A file in an image
+//! directory and (issue 4) a socket to a spare carry exactly these bytes. `docs/format.md` is the
+//! specification; this module is its only implementation.
+//!
+//! ```text
+//! frame   = header(16) payload(len)
+//! header  = magic "HSPF" | kind u8 | flags u8 (0) | reserved u16 (0) | len u32 | crc u32
+//! crc     = CRC32C(header[0..12] ++ payload)
+//! stream  = BEGIN PAGES* END
+//! BEGIN   = postcard(Begin)                        (format version, term, seq, base, exe, ranges, metadata)
+//! PAGES   = addr u64 | bytes (a whole number of pages, at most PAGES_PER_FRAME)
+//! END     = seq u64 | page_frames u64 | pages u64 | digest u32 | zero u32
+//! digest  = CRC32C over the PAGES payloads in stream order
+//! ```
+//!
+//! PAGES and END have fixed layouts so that a `cptfork` child can encode them without
+//! allocating (see [`frame_header`]).
+
+use super::FormatError;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+
+/// First four bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"HSPF";
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 16;
+/// Largest page run in one PAGES frame (bounds a reader's buffer to 1 MiB with 4 KiB pages).
+pub const PAGES_PER_FRAME: usize = 256;
+/// Largest payload a reader accepts (BEGIN carries metadata; PAGES at most 1 MiB + 8).
+pub const MAX_PAYLOAD: u32 = 16 << 20;
+/// Bytes in an END payload.
+pub const END_LEN: usize = 32;
+
+/// What a frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Checkpoint header.
+    Begin = 1,
+    /// A run of pages.
+    Pages = 2,
+    /// Checkpoint trailer.
+    End = 3,
+}
+
+impl FrameKind {
+    fn from_u8(b: u8) -> Option<FrameKind> {
+        match b {
+            1 => Some(FrameKind::Begin),
+            2 => Some(FrameKind::Pages),
+            3 => Some(FrameKind::End),
+            _ => None,
+        }
+    }
+}
+
+/// One registered range as the image knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeEntry {
+    /// Address in the program (and on resume).
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// All of its pages are in this checkpoint (a new range, or a full checkpoint).
+    pub complete: bool,
+}
+
+/// The checkpoint header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Begin {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// Fencing term (raised by a spare that takes over; issue 4).
+    pub term: u64,
+    /// Sequence number of this checkpoint, from 1.
+    pub seq: u64,
+    /// The checkpoint this one applies on top of (0 for a full checkpoint).
+    pub base_seq: u64,
+    /// Identity of the executable the memory belongs to (see `identity.rs`).
+    pub exe_id: [u8; 32],
+    /// Page size of the writer.
+    pub page_size: u32,
+    /// Every range registered at the checkpoint.
+    pub ranges: Vec<RangeEntry>,
+    /// Application metadata (workers, fds, signals, blobs), opaque to the format.
+    pub meta: Vec<u8>,
+}
+
+impl Begin {
+    /// A full checkpoint carries every page of every range.
+    pub fn is_full(&self) -> bool {
+        self.base_seq == 0
+    }
+}
+
+/// The checkpoint trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct End {
+    /// Must equal BEGIN's.
+    pub seq: u64,
+    /// Number of PAGES frames.
+    pub page_frames: u64,
+    /// Number of pages in them.
+    pub pages: u64,
+    /// CRC32C over all PAGES payloads.
+    pub digest: u32,
+}
+
+impl End {
+    /// The fixed-size payload.
+    pub fn encode(&self) -> [u8; END_LEN] {
+        let mut b = [0u8; END_LEN];
+        b[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..16].copy_from_slice(&self.page_frames.to_le_bytes());
+        b[16..24].copy_from_slice(&self.pages.to_le_bytes());
+        b[24..28].copy_from_slice(&self.digest.to_le_bytes());
+        b
+    }
+
+    fn decode(p: &[u8], offset: u64) -> Result<End, FormatError> {
+        if p.len() != END_LEN || p[28..32] != [0; 4] {
+            return Err(FormatError::Malformed { offset, what: "END payload".into() });
+        }
+        let u = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
+        Ok(End {
+            seq: u(0),
+            page_frames: u(8),
+            pages: u(16),
+            digest: u32::from_le_bytes(p[24..28].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+/// The header of a frame whose payload is the concatenation of `parts`. Allocation-free, so a
+/// `cptfork` child may call it.
+pub fn frame_header(kind: FrameKind, parts: &[&[u8]]) -> [u8; HEADER_LEN] {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC);
+    h[4] = kind as u8;
+    h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    let mut crc = crc32c::crc32c(&h[0..12]);
+    for p in parts {
+        crc = crc32c::crc32c_append(crc, p);
+    }
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Encodes BEGIN as a whole frame.
+pub fn encode_begin(b: &Begin) -> Vec<u8> {
+    let payload = postcard::to_allocvec(b).expect("postcard serialises plain data");
+    let mut out = frame_header(FrameKind::Begin, &[&payload]).to_vec();
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// A frame read back and checked.
+#[derive(Debug)]
+pub struct Frame {
+    /// Its kind.
+    pub kind: FrameKind,
+    /// Offset of its header in the stream.
+    pub offset: u64,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// Reads frames one by one, checking magic, kind, size and CRC; counts the offset so that
+/// errors say where the damage is.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    offset: u64,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Reads from `inner`, starting at offset 0.
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, offset: 0 }
+    }
+
+    /// The next frame, `Ok(None)` at a clean end of stream.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FormatError> {
+        let offset = self.offset;
+        let mut h = [0u8; HEADER_LEN];
+        let got = read_full(&mut self.inner, &mut h).map_err(|e| FormatError::Io { offset, source: e })?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < HEADER_LEN {
+            return Err(FormatError::Truncated { offset });
+        }
+        if h[0..4] != MAGIC {
+            return Err(FormatError::BadMagic { offset });
+        }
+        let kind = FrameKind::from_u8(h[4]).ok_or(FormatError::Malformed {
+            offset,
+            what: format!("unknown frame kind {}", h[4]),
+        })?;
+        if h[5..8] != [0; 3] {
+            return Err(FormatError::Malformed { offset, what: "non-zero reserved header bytes".into() });
+        }
+        let len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        if len > MAX_PAYLOAD {
+            return Err(FormatError::Malformed { offset, what: format!("frame of {len} bytes is too large") });
+        }
+        let mut payload = vec![0u8; len as usize];
+        let got = read_full(&mut self.inner, &mut payload).map_err(|e| FormatError::Io { offset, source: e })?;
+        if got < payload.len() {
+            return Err(FormatError::Truncated { offset });
+        }
+        let want = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..12]), &payload);
+        if crc != want {
+            return Err(FormatError::Checksum { offset, kind });
+        }
+        self.offset += (HEADER_LEN + payload.len()) as u64;
+        Ok(Some(Frame { kind, offset, payload }))
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// What a validated stream contains, without the page bytes.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Its header.
+    pub begin: Begin,
+    /// Its trailer.
+    pub end: End,
+    /// Total stream bytes.
+    pub bytes: u64,
+}
+
+/// Checks a whole checkpoint stream: BEGIN first and in our format version, every PAGES frame
+/// page-aligned and inside a listed range, END matching the counts and digest, nothing after it.
+/// `each_page_run` sees every run (address, bytes) as it is read, after its frame's CRC passed
+/// but before the END is known: callers that apply must validate first and apply on a second
+/// pass (see `dir.rs`).
+pub fn scan_stream<R: Read>(
+    r: R,
+    mut each_page_run: impl FnMut(u64, &[u8]) -> Result<(), FormatError>,
+) -> Result<Summary, FormatError> {
+    let mut fr = FrameReader::new(r);
+    let first = fr.next_frame()?.ok_or(FormatError::Truncated { offset: 0 })?;
+    if first.kind != FrameKind::Begin {
+        return Err(FormatError::Malformed { offset: 0, what: "stream does not start with BEGIN".into() });
+    }
+    let begin = decode_begin(&first.payload, 0)?;
+    let page = u64::from(begin.page_size);
+    if page == 0 || !page.is_power_of_two() {
+        return Err(FormatError::Malformed { offset: 0, what: format!("page size {page}") });
+    }
+    let (mut frames, mut pages, mut digest) = (0u64, 0u64, 0u32);
+    loop {
+        let f = fr.next_frame()?.ok_or(FormatError::Truncated { offset: fr.offset })?;
+        match f.kind {
+            FrameKind::Begin => {
+                return Err(FormatError::Malformed { offset: f.offset, what: "second BEGIN".into() })
+            }
+            FrameKind::Pages => {
+                if f.payload.len() < 8 {
+                    return Err(FormatError::Malformed { offset: f.offset, what: "short PAGES".into() });
+                }
+                let addr = u64::from_le_bytes(f.payload[..8].try_into().expect("8 bytes"));
+                let data = &f.payload[8..];
+                let len = data.len() as u64;
+                let inside = begin
+                    .ranges
+                    .iter()
+                    .any(|r| addr >= r.addr && addr.checked_add(len).is_some_and(|e| e <= r.addr + r.len));
+                if len == 0 || len % page != 0 || addr % page != 0 || !inside {
+                    return Err(FormatError::Malformed {
+                        offset: f.offset,
+                        what: format!("page run {addr:#x}+{len:#x} is not whole pages inside a listed range"),
+                    });
+                }
+                digest = crc32c::crc32c_append(digest, &f.payload);
+                frames += 1;
+                pages += len / page;
+                each_page_run(addr, data)?;
+            }
+            FrameKind::End => {
+                let end = End::decode(&f.payload, f.offset)?;
+                let ours = End { seq: begin.seq, page_frames: frames, pages, digest };
+                if end != ours {
+                    return Err(FormatError::Malformed {
+                        offset: f.offset,
+                        what: format!("END says {end:?}, stream has {ours:?}"),
+                    });
+                }
+                if fr.next_frame()?.is_some() {
+                    return Err(FormatError::Malformed { offset: fr.offset, what: "data after END".into() });
+                }
+                return Ok(Summary { begin, end, bytes: fr.offset });
+            }
+        }
+    }
+}
+
+/// Decodes a BEGIN payload, refusing other format versions with a clear error.
+pub fn decode_begin(payload: &[u8], offset: u64) -> Result<Begin, FormatError> {
+    // The version is the first field; read it alone first so a future layout still gets a clear
+    // "version" error rather than a decode error.
+    let (version, _) = postcard::take_from_bytes::<u32>(payload)
+        .map_err(|e| FormatError::Malformed { offset, what: format!("BEGIN: {e}") })?;
+    if version != FORMAT_VERSION {
+        return Err(FormatError::Version { found: version, supported: FORMAT_VERSION });
+    }
+    postcard::from_bytes(payload).map_err(|e| FormatError::Malformed { offset, what: format!("BEGIN: {e}") })
+}
