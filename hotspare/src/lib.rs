@@ -1,10 +1,55 @@
-//! The Hot Spare Library: the application-facing layer (checkpoint heap, worker loops, metadata,
-//! image format, sender, spare daemon, C ABI).
+//! The Hot Spare Library: make a program's in-memory state survive the death of its process.
 //!
-//! **Not built yet.** This crate exists so that the workspace has the shape of the design
-//! (`../shared/DESIGN.md`); its work is the project's issue 3. Until then the only working layer
-//! is [`kmod_shim`], re-exported here, which provides dirty-page tracking (`cptctl`) and
-//! copy-on-write snapshots (`cptfork`).
+//! A program keeps its important state in the **checkpoint heap** (a region at a fixed virtual
+//! address with its own allocator), registers its **worker loops** by name, and calls
+//! [`HotSpare::cpt`] wherever its state is consistent. Each checkpoint stops the caller for about
+//! a millisecond (only the pages written since the previous one are captured, via
+//! [`kmod_shim`]) and becomes durable in an image directory in the background. Killed, the
+//! program is started again with `HOTSPARE_RESUME=<image dir>`: the state is mapped back at the
+//! same addresses and the worker loops are called directly.
+//!
+//! ```no_run
+//! use hotspare::{HeapAlloc, HotSpare, Mutex, StableHasher};
+//! type Map = hashbrown::HashMap<u64, u64, StableHasher, HeapAlloc>;
+//!
+//! fn worker(hs: &HotSpare) {
+//!     let map = hs.heap().root::<Mutex<Map>>().expect("root set at first start");
+//!     for i in 0.. {
+//!         map.lock().insert(i, i * i);
+//!         let stats = hs.cpt().unwrap();
+//!         hs.wait_durable(stats.seq).unwrap();
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), hotspare::Error> {
+//!     // On resume, start() maps the image back and calls `worker` itself.
+//!     let hs = HotSpare::builder()?.worker("main", worker).start()?;
+//!     let map = Map::with_hasher_in(StableHasher::default(), hs.heap().alloc());
+//!     hs.heap().set_root(Mutex::new(map))?;
+//!     hs.run();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! See `docs/library.md` for the rules (what may live in the heap), and `docs/format.md` for the
+//! image format.
 #![deny(missing_docs)]
 
+mod checkpoint;
+pub mod config;
+mod error;
+pub mod heap;
+pub mod identity;
+pub mod image;
+mod meta;
+mod resume;
+mod runtime;
+pub mod sync;
+
+pub use checkpoint::CptStats;
+pub use config::{Config, Strategy};
+pub use error::{Error, Result};
+pub use heap::{Heap, HeapAlloc, StableHasher};
 pub use kmod_shim;
+pub use runtime::{Builder, HotSpare, ResumeInfo, WorkerFn};
+pub use sync::Mutex;

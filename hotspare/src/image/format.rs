@@ -121,7 +121,10 @@ impl End {
 
     fn decode(p: &[u8], offset: u64) -> Result<End, FormatError> {
         if p.len() != END_LEN || p[28..32] != [0; 4] {
-            return Err(FormatError::Malformed { offset, what: "END payload".into() });
+            return Err(FormatError::Malformed {
+                offset,
+                what: "END payload".into(),
+            });
         }
         let u = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
         Ok(End {
@@ -186,7 +189,8 @@ impl<R: Read> FrameReader<R> {
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FormatError> {
         let offset = self.offset;
         let mut h = [0u8; HEADER_LEN];
-        let got = read_full(&mut self.inner, &mut h).map_err(|e| FormatError::Io { offset, source: e })?;
+        let got = read_full(&mut self.inner, &mut h)
+            .map_err(|e| FormatError::Io { offset, source: e })?;
         if got == 0 {
             return Ok(None);
         }
@@ -201,14 +205,21 @@ impl<R: Read> FrameReader<R> {
             what: format!("unknown frame kind {}", h[4]),
         })?;
         if h[5..8] != [0; 3] {
-            return Err(FormatError::Malformed { offset, what: "non-zero reserved header bytes".into() });
+            return Err(FormatError::Malformed {
+                offset,
+                what: "non-zero reserved header bytes".into(),
+            });
         }
         let len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
         if len > MAX_PAYLOAD {
-            return Err(FormatError::Malformed { offset, what: format!("frame of {len} bytes is too large") });
+            return Err(FormatError::Malformed {
+                offset,
+                what: format!("frame of {len} bytes is too large"),
+            });
         }
         let mut payload = vec![0u8; len as usize];
-        let got = read_full(&mut self.inner, &mut payload).map_err(|e| FormatError::Io { offset, source: e })?;
+        let got = read_full(&mut self.inner, &mut payload)
+            .map_err(|e| FormatError::Io { offset, source: e })?;
         if got < payload.len() {
             return Err(FormatError::Truncated { offset });
         }
@@ -218,7 +229,11 @@ impl<R: Read> FrameReader<R> {
             return Err(FormatError::Checksum { offset, kind });
         }
         self.offset += (HEADER_LEN + payload.len()) as u64;
-        Ok(Some(Frame { kind, offset, payload }))
+        Ok(Some(Frame {
+            kind,
+            offset,
+            payload,
+        }))
     }
 }
 
@@ -256,37 +271,54 @@ pub fn scan_stream<R: Read>(
     mut each_page_run: impl FnMut(u64, &[u8]) -> Result<(), FormatError>,
 ) -> Result<Summary, FormatError> {
     let mut fr = FrameReader::new(r);
-    let first = fr.next_frame()?.ok_or(FormatError::Truncated { offset: 0 })?;
+    let first = fr
+        .next_frame()?
+        .ok_or(FormatError::Truncated { offset: 0 })?;
     if first.kind != FrameKind::Begin {
-        return Err(FormatError::Malformed { offset: 0, what: "stream does not start with BEGIN".into() });
+        return Err(FormatError::Malformed {
+            offset: 0,
+            what: "stream does not start with BEGIN".into(),
+        });
     }
     let begin = decode_begin(&first.payload, 0)?;
     let page = u64::from(begin.page_size);
     if page == 0 || !page.is_power_of_two() {
-        return Err(FormatError::Malformed { offset: 0, what: format!("page size {page}") });
+        return Err(FormatError::Malformed {
+            offset: 0,
+            what: format!("page size {page}"),
+        });
     }
     let (mut frames, mut pages, mut digest) = (0u64, 0u64, 0u32);
     loop {
-        let f = fr.next_frame()?.ok_or(FormatError::Truncated { offset: fr.offset })?;
+        let f = fr
+            .next_frame()?
+            .ok_or(FormatError::Truncated { offset: fr.offset })?;
         match f.kind {
             FrameKind::Begin => {
-                return Err(FormatError::Malformed { offset: f.offset, what: "second BEGIN".into() })
+                return Err(FormatError::Malformed {
+                    offset: f.offset,
+                    what: "second BEGIN".into(),
+                })
             }
             FrameKind::Pages => {
                 if f.payload.len() < 8 {
-                    return Err(FormatError::Malformed { offset: f.offset, what: "short PAGES".into() });
+                    return Err(FormatError::Malformed {
+                        offset: f.offset,
+                        what: "short PAGES".into(),
+                    });
                 }
                 let addr = u64::from_le_bytes(f.payload[..8].try_into().expect("8 bytes"));
                 let data = &f.payload[8..];
                 let len = data.len() as u64;
-                let inside = begin
-                    .ranges
-                    .iter()
-                    .any(|r| addr >= r.addr && addr.checked_add(len).is_some_and(|e| e <= r.addr + r.len));
-                if len == 0 || len % page != 0 || addr % page != 0 || !inside {
+                let inside = begin.ranges.iter().any(|r| {
+                    addr >= r.addr && addr.checked_add(len).is_some_and(|e| e <= r.addr + r.len)
+                });
+                if len == 0 || !len.is_multiple_of(page) || !addr.is_multiple_of(page) || !inside {
                     return Err(FormatError::Malformed {
                         offset: f.offset,
-                        what: format!("page run {addr:#x}+{len:#x} is not whole pages inside a listed range"),
+                        what: format!(
+                            "page run {addr:#x}+{len:#x} is not whole pages inside a listed range"
+                        ),
                     });
                 }
                 digest = crc32c::crc32c_append(digest, &f.payload);
@@ -296,7 +328,12 @@ pub fn scan_stream<R: Read>(
             }
             FrameKind::End => {
                 let end = End::decode(&f.payload, f.offset)?;
-                let ours = End { seq: begin.seq, page_frames: frames, pages, digest };
+                let ours = End {
+                    seq: begin.seq,
+                    page_frames: frames,
+                    pages,
+                    digest,
+                };
                 if end != ours {
                     return Err(FormatError::Malformed {
                         offset: f.offset,
@@ -304,9 +341,16 @@ pub fn scan_stream<R: Read>(
                     });
                 }
                 if fr.next_frame()?.is_some() {
-                    return Err(FormatError::Malformed { offset: fr.offset, what: "data after END".into() });
+                    return Err(FormatError::Malformed {
+                        offset: fr.offset,
+                        what: "data after END".into(),
+                    });
                 }
-                return Ok(Summary { begin, end, bytes: fr.offset });
+                return Ok(Summary {
+                    begin,
+                    end,
+                    bytes: fr.offset,
+                });
             }
         }
     }
@@ -316,10 +360,19 @@ pub fn scan_stream<R: Read>(
 pub fn decode_begin(payload: &[u8], offset: u64) -> Result<Begin, FormatError> {
     // The version is the first field; read it alone first so a future layout still gets a clear
     // "version" error rather than a decode error.
-    let (version, _) = postcard::take_from_bytes::<u32>(payload)
-        .map_err(|e| FormatError::Malformed { offset, what: format!("BEGIN: {e}") })?;
+    let (version, _) =
+        postcard::take_from_bytes::<u32>(payload).map_err(|e| FormatError::Malformed {
+            offset,
+            what: format!("BEGIN: {e}"),
+        })?;
     if version != FORMAT_VERSION {
-        return Err(FormatError::Version { found: version, supported: FORMAT_VERSION });
+        return Err(FormatError::Version {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
-    postcard::from_bytes(payload).map_err(|e| FormatError::Malformed { offset, what: format!("BEGIN: {e}") })
+    postcard::from_bytes(payload).map_err(|e| FormatError::Malformed {
+        offset,
+        what: format!("BEGIN: {e}"),
+    })
 }

@@ -12,7 +12,10 @@ pub fn write_stream<'a>(
 ) -> io::Result<End> {
     w.write_all(&encode_begin(begin))?;
     let page = begin.page_size as usize;
-    let mut end = End { seq: begin.seq, ..End::default() };
+    let mut end = End {
+        seq: begin.seq,
+        ..End::default()
+    };
     for (addr, bytes) in runs {
         for (i, chunk) in bytes.chunks(PAGES_PER_FRAME * page).enumerate() {
             let a = (addr + (i * PAGES_PER_FRAME * page) as u64).to_le_bytes();

@@ -1,0 +1,461 @@
+//! `cpt()`: capture the dirty pages (Copy or Fork), hand them to the writer thread, which makes
+//! them a durable checkpoint in the image directory.
+//!
+//! One checkpoint is in flight at a time: the staging buffer goes to the writer with the
+//! checkpoint and comes back once that checkpoint is durable (or failed), so a program that
+//! checkpoints faster than the disk waits in `cpt()` instead of queueing memory without bound.
+//! A failed checkpoint makes the next one full, so no page of it is lost.
+
+use crate::config::Strategy;
+use crate::error::{Error, Result};
+use crate::heap::Heap;
+use crate::identity::ExeId;
+use crate::image::format::{
+    encode_begin, frame_header, Begin, End, FrameKind, RangeEntry, PAGES_PER_FRAME,
+};
+use crate::image::{write_stream, ImageDir, FORMAT_VERSION};
+use kmod_shim::{page_size, ChildJob, DirtySet, Range, Shim, Snapshot};
+use std::io::{BufWriter, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// What one `cpt()` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CptStats {
+    /// Sequence number of the checkpoint.
+    pub seq: u64,
+    /// How long the caller was stopped.
+    pub stopped: Duration,
+    /// Pages captured.
+    pub pages: u64,
+    /// Bytes captured.
+    pub bytes: u64,
+    /// Whether it was a full checkpoint.
+    pub full: bool,
+    /// The strategy used.
+    pub strategy: Strategy,
+}
+
+/// Durability state shared with the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Durable {
+    /// Highest sequence that is durable in the image directory.
+    pub seq: u64,
+    /// The last failure, if any.
+    pub failed: Option<(u64, String)>,
+}
+
+pub(crate) struct Shared {
+    pub durable: Mutex<Durable>,
+    pub changed: Condvar,
+    /// Set by the writer when a checkpoint failed: the next one must be full.
+    pub force_full: AtomicBool,
+}
+
+enum Job {
+    Copied {
+        begin: Box<Begin>,
+        runs: Vec<(u64, usize, usize)>,
+        staging: Vec<u8>,
+    },
+    Forked {
+        seq: u64,
+        snapshot: Snapshot<WriteStream>,
+    },
+}
+
+/// What an engine is set up with besides its memory and image.
+pub(crate) struct Settings {
+    pub exe: ExeId,
+    pub term: u64,
+    pub strategy: Strategy,
+    pub shared: Arc<Shared>,
+}
+
+/// The capture side, owned by `HotSpare` under a mutex.
+pub(crate) struct Engine {
+    pub shim: Shim,
+    pub heap: Heap,
+    /// Every tracked range, heap first.
+    pub ranges: Vec<Range>,
+    /// Ranges added since the last checkpoint (sent whole).
+    pub fresh: Vec<Range>,
+    pub last_seq: u64,
+    pub term: u64,
+    pub exe: ExeId,
+    pub strategy: Strategy,
+    staging: Option<Vec<u8>>,
+    staging_back: Receiver<Vec<u8>>,
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    image_path: std::path::PathBuf,
+}
+
+impl Engine {
+    /// Starts the writer thread over `image`.
+    pub fn new(shim: Shim, heap: Heap, ranges: Vec<Range>, image: ImageDir, s: Settings) -> Engine {
+        let Settings {
+            exe,
+            term,
+            strategy,
+            shared,
+        } = s;
+        let (jobs, job_rx) = channel();
+        let (back_tx, staging_back) = channel();
+        let last_seq = image.seq();
+        let image_path = image.path().to_path_buf();
+        let w_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("hotspare-writer".into())
+            .spawn(move || writer(image, exe, job_rx, back_tx, w_shared))
+            .expect("spawn writer thread");
+        Engine {
+            shim,
+            heap,
+            ranges,
+            fresh: Vec::new(),
+            last_seq,
+            term,
+            exe,
+            strategy,
+            staging: Some(Vec::new()),
+            staging_back,
+            jobs,
+            shared,
+            image_path,
+        }
+    }
+
+    fn range_table(&self, full: bool) -> Vec<RangeEntry> {
+        self.ranges
+            .iter()
+            .map(|r| RangeEntry {
+                addr: r.start() as u64,
+                len: r.len() as u64,
+                complete: full || self.fresh.contains(r),
+            })
+            .collect()
+    }
+
+    /// Takes a checkpoint. `meta` is the encoded metadata; `full` forces every page.
+    pub fn cpt(&mut self, meta: Vec<u8>, full: bool) -> Result<CptStats> {
+        let mut staging = match self.staging.take() {
+            Some(s) => s,
+            None => self.staging_back.recv().map_err(|_| writer_gone())?,
+        };
+        let full =
+            full || self.last_seq == 0 || self.shared.force_full.swap(false, Ordering::SeqCst);
+        let seq = self.last_seq + 1;
+        let base = if full { 0 } else { self.last_seq };
+        let page = page_size();
+        let t0 = Instant::now();
+        let heap = self.heap;
+        let captured = heap.with_allocator_locked(|| -> Result<_> {
+            let dirty = self.shim.query()?;
+            let runs = self.runs_to_capture(&dirty, full);
+            let bytes: usize = runs.iter().map(|r| r.1).sum();
+            let strategy = self.choose(bytes);
+            if strategy == Strategy::Fork {
+                let begin = self.begin(seq, base, full, meta.clone());
+                let (path, file) = ImageDir::create_wal_at(&self.image_path, seq)?;
+                let _ = path;
+                let fd: OwnedFd = file.into();
+                let snapshot = self
+                    .shim
+                    .cptfork(|_| WriteStream::new(fd, encode_begin(&begin), &runs, seq))?;
+                return Ok((strategy, bytes, Some(snapshot), Vec::new()));
+            }
+            staging.clear();
+            staging.reserve(bytes);
+            let mut at = Vec::with_capacity(runs.len());
+            for &(addr, len) in &runs {
+                at.push((addr as u64, staging.len(), len));
+                // SAFETY: every run lies in a tracked range, which is mapped and readable.
+                staging.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(addr as *const u8, len)
+                });
+            }
+            Ok((strategy, bytes, None, at))
+        });
+        let stopped = t0.elapsed();
+        let (strategy, bytes, snapshot, at) = match captured {
+            Ok(c) => c,
+            Err(e) => {
+                self.staging = Some(staging);
+                // Whatever QUERY harvested is lost to this failed attempt: send everything next.
+                self.shared.force_full.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let job = match snapshot {
+            Some(snapshot) => {
+                self.staging = Some(staging);
+                Job::Forked { seq, snapshot }
+            }
+            None => Job::Copied {
+                begin: Box::new(self.begin(seq, base, full, meta)),
+                runs: at,
+                staging,
+            },
+        };
+        self.jobs.send(job).map_err(|_| writer_gone())?;
+        self.last_seq = seq;
+        self.fresh.clear();
+        Ok(CptStats {
+            seq,
+            stopped,
+            pages: (bytes / page) as u64,
+            bytes: bytes as u64,
+            full,
+            strategy,
+        })
+    }
+
+    fn begin(&self, seq: u64, base: u64, full: bool, meta: Vec<u8>) -> Begin {
+        Begin {
+            format_version: FORMAT_VERSION,
+            term: self.term,
+            seq,
+            base_seq: base,
+            exe_id: self.exe.0,
+            page_size: page_size() as u32,
+            ranges: self.range_table(full),
+            meta,
+        }
+    }
+
+    /// The runs to capture: every page for a full checkpoint or a fresh range, else the dirty set.
+    fn runs_to_capture(&self, dirty: &DirtySet, full: bool) -> Vec<(usize, usize)> {
+        if full {
+            return self.ranges.iter().map(|r| (r.start(), r.len())).collect();
+        }
+        let mut runs: Vec<(usize, usize)> = dirty
+            .ranges
+            .iter()
+            .filter(|rd| !self.fresh.contains(&rd.range))
+            .flat_map(|rd| rd.runs())
+            .collect();
+        runs.extend(self.fresh.iter().map(|r| (r.start(), r.len())));
+        runs
+    }
+
+    /// Auto: copying costs ~0.12 ms per MiB here (scattered 4 KiB pages, docs/performance.md);
+    /// a fork costs ~27 ms per GiB of the *whole* process's resident memory. Take the cheaper.
+    fn choose(&self, bytes: usize) -> Strategy {
+        match self.strategy {
+            Strategy::Auto => {
+                let copy_ms = bytes as f64 / (1 << 20) as f64 * 0.12;
+                let fork_ms = resident_bytes() as f64 / (1u64 << 30) as f64 * 27.0 + 0.2;
+                if copy_ms <= fork_ms {
+                    Strategy::Copy
+                } else {
+                    Strategy::Fork
+                }
+            }
+            s => s,
+        }
+    }
+}
+
+fn writer_gone() -> Error {
+    Error::CheckpointFailed {
+        seq: 0,
+        why: "the checkpoint writer thread is gone".into(),
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/statm`.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * page_size() as u64)
+}
+
+fn writer(
+    mut image: ImageDir,
+    exe: ExeId,
+    jobs: Receiver<Job>,
+    back: Sender<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    for job in jobs {
+        let (seq, result, staging) = match job {
+            Job::Copied {
+                begin,
+                runs,
+                staging,
+            } => {
+                let seq = begin.seq;
+                let r = write_copied(&mut image, &exe, &begin, &runs, &staging);
+                (seq, r, Some(staging))
+            }
+            Job::Forked { seq, snapshot } => {
+                let r = match snapshot.wait() {
+                    Ok(o) if o.is_success() => image
+                        .commit_wal(seq, Some(&exe))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Ok(o) => Err(format!("the cptfork child ended with {o:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                (seq, r, None)
+            }
+        };
+        {
+            let mut d = shared.durable.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(()) => d.seq = seq,
+                Err(why) => {
+                    shared.force_full.store(true, Ordering::SeqCst);
+                    d.failed = Some((seq, why));
+                }
+            }
+        }
+        shared.changed.notify_all();
+        if let Some(s) = staging {
+            if back.send(s).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn write_copied(
+    image: &mut ImageDir,
+    exe: &ExeId,
+    begin: &Begin,
+    runs: &[(u64, usize, usize)],
+    staging: &[u8],
+) -> Result<(), String> {
+    let (path, file) = image.create_wal(begin.seq).map_err(|e| e.to_string())?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    write_stream(
+        &mut w,
+        begin,
+        runs.iter()
+            .map(|&(addr, off, len)| (addr, &staging[off..off + len])),
+    )
+    .and_then(|_| w.flush())
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    drop(w);
+    image
+        .commit_wal(begin.seq, Some(exe))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The Fork strategy's child job: writes the whole checkpoint stream (BEGIN prepared by the
+/// parent; PAGES and END encoded in the child, allocation-free) to the WAL file and `fsync`s it.
+pub(crate) struct WriteStream {
+    fd: Option<OwnedFd>,
+    raw: i32,
+    begin: Vec<u8>,
+    runs: Vec<(usize, usize)>,
+    seq: u64,
+}
+
+impl WriteStream {
+    fn new(fd: OwnedFd, begin: Vec<u8>, runs: &[(usize, usize)], seq: u64) -> WriteStream {
+        WriteStream {
+            raw: fd.as_raw_fd(),
+            fd: Some(fd),
+            begin,
+            runs: runs.to_vec(),
+            seq,
+        }
+    }
+}
+
+/// `write(2)` all of `parts` (a few iovecs), resuming after partial writes; async-signal-safe.
+fn write_all_v(fd: i32, parts: &[&[u8]]) -> Result<(), i32> {
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < parts.len() {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 3];
+        let mut n = 0;
+        for (k, p) in parts[idx..].iter().enumerate().take(3) {
+            let skip = if k == 0 { off } else { 0 };
+            iov[k] = libc::iovec {
+                iov_base: p[skip..].as_ptr() as *mut _,
+                iov_len: p.len() - skip,
+            };
+            n += 1;
+        }
+        // SAFETY: the iovecs describe live, readable slices.
+        let w = unsafe { libc::writev(fd, iov.as_ptr(), n) };
+        if w < 0 {
+            // SAFETY: reading this thread's errno.
+            let e = unsafe { *libc::__errno_location() };
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut w = w as usize;
+        while idx < parts.len() && w >= parts[idx].len() - off {
+            w -= parts[idx].len() - off;
+            idx += 1;
+            off = 0;
+        }
+        off += w;
+    }
+    Ok(())
+}
+
+// SAFETY: `run` reads memory, computes CRCs on the stack, and calls writev/fsync: all
+// async-signal-safe; everything it needs was allocated by the parent before the fork.
+unsafe impl ChildJob for WriteStream {
+    fn run(&self) -> i32 {
+        let page = page_size();
+        if let Err(e) = write_all_v(self.raw, &[&self.begin]) {
+            return e.clamp(1, 255);
+        }
+        let mut end = End {
+            seq: self.seq,
+            ..End::default()
+        };
+        for &(addr, len) in &self.runs {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(PAGES_PER_FRAME * page);
+                let a = ((addr + at) as u64).to_le_bytes();
+                // SAFETY: the run lies in tracked memory, frozen in this child.
+                let data = unsafe { std::slice::from_raw_parts((addr + at) as *const u8, n) };
+                let h = frame_header(FrameKind::Pages, &[&a, data]);
+                if let Err(e) = write_all_v(self.raw, &[&h, &a, data]) {
+                    return e.clamp(1, 255);
+                }
+                end.digest = crc32c::crc32c_append(crc32c::crc32c_append(end.digest, &a), data);
+                end.page_frames += 1;
+                end.pages += (n / page) as u64;
+                at += n;
+            }
+        }
+        let e = end.encode();
+        let h = frame_header(FrameKind::End, &[&e]);
+        if let Err(err) = write_all_v(self.raw, &[&h, &e]) {
+            return err.clamp(1, 255);
+        }
+        // SAFETY: fsync is async-signal-safe.
+        if unsafe { libc::fsync(self.raw) } != 0 {
+            // SAFETY: errno of this thread.
+            return unsafe { *libc::__errno_location() }.clamp(1, 255);
+        }
+        0
+    }
+
+    fn after_fork_in_parent(&mut self) {
+        self.fd = None;
+    }
+}

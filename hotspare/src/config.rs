@@ -1,0 +1,139 @@
+//! Configuration: defaults, overridden by a TOML file (`HOTSPARE_CONFIG` or
+//! [`Config::from_toml_file`]), overridden by environment variables, overridden by code.
+//!
+//! | key (TOML) | environment | default |
+//! |---|---|---|
+//! | `image_dir` | `HOTSPARE_IMAGE_DIR` | `hotspare-image` |
+//! | `heap_base` | `HOTSPARE_HEAP_BASE` (hex `0x…` or decimal) | `0x600000000000` |
+//! | `heap_size` | `HOTSPARE_HEAP_SIZE` (`K`/`M`/`G` suffixes) | `1G` |
+//! | `backend` | `HOTSPARE_BACKEND` | `auto` (see kmod-shim) |
+//! | `strategy` | `HOTSPARE_STRATEGY` | `auto` (`copy`, `fork`) |
+//! | `term` | `HOTSPARE_TERM` | `1` |
+//!
+//! Resume is chosen by `HOTSPARE_RESUME=<image dir>` (see [`crate::HotSpare`]).
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// How `cpt()` captures dirty pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Copy the dirty pages into a staging buffer while the caller waits, then hand them off.
+    Copy,
+    /// `cptfork`: the caller waits for QUERY + fork; a child writes the pages.
+    Fork,
+    /// Pick the cheaper of the two from the dirty volume (known before deciding).
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Strategy> {
+        match s {
+            "copy" => Ok(Strategy::Copy),
+            "fork" => Ok(Strategy::Fork),
+            "auto" => Ok(Strategy::Auto),
+            _ => Err(Error::Config(format!(
+                "unknown strategy '{s}' (copy, fork, auto)"
+            ))),
+        }
+    }
+}
+
+/// Library configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where checkpoints are written.
+    pub image_dir: PathBuf,
+    /// Fixed address of the checkpoint heap.
+    pub heap_base: usize,
+    /// Size of the checkpoint heap in bytes (reserved, not committed).
+    pub heap_size: usize,
+    /// Dirty-tracking backend (`auto`, `uffd-wp`, `mprotect`, `soft-dirty`, `full`).
+    pub backend: String,
+    /// Capture strategy.
+    pub strategy: Strategy,
+    /// Fencing term written into checkpoints.
+    pub term: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            image_dir: PathBuf::from("hotspare-image"),
+            heap_base: 0x6000_0000_0000,
+            heap_size: 1 << 30,
+            backend: "auto".into(),
+            strategy: Strategy::Auto,
+            term: 1,
+        }
+    }
+}
+
+/// Parses `4096`, `64K`, `1G`, `0x1000`.
+pub fn parse_size(s: &str) -> Result<usize> {
+    let s = s.trim();
+    let bad = || Error::Config(format!("bad size '{s}'"));
+    if let Some(hex) = s.strip_prefix("0x") {
+        return usize::from_str_radix(hex, 16).map_err(|_| bad());
+    }
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1usize << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(bad)
+}
+
+impl Config {
+    /// Defaults, then the TOML file named by `HOTSPARE_CONFIG` (if set), then the environment.
+    pub fn load() -> Result<Config> {
+        let base = match std::env::var_os("HOTSPARE_CONFIG") {
+            Some(p) => Config::from_toml_file(p)?,
+            None => Config::default(),
+        };
+        base.with_env()
+    }
+
+    /// Reads a TOML file (unknown keys are refused).
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Applies `HOTSPARE_*` environment variables on top of `self`.
+    pub fn with_env(mut self) -> Result<Config> {
+        let var = |k: &str| std::env::var(k).ok();
+        if let Some(v) = var("HOTSPARE_IMAGE_DIR") {
+            self.image_dir = v.into();
+        }
+        if let Some(v) = var("HOTSPARE_HEAP_BASE") {
+            self.heap_base = parse_size(&v)?;
+        }
+        if let Some(v) = var("HOTSPARE_HEAP_SIZE") {
+            self.heap_size = parse_size(&v)?;
+        }
+        if let Some(v) = var("HOTSPARE_BACKEND") {
+            self.backend = v;
+        }
+        if let Some(v) = var("HOTSPARE_STRATEGY") {
+            self.strategy = v.parse()?;
+        }
+        if let Some(v) = var("HOTSPARE_TERM") {
+            self.term = v
+                .parse()
+                .map_err(|_| Error::Config(format!("bad HOTSPARE_TERM '{v}'")))?;
+        }
+        Ok(self)
+    }
+}

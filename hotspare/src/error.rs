@@ -1,0 +1,68 @@
+//! The library's error type: one variant per way things fail, each message one clear line.
+
+use crate::image::ImageError;
+use std::path::PathBuf;
+
+/// What went wrong in the Hot Spare Library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration (code, environment or TOML).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The checkpoint heap's fixed address is not free.
+    #[error("checkpoint heap {base:#x}+{size:#x} cannot be reserved: address range in use ({why}); choose another base (HOTSPARE_HEAP_BASE)")]
+    HeapAddressTaken {
+        /// Requested base.
+        base: usize,
+        /// Requested size.
+        size: usize,
+        /// The kernel's answer.
+        why: String,
+    },
+    /// The checkpoint heap has no room.
+    #[error("checkpoint heap is full: cannot allocate {bytes} bytes")]
+    HeapFull {
+        /// The failed request.
+        bytes: usize,
+    },
+    /// Dirty tracking or snapshotting failed.
+    #[error(transparent)]
+    Shim(#[from] kmod_shim::Error),
+    /// The image directory or a checkpoint stream.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A fresh start found an image where it would write one.
+    #[error("{}: holds a checkpoint image (sequence {seq}); resume it with HOTSPARE_RESUME={} or remove it", path.display(), path.display())]
+    ImageExists {
+        /// The image directory.
+        path: PathBuf,
+        /// Its sequence.
+        seq: u64,
+    },
+    /// A worker named in the image is not registered by this program.
+    #[error("worker '{0}' is in the image but was not registered with HotSpare::worker")]
+    UnknownWorker(String),
+    /// Metadata could not be encoded or decoded.
+    #[error("checkpoint metadata: {0}")]
+    Metadata(String),
+    /// A checkpoint failed in the background (writing or applying it).
+    #[error("checkpoint {seq} failed: {why}")]
+    CheckpointFailed {
+        /// Its sequence.
+        seq: u64,
+        /// Why.
+        why: String,
+    },
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,230 @@
+//! The checkpoint heap: memory reserved at a fixed virtual address, with an allocator whose
+//! every byte of bookkeeping lives inside it, so that after resume (the heap mapped back at the
+//! same address) every pointer between objects in it is still valid.
+//!
+//! ```text
+//! base                      base + HEADER_BYTES                                  base + size
+//! | Header: magic, lock, talc | arena managed by talc: your objects, the root     |
+//! ```
+//!
+//! **What may live here.** Plain data and pointers into the heap. Not: pointers into the ordinary
+//! heap (`Box`, `String`, `Vec` with the global allocator), `&'static str`, trait objects
+//! (vtables), function pointers, file descriptors, or hashers seeded per process (std's
+//! `RandomState`, hashbrown's default): use [`HeapAlloc`] for every container and
+//! [`StableHasher`] for maps. The executable identity check makes function and vtable pointers
+//! survive only on the very same binary; do not rely on it.
+
+use crate::error::Error;
+use crate::sync::RawLock;
+use allocator_api2::alloc::{AllocError, Allocator};
+use std::alloc::Layout;
+use std::cell::UnsafeCell;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use talc::{ErrOnOom, Span, Talc};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"HSHEAP01");
+/// Bytes reserved at the start of the heap for its header.
+pub const HEADER_BYTES: usize = 4096;
+
+/// A hasher with a fixed seed, for maps in checkpoint memory: the default hashers are seeded
+/// per process, so a map's buckets would be wrong after resume.
+pub type StableHasher = foldhash::fast::FixedState;
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    size: usize,
+    lock: RawLock,
+    talc: UnsafeCell<Talc<ErrOnOom>>,
+    root: AtomicUsize,
+    root_tag: AtomicU64,
+}
+
+/// The checkpoint heap. It is never unmapped (objects in it are `'static`).
+#[derive(Debug, Clone, Copy)]
+pub struct Heap {
+    base: usize,
+    size: usize,
+}
+
+/// The allocator of a [`Heap`]; a copyable handle that may itself be stored in the heap (it is
+/// just the heap's address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapAlloc {
+    header: NonNull<Header>,
+}
+
+// SAFETY: the header is shared memory guarded by its RawLock.
+unsafe impl Send for HeapAlloc {}
+// SAFETY: as above.
+unsafe impl Sync for HeapAlloc {}
+
+impl Heap {
+    /// Reserves `size` bytes at `base` (`MAP_FIXED_NOREPLACE`: never over an existing mapping)
+    /// and sets up an empty heap there.
+    pub fn reserve(base: usize, size: usize) -> Result<Heap, Error> {
+        let page = kmod_shim::page_size();
+        if !base.is_multiple_of(page) || !size.is_multiple_of(page) || size <= HEADER_BYTES {
+            return Err(Error::Config(format!(
+                "heap base {base:#x} and size {size:#x} must be page-aligned and larger than {HEADER_BYTES}"
+            )));
+        }
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                base as *mut _,
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_NORESERVE
+                    | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED || p as usize != base {
+            let e = std::io::Error::last_os_error();
+            if p != libc::MAP_FAILED {
+                // SAFETY: an old kernel ignored NOREPLACE and mapped elsewhere: undo that.
+                unsafe { libc::munmap(p, size) };
+            }
+            return Err(Error::HeapAddressTaken {
+                base,
+                size,
+                why: e.to_string(),
+            });
+        }
+        let header = base as *mut Header;
+        // SAFETY: the mapping is fresh, writable, page-aligned and larger than the header; the
+        // arena span lies inside it and is not used by anything else.
+        unsafe {
+            header.write(Header {
+                magic: MAGIC,
+                size,
+                lock: RawLock::new(),
+                talc: UnsafeCell::new(Talc::new(ErrOnOom)),
+                root: AtomicUsize::new(0),
+                root_tag: AtomicU64::new(0),
+            });
+            let arena = Span::from_base_size((base + HEADER_BYTES) as *mut u8, size - HEADER_BYTES);
+            (*(*header).talc.get())
+                .claim(arena)
+                .map_err(|()| Error::Config("heap too small".into()))?;
+        }
+        Ok(Heap { base, size })
+    }
+
+    /// Adopts a heap that was mapped back at `base` by resume, checking its header.
+    pub fn attach(base: usize, size: usize) -> Result<Heap, Error> {
+        let header = base as *const Header;
+        // SAFETY: resume mapped `size` (> HEADER_BYTES) readable bytes at `base`.
+        let (magic, hsize) = unsafe { ((*header).magic, (*header).size) };
+        if magic != MAGIC || hsize != size {
+            return Err(Error::Config(format!(
+                "no checkpoint heap at {base:#x} in the image"
+            )));
+        }
+        Ok(Heap { base, size })
+    }
+
+    /// First byte of the heap.
+    pub fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: `base` holds an initialised Header for the life of the process.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    /// The allocator, for `hashbrown::HashMap::with_hasher_in`, `allocator_api2::vec::Vec::new_in`…
+    pub fn alloc(&self) -> HeapAlloc {
+        HeapAlloc {
+            header: NonNull::from(self.header()),
+        }
+    }
+
+    /// Runs `f` with the allocator locked, so that its bookkeeping is consistent (used while a
+    /// checkpoint captures the heap).
+    pub(crate) fn with_allocator_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let h = self.header();
+        h.lock.lock();
+        let r = f();
+        h.lock.unlock();
+        r
+    }
+
+    /// Moves `value` into the heap and makes it the root object, handed back on resume by
+    /// [`Heap::root`]. Returns the object.
+    pub fn set_root<T: Send + Sync + 'static>(&self, value: T) -> Result<&'static T, Error> {
+        let layout = Layout::new::<T>();
+        let p = self.alloc().allocate(layout).map_err(|_| Error::HeapFull {
+            bytes: layout.size(),
+        })?;
+        let p = p.cast::<T>().as_ptr();
+        // SAFETY: `p` is a fresh allocation of T's layout; the heap is never unmapped.
+        unsafe { p.write(value) };
+        let h = self.header();
+        h.root.store(p as usize, Ordering::Release);
+        h.root_tag.store(type_tag::<T>(), Ordering::Release);
+        // SAFETY: initialised above and never freed (the root lives as long as the heap).
+        Ok(unsafe { &*p })
+    }
+
+    /// The root object, if one of type `T` was set.
+    pub fn root<T: Send + Sync + 'static>(&self) -> Option<&'static T> {
+        let h = self.header();
+        let p = h.root.load(Ordering::Acquire);
+        if p == 0 || h.root_tag.load(Ordering::Acquire) != type_tag::<T>() {
+            return None;
+        }
+        // SAFETY: `set_root::<T>` stored a live T here (the tag says so).
+        Some(unsafe { &*(p as *const T) })
+    }
+}
+
+/// Identifies T across processes of the same executable (type name, size, alignment).
+fn type_tag<T>() -> u64 {
+    let name = std::any::type_name::<T>();
+    let mut tag = crc32c::crc32c(name.as_bytes()) as u64;
+    tag = (tag << 32) ^ ((std::mem::size_of::<T>() as u64) << 8) ^ std::mem::align_of::<T>() as u64;
+    tag | 1
+}
+
+// SAFETY: allocations come from talc over memory owned by the heap, under the heap lock; blocks
+// stay valid until deallocated; talc returns blocks fitting the requested layout.
+unsafe impl Allocator for HeapAlloc {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            let dangling = NonNull::new(layout.align() as *mut u8).ok_or(AllocError)?;
+            return Ok(NonNull::slice_from_raw_parts(dangling, 0));
+        }
+        // SAFETY: the header is initialised and lives as long as the process.
+        let h = unsafe { self.header.as_ref() };
+        h.lock.lock();
+        // SAFETY: exclusive access to talc under the lock; layout has non-zero size.
+        let r = unsafe { (*h.talc.get()).malloc(layout) };
+        h.lock.unlock();
+        r.map(|p| NonNull::slice_from_raw_parts(p, layout.size()))
+            .map_err(|()| AllocError)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() == 0 {
+            return;
+        }
+        // SAFETY: as in allocate.
+        let h = unsafe { self.header.as_ref() };
+        h.lock.lock();
+        // SAFETY: the caller promises `ptr` was allocated by us with `layout`.
+        unsafe { (*h.talc.get()).free(ptr, layout) };
+        h.lock.unlock();
+    }
+}

@@ -1,0 +1,340 @@
+//! The image directory: the last complete image, kept crash-safe, in a form that resume can
+//! `mmap` directly.
+//!
+//! ```text
+//! DIR/manifest                      one BEGIN frame: the image's sequence, ranges, metadata
+//! DIR/data/<addr>-<len>.pages       one file per range, byte i = byte i of the range
+//! DIR/wal/<seq>.tmp                 a checkpoint stream being written (ignored by readers)
+//! DIR/wal/<seq>.cpt                 a complete stream, durable, maybe not applied yet
+//! ```
+//!
+//! **Why a write-ahead log.** Resume maps the data files (`MAP_PRIVATE`), so they must hold the
+//! image in place, page for page; an incremental checkpoint therefore has to overwrite pages of
+//! them, which cannot be made atomic by rename. So a checkpoint is first written whole to
+//! `wal/<seq>.tmp`, `fsync`ed and renamed to `.cpt` (the directory `fsync`ed too): from then on it
+//! is durable and will be applied, even after a crash. Applying = validate the whole stream
+//! (every CRC, the END counts and digest), then `pwrite` its pages into the data files, `fsync`
+//! them, write the new manifest by `fsync` + rename, and only then delete the WAL file. A crash at
+//! any point leaves either the old manifest and a complete WAL file (replayed on the next open:
+//! page writes are idempotent) or the new manifest. A torn or damaged stream is never applied and
+//! never touches the data files.
+
+use super::format::{self, Begin, FrameReader, Summary};
+use super::{FormatError, ImageError};
+use crate::identity::ExeId;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// An image directory, recovered and ready.
+#[derive(Debug)]
+pub struct ImageDir {
+    root: PathBuf,
+    manifest: Option<Begin>,
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Creates a file readable and writable by its owner only (images hold process memory).
+fn create_private(path: &Path) -> Result<File, ImageError> {
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path, "create"))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), ImageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir, "fsync directory"))
+}
+
+impl ImageDir {
+    /// Opens `root`, creating it if needed, and brings it to its last complete checkpoint:
+    /// complete WAL files newer than the manifest are applied, torn ones removed.
+    pub fn open(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
+        let root = root.as_ref().to_path_buf();
+        for d in [root.clone(), root.join("data"), root.join("wal")] {
+            fs::create_dir_all(&d).map_err(io_err(&d, "create directory"))?;
+        }
+        let manifest = read_manifest(&root)?;
+        let mut dir = ImageDir { root, manifest };
+        dir.recover()?;
+        Ok(dir)
+    }
+
+    /// Opens an existing image, refusing a directory that holds none.
+    pub fn open_existing(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
+        let root = root.as_ref();
+        if !root.join("manifest").exists() {
+            return Err(ImageError::NoImage {
+                path: root.to_path_buf(),
+            });
+        }
+        ImageDir::open(root)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The last complete checkpoint's header (its `seq` is the image's), if any.
+    pub fn manifest(&self) -> Option<&Begin> {
+        self.manifest.as_ref()
+    }
+
+    /// The sequence number of the image (0 when empty).
+    pub fn seq(&self) -> u64 {
+        self.manifest.as_ref().map_or(0, |m| m.seq)
+    }
+
+    /// Path of the data file of a range.
+    pub fn data_path(&self, addr: u64, len: u64) -> PathBuf {
+        self.root
+            .join("data")
+            .join(format!("{addr:016x}-{len:x}.pages"))
+    }
+
+    /// Path of a WAL file.
+    pub fn wal_path(&self, seq: u64, ext: &str) -> PathBuf {
+        self.root.join("wal").join(format!("{seq:020}.{ext}"))
+    }
+
+    /// Creates `wal/<seq>.tmp` for a new checkpoint stream.
+    pub fn create_wal(&self, seq: u64) -> Result<(PathBuf, File), ImageError> {
+        ImageDir::create_wal_at(&self.root, seq)
+    }
+
+    /// [`ImageDir::create_wal`] for the image directory at `root` (used by a `cptfork` capture,
+    /// which runs while the writer thread owns the `ImageDir`).
+    pub fn create_wal_at(root: &Path, seq: u64) -> Result<(PathBuf, File), ImageError> {
+        let p = root.join("wal").join(format!("{seq:020}.tmp"));
+        let f = create_private(&p)?;
+        Ok((p, f))
+    }
+
+    /// Makes a fully written `wal/<seq>.tmp` durable and applies it; on success the image is at
+    /// `seq`. The stream is validated before anything is applied; a bad stream is deleted and the
+    /// image is unchanged.
+    pub fn commit_wal(
+        &mut self,
+        seq: u64,
+        this_exe: Option<&ExeId>,
+    ) -> Result<Summary, ImageError> {
+        let tmp = self.wal_path(seq, "tmp");
+        let done = self.wal_path(seq, "cpt");
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&tmp, "fsync"))?;
+        fs::rename(&tmp, &done).map_err(io_err(&tmp, "rename"))?;
+        fsync_dir(&self.root.join("wal"))?;
+        let res = self.apply_file(&done, this_exe);
+        if res.is_err() {
+            let _ = fs::remove_file(&done);
+        }
+        res
+    }
+
+    /// Validates the stream in `path` and applies it all or nothing. The file is deleted once
+    /// the new manifest is durable.
+    pub fn apply_file(
+        &mut self,
+        path: &Path,
+        this_exe: Option<&ExeId>,
+    ) -> Result<Summary, ImageError> {
+        let fmt = |source: FormatError| ImageError::Format {
+            path: path.to_path_buf(),
+            source,
+        };
+        let open = || {
+            File::open(path)
+                .map(BufReader::new)
+                .map_err(io_err(path, "open"))
+        };
+        // Pass 1: everything checked, nothing written.
+        let summary = format::scan_stream(open()?, |_, _| Ok(())).map_err(fmt)?;
+        let b = &summary.begin;
+        if let Some(id) = this_exe {
+            if b.exe_id != id.0 {
+                return Err(ImageError::OtherExecutable {
+                    path: path.to_path_buf(),
+                    image: ExeId(b.exe_id).to_string(),
+                    this: id.to_string(),
+                });
+            }
+        }
+        if let Some(m) = &self.manifest {
+            if b.seq <= m.seq {
+                // Already applied before a crash that left the WAL file behind.
+                let _ = fs::remove_file(path);
+                return Ok(summary);
+            }
+            if b.exe_id != m.exe_id {
+                return Err(ImageError::OtherExecutable {
+                    path: path.to_path_buf(),
+                    image: ExeId(m.exe_id).to_string(),
+                    this: ExeId(b.exe_id).to_string(),
+                });
+            }
+        }
+        let have = self.seq();
+        if !b.is_full() && b.base_seq != have {
+            return Err(ImageError::Chain {
+                path: self.root.clone(),
+                seq: b.seq,
+                base: b.base_seq,
+                have,
+            });
+        }
+        let known = |addr, len| {
+            self.manifest.as_ref().is_some_and(|m| {
+                !b.is_full() && m.ranges.iter().any(|r| r.addr == addr && r.len == len)
+            })
+        };
+        let mut files = Vec::with_capacity(b.ranges.len());
+        for r in &b.ranges {
+            if !known(r.addr, r.len) && !r.complete {
+                return Err(ImageError::IncompleteRange {
+                    path: self.root.clone(),
+                    addr: r.addr,
+                    len: r.len,
+                });
+            }
+            let p = self.data_path(r.addr, r.len);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&p)
+                .map_err(io_err(&p, "open data file"))?;
+            f.set_len(r.len).map_err(io_err(&p, "size data file"))?;
+            files.push((r.addr, r.len, p, f));
+        }
+        // Pass 2: apply the pages (the stream was fully validated above).
+        format::scan_stream(open()?, |addr, data| {
+            let (base, _, p, f) = files
+                .iter()
+                .find(|(a, l, _, _)| addr >= *a && addr < a + l)
+                .expect("validated: every run lies in a listed range");
+            f.write_all_at(data, addr - base)
+                .map_err(|e| FormatError::Io {
+                    offset: 0,
+                    source: std::io::Error::new(e.kind(), format!("{}: {e}", p.display())),
+                })
+        })
+        .map_err(fmt)?;
+        for (_, _, p, f) in &files {
+            f.sync_all().map_err(io_err(p, "fsync data file"))?;
+        }
+        let mut manifest = summary.begin.clone();
+        for r in &mut manifest.ranges {
+            r.complete = true;
+        }
+        let old = self.manifest.replace(manifest);
+        write_manifest(&self.root, self.manifest.as_ref().expect("just set"))?;
+        // Ranges that are gone: their data files are no longer referenced.
+        if let Some(old) = old {
+            for r in &old.ranges {
+                if !summary
+                    .begin
+                    .ranges
+                    .iter()
+                    .any(|n| n.addr == r.addr && n.len == r.len)
+                {
+                    let _ = fs::remove_file(self.data_path(r.addr, r.len));
+                }
+            }
+        }
+        let _ = fs::remove_file(path);
+        Ok(summary)
+    }
+
+    fn recover(&mut self) -> Result<(), ImageError> {
+        let wal = self.root.join("wal");
+        let mut entries: Vec<PathBuf> = fs::read_dir(&wal)
+            .map_err(io_err(&wal, "read directory"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            match p.extension().and_then(|e| e.to_str()) {
+                Some("cpt") => {
+                    // A complete stream that may not have been applied. If it is damaged or
+                    // does not chain, it cannot be applied: keep the image as it is and say so
+                    // by leaving the file for `hotspare inspect` (renamed, never retried).
+                    if let Err(e) = self.apply_file(&p, None) {
+                        let _ = fs::rename(&p, p.with_extension("bad"));
+                        eprintln!("hotspare: not applying {}: {e}", p.display());
+                    }
+                }
+                Some("tmp") => {
+                    let _ = fs::remove_file(&p);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_manifest(root: &Path) -> Result<Option<Begin>, ImageError> {
+    let path = root.join("manifest");
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ImageError::Io {
+                path,
+                what: "open",
+                source: e,
+            })
+        }
+    };
+    let fmt = |source| ImageError::Format {
+        path: path.clone(),
+        source,
+    };
+    let mut fr = FrameReader::new(BufReader::new(f));
+    let frame = fr
+        .next_frame()
+        .map_err(fmt)?
+        .ok_or(FormatError::Truncated { offset: 0 })
+        .map_err(fmt)?;
+    if frame.kind != format::FrameKind::Begin || fr.next_frame().map_err(fmt)?.is_some() {
+        return Err(fmt(FormatError::Malformed {
+            offset: 0,
+            what: "manifest is not one BEGIN frame".into(),
+        }));
+    }
+    format::decode_begin(&frame.payload, 0)
+        .map(Some)
+        .map_err(fmt)
+}
+
+fn write_manifest(root: &Path, m: &Begin) -> Result<(), ImageError> {
+    let tmp = root.join("manifest.tmp");
+    let mut f = create_private(&tmp)?;
+    f.write_all(&format::encode_begin(m))
+        .map_err(io_err(&tmp, "write"))?;
+    f.sync_all().map_err(io_err(&tmp, "fsync"))?;
+    let dst = root.join("manifest");
+    fs::rename(&tmp, &dst).map_err(io_err(&tmp, "rename"))?;
+    fsync_dir(root)
+}

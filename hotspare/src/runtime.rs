@@ -1,0 +1,348 @@
+//! [`HotSpare`]: start-up (fresh or resume), worker loops, `cpt()`.
+
+use crate::checkpoint::{CptStats, Durable, Engine, Settings, Shared};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::heap::Heap;
+use crate::identity::ExeId;
+use crate::image::{ImageDir, ImageError};
+use crate::meta::Metadata;
+use kmod_shim::{BackendChoice, Range, Shim};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A worker loop: called with the library handle, on start and again (directly) on resume.
+pub type WorkerFn = fn(&HotSpare);
+
+/// Sets up the library: configuration and worker loops, then [`Builder::start`].
+#[derive(Debug)]
+pub struct Builder {
+    config: Config,
+    workers: Vec<(String, WorkerFn)>,
+}
+
+/// A running Hot Spare program (cheap to clone; all clones are the same program).
+#[derive(Clone)]
+pub struct HotSpare {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    heap: Heap,
+    workers: Vec<(String, WorkerFn)>,
+    resumed: Option<ResumeInfo>,
+    engine: Mutex<Engine>,
+    shared: Arc<Shared>,
+    blobs: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+/// What a resume restored.
+#[derive(Debug, Clone)]
+pub struct ResumeInfo {
+    /// The image directory resumed from.
+    pub image_dir: PathBuf,
+    /// The checkpoint sequence resumed.
+    pub seq: u64,
+    /// Time from `start()` to just before the worker loops are called.
+    pub restore_time: Duration,
+}
+
+impl std::fmt::Debug for HotSpare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotSpare")
+            .field("heap", &self.inner.heap)
+            .field("resumed", &self.inner.resumed)
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Starts from `config` (e.g. [`Config::load`]).
+    pub fn new(config: Config) -> Builder {
+        Builder {
+            config,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Registers a worker loop by name. The first one runs on the thread that calls
+    /// [`HotSpare::run`], each other one in a thread of its own.
+    pub fn worker(mut self, name: &str, f: WorkerFn) -> Builder {
+        self.workers.push((name.to_owned(), f));
+        self
+    }
+
+    /// Fresh start, or resume when `HOTSPARE_RESUME=<image dir>` is set.
+    ///
+    /// On a **fresh start** it reserves the checkpoint heap, opens the image directory (which
+    /// must not hold an image already) and returns: the program initialises its state (e.g.
+    /// [`Heap::set_root`]) and calls [`HotSpare::run`].
+    ///
+    /// On **resume** it maps every range of the last complete checkpoint back at its address,
+    /// restores the metadata and calls the worker loops directly — the program's own
+    /// initialisation after `start()` is never reached — and exits the process with status 0
+    /// when they return. It returns only with an error (bad image, address taken, …).
+    pub fn start(self) -> Result<HotSpare> {
+        let t0 = Instant::now();
+        match std::env::var_os("HOTSPARE_RESUME") {
+            Some(dir) => {
+                let hs = resume(self, PathBuf::from(dir), t0)?;
+                hs.run();
+                std::process::exit(0);
+            }
+            None => fresh(self),
+        }
+    }
+}
+
+fn open_shim(config: &Config) -> Result<Shim> {
+    let choice: BackendChoice = config.backend.parse()?;
+    Ok(Shim::new(choice)?)
+}
+
+fn shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        durable: Mutex::new(Durable::default()),
+        changed: Condvar::new(),
+        force_full: AtomicBool::new(false),
+    })
+}
+
+fn fresh(b: Builder) -> Result<HotSpare> {
+    let exe = ExeId::current().map_err(|e| Error::Os {
+        what: "executable identity".into(),
+        source: e,
+    })?;
+    let image = ImageDir::open(&b.config.image_dir)?;
+    if image.seq() != 0 {
+        return Err(Error::ImageExists {
+            path: b.config.image_dir.clone(),
+            seq: image.seq(),
+        });
+    }
+    let heap = Heap::reserve(b.config.heap_base, b.config.heap_size)?;
+    let mut shim = open_shim(&b.config)?;
+    let heap_range = Range::new(heap.base(), heap.size())?;
+    shim.add(&[heap_range])?;
+    let shared = shared();
+    let settings = Settings {
+        exe,
+        term: b.config.term,
+        strategy: b.config.strategy,
+        shared: shared.clone(),
+    };
+    let engine = Engine::new(shim, heap, vec![heap_range], image, settings);
+    Ok(HotSpare {
+        inner: Arc::new(Inner {
+            config: b.config,
+            heap,
+            workers: b.workers,
+            resumed: None,
+            engine: Mutex::new(engine),
+            shared,
+            blobs: Mutex::new(Vec::new()),
+        }),
+    })
+}
+
+fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
+    let exe = ExeId::current().map_err(|e| Error::Os {
+        what: "executable identity".into(),
+        source: e,
+    })?;
+    let image = ImageDir::open_existing(&dir)?;
+    let m = image
+        .manifest()
+        .expect("open_existing guarantees a manifest")
+        .clone();
+    if m.exe_id != exe.0 {
+        return Err(ImageError::OtherExecutable {
+            path: dir,
+            image: ExeId(m.exe_id).to_string(),
+            this: exe.to_string(),
+        }
+        .into());
+    }
+    let meta = Metadata::decode(&m.meta)?;
+    for name in &meta.workers {
+        if !b.workers.iter().any(|(n, _)| n == name) {
+            return Err(Error::UnknownWorker(name.clone()));
+        }
+    }
+    let ranges = crate::resume::map_ranges(&image, &m.ranges)?;
+    let heap = Heap::attach(meta.heap.0 as usize, meta.heap.1 as usize)?;
+    let mut shim = open_shim(&b.config)?;
+    shim.add(&ranges)?;
+    let seq = image.seq();
+    let shared = shared();
+    shared.durable.lock().unwrap_or_else(|p| p.into_inner()).seq = seq;
+    let settings = Settings {
+        exe,
+        term: m.term.max(b.config.term),
+        strategy: b.config.strategy,
+        shared: shared.clone(),
+    };
+    let engine = Engine::new(shim, heap, ranges, image, settings);
+    let info = ResumeInfo {
+        image_dir: dir,
+        seq,
+        restore_time: t0.elapsed(),
+    };
+    Ok(HotSpare {
+        inner: Arc::new(Inner {
+            config: b.config,
+            heap,
+            workers: b.workers,
+            resumed: Some(info),
+            engine: Mutex::new(engine),
+            shared,
+            blobs: Mutex::new(meta.blobs),
+        }),
+    })
+}
+
+impl HotSpare {
+    /// A builder with configuration from [`Config::load`] (TOML file and environment).
+    pub fn builder() -> Result<Builder> {
+        Ok(Builder::new(Config::load()?))
+    }
+
+    /// The checkpoint heap.
+    pub fn heap(&self) -> &Heap {
+        &self.inner.heap
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// `Some` when this process was resumed from an image.
+    pub fn resumed(&self) -> Option<&ResumeInfo> {
+        self.inner.resumed.as_ref()
+    }
+
+    /// The dirty-tracking backend in use and why it was chosen.
+    pub fn backend(&self) -> (kmod_shim::BackendKind, String) {
+        let e = self.engine();
+        (e.shim.backend(), e.shim.why().to_owned())
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.inner.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn metadata(&self) -> Vec<u8> {
+        Metadata {
+            heap: (self.inner.heap.base() as u64, self.inner.heap.size() as u64),
+            workers: self.inner.workers.iter().map(|(n, _)| n.clone()).collect(),
+            blobs: self
+                .inner
+                .blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+        .encode()
+    }
+
+    /// Takes an incremental checkpoint (the first one, and any after a failure, is full). Call
+    /// it where the state is consistent. Returns once the pages are captured — the caller's stop
+    /// time is [`CptStats::stopped`]; the checkpoint becomes durable in the background
+    /// ([`HotSpare::wait_durable`]).
+    pub fn cpt(&self) -> Result<CptStats> {
+        let meta = self.metadata();
+        self.engine().cpt(meta, false)
+    }
+
+    /// Takes a full checkpoint (every page of every range).
+    pub fn cpt_full(&self) -> Result<CptStats> {
+        let meta = self.metadata();
+        self.engine().cpt(meta, true)
+    }
+
+    /// Waits until checkpoint `seq` is durable in the image directory; reports its failure.
+    pub fn wait_durable(&self, seq: u64) -> Result<()> {
+        let s = &self.inner.shared;
+        let mut d = s.durable.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if d.seq >= seq {
+                return Ok(());
+            }
+            if let Some((fseq, why)) = &d.failed {
+                if *fseq >= seq {
+                    return Err(Error::CheckpointFailed {
+                        seq: *fseq,
+                        why: why.clone(),
+                    });
+                }
+            }
+            d = s.changed.wait(d).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Tracks another page-aligned range of private read-write memory; its pages all go into
+    /// the next checkpoint, and resume maps it back at the same address.
+    pub fn register_range(&self, addr: usize, len: usize) -> Result<()> {
+        let r = Range::new(addr, len)?;
+        let mut e = self.engine();
+        e.shim.add(&[r])?;
+        e.ranges.push(r);
+        e.fresh.push(r);
+        Ok(())
+    }
+
+    /// Stops tracking a range given to [`HotSpare::register_range`]; the next checkpoint drops it.
+    pub fn unregister_range(&self, addr: usize, len: usize) -> Result<()> {
+        let r = Range::new(addr, len)?;
+        let mut e = self.engine();
+        if r.start() == self.inner.heap.base() {
+            return Err(Error::Config(
+                "the checkpoint heap cannot be unregistered".into(),
+            ));
+        }
+        e.shim.remove(&[r])?;
+        e.ranges.retain(|x| *x != r);
+        e.fresh.retain(|x| *x != r);
+        Ok(())
+    }
+
+    /// Stores a small named blob that travels with every later checkpoint.
+    pub fn set_blob(&self, name: &str, bytes: &[u8]) {
+        let mut b = self.inner.blobs.lock().unwrap_or_else(|p| p.into_inner());
+        b.retain(|(n, _)| n != name);
+        b.push((name.to_owned(), bytes.to_vec()));
+    }
+
+    /// The blob of that name (after resume: as of the resumed checkpoint).
+    pub fn blob(&self, name: &str) -> Option<Vec<u8>> {
+        let b = self.inner.blobs.lock().unwrap_or_else(|p| p.into_inner());
+        b.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+
+    /// Runs the worker loops: the first on this thread, the others in threads of their own;
+    /// returns when all have returned.
+    pub fn run(&self) {
+        let workers = self.inner.workers.clone();
+        let Some(((_, first), rest)) = workers.split_first() else {
+            return;
+        };
+        let handles: Vec<_> = rest
+            .iter()
+            .map(|(name, f)| {
+                let (hs, f) = (self.clone(), *f);
+                std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || f(&hs))
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        first(self);
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
