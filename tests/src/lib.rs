@@ -19,7 +19,9 @@ pub mod model {
         fn del(&mut self, k: u64);
     }
 
-    impl<S: std::hash::BuildHasher, A: allocator_api2::alloc::Allocator + Clone> KvMap for hashbrown::HashMap<u64, u64, S, A> {
+    impl<S: std::hash::BuildHasher, A: allocator_api2::alloc::Allocator + Clone> KvMap
+        for hashbrown::HashMap<u64, u64, S, A>
+    {
         fn put(&mut self, k: u64, v: u64) {
             self.insert(k, v);
         }

@@ -62,15 +62,33 @@ fn main() -> anyhow::Result<()> {
         let addr = usize::from_str_radix(addr.trim_start_matches("0x"), 16)?;
         // SAFETY: a fresh anonymous page at a fixed address that we expect to be free.
         let p = unsafe {
-            libc::mmap(addr as *mut _, 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0)
+            libc::mmap(
+                addr as *mut _,
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
         };
         anyhow::ensure!(p as usize == addr, "could not occupy {addr:#x}");
     }
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
-    let [seed, total, k] = args[..] else { anyhow::bail!("usage: kvmodel SEED TOTAL_OPS K") };
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let [seed, total, k] = args[..] else {
+        anyhow::bail!("usage: kvmodel SEED TOTAL_OPS K")
+    };
     let hs = HotSpare::builder()?.worker("main", worker).start()?;
     let map = Map::with_hasher_in(StableHasher::default(), hs.heap().alloc());
-    hs.heap().set_root(Mutex::new(State { map, ops: 0, total, seed, k: k.max(1) }))?;
+    hs.heap().set_root(Mutex::new(State {
+        map,
+        ops: 0,
+        total,
+        seed,
+        k: k.max(1),
+    }))?;
     hs.run();
     Ok(())
 }
