@@ -46,7 +46,7 @@ fn worker(hs: &HotSpare) {
         let (seed, i) = (s.seed, s.ops);
         model::apply(&mut s.map, seed, i);
         s.ops += 1;
-        let (ops, due) = (s.ops, s.ops % s.k == 0);
+        let (ops, due) = (s.ops, s.ops.is_multiple_of(s.k));
         drop(s);
         if due {
             let st = hs.cpt().expect("cpt");
