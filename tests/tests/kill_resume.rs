@@ -49,7 +49,7 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)]) -> u64 {
     let mut child = kvmodel(dir.path(), env, seed, k).spawn().unwrap();
     let rx = lines(&mut child);
     let mut last_durable = 0;
-    let mut note = |l: &str, last: &mut u64| {
+    let note = |l: &str, last: &mut u64| {
         if let Some(rest) = l.strip_prefix("CPT ") {
             *last = rest.split(' ').nth(1).unwrap().parse().unwrap();
         }
