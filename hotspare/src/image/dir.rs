@@ -88,6 +88,77 @@ impl ImageDir {
         ImageDir::open(root)
     }
 
+    /// Opens an image for reading only: no recovery, nothing created or changed (for
+    /// `hotspare inspect`).
+    pub fn open_read_only(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
+        let root = root.as_ref().to_path_buf();
+        match read_manifest(&root)? {
+            Some(m) => Ok(ImageDir {
+                root,
+                manifest: Some(m),
+            }),
+            None => Err(ImageError::NoImage { path: root }),
+        }
+    }
+
+    /// WAL files present, sorted (`.tmp` torn, `.cpt` complete but not applied, `.bad` refused).
+    pub fn wal_files(&self) -> Result<Vec<PathBuf>, ImageError> {
+        let wal = self.root.join("wal");
+        let mut v: Vec<PathBuf> = fs::read_dir(&wal)
+            .map_err(io_err(&wal, "read directory"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Checks every page of every data file against its CRC32C; returns the pages checked.
+    pub fn verify_data(&self) -> Result<u64, ImageError> {
+        let Some(m) = &self.manifest else {
+            return Ok(0);
+        };
+        let page = m.page_size as usize;
+        let zero = vec![0u8; page];
+        let mut checked = 0;
+        for r in &m.ranges {
+            let (dp, cp) = (self.data_path(r.addr, r.len), self.crc_path(r.addr, r.len));
+            let data = File::open(&dp).map_err(io_err(&dp, "open"))?;
+            let crc = fs::read(&cp).map_err(io_err(&cp, "read"))?;
+            if data.metadata().map_err(io_err(&dp, "stat"))?.len() != r.len
+                || crc.len() as u64 != r.len / page as u64 * 4
+            {
+                return Err(ImageError::Damaged {
+                    path: dp,
+                    what: "data file or CRC table has the wrong size".into(),
+                });
+            }
+            let mut buf = vec![0u8; page * 256];
+            for (chunk_no, want) in crc.chunks(4 * 256).enumerate() {
+                let off = (chunk_no * 256 * page) as u64;
+                let bytes = want.len() / 4 * page;
+                data.read_exact_at(&mut buf[..bytes], off)
+                    .map_err(io_err(&dp, "read"))?;
+                for (i, pg) in buf[..bytes].chunks(page).enumerate() {
+                    let w = u32::from_le_bytes(want[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+                    let ok = if w == 0 {
+                        pg == &zero[..]
+                    } else {
+                        page_crc(pg) == w
+                    };
+                    if !ok {
+                        let at = r.addr + off + (i * page) as u64;
+                        return Err(ImageError::Damaged {
+                            path: dp,
+                            what: format!("page {at:#x} fails its CRC32C"),
+                        });
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        Ok(checked)
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.root
@@ -108,6 +179,14 @@ impl ImageDir {
         self.root
             .join("data")
             .join(format!("{addr:016x}-{len:x}.pages"))
+    }
+
+    /// Path of the per-page CRC32C table of a range's data file (4 bytes LE per page; 0 means
+    /// the page was never written and must read as zeros).
+    pub fn crc_path(&self, addr: u64, len: u64) -> PathBuf {
+        self.root
+            .join("data")
+            .join(format!("{addr:016x}-{len:x}.crc"))
     }
 
     /// Path of a WAL file.
@@ -225,23 +304,43 @@ impl ImageDir {
                 .open(&p)
                 .map_err(io_err(&p, "open data file"))?;
             f.set_len(r.len).map_err(io_err(&p, "size data file"))?;
-            files.push((r.addr, r.len, p, f));
+            let cp = self.crc_path(r.addr, r.len);
+            let c = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&cp)
+                .map_err(io_err(&cp, "open CRC table"))?;
+            c.set_len(r.len / u64::from(b.page_size) * 4)
+                .map_err(io_err(&cp, "size CRC table"))?;
+            files.push((r.addr, r.len, p, f, c));
         }
         // Pass 2: apply the pages (the stream was fully validated above).
+        let page = b.page_size as usize;
+        let mut crcs = Vec::new();
         format::scan_stream(open()?, |addr, data| {
-            let (base, _, p, f) = files
+            let (base, _, p, f, c) = files
                 .iter()
-                .find(|(a, l, _, _)| addr >= *a && addr < a + l)
+                .find(|(a, l, _, _, _)| addr >= *a && addr < a + l)
                 .expect("validated: every run lies in a listed range");
-            f.write_all_at(data, addr - base)
-                .map_err(|e| FormatError::Io {
-                    offset: 0,
-                    source: std::io::Error::new(e.kind(), format!("{}: {e}", p.display())),
-                })
+            let io = |e: std::io::Error| FormatError::Io {
+                offset: 0,
+                source: std::io::Error::new(e.kind(), format!("{}: {e}", p.display())),
+            };
+            f.write_all_at(data, addr - base).map_err(io)?;
+            crcs.clear();
+            for pg in data.chunks(page) {
+                crcs.extend_from_slice(&page_crc(pg).to_le_bytes());
+            }
+            c.write_all_at(&crcs, (addr - base) / page as u64 * 4)
+                .map_err(io)
         })
         .map_err(fmt)?;
-        for (_, _, p, f) in &files {
+        for (_, _, p, f, c) in &files {
             f.sync_all().map_err(io_err(p, "fsync data file"))?;
+            c.sync_all().map_err(io_err(p, "fsync CRC table"))?;
         }
         let mut manifest = summary.begin.clone();
         for r in &mut manifest.ranges {
@@ -337,4 +436,9 @@ fn write_manifest(root: &Path, m: &Begin) -> Result<(), ImageError> {
     let dst = root.join("manifest");
     fs::rename(&tmp, &dst).map_err(io_err(&tmp, "rename"))?;
     fsync_dir(root)
+}
+
+/// CRC32C of a page as stored in the CRC table; never 0 (0 marks a page never written).
+fn page_crc(page: &[u8]) -> u32 {
+    crc32c::crc32c(page).max(1)
 }

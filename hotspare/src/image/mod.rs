@@ -116,6 +116,14 @@ pub enum ImageError {
         /// Range length.
         len: u64,
     },
+    /// A data file does not match its checksums.
+    #[error("{}: damaged: {what}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// The directory holds no image.
     #[error("{}: no checkpoint image here (no manifest)", path.display())]
     NoImage {
