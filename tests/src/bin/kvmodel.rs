@@ -57,7 +57,14 @@ fn worker(hs: &HotSpare) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("kvmodel: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     if let Ok(addr) = std::env::var("KVMODEL_OCCUPY") {
         let addr = usize::from_str_radix(addr.trim_start_matches("0x"), 16)?;
         // SAFETY: a fresh anonymous page at a fixed address that we expect to be free.
