@@ -38,6 +38,7 @@
 mod checkpoint;
 pub mod config;
 mod error;
+mod fds;
 pub mod heap;
 pub mod identity;
 pub mod image;
@@ -51,5 +52,5 @@ pub use config::{Config, Strategy};
 pub use error::{Error, Result};
 pub use heap::{Heap, HeapAlloc, StableHasher};
 pub use kmod_shim;
-pub use runtime::{Builder, HotSpare, ResumeInfo, WorkerFn};
+pub use runtime::{Builder, HotSpare, ResumeInfo, SignalFn, WorkerFn};
 pub use sync::Mutex;

@@ -3,11 +3,16 @@
 use crate::checkpoint::{CptStats, Durable, Engine, Settings, Shared};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fds;
 use crate::heap::Heap;
 use crate::identity::ExeId;
 use crate::image::{ImageDir, ImageError};
-use crate::meta::Metadata;
+use crate::meta::{FdRecord, Metadata};
 use kmod_shim::{BackendChoice, Range, Shim};
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,11 +21,15 @@ use std::time::{Duration, Instant};
 /// A worker loop: called with the library handle, on start and again (directly) on resume.
 pub type WorkerFn = fn(&HotSpare);
 
+/// A signal handler that can be registered by name ([`Builder::signal_handler`]).
+pub type SignalFn = extern "C" fn(libc::c_int);
+
 /// Sets up the library: configuration and worker loops, then [`Builder::start`].
 #[derive(Debug)]
 pub struct Builder {
     config: Config,
     workers: Vec<(String, WorkerFn)>,
+    handlers: Vec<(String, SignalFn)>,
 }
 
 /// A running Hot Spare program (cheap to clone; all clones are the same program).
@@ -37,6 +46,10 @@ struct Inner {
     engine: Mutex<Engine>,
     shared: Arc<Shared>,
     blobs: Mutex<Vec<(String, Vec<u8>)>>,
+    fds: Mutex<Vec<fds::Entry>>,
+    handlers: Vec<(String, SignalFn)>,
+    signals: Mutex<Vec<(i32, String)>>,
+    lost: Vec<(String, FdRecord)>,
 }
 
 /// What a resume restored.
@@ -65,6 +78,7 @@ impl Builder {
         Builder {
             config,
             workers: Vec::new(),
+            handlers: Vec::new(),
         }
     }
 
@@ -72,6 +86,14 @@ impl Builder {
     /// [`HotSpare::run`], each other one in a thread of its own.
     pub fn worker(mut self, name: &str, f: WorkerFn) -> Builder {
         self.workers.push((name.to_owned(), f));
+        self
+    }
+
+    /// Makes a signal handler known by name, so that [`HotSpare::sigreg`] can install it and
+    /// resume can install it again (the function's address differs between incarnations; its
+    /// name does not).
+    pub fn signal_handler(mut self, name: &str, f: SignalFn) -> Builder {
+        self.handlers.push((name.to_owned(), f));
         self
     }
 
@@ -144,6 +166,10 @@ fn fresh(b: Builder) -> Result<HotSpare> {
             engine: Mutex::new(engine),
             shared,
             blobs: Mutex::new(Vec::new()),
+            fds: Mutex::new(Vec::new()),
+            handlers: b.handlers,
+            signals: Mutex::new(Vec::new()),
+            lost: Vec::new(),
         }),
     })
 }
@@ -171,6 +197,23 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
         if !b.workers.iter().any(|(n, _)| n == name) {
             return Err(Error::UnknownWorker(name.clone()));
         }
+    }
+    let mut entries = Vec::new();
+    let mut lost = Vec::new();
+    for (name, record) in &meta.fds {
+        match fds::restore(name, record)? {
+            Some(fd) => entries.push(fds::Entry {
+                name: name.clone(),
+                record: record.clone(),
+                fd: Some(fd),
+            }),
+            None => lost.push((name.clone(), record.clone())),
+        }
+    }
+    for (sig, name) in &meta.signals {
+        let f = b.handlers.iter().find(|(n, _)| n == name).map(|(_, f)| *f);
+        let f = f.ok_or_else(|| Error::Config(format!("signal handler '{name}' is in the image but was not registered with Builder::signal_handler")))?;
+        install(*sig, f)?;
     }
     let ranges = crate::resume::map_ranges(&image, &m.ranges)?;
     let heap = Heap::attach(meta.heap.0 as usize, meta.heap.1 as usize)?;
@@ -200,6 +243,10 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
             engine: Mutex::new(engine),
             shared,
             blobs: Mutex::new(meta.blobs),
+            fds: Mutex::new(entries),
+            handlers: b.handlers,
+            signals: Mutex::new(meta.signals),
+            lost,
         }),
     })
 }
@@ -236,7 +283,19 @@ impl HotSpare {
     }
 
     fn metadata(&self) -> Vec<u8> {
+        let mut fds = self.inner.fds.lock().unwrap_or_else(|p| p.into_inner());
+        fds::refresh(&mut fds);
         Metadata {
+            fds: fds
+                .iter()
+                .map(|e| (e.name.clone(), e.record.clone()))
+                .collect(),
+            signals: self
+                .inner
+                .signals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             heap: (self.inner.heap.base() as u64, self.inner.heap.size() as u64),
             workers: self.inner.workers.iter().map(|(n, _)| n.clone()).collect(),
             blobs: self
@@ -323,6 +382,122 @@ impl HotSpare {
         b.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
     }
 
+    fn add_fd(&self, name: &str, record: FdRecord, fd: Option<OwnedFd>) {
+        let mut v = self.inner.fds.lock().unwrap_or_else(|p| p.into_inner());
+        v.retain(|e| e.name != name);
+        v.push(fds::Entry {
+            name: name.to_owned(),
+            record,
+            fd,
+        });
+    }
+
+    fn fd(&self, name: &str) -> Option<OwnedFd> {
+        let v = self.inner.fds.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter()
+            .find(|e| e.name == name)?
+            .fd
+            .as_ref()?
+            .try_clone()
+            .ok()
+    }
+
+    /// Hands a regular file to the library under `name` (its path, flags and offset go into
+    /// checkpoints; with `refresh_offset` the offset is re-read at every checkpoint). Get it
+    /// with [`HotSpare::file`]; after resume it is reopened at the checkpoint's offset.
+    pub fn add_file(&self, name: &str, file: File, path: &str, refresh_offset: bool) -> Result<()> {
+        let record = fds::file_record(&file, path, refresh_offset)?;
+        self.add_fd(name, record, Some(file.into()));
+        Ok(())
+    }
+
+    /// Hands a listening TCP socket to the library; after resume it is bound again to the same
+    /// address. Get it with [`HotSpare::tcp_listener`].
+    pub fn add_tcp_listener(&self, name: &str, l: TcpListener) -> Result<()> {
+        let record = fds::tcp_listener_record(&l)?;
+        self.add_fd(name, record, Some(l.into()));
+        Ok(())
+    }
+
+    /// Hands a listening Unix socket (bound to a path) to the library; bound again on resume.
+    pub fn add_unix_listener(&self, name: &str, l: UnixListener) -> Result<()> {
+        let record = fds::unix_listener_record(&l)?;
+        self.add_fd(name, record, Some(l.into()));
+        Ok(())
+    }
+
+    /// Records a connected socket: it cannot survive the process, so after resume it is listed
+    /// by [`HotSpare::lost_connections`] instead.
+    pub fn add_connection(&self, name: &str, s: TcpStream) -> Result<()> {
+        let record = fds::connected_record(&s)?;
+        self.add_fd(name, record, Some(s.into()));
+        Ok(())
+    }
+
+    /// Forgets a registered descriptor (closing the library's copy).
+    pub fn remove_fd(&self, name: &str) {
+        self.inner
+            .fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e| e.name != name);
+    }
+
+    /// The file registered as `name` (a duplicate descriptor sharing its offset).
+    pub fn file(&self, name: &str) -> Option<File> {
+        self.fd(name).map(File::from)
+    }
+
+    /// The TCP listener registered as `name`.
+    pub fn tcp_listener(&self, name: &str) -> Option<TcpListener> {
+        self.fd(name).map(TcpListener::from)
+    }
+
+    /// The Unix listener registered as `name`.
+    pub fn unix_listener(&self, name: &str) -> Option<UnixListener> {
+        self.fd(name).map(UnixListener::from)
+    }
+
+    /// The connected socket registered as `name` (only in the incarnation that registered it).
+    pub fn connection(&self, name: &str) -> Option<TcpStream> {
+        self.fd(name).map(TcpStream::from)
+    }
+
+    /// After resume: the connected sockets of the image, which are gone, as (name, local, peer).
+    pub fn lost_connections(&self) -> Vec<(String, String, String)> {
+        self.inner
+            .lost
+            .iter()
+            .filter_map(|(n, r)| match r {
+                FdRecord::Connected { local, peer } => {
+                    Some((n.clone(), local.clone(), peer.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `hs_sigreg`: installs the handler registered as `name` for `signal`, and records it so
+    /// that resume installs it again.
+    pub fn sigreg(&self, signal: i32, name: &str) -> Result<()> {
+        let f = self
+            .inner
+            .handlers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| *f);
+        let f = f.ok_or_else(|| {
+            Error::Config(format!(
+                "no signal handler named '{name}' (Builder::signal_handler)"
+            ))
+        })?;
+        install(signal, f)?;
+        let mut s = self.inner.signals.lock().unwrap_or_else(|p| p.into_inner());
+        s.retain(|(sig, _)| *sig != signal);
+        s.push((signal, name.to_owned()));
+        Ok(())
+    }
+
     /// Runs the worker loops: the first on this thread, the others in threads of their own;
     /// returns when all have returned.
     pub fn run(&self) {
@@ -345,4 +520,22 @@ impl HotSpare {
             let _ = h.join();
         }
     }
+}
+
+fn install(signal: i32, f: SignalFn) -> Result<()> {
+    // SAFETY: a zeroed sigaction with a valid handler address and an empty mask.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = f as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(signal, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(Error::Os {
+            what: format!("sigaction({signal})"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }

@@ -1,0 +1,74 @@
+//! Resume restores a regular file at the same offset, listening TCP and Unix sockets on the same
+//! addresses, reports the connected socket as lost, carries the blob, and re-installs the
+//! signal handler registered by name.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(dir: &std::path::Path, resume: bool) -> (Killed, mpsc::Receiver<String>) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fdmodel"));
+    c.env("FDMODEL_DIR", dir)
+        .env("HOTSPARE_IMAGE_DIR", dir.join("image"))
+        .env("HOTSPARE_HEAP_SIZE", "8M")
+        .env("HOTSPARE_HEAP_BASE", "0x610000000000")
+        .stdout(Stdio::piped());
+    if resume {
+        c.env("HOTSPARE_RESUME", dir.join("image"));
+    }
+    let mut child = c.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (Killed(child), rx)
+}
+
+fn expect(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+    let l = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("no '{prefix}' line"));
+    assert!(l.starts_with(prefix), "expected '{prefix}', got '{l}'");
+    l
+}
+
+#[test]
+fn files_sockets_signals_and_blobs_survive_a_kill() {
+    let t = tempfile::tempdir().unwrap();
+    let (first, rx) = spawn(t.path(), false);
+    let port: u16 = expect(&rx, "READY ")[6..].parse().unwrap();
+    drop(first); // SIGKILL
+    let (second, rx) = spawn(t.path(), true);
+    expect(&rx, "RESUMED");
+    let lost = expect(&rx, "LOST conn ");
+    assert!(lost.contains(&format!("127.0.0.1:{port}")), "{lost}");
+    assert_eq!(expect(&rx, "BLOB "), "BLOB hi");
+    expect(&rx, "LOGGED");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("log")).unwrap(),
+        "hello\nworld\n"
+    );
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))
+        .expect("listener bound again on the same port");
+    c.write_all(b"ping").unwrap();
+    assert_eq!(expect(&rx, "TCP "), "TCP ping");
+    let mut u = std::os::unix::net::UnixStream::connect(t.path().join("sock")).unwrap();
+    u.write_all(b"unix").unwrap();
+    assert_eq!(expect(&rx, "UNIX "), "UNIX unix");
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(second.0.id() as i32, libc::SIGUSR1) };
+    expect(&rx, "SIGNAL usr1");
+}
