@@ -178,6 +178,22 @@ impl Heap {
         Ok(unsafe { &*p })
     }
 
+    /// The C ABI's root: an untyped pointer into the heap (`hs_set_root`).
+    pub fn set_root_ptr(&self, p: *mut u8) {
+        let h = self.header();
+        h.root.store(p as usize, Ordering::Release);
+        h.root_tag.store(type_tag::<CRoot>(), Ordering::Release);
+    }
+
+    /// The C ABI's root (`hs_root`), or null.
+    pub fn root_ptr(&self) -> *mut u8 {
+        let h = self.header();
+        if h.root_tag.load(Ordering::Acquire) != type_tag::<CRoot>() {
+            return std::ptr::null_mut();
+        }
+        h.root.load(Ordering::Acquire) as *mut u8
+    }
+
     /// The root object, if one of type `T` was set.
     pub fn root<T: Send + Sync + 'static>(&self) -> Option<&'static T> {
         let h = self.header();
@@ -189,6 +205,9 @@ impl Heap {
         Some(unsafe { &*(p as *const T) })
     }
 }
+
+/// The type tag of roots set through the C ABI.
+struct CRoot;
 
 /// Identifies T across processes of the same executable (type name, size, alignment).
 fn type_tag<T>() -> u64 {

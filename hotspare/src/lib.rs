@@ -39,6 +39,7 @@ mod checkpoint;
 pub mod config;
 mod error;
 mod fds;
+pub mod ffi;
 pub mod heap;
 pub mod identity;
 pub mod image;

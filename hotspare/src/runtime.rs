@@ -19,13 +19,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// A worker loop: called with the library handle, on start and again (directly) on resume.
-pub type WorkerFn = fn(&HotSpare);
+pub type WorkerFn = Arc<dyn Fn(&HotSpare) + Send + Sync>;
 
 /// A signal handler that can be registered by name ([`Builder::signal_handler`]).
 pub type SignalFn = extern "C" fn(libc::c_int);
 
 /// Sets up the library: configuration and worker loops, then [`Builder::start`].
-#[derive(Debug)]
 pub struct Builder {
     config: Config,
     workers: Vec<(String, WorkerFn)>,
@@ -63,6 +62,16 @@ pub struct ResumeInfo {
     pub restore_time: Duration,
 }
 
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.workers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .field("workers", &names)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for HotSpare {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HotSpare")
@@ -84,8 +93,8 @@ impl Builder {
 
     /// Registers a worker loop by name. The first one runs on the thread that calls
     /// [`HotSpare::run`], each other one in a thread of its own.
-    pub fn worker(mut self, name: &str, f: WorkerFn) -> Builder {
-        self.workers.push((name.to_owned(), f));
+    pub fn worker(mut self, name: &str, f: impl Fn(&HotSpare) + Send + Sync + 'static) -> Builder {
+        self.workers.push((name.to_owned(), Arc::new(f)));
         self
     }
 
@@ -108,13 +117,21 @@ impl Builder {
     /// initialisation after `start()` is never reached — and exits the process with status 0
     /// when they return. It returns only with an error (bad image, address taken, …).
     pub fn start(self) -> Result<HotSpare> {
+        let hs = self.open()?;
+        if hs.resumed().is_some() {
+            hs.run();
+            std::process::exit(0);
+        }
+        Ok(hs)
+    }
+
+    /// Like [`Builder::start`], but on resume returns the restored program *without* calling
+    /// the workers: the caller must then call [`HotSpare::run`] and exit. For embedders that
+    /// need the handle before the workers run (the C ABI does).
+    pub fn open(self) -> Result<HotSpare> {
         let t0 = Instant::now();
         match std::env::var_os("HOTSPARE_RESUME") {
-            Some(dir) => {
-                let hs = resume(self, PathBuf::from(dir), t0)?;
-                hs.run();
-                std::process::exit(0);
-            }
+            Some(dir) => resume(self, PathBuf::from(dir), t0),
             None => fresh(self),
         }
     }
@@ -508,7 +525,7 @@ impl HotSpare {
         let handles: Vec<_> = rest
             .iter()
             .map(|(name, f)| {
-                let (hs, f) = (self.clone(), *f);
+                let (hs, f) = (self.clone(), f.clone());
                 std::thread::Builder::new()
                     .name(name.clone())
                     .spawn(move || f(&hs))

@@ -1,0 +1,207 @@
+//! The Hot Spare C ABI: `hotspare.h` matches the library's exports and error codes, and a C
+//! program (`tests/c/hs_counter.c`) built with `-Werror` against `libhotspare.so` and `.a`
+//! checkpoints, is SIGKILLed, and resumes with its state and its signal handler.
+//!
+//! The libraries come from `cargo build --workspace` (which `scripts/test.sh` runs first).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn profile_dir() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn lib(name: &str) -> PathBuf {
+    let p = profile_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn header() -> String {
+    std::fs::read_to_string(repo().join("hotspare/include/hotspare.h")).unwrap()
+}
+
+#[test]
+fn header_declares_exactly_the_exported_functions() {
+    let declared: BTreeSet<String> = header()
+        .lines()
+        .filter(|l| {
+            !l.trim_start().starts_with('*') && !l.starts_with("typedef") && !l.starts_with('#')
+        })
+        .filter_map(|l| {
+            let i = l.find("hs_")?;
+            let name: String = l[i..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            l[i + name.len()..].starts_with('(').then_some(name)
+        })
+        .collect();
+    let nm = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib("libhotspare.so"))
+        .output()
+        .expect("nm (binutils)");
+    let exported: BTreeSet<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| s.starts_with("hs_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(!declared.is_empty());
+    assert_eq!(declared, exported, "hotspare.h and libhotspare.so disagree");
+}
+
+#[test]
+fn header_error_codes_match_the_library() {
+    let h = header();
+    for (code, name, _) in hotspare::ffi::ERROR_CODES {
+        let line = format!("#define {name} {code}");
+        assert!(
+            h.lines().any(|l| l.trim() == line),
+            "hotspare.h lacks `{line}`"
+        );
+    }
+    let defined = h.lines().filter(|l| l.starts_with("#define HS_E")).count();
+    assert_eq!(
+        defined,
+        hotspare::ffi::ERROR_CODES.len(),
+        "hotspare.h defines codes the library does not know"
+    );
+}
+
+fn compile(out: &Path, link: &[&str]) {
+    let status = Command::new("gcc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-o"])
+        .arg(out)
+        .arg("-I")
+        .arg(repo().join("hotspare/include"))
+        .arg(repo().join("tests/c/hs_counter.c"))
+        .args(link)
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "gcc failed for {}", out.display());
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> (Killed, mpsc::Receiver<String>) {
+    let mut child = Command::new(exe)
+        .env("HOTSPARE_IMAGE_DIR", dir)
+        .env("HOTSPARE_HEAP_SIZE", "4M")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (Killed(child), rx)
+}
+
+fn next(rx: &mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("no output within 20 s")
+}
+
+fn kill_and_resume(exe: &Path) {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, rx) = spawn(exe, dir.path(), &[]);
+        let mut last = 0;
+        for _ in 0..(3 + round * 7) {
+            let l = next(&rx);
+            last = l.split(' ').nth(2).unwrap().parse::<i64>().unwrap();
+        }
+        drop(first);
+        for l in rx.try_iter() {
+            if let Some(v) = l.split(' ').nth(2) {
+                last = v.parse().unwrap();
+            }
+        }
+        let d = dir.path().to_str().unwrap();
+        let (second, rx) = spawn(
+            exe,
+            dir.path(),
+            &[
+                ("HOTSPARE_RESUME", d),
+                ("HS_COUNTER_WAIT_SIGNAL", "1"),
+                ("HS_COUNTER_EXIT_ON_RESUME", "1"),
+            ],
+        );
+        let l = next(&rx);
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f[0], "RESUMED", "{l}");
+        let counter: i64 = f[1].parse().unwrap();
+        assert_eq!(f[2], "ok", "history ring inconsistent after resume: {l}");
+        assert!(
+            counter % 10 == 0 && counter >= last,
+            "resumed at {counter}, last durable {last}"
+        );
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(second.0.id() as i32, libc::SIGUSR1) };
+        assert_eq!(next(&rx), "SIGNAL");
+    }
+}
+
+#[test]
+fn c_program_checkpoints_is_killed_and_resumes_shared() {
+    let so = lib("libhotspare.so");
+    let dir = so.parent().unwrap().to_str().unwrap().to_owned();
+    let exe = profile_dir().join("hs_counter_shared");
+    compile(
+        &exe,
+        &["-L", &dir, "-lhotspare", &format!("-Wl,-rpath,{dir}")],
+    );
+    kill_and_resume(&exe);
+}
+
+#[test]
+fn c_program_checkpoints_is_killed_and_resumes_static() {
+    let a = lib("libhotspare.a");
+    let exe = profile_dir().join("hs_counter_static");
+    compile(&exe, &[a.to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    kill_and_resume(&exe);
+}
+
+#[test]
+fn pkg_config_file_describes_the_library() {
+    let pc = std::fs::read_to_string(repo().join("hotspare/hotspare.pc.in")).unwrap();
+    assert!(
+        pc.contains("Libs: -L${libdir} -lhotspare") && pc.contains("Cflags: -I${includedir}"),
+        "{pc}"
+    );
+}
