@@ -248,6 +248,10 @@ impl Engine {
         match self.strategy {
             Strategy::Auto => {
                 let copy_ms = bytes as f64 / (1 << 20) as f64 * 0.12;
+                // No fork is cheaper than ~0.5 ms: skip reading /proc for small checkpoints.
+                if copy_ms < 0.5 {
+                    return Strategy::Copy;
+                }
                 let fork_ms = resident_bytes() as f64 / (1u64 << 30) as f64 * 27.0 + 0.2;
                 if copy_ms <= fork_ms {
                     Strategy::Copy

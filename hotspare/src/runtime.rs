@@ -289,6 +289,11 @@ impl HotSpare {
         self.inner.resumed.as_ref()
     }
 
+    /// Changes the capture strategy of later checkpoints.
+    pub fn set_strategy(&self, s: crate::Strategy) {
+        self.engine().strategy = s;
+    }
+
     /// The dirty-tracking backend in use and why it was chosen.
     pub fn backend(&self) -> (kmod_shim::BackendKind, String) {
         let e = self.engine();

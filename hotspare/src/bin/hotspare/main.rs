@@ -1,5 +1,8 @@
 //! `hotspare`: the command-line tool. `hotspare inspect DIR` prints an image and verifies every
-//! checksum (exit status 1 on any damage).
+//! checksum (exit status 1 on any damage); `hotspare bench cpt|resume` measure the library and
+//! print JSON lines (see `docs/performance.md`).
+
+mod bench;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -27,6 +30,15 @@ enum Cmd {
         /// Skip reading the data files (headers and streams only).
         #[arg(long)]
         no_data: bool,
+    },
+    /// Benchmarks (JSON lines on stdout).
+    #[command(subcommand)]
+    Bench(bench::Bench),
+    /// Internal: the program `hotspare bench resume` starts and resumes.
+    #[command(hide = true)]
+    BenchChild {
+        /// Bytes of state to fill before the first checkpoint.
+        fill: String,
     },
 }
 
@@ -124,6 +136,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Inspect { dir, no_data } => inspect(dir, no_data),
+        Cmd::Bench(b) => bench::run(b).map(|()| true),
+        Cmd::BenchChild { fill } => bench::child(&fill).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,
