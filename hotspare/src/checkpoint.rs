@@ -29,6 +29,8 @@ pub struct CptStats {
     pub seq: u64,
     /// How long the caller was stopped.
     pub stopped: Duration,
+    /// The part of `stopped` spent asking the kernel for the dirty pages (QUERY).
+    pub query: Duration,
     /// Pages captured.
     pub pages: u64,
     /// Bytes captured.
@@ -153,8 +155,10 @@ impl Engine {
         let page = page_size();
         let t0 = Instant::now();
         let heap = self.heap;
+        let mut query = Duration::ZERO;
         let captured = heap.with_allocator_locked(|| -> Result<_> {
             let dirty = self.shim.query()?;
+            query = t0.elapsed();
             let runs = self.runs_to_capture(&dirty, full);
             let bytes: usize = runs.iter().map(|r| r.1).sum();
             let strategy = self.choose(bytes);
@@ -207,6 +211,7 @@ impl Engine {
         Ok(CptStats {
             seq,
             stopped,
+            query,
             pages: (bytes / page) as u64,
             bytes: bytes as u64,
             full,

@@ -1,6 +1,6 @@
 //! Resume restores a regular file at the same offset, listening TCP and Unix sockets on the same
-//! addresses, reports the connected socket as lost, carries the blob, and re-installs the
-//! signal handler registered by name.
+//! addresses, reports the connected socket as lost, carries the blob, maps a range registered
+//! with `register_range` back, and re-installs the signal handler registered by name.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -56,6 +56,7 @@ fn files_sockets_signals_and_blobs_survive_a_kill() {
     let lost = expect(&rx, "LOST conn ");
     assert!(lost.contains(&format!("127.0.0.1:{port}")), "{lost}");
     assert_eq!(expect(&rx, "BLOB "), "BLOB hi");
+    assert_eq!(expect(&rx, "EXTRA "), "EXTRA extra-range-ok");
     expect(&rx, "LOGGED");
     assert_eq!(
         std::fs::read_to_string(t.path().join("log")).unwrap(),

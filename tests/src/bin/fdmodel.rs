@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static GOT_USR1: AtomicBool = AtomicBool::new(false);
 
+/// An extra range registered with `register_range`, outside the checkpoint heap.
+const EXTRA: usize = 0x6200_0000_0000;
+
 extern "C" fn on_usr1(_: libc::c_int) {
     GOT_USR1.store(true, Ordering::SeqCst);
 }
@@ -39,6 +42,9 @@ fn worker(hs: &HotSpare) {
         "BLOB {}",
         String::from_utf8_lossy(&hs.blob("greeting").unwrap_or_default())
     ));
+    // SAFETY: resume mapped the registered range back at EXTRA; it holds a 14-byte marker.
+    let extra = unsafe { std::slice::from_raw_parts(EXTRA as *const u8, 14) };
+    say(&format!("EXTRA {}", String::from_utf8_lossy(extra)));
     let mut log = hs.file("log").expect("log file restored");
     log.write_all(b"world\n").unwrap();
     say("LOGGED");
@@ -95,6 +101,21 @@ fn real_main() -> anyhow::Result<()> {
     )?;
     hs.sigreg(libc::SIGUSR1, "usr1")?;
     hs.set_blob("greeting", b"hi");
+    // SAFETY: a fresh anonymous mapping at a fixed address that must be free.
+    let p = unsafe {
+        libc::mmap(
+            EXTRA as *mut _,
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    anyhow::ensure!(p as usize == EXTRA, "cannot map the extra range");
+    // SAFETY: writing into the page just mapped.
+    unsafe { std::ptr::copy_nonoverlapping(b"extra-range-ok".as_ptr(), p.cast::<u8>(), 14) };
+    hs.register_range(EXTRA, 8192)?;
     hs.run();
     Ok(())
 }

@@ -97,7 +97,7 @@ fn cpt(heap: &str, dirty: &[f64], runs: usize, image_dir: Option<String>) -> Res
         let k = ((pages as f64 * pct / 100.0) as usize).max(1);
         for strategy in [Strategy::Copy, Strategy::Fork, Strategy::Auto] {
             hs.set_strategy(strategy);
-            let (mut stop, mut chosen) = (Vec::new(), Vec::new());
+            let (mut stop, mut chosen, mut query) = (Vec::new(), Vec::new(), Vec::new());
             for run in 0..runs {
                 for i in 0..k {
                     let j = rng.usize(i..pages);
@@ -111,13 +111,15 @@ fn cpt(heap: &str, dirty: &[f64], runs: usize, image_dir: Option<String>) -> Res
                 }
                 let st = hs.cpt()?;
                 stop.push(st.stopped.as_secs_f64() * 1e3);
+                query.push(st.query.as_secs_f64() * 1e3);
                 chosen.push(st.strategy);
                 hs.wait_durable(st.seq)?;
             }
             let (median, p99) = median_p99(&mut stop);
+            let (query_median, _) = median_p99(&mut query);
             let forks = chosen.iter().filter(|s| **s == Strategy::Fork).count();
             println!(
-                "{{\"bench\":\"cpt\",\"backend\":\"{backend}\",\"heap_bytes\":{size},\"dirty_pct\":{pct},\"dirty_pages\":{k},\"strategy\":\"{strategy:?}\",\"runs\":{runs},\"stop_ms_median\":{median},\"stop_ms_p99\":{p99},\"auto_chose_fork\":{forks}}}"
+                "{{\"bench\":\"cpt\",\"backend\":\"{backend}\",\"heap_bytes\":{size},\"dirty_pct\":{pct},\"dirty_pages\":{k},\"strategy\":\"{strategy:?}\",\"runs\":{runs},\"stop_ms_median\":{median},\"stop_ms_p99\":{p99},\"query_ms_median\":{query_median},\"auto_chose_fork\":{forks}}}"
             );
             std::io::stdout().flush()?;
         }
