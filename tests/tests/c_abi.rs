@@ -3,44 +3,11 @@
 //!
 //! The libraries come from `cargo build --workspace` (which `scripts/test.sh` runs first).
 
-use std::path::{Path, PathBuf};
+mod util;
+
+use std::path::Path;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `target/<profile>`: the test binary lives in `target/<profile>/deps/`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn lib(name: &str) -> PathBuf {
-    let p = profile_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (`cargo build --workspace`, as scripts/test.sh does)",
-        p.display()
-    );
-    p
-}
-
-fn compile(out: &Path, link: &[&str]) {
-    let status = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-o"])
-        .arg(out)
-        .arg("-I")
-        .arg(repo().join("kmod-shim/include"))
-        .arg(repo().join("tests/c/cpt_smoke.c"))
-        .args(link)
-        .status()
-        .expect("gcc must be installed (.ci/run installs it)");
-    assert!(status.success(), "gcc failed for {}", out.display());
-}
+use util::{lib, profile_dir};
 
 fn run(exe: &Path, backend: &str) {
     let out = Command::new(exe)
@@ -71,15 +38,16 @@ fn backends() -> Vec<&'static str> {
     v
 }
 
+fn compile_shared(exe: &Path) {
+    let link = util::link_shared("kmod_shim");
+    let link: Vec<&str> = link.iter().map(String::as_str).collect();
+    util::compile_c("cpt_smoke.c", "kmod-shim/include", exe, &link);
+}
+
 #[test]
 fn c_program_against_the_shared_library() {
-    let so = lib("libkmod_shim.so");
-    let dir = so.parent().unwrap().to_str().unwrap().to_owned();
     let exe = profile_dir().join("cpt_smoke_shared");
-    compile(
-        &exe,
-        &["-L", &dir, "-lkmod_shim", &format!("-Wl,-rpath,{dir}")],
-    );
+    compile_shared(&exe);
     for b in backends() {
         run(&exe, b);
     }
@@ -89,7 +57,12 @@ fn c_program_against_the_shared_library() {
 fn c_program_against_the_static_library() {
     let a = lib("libkmod_shim.a");
     let exe = profile_dir().join("cpt_smoke_static");
-    compile(&exe, &[a.to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    util::compile_c(
+        "cpt_smoke.c",
+        "kmod-shim/include",
+        &exe,
+        &[a.to_str().unwrap(), "-lpthread", "-ldl", "-lm"],
+    );
     for b in backends() {
         run(&exe, b);
     }
@@ -97,13 +70,8 @@ fn c_program_against_the_static_library() {
 
 #[test]
 fn unknown_backend_is_refused_with_a_clear_error() {
-    let so = lib("libkmod_shim.so");
-    let dir = so.parent().unwrap().to_str().unwrap().to_owned();
     let exe = profile_dir().join("cpt_smoke_shared_bad");
-    compile(
-        &exe,
-        &["-L", &dir, "-lkmod_shim", &format!("-Wl,-rpath,{dir}")],
-    );
+    compile_shared(&exe);
     let out = Command::new(&exe)
         .env("CPT_BACKEND", "nonsense")
         .output()

@@ -4,38 +4,24 @@
 //!
 //! The libraries come from `cargo build --workspace` (which `scripts/test.sh` runs first).
 
+mod util;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use util::{lib, next_line, profile_dir, repo, spawn_lines, Killed};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn profile_dir() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn lib(name: &str) -> PathBuf {
-    let p = profile_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
-        p.display()
-    );
-    p
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (Killed, std::sync::mpsc::Receiver<String>) {
+    let mut c = Command::new(exe);
+    c.env("HOTSPARE_IMAGE_DIR", dir)
+        .env("HOTSPARE_HEAP_SIZE", "4M")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped());
+    spawn_lines(&mut c)
 }
 
 fn header() -> String {
@@ -91,59 +77,13 @@ fn header_error_codes_match_the_library() {
     );
 }
 
-fn compile(out: &Path, link: &[&str]) {
-    let status = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-o"])
-        .arg(out)
-        .arg("-I")
-        .arg(repo().join("hotspare/include"))
-        .arg(repo().join("tests/c/hs_counter.c"))
-        .args(link)
-        .status()
-        .expect("gcc");
-    assert!(status.success(), "gcc failed for {}", out.display());
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> (Killed, mpsc::Receiver<String>) {
-    let mut child = Command::new(exe)
-        .env("HOTSPARE_IMAGE_DIR", dir)
-        .env("HOTSPARE_HEAP_SIZE", "4M")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    (Killed(child), rx)
-}
-
-fn next(rx: &mpsc::Receiver<String>) -> String {
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("no output within 20 s")
-}
-
 fn kill_and_resume(exe: &Path) {
     for round in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let (first, rx) = spawn(exe, dir.path(), &[]);
         let mut last = 0;
         for _ in 0..(3 + round * 7) {
-            let l = next(&rx);
+            let l = next_line(&rx, "CPT or RESUMED");
             last = l.split(' ').nth(2).unwrap().parse::<i64>().unwrap();
         }
         drop(first);
@@ -162,7 +102,7 @@ fn kill_and_resume(exe: &Path) {
                 ("HS_COUNTER_EXIT_ON_RESUME", "1"),
             ],
         );
-        let l = next(&rx);
+        let l = next_line(&rx, "CPT or RESUMED");
         let f: Vec<&str> = l.split(' ').collect();
         assert_eq!(f[0], "RESUMED", "{l}");
         let counter: i64 = f[1].parse().unwrap();
@@ -171,21 +111,17 @@ fn kill_and_resume(exe: &Path) {
             counter % 10 == 0 && counter >= last,
             "resumed at {counter}, last durable {last}"
         );
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(second.0.id() as i32, libc::SIGUSR1) };
-        assert_eq!(next(&rx), "SIGNAL");
+        second.signal(libc::SIGUSR1);
+        assert_eq!(next_line(&rx, "SIGNAL"), "SIGNAL");
     }
 }
 
 #[test]
 fn c_program_checkpoints_is_killed_and_resumes_shared() {
-    let so = lib("libhotspare.so");
-    let dir = so.parent().unwrap().to_str().unwrap().to_owned();
     let exe = profile_dir().join("hs_counter_shared");
-    compile(
-        &exe,
-        &["-L", &dir, "-lhotspare", &format!("-Wl,-rpath,{dir}")],
-    );
+    let link = util::link_shared("hotspare");
+    let link: Vec<&str> = link.iter().map(String::as_str).collect();
+    util::compile_c("hs_counter.c", "hotspare/include", &exe, &link);
     kill_and_resume(&exe);
 }
 
@@ -193,7 +129,12 @@ fn c_program_checkpoints_is_killed_and_resumes_shared() {
 fn c_program_checkpoints_is_killed_and_resumes_static() {
     let a = lib("libhotspare.a");
     let exe = profile_dir().join("hs_counter_static");
-    compile(&exe, &[a.to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    util::compile_c(
+        "hs_counter.c",
+        "hotspare/include",
+        &exe,
+        &[a.to_str().unwrap(), "-lpthread", "-ldl", "-lm"],
+    );
     kill_and_resume(&exe);
 }
 

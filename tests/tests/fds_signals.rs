@@ -2,45 +2,27 @@
 //! addresses, reports the connected socket as lost, carries the blob, maps a range registered
 //! with `register_range` back, and re-installs the signal handler registered by name.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod util;
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
+use std::io::Write;
+use std::process::Command;
+use std::sync::mpsc;
+use util::{next_line, spawn_lines, Killed};
 
 fn spawn(dir: &std::path::Path, resume: bool) -> (Killed, mpsc::Receiver<String>) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fdmodel"));
     c.env("FDMODEL_DIR", dir)
         .env("HOTSPARE_IMAGE_DIR", dir.join("image"))
         .env("HOTSPARE_HEAP_SIZE", "8M")
-        .env("HOTSPARE_HEAP_BASE", "0x610000000000")
-        .stdout(Stdio::piped());
+        .env("HOTSPARE_HEAP_BASE", "0x610000000000");
     if resume {
         c.env("HOTSPARE_RESUME", dir.join("image"));
     }
-    let mut child = c.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    (Killed(child), rx)
+    spawn_lines(&mut c)
 }
 
 fn expect(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
-    let l = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("no '{prefix}' line"));
+    let l = next_line(rx, prefix);
     assert!(l.starts_with(prefix), "expected '{prefix}', got '{l}'");
     l
 }
@@ -69,7 +51,6 @@ fn files_sockets_signals_and_blobs_survive_a_kill() {
     let mut u = std::os::unix::net::UnixStream::connect(t.path().join("sock")).unwrap();
     u.write_all(b"unix").unwrap();
     assert_eq!(expect(&rx, "UNIX "), "UNIX unix");
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(second.0.id() as i32, libc::SIGUSR1) };
+    second.signal(libc::SIGUSR1);
     expect(&rx, "SIGNAL usr1");
 }

@@ -3,11 +3,12 @@
 //! at least as recent as the last one the program reported durable. Never a torn one.
 
 use hotspare_tests::model;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod util;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use util::spawn_lines;
 
 const TOTAL: u64 = 1_000_000;
 
@@ -22,32 +23,11 @@ fn kvmodel(dir: &Path, env: &[(&str, &str)], seed: u64, k: u64) -> Command {
     c
 }
 
-/// Reads the child's stdout lines into a channel as they come.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn kill(child: &mut Child) {
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-}
-
 /// One trial: run, kill after a random delay, resume, compare. Returns the ops resumed.
 fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)]) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let (seed, k) = (rng.u64(..), rng.u64(1..40));
-    let mut child = kvmodel(dir.path(), env, seed, k).spawn().unwrap();
-    let rx = lines(&mut child);
+    let (child, rx) = spawn_lines(&mut kvmodel(dir.path(), env, seed, k));
     let mut last_durable = 0;
     let note = |l: &str, last: &mut u64| {
         if let Some(rest) = l.strip_prefix("CPT ") {
@@ -71,8 +51,8 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)]) -> u64 {
             Err(_) => break,
         }
     }
-    kill(&mut child);
-    // Lines printed before the kill may still be in the pipe.
+    drop(child); // SIGKILL by pid, reaped
+                 // Lines printed before the kill may still be in the pipe.
     for l in rx.try_iter() {
         note(&l, &mut last_durable);
     }
@@ -189,8 +169,7 @@ fn resume_again_and_again() {
         if round > 0 {
             c.env("HOTSPARE_RESUME", dir.path());
         }
-        let mut child = c.spawn().unwrap();
-        let rx = lines(&mut child);
+        let (child, rx) = spawn_lines(&mut c);
         let mut seen = 0;
         for l in rx.iter() {
             if let Some(rest) = l.strip_prefix("RESUMED ") {
@@ -209,7 +188,7 @@ fn resume_again_and_again() {
                 }
             }
         }
-        kill(&mut child);
+        drop(child); // SIGKILL by pid, reaped
     }
     assert!(last > 0);
 }

@@ -57,6 +57,20 @@ fn create_private(path: &Path) -> Result<File, ImageError> {
         .map_err(io_err(path, "create"))
 }
 
+/// Opens (creating, `0600`) a file that is updated in place, and gives it its size.
+fn open_sized(path: &Path, len: u64) -> Result<File, ImageError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path, "open"))?;
+    f.set_len(len).map_err(io_err(path, "set size"))?;
+    Ok(f)
+}
+
 fn fsync_dir(dir: &Path) -> Result<(), ImageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -295,26 +309,9 @@ impl ImageDir {
                 });
             }
             let p = self.data_path(r.addr, r.len);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&p)
-                .map_err(io_err(&p, "open data file"))?;
-            f.set_len(r.len).map_err(io_err(&p, "size data file"))?;
+            let f = open_sized(&p, r.len)?;
             let cp = self.crc_path(r.addr, r.len);
-            let c = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&cp)
-                .map_err(io_err(&cp, "open CRC table"))?;
-            c.set_len(r.len / u64::from(b.page_size) * 4)
-                .map_err(io_err(&cp, "size CRC table"))?;
+            let c = open_sized(&cp, r.len / u64::from(b.page_size) * 4)?;
             files.push((r.addr, r.len, p, f, c));
         }
         // Pass 2: apply the pages (the stream was fully validated above).
@@ -366,13 +363,7 @@ impl ImageDir {
     }
 
     fn recover(&mut self) -> Result<(), ImageError> {
-        let wal = self.root.join("wal");
-        let mut entries: Vec<PathBuf> = fs::read_dir(&wal)
-            .map_err(io_err(&wal, "read directory"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
+        for p in self.wal_files()? {
             match p.extension().and_then(|e| e.to_str()) {
                 Some("cpt") => {
                     // A complete stream that may not have been applied. If it is damaged or
