@@ -13,8 +13,8 @@ use crate::identity::ExeId;
 use crate::image::format::{
     encode_begin, frame_header, Begin, End, FrameKind, RangeEntry, PAGES_PER_FRAME,
 };
-use crate::image::{write_stream, ImageDir, FORMAT_VERSION};
-use kmod_shim::{page_size, ChildJob, DirtySet, Range, Shim, Snapshot};
+use crate::image::{write_stream, ImageDir, Run, FORMAT_VERSION};
+use kmod_shim::{page_size, ChildJob, DirtySet, PageBits, Range, Shim, Snapshot};
 use std::io::{BufWriter, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,10 +57,58 @@ pub(crate) struct Shared {
     pub force_full: AtomicBool,
 }
 
+/// A run to capture: bytes, or (anonymous memory never touched) known zeros.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    addr: usize,
+    len: usize,
+    zero: bool,
+}
+
+/// A captured run: where its bytes are in the staging buffer (none for zeros).
+struct Captured {
+    addr: u64,
+    offset: usize,
+    len: usize,
+    zero: bool,
+}
+
+/// Every page of `r`: bytes, except that in a *pristine* range (untouched anonymous memory when
+/// tracking began, like a fresh checkpoint heap) the pages never reported written read as zeros
+/// and become ZERO runs — so a fresh 1 GiB heap does not cost 1 GiB of disk and copy. This relies
+/// on the backend never missing a write, which every backend guarantees.
+fn whole_range(r: Range, ever_written: Option<&PageBits>, out: &mut Vec<Piece>) {
+    let Some(ever) = ever_written else {
+        out.push(Piece {
+            addr: r.start(),
+            len: r.len(),
+            zero: false,
+        });
+        return;
+    };
+    let page = page_size();
+    let mut i = 0;
+    while i < ever.len() {
+        let bit = ever[i];
+        let n = if bit {
+            ever[i..].first_zero()
+        } else {
+            ever[i..].first_one()
+        }
+        .unwrap_or(ever.len() - i);
+        out.push(Piece {
+            addr: r.start() + i * page,
+            len: n * page,
+            zero: !bit,
+        });
+        i += n;
+    }
+}
+
 enum Job {
     Copied {
         begin: Box<Begin>,
-        runs: Vec<(u64, usize, usize)>,
+        runs: Vec<Captured>,
         staging: Vec<u8>,
     },
     Forked {
@@ -85,6 +133,8 @@ pub(crate) struct Engine {
     pub ranges: Vec<Range>,
     /// Ranges added since the last checkpoint (sent whole).
     pub fresh: Vec<Range>,
+    /// Pristine ranges and every page ever reported written in them (see `whole_range`).
+    pub pristine: Vec<(Range, PageBits)>,
     pub last_seq: u64,
     pub term: u64,
     pub exe: ExeId,
@@ -119,6 +169,7 @@ impl Engine {
             heap,
             ranges,
             fresh: Vec::new(),
+            pristine: Vec::new(),
             last_seq,
             term,
             exe,
@@ -159,8 +210,13 @@ impl Engine {
         let captured = heap.with_allocator_locked(|| -> Result<_> {
             let dirty = self.shim.query()?;
             query = t0.elapsed();
+            for (r, ever) in &mut self.pristine {
+                if let Some(d) = dirty.ranges.iter().find(|d| d.range == *r) {
+                    *ever |= &d.pages;
+                }
+            }
             let runs = self.runs_to_capture(&dirty, full);
-            let bytes: usize = runs.iter().map(|r| r.1).sum();
+            let bytes: usize = runs.iter().filter(|p| !p.zero).map(|p| p.len).sum();
             let strategy = self.choose(bytes);
             if strategy == Strategy::Fork {
                 let begin = self.begin(seq, base, full, meta.clone());
@@ -175,12 +231,19 @@ impl Engine {
             staging.clear();
             staging.reserve(bytes);
             let mut at = Vec::with_capacity(runs.len());
-            for &(addr, len) in &runs {
-                at.push((addr as u64, staging.len(), len));
-                // SAFETY: every run lies in a tracked range, which is mapped and readable.
-                staging.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(addr as *const u8, len)
+            for p in &runs {
+                at.push(Captured {
+                    addr: p.addr as u64,
+                    offset: staging.len(),
+                    len: p.len,
+                    zero: p.zero,
                 });
+                if !p.zero {
+                    // SAFETY: every run lies in a tracked range, which is mapped and readable.
+                    staging.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(p.addr as *const u8, p.len)
+                    });
+                }
             }
             Ok((strategy, bytes, None, at))
         });
@@ -233,17 +296,31 @@ impl Engine {
     }
 
     /// The runs to capture: every page for a full checkpoint or a fresh range, else the dirty set.
-    fn runs_to_capture(&self, dirty: &DirtySet, full: bool) -> Vec<(usize, usize)> {
-        if full {
-            return self.ranges.iter().map(|r| (r.start(), r.len())).collect();
+    fn runs_to_capture(&self, dirty: &DirtySet, full: bool) -> Vec<Piece> {
+        let whole: Vec<Range> = if full {
+            self.ranges.clone()
+        } else {
+            self.fresh.clone()
+        };
+        let mut runs: Vec<Piece> = Vec::new();
+        if !full {
+            runs.extend(
+                dirty
+                    .ranges
+                    .iter()
+                    .filter(|rd| !self.fresh.contains(&rd.range))
+                    .flat_map(|rd| rd.runs())
+                    .map(|(addr, len)| Piece {
+                        addr,
+                        len,
+                        zero: false,
+                    }),
+            );
         }
-        let mut runs: Vec<(usize, usize)> = dirty
-            .ranges
-            .iter()
-            .filter(|rd| !self.fresh.contains(&rd.range))
-            .flat_map(|rd| rd.runs())
-            .collect();
-        runs.extend(self.fresh.iter().map(|r| (r.start(), r.len())));
+        for r in whole {
+            let ever = self.pristine.iter().find(|(p, _)| *p == r).map(|(_, e)| e);
+            whole_range(r, ever, &mut runs);
+        }
         runs
     }
 
@@ -341,7 +418,7 @@ fn write_copied(
     image: &mut ImageDir,
     exe: &ExeId,
     begin: &Begin,
-    runs: &[(u64, usize, usize)],
+    runs: &[Captured],
     staging: &[u8],
 ) -> Result<(), String> {
     let (path, file) = image.create_wal(begin.seq).map_err(|e| e.to_string())?;
@@ -349,8 +426,13 @@ fn write_copied(
     write_stream(
         &mut w,
         begin,
-        runs.iter()
-            .map(|&(addr, off, len)| (addr, &staging[off..off + len])),
+        runs.iter().map(|c| {
+            if c.zero {
+                Run::Zero(c.addr, c.len as u64)
+            } else {
+                Run::Data(c.addr, &staging[c.offset..c.offset + c.len])
+            }
+        }),
     )
     .and_then(|_| w.flush())
     .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -367,12 +449,12 @@ pub(crate) struct WriteStream {
     fd: Option<OwnedFd>,
     raw: i32,
     begin: Vec<u8>,
-    runs: Vec<(usize, usize)>,
+    runs: Vec<Piece>,
     seq: u64,
 }
 
 impl WriteStream {
-    fn new(fd: OwnedFd, begin: Vec<u8>, runs: &[(usize, usize)], seq: u64) -> WriteStream {
+    fn new(fd: OwnedFd, begin: Vec<u8>, runs: &[Piece], seq: u64) -> WriteStream {
         WriteStream {
             raw: fd.as_raw_fd(),
             fd: Some(fd),
@@ -434,7 +516,18 @@ unsafe impl ChildJob for WriteStream {
             seq: self.seq,
             ..End::default()
         };
-        for &(addr, len) in &self.runs {
+        for &Piece { addr, len, zero } in &self.runs {
+            if zero {
+                let (a, l) = ((addr as u64).to_le_bytes(), (len as u64).to_le_bytes());
+                let h = frame_header(FrameKind::Zero, &[&a, &l]);
+                if let Err(e) = write_all_v(self.raw, &[&h, &a, &l]) {
+                    return e.clamp(1, 255);
+                }
+                end.digest = crc32c::crc32c_append(crc32c::crc32c_append(end.digest, &a), &l);
+                end.page_frames += 1;
+                end.pages += (len / page) as u64;
+                continue;
+            }
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(PAGES_PER_FRAME * page);

@@ -64,6 +64,17 @@ impl Heap {
     /// Reserves `size` bytes at `base` (`MAP_FIXED_NOREPLACE`: never over an existing mapping)
     /// and sets up an empty heap there.
     pub fn reserve(base: usize, size: usize) -> Result<Heap, Error> {
+        Heap::reserve_with(base, size, |_| Ok(()))
+    }
+
+    /// [`Heap::reserve`], calling `before_init` with the heap's range after the memory is mapped
+    /// but before a byte of it is written (the library starts dirty tracking there, so that every
+    /// page the heap ever holds is known to have been written).
+    pub fn reserve_with(
+        base: usize,
+        size: usize,
+        before_init: impl FnOnce(kmod_shim::Range) -> Result<(), Error>,
+    ) -> Result<Heap, Error> {
         let page = kmod_shim::page_size();
         if !base.is_multiple_of(page) || !size.is_multiple_of(page) || size <= HEADER_BYTES {
             return Err(Error::Config(format!(
@@ -95,6 +106,15 @@ impl Heap {
                 size,
                 why: e.to_string(),
             });
+        }
+        let unmap = || {
+            // SAFETY: undoing the mapping made just above; nothing uses it yet.
+            unsafe { libc::munmap(base as *mut _, size) };
+        };
+        let range = kmod_shim::Range::new(base, size).map_err(|e| Error::Config(e.to_string()))?;
+        if let Err(e) = before_init(range) {
+            unmap();
+            return Err(e);
         }
         let header = base as *mut Header;
         // SAFETY: the mapping is fresh, writable, page-aligned and larger than the header; the

@@ -162,10 +162,12 @@ fn fresh(b: Builder) -> Result<HotSpare> {
             seq: image.seq(),
         });
     }
-    let heap = Heap::reserve(b.config.heap_base, b.config.heap_size)?;
     let mut shim = open_shim(&b.config)?;
+    let heap = Heap::reserve_with(b.config.heap_base, b.config.heap_size, |r| {
+        shim.add(&[r])?;
+        Ok(())
+    })?;
     let heap_range = Range::new(heap.base(), heap.size())?;
-    shim.add(&[heap_range])?;
     let shared = shared();
     let settings = Settings {
         exe,
@@ -173,7 +175,11 @@ fn fresh(b: Builder) -> Result<HotSpare> {
         strategy: b.config.strategy,
         shared: shared.clone(),
     };
-    let engine = Engine::new(shim, heap, vec![heap_range], image, settings);
+    let mut engine = Engine::new(shim, heap, vec![heap_range], image, settings);
+    // Tracked from before its first byte was written: never-written pages are known zeros.
+    engine
+        .pristine
+        .push((heap_range, kmod_shim::RangeDirty::clean(heap_range).pages));
     Ok(HotSpare {
         inner: Arc::new(Inner {
             config: b.config,

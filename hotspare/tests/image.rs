@@ -4,7 +4,7 @@
 
 use hotspare::identity::ExeId;
 use hotspare::image::format::{Begin, RangeEntry};
-use hotspare::image::{write_stream, FormatError, ImageDir, ImageError, FORMAT_VERSION};
+use hotspare::image::{write_stream, FormatError, ImageDir, ImageError, Run, FORMAT_VERSION};
 use std::path::Path;
 
 const PAGE: usize = 4096;
@@ -31,7 +31,7 @@ fn begin(seq: u64, base: u64) -> Begin {
 
 fn stream(b: &Begin, runs: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
-    write_stream(&mut out, b, runs.iter().map(|(a, d)| (*a, &d[..]))).unwrap();
+    write_stream(&mut out, b, runs.iter().map(|(a, d)| Run::Data(*a, &d[..]))).unwrap();
     out
 }
 
@@ -236,6 +236,33 @@ fn every_bad_stream_is_refused_and_the_image_survives() {
     // And the good one still applies afterwards.
     assert_eq!(commit(&mut dir, 3, &good).unwrap(), 3);
     assert_eq!(data(t.path())[5 * PAGE], 2);
+}
+
+#[test]
+fn zero_runs_read_as_zeros_and_verify() {
+    let (t, mut dir) = good_image();
+    let mut full = begin(3, 0);
+    full.ranges[0].complete = true;
+    let mut s = Vec::new();
+    let runs = [
+        Run::Data(ADDR, &[9u8; PAGE][..]),
+        Run::Zero(ADDR + PAGE as u64, LEN - PAGE as u64),
+    ];
+    write_stream(&mut s, &full, runs).unwrap();
+    assert_eq!(commit(&mut dir, 3, &s).unwrap(), 3);
+    let d = data(t.path());
+    assert!(d[..PAGE].iter().all(|&b| b == 9) && d[PAGE..].iter().all(|&b| b == 0));
+    assert_eq!(dir.verify_data().unwrap(), 16);
+    // A ZERO run outside the ranges is refused like any other.
+    let mut bad = Vec::new();
+    write_stream(&mut bad, &begin(4, 3), [Run::Zero(ADDR + LEN, PAGE as u64)]).unwrap();
+    assert!(matches!(
+        commit(&mut dir, 4, &bad),
+        Err(ImageError::Format {
+            source: FormatError::Malformed { .. },
+            ..
+        })
+    ));
 }
 
 #[test]

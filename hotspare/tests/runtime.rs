@@ -75,7 +75,11 @@ fn heap_workers_blobs_and_ranges() {
     hs.set_blob("k", b"v2");
     assert_eq!(hs.blob("k").unwrap(), b"v2");
     let first = hs.cpt().unwrap();
-    assert!(first.full && first.pages == (16 << 20) / 4096, "{first:?}");
+    // Only the pages ever written go to disk; the rest of the fresh heap is sent as ZERO runs.
+    assert!(
+        first.full && first.pages > 0 && first.pages < 200,
+        "{first:?}"
+    );
     v[5000] = 7;
     let second = hs.cpt().unwrap();
     assert!(

@@ -19,7 +19,7 @@
 //! page writes are idempotent) or the new manifest. A torn or damaged stream is never applied and
 //! never touches the data files.
 
-use super::format::{self, Begin, FrameReader, Summary};
+use super::format::{self, Begin, FrameReader, Run, Summary};
 use super::{FormatError, ImageError};
 use crate::identity::ExeId;
 use std::fs::{self, File, OpenOptions};
@@ -55,6 +55,37 @@ fn create_private(path: &Path) -> Result<File, ImageError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err(path, "create"))
+}
+
+/// Makes `len` bytes at `offset` read as zeros without storing them (a ZERO run). Only ranges
+/// that were anonymous memory get ZERO runs, so no live process maps these data files.
+fn punch_hole(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    // A filesystem without hole punching: write the zeros.
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], offset + at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Opens (creating, `0600`) a file that is updated in place, and gives it its size.
@@ -260,7 +291,7 @@ impl ImageDir {
                 .map_err(io_err(path, "open"))
         };
         // Pass 1: everything checked, nothing written.
-        let summary = format::scan_stream(open()?, |_, _| Ok(())).map_err(fmt)?;
+        let summary = format::scan_stream(open()?, |_| Ok(())).map_err(fmt)?;
         let b = &summary.begin;
         if let Some(id) = this_exe {
             if b.exe_id != id.0 {
@@ -317,7 +348,10 @@ impl ImageDir {
         // Pass 2: apply the pages (the stream was fully validated above).
         let page = b.page_size as usize;
         let mut crcs = Vec::new();
-        format::scan_stream(open()?, |addr, data| {
+        format::scan_stream(open()?, |run| {
+            let addr = match run {
+                Run::Data(a, _) | Run::Zero(a, _) => a,
+            };
             let (base, _, p, f, c) = files
                 .iter()
                 .find(|(a, l, _, _, _)| addr >= *a && addr < a + l)
@@ -326,10 +360,18 @@ impl ImageDir {
                 offset: 0,
                 source: std::io::Error::new(e.kind(), format!("{}: {e}", p.display())),
             };
-            f.write_all_at(data, addr - base).map_err(io)?;
             crcs.clear();
-            for pg in data.chunks(page) {
-                crcs.extend_from_slice(&page_crc(pg).to_le_bytes());
+            match run {
+                Run::Data(_, data) => {
+                    f.write_all_at(data, addr - base).map_err(io)?;
+                    for pg in data.chunks(page) {
+                        crcs.extend_from_slice(&page_crc(pg).to_le_bytes());
+                    }
+                }
+                Run::Zero(_, len) => {
+                    punch_hole(f, addr - base, len).map_err(io)?;
+                    crcs.resize((len / page as u64 * 4) as usize, 0);
+                }
             }
             c.write_all_at(&crcs, (addr - base) / page as u64 * 4)
                 .map_err(io)

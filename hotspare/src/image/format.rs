@@ -6,11 +6,12 @@
 //! frame   = header(16) payload(len)
 //! header  = magic "HSPF" | kind u8 | flags u8 (0) | reserved u16 (0) | len u32 | crc u32
 //! crc     = CRC32C(header[0..12] ++ payload)
-//! stream  = BEGIN PAGES* END
+//! stream  = BEGIN (PAGES | ZERO)* END
 //! BEGIN   = postcard(Begin)                        (format version, term, seq, base, exe, ranges, metadata)
 //! PAGES   = addr u64 | bytes (a whole number of pages, at most PAGES_PER_FRAME)
+//! ZERO    = addr u64 | len u64 (whole pages that read as zeros: never-touched memory)
 //! END     = seq u64 | page_frames u64 | pages u64 | digest u32 | zero u32
-//! digest  = CRC32C over the PAGES payloads in stream order
+//! digest  = CRC32C over the PAGES and ZERO payloads in stream order
 //! ```
 //!
 //! PAGES and END have fixed layouts so that a `cptfork` child can encode them without
@@ -43,6 +44,8 @@ pub enum FrameKind {
     Pages = 2,
     /// Checkpoint trailer.
     End = 3,
+    /// A run of pages that are all zeros (not sent).
+    Zero = 4,
 }
 
 impl FrameKind {
@@ -51,6 +54,7 @@ impl FrameKind {
             1 => Some(FrameKind::Begin),
             2 => Some(FrameKind::Pages),
             3 => Some(FrameKind::End),
+            4 => Some(FrameKind::Zero),
             _ => None,
         }
     }
@@ -100,11 +104,11 @@ impl Begin {
 pub struct End {
     /// Must equal BEGIN's.
     pub seq: u64,
-    /// Number of PAGES frames.
+    /// Number of PAGES and ZERO frames.
     pub page_frames: u64,
     /// Number of pages in them.
     pub pages: u64,
-    /// CRC32C over all PAGES payloads.
+    /// CRC32C over all PAGES and ZERO payloads.
     pub digest: u32,
 }
 
@@ -250,6 +254,15 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// A run of pages in a stream: bytes, or pages known to be zero.
+#[derive(Debug, Clone, Copy)]
+pub enum Run<'a> {
+    /// `PAGES`: the bytes of whole pages at an address.
+    Data(u64, &'a [u8]),
+    /// `ZERO`: this many bytes of zero pages at an address.
+    Zero(u64, u64),
+}
+
 /// What a validated stream contains, without the page bytes.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -263,12 +276,12 @@ pub struct Summary {
 
 /// Checks a whole checkpoint stream: BEGIN first and in our format version, every PAGES frame
 /// page-aligned and inside a listed range, END matching the counts and digest, nothing after it.
-/// `each_page_run` sees every run (address, bytes) as it is read, after its frame's CRC passed
+/// `each_page_run` sees every run as it is read, after its frame's CRC passed
 /// but before the END is known: callers that apply must validate first and apply on a second
 /// pass (see `dir.rs`).
 pub fn scan_stream<R: Read>(
     r: R,
-    mut each_page_run: impl FnMut(u64, &[u8]) -> Result<(), FormatError>,
+    mut each_page_run: impl FnMut(Run<'_>) -> Result<(), FormatError>,
 ) -> Result<Summary, FormatError> {
     let mut fr = FrameReader::new(r);
     let first = fr
@@ -300,16 +313,27 @@ pub fn scan_stream<R: Read>(
                     what: "second BEGIN".into(),
                 })
             }
-            FrameKind::Pages => {
-                if f.payload.len() < 8 {
+            FrameKind::Pages | FrameKind::Zero => {
+                let short =
+                    f.payload.len() < 8 || (f.kind == FrameKind::Zero && f.payload.len() != 16);
+                if short {
                     return Err(FormatError::Malformed {
                         offset: f.offset,
-                        what: "short PAGES".into(),
+                        what: format!("short {:?} frame", f.kind),
                     });
                 }
                 let addr = u64::from_le_bytes(f.payload[..8].try_into().expect("8 bytes"));
-                let data = &f.payload[8..];
-                let len = data.len() as u64;
+                let run = match f.kind {
+                    FrameKind::Zero => Run::Zero(
+                        addr,
+                        u64::from_le_bytes(f.payload[8..16].try_into().expect("8 bytes")),
+                    ),
+                    _ => Run::Data(addr, &f.payload[8..]),
+                };
+                let len = match run {
+                    Run::Data(_, d) => d.len() as u64,
+                    Run::Zero(_, l) => l,
+                };
                 let inside = begin.ranges.iter().any(|r| {
                     addr >= r.addr && addr.checked_add(len).is_some_and(|e| e <= r.addr + r.len)
                 });
@@ -324,7 +348,7 @@ pub fn scan_stream<R: Read>(
                 digest = crc32c::crc32c_append(digest, &f.payload);
                 frames += 1;
                 pages += len / page;
-                each_page_run(addr, data)?;
+                each_page_run(run)?;
             }
             FrameKind::End => {
                 let end = End::decode(&f.payload, f.offset)?;

@@ -6,7 +6,7 @@ pub mod format;
 mod writer;
 
 pub use dir::ImageDir;
-pub use format::{Begin, End, RangeEntry, Summary, FORMAT_VERSION};
+pub use format::{Begin, End, RangeEntry, Run, Summary, FORMAT_VERSION};
 pub use writer::write_stream;
 
 use std::path::PathBuf;

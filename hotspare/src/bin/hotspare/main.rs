@@ -111,7 +111,7 @@ fn inspect(dir: PathBuf, no_data: bool) -> Result<bool> {
             }
             _ => {
                 let f = File::open(&w).with_context(|| w.display().to_string())?;
-                match format::scan_stream(BufReader::new(f), |_, _| Ok(())) {
+                match format::scan_stream(BufReader::new(f), |_| Ok(())) {
                     Ok(s) => format!(
                         "complete, not yet applied: seq {} base {} pages {} ({})",
                         s.begin.seq,
