@@ -223,9 +223,9 @@ impl Engine {
                 let (path, file) = ImageDir::create_wal_at(&self.image_path, seq)?;
                 let _ = path;
                 let fd: OwnedFd = file.into();
-                let snapshot = self
-                    .shim
-                    .cptfork(|_| WriteStream::new(fd, encode_begin(&begin), &runs, seq))?;
+                let job = WriteStream::new(fd, encode_begin(&begin), &runs, seq);
+                // The QUERY above is this checkpoint's: fork without a second one.
+                let snapshot = self.shim.fork_with(dirty, job)?;
                 return Ok((strategy, bytes, Some(snapshot), Vec::new()));
             }
             staging.clear();

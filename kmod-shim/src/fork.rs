@@ -255,22 +255,31 @@ impl Shim {
         prepare: impl FnOnce(&DirtySet) -> J,
     ) -> Result<Snapshot<J>> {
         let dirty = self.query()?;
-        let mut job = prepare(&dirty);
+        let job = prepare(&dirty);
+        self.fork_with(dirty, job)
+    }
+
+    /// The fork half of [`Shim::cptfork`], for callers that did the QUERY themselves (and
+    /// decided what to capture from its answer): forks and runs `job` in the child. `dirty` is
+    /// only handed back in the [`Snapshot`]. Doing a second QUERY here instead would lose the
+    /// pages written between the two.
+    pub fn fork_with<J: ChildJob>(&mut self, dirty: DirtySet, mut job: J) -> Result<Snapshot<J>> {
+        self.not_in_child()?;
         // SAFETY: the child runs only `child_main`, i.e. the async-signal-safe job promised by
         // the `ChildJob` contract, and ends with `_exit`.
         let pid = unsafe { libc::fork() };
         match pid {
             -1 => Err(Error::Fork(std::io::Error::last_os_error())),
             0 => child_main(&job),
-            pid => Ok(Snapshot {
-                pid,
-                dirty,
-                job: {
-                    job.after_fork_in_parent();
-                    job
-                },
-                reaped: false,
-            }),
+            pid => {
+                job.after_fork_in_parent();
+                Ok(Snapshot {
+                    pid,
+                    dirty,
+                    job,
+                    reaped: false,
+                })
+            }
         }
     }
 

@@ -79,7 +79,7 @@ impl Shim {
         unsafe { libc::getpid() != self.owner }
     }
 
-    fn not_in_child(&self) -> Result<()> {
+    pub(crate) fn not_in_child(&self) -> Result<()> {
         // SAFETY: getpid has no preconditions.
         if unsafe { libc::getpid() } != self.owner {
             return Err(Error::InChild);
