@@ -14,6 +14,7 @@ use crate::image::format::{
     encode_begin, frame_header, Begin, End, FrameKind, RangeEntry, PAGES_PER_FRAME,
 };
 use crate::image::{write_stream, ImageDir, Run, FORMAT_VERSION};
+use crate::replica::sender::Remote;
 use kmod_shim::{page_size, ChildJob, DirtySet, PageBits, Range, Shim, Snapshot};
 use std::io::{BufWriter, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -144,11 +145,13 @@ pub(crate) struct Engine {
     jobs: Sender<Job>,
     shared: Arc<Shared>,
     image_path: std::path::PathBuf,
+    /// The link to the spare, when checkpoints go there.
+    pub remote: Option<Remote>,
 }
 
 impl Engine {
     /// Starts the writer thread over `image`.
-    pub fn new(shim: Shim, heap: Heap, ranges: Vec<Range>, image: ImageDir, s: Settings) -> Engine {
+    pub fn new(shim: Shim, heap: Heap, ranges: Vec<Range>, sink: Sink, s: Settings) -> Engine {
         let Settings {
             exe,
             term,
@@ -157,12 +160,16 @@ impl Engine {
         } = s;
         let (jobs, job_rx) = channel();
         let (back_tx, staging_back) = channel();
-        let last_seq = image.seq();
-        let image_path = image.path().to_path_buf();
+        let last_seq = sink.dir().seq();
+        let image_path = sink.dir().path().to_path_buf();
+        let remote = match &sink {
+            Sink::Remote { remote, .. } => Some(remote.clone()),
+            Sink::Local(_) => None,
+        };
         let w_shared = shared.clone();
         std::thread::Builder::new()
             .name("hotspare-writer".into())
-            .spawn(move || writer(image, exe, job_rx, back_tx, w_shared))
+            .spawn(move || writer(sink, exe, job_rx, back_tx, w_shared))
             .expect("spawn writer thread");
         Engine {
             shim,
@@ -179,6 +186,7 @@ impl Engine {
             jobs,
             shared,
             image_path,
+            remote,
         }
     }
 
@@ -199,8 +207,15 @@ impl Engine {
             Some(s) => s,
             None => self.staging_back.recv().map_err(|_| writer_gone())?,
         };
-        let full =
-            full || self.last_seq == 0 || self.shared.force_full.swap(false, Ordering::SeqCst);
+        // A new or reconnected spare gets a full image.
+        let new_spare = self
+            .remote
+            .as_ref()
+            .is_some_and(Remote::take_new_connection);
+        let full = full
+            || new_spare
+            || self.last_seq == 0
+            || self.shared.force_full.swap(false, Ordering::SeqCst);
         let seq = self.last_seq + 1;
         let base = if full { 0 } else { self.last_seq };
         let page = page_size();
@@ -365,8 +380,47 @@ fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * page_size() as u64)
 }
 
+/// Where checkpoints go: the local image directory, or a spare (the directory then only spools
+/// each stream until the spare has acknowledged it).
+pub(crate) enum Sink {
+    /// Applied to the image directory.
+    Local(ImageDir),
+    /// Sent to a spare.
+    Remote {
+        /// Spool for streams in flight (`wal/<seq>.tmp`, never applied locally).
+        spool: ImageDir,
+        /// The link.
+        remote: Remote,
+    },
+}
+
+impl Sink {
+    fn dir(&self) -> &ImageDir {
+        match self {
+            Sink::Local(d) | Sink::Remote { spool: d, .. } => d,
+        }
+    }
+
+    /// Makes the fully written `wal/<seq>.tmp` durable: applied locally, or acknowledged by
+    /// the spare.
+    fn deliver(&mut self, seq: u64, exe: &ExeId) -> Result<(), String> {
+        match self {
+            Sink::Local(image) => image
+                .commit_wal(seq, Some(exe))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Sink::Remote { spool, remote } => {
+                let path = spool.wal_path(seq, "tmp");
+                let r = remote.send_file(&path, seq);
+                let _ = std::fs::remove_file(&path);
+                r
+            }
+        }
+    }
+}
+
 fn writer(
-    mut image: ImageDir,
+    mut sink: Sink,
     exe: ExeId,
     jobs: Receiver<Job>,
     back: Sender<Vec<u8>>,
@@ -380,15 +434,13 @@ fn writer(
                 staging,
             } => {
                 let seq = begin.seq;
-                let r = write_copied(&mut image, &exe, &begin, &runs, &staging);
+                let r = spool_copied(sink.dir(), &begin, &runs, &staging)
+                    .and_then(|()| sink.deliver(seq, &exe));
                 (seq, r, Some(staging))
             }
             Job::Forked { seq, snapshot } => {
                 let r = match snapshot.wait() {
-                    Ok(o) if o.is_success() => image
-                        .commit_wal(seq, Some(&exe))
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
+                    Ok(o) if o.is_success() => sink.deliver(seq, &exe),
                     Ok(o) => Err(format!("the cptfork child ended with {o:?}")),
                     Err(e) => Err(e.to_string()),
                 };
@@ -414,14 +466,14 @@ fn writer(
     }
 }
 
-fn write_copied(
-    image: &mut ImageDir,
-    exe: &ExeId,
+/// Writes a Copy capture as a stream to `wal/<seq>.tmp`.
+fn spool_copied(
+    dir: &ImageDir,
     begin: &Begin,
     runs: &[Captured],
     staging: &[u8],
 ) -> Result<(), String> {
-    let (path, file) = image.create_wal(begin.seq).map_err(|e| e.to_string())?;
+    let (path, file) = dir.create_wal(begin.seq).map_err(|e| e.to_string())?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     write_stream(
         &mut w,
@@ -435,12 +487,7 @@ fn write_copied(
         }),
     )
     .and_then(|_| w.flush())
-    .map_err(|e| format!("{}: {e}", path.display()))?;
-    drop(w);
-    image
-        .commit_wal(begin.seq, Some(exe))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The Fork strategy's child job: writes the whole checkpoint stream (BEGIN prepared by the

@@ -8,7 +8,12 @@
 //! | `heap_size` | `HOTSPARE_HEAP_SIZE` (`K`/`M`/`G` suffixes) | `1G` |
 //! | `backend` | `HOTSPARE_BACKEND` | `auto` (see kmod-shim) |
 //! | `strategy` | `HOTSPARE_STRATEGY` | `auto` (`copy`, `fork`) |
-//! | `term` | `HOTSPARE_TERM` | `1` |
+//! | `term` | `HOTSPARE_TERM` | `1` (a spare that takes over sets it) |
+//! | `spare` | `HOTSPARE_SPARE` | none: checkpoints go to `image_dir` |
+//! | `key_file` | `HOTSPARE_KEY_FILE` | none (required with `spare`) |
+//! | `heartbeat_ms` | `HOTSPARE_HEARTBEAT_MS` | `10` |
+//! | `lease_ms` | `HOTSPARE_LEASE_MS` | `40` (below the spare's default 5 × 10 ms detection) |
+//! | `on_fence` | `HOTSPARE_ON_FENCE` | `report` (`exit`: stop serving when fenced) |
 //!
 //! Resume is chosen by `HOTSPARE_RESUME=<image dir>` (see [`crate::HotSpare`]).
 
@@ -59,6 +64,17 @@ pub struct Config {
     pub strategy: Strategy,
     /// Fencing term written into checkpoints.
     pub term: u64,
+    /// The spare to stream checkpoints to (`host:port`); none: checkpoints go to `image_dir`.
+    pub spare: Option<String>,
+    /// The shared secret for the spare (a `0600` file).
+    pub key_file: Option<PathBuf>,
+    /// Heartbeat interval H to the spare, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Lease in milliseconds: with no word from the spare for this long the primary reports it
+    /// may be fenced. Keep it below the spare's detection time (N × H).
+    pub lease_ms: u64,
+    /// What to do when fenced or the lease is lost: `report` or `exit`.
+    pub on_fence: String,
 }
 
 impl Default for Config {
@@ -70,6 +86,11 @@ impl Default for Config {
             backend: "auto".into(),
             strategy: Strategy::Auto,
             term: 1,
+            spare: None,
+            key_file: None,
+            heartbeat_ms: 10,
+            lease_ms: 40,
+            on_fence: "report".into(),
         }
     }
 }
@@ -94,6 +115,45 @@ pub fn parse_size(s: &str) -> Result<usize> {
 }
 
 impl Config {
+    /// The sink checkpoints go to: the spare when one is configured, else the image directory.
+    pub(crate) fn sink(
+        &self,
+        image: crate::image::ImageDir,
+        exe: &crate::identity::ExeId,
+    ) -> Result<crate::checkpoint::Sink> {
+        let Some(addr) = &self.spare else {
+            return Ok(crate::checkpoint::Sink::Local(image));
+        };
+        let key_file = self
+            .key_file
+            .as_ref()
+            .ok_or_else(|| Error::Config("a spare needs key_file (HOTSPARE_KEY_FILE)".into()))?;
+        let key =
+            crate::replica::wire::Key::load(key_file).map_err(|e| Error::Config(e.to_string()))?;
+        let on_fence_exit = match self.on_fence.as_str() {
+            "exit" => true,
+            "report" => false,
+            other => {
+                return Err(Error::Config(format!(
+                    "on_fence must be 'report' or 'exit', not '{other}'"
+                )))
+            }
+        };
+        let remote = crate::replica::sender::Remote::start(crate::replica::RemoteConfig {
+            addr: addr.clone(),
+            key,
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms.max(1)),
+            lease: std::time::Duration::from_millis(self.lease_ms.max(1)),
+            exit_when_fenced: on_fence_exit,
+            term: self.term,
+            exe_id: exe.0,
+        });
+        Ok(crate::checkpoint::Sink::Remote {
+            spool: image,
+            remote,
+        })
+    }
+
     /// Defaults, then the TOML file named by `HOTSPARE_CONFIG` (if set), then the environment.
     pub fn load() -> Result<Config> {
         let base = match std::env::var_os("HOTSPARE_CONFIG") {
@@ -128,6 +188,25 @@ impl Config {
         }
         if let Some(v) = var("HOTSPARE_STRATEGY") {
             self.strategy = v.parse()?;
+        }
+        if let Some(v) = var("HOTSPARE_SPARE") {
+            self.spare = Some(v);
+        }
+        if let Some(v) = var("HOTSPARE_KEY_FILE") {
+            self.key_file = Some(v.into());
+        }
+        if let Some(v) = var("HOTSPARE_HEARTBEAT_MS") {
+            self.heartbeat_ms = v
+                .parse()
+                .map_err(|_| Error::Config(format!("bad HOTSPARE_HEARTBEAT_MS '{v}'")))?;
+        }
+        if let Some(v) = var("HOTSPARE_LEASE_MS") {
+            self.lease_ms = v
+                .parse()
+                .map_err(|_| Error::Config(format!("bad HOTSPARE_LEASE_MS '{v}'")))?;
+        }
+        if let Some(v) = var("HOTSPARE_ON_FENCE") {
+            self.on_fence = v;
         }
         if let Some(v) = var("HOTSPARE_TERM") {
             self.term = v

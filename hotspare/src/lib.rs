@@ -44,6 +44,7 @@ pub mod heap;
 pub mod identity;
 pub mod image;
 mod meta;
+pub mod replica;
 mod resume;
 mod runtime;
 pub mod sync;

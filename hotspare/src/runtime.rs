@@ -175,7 +175,8 @@ fn fresh(b: Builder) -> Result<HotSpare> {
         strategy: b.config.strategy,
         shared: shared.clone(),
     };
-    let mut engine = Engine::new(shim, heap, vec![heap_range], image, settings);
+    let sink = b.config.sink(image, &exe)?;
+    let mut engine = Engine::new(shim, heap, vec![heap_range], sink, settings);
     // Tracked from before its first byte was written: never-written pages are known zeros.
     engine
         .pristine
@@ -251,7 +252,10 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
         strategy: b.config.strategy,
         shared: shared.clone(),
     };
-    let engine = Engine::new(shim, heap, ranges, image, settings);
+    let mut config = b.config.clone();
+    config.term = settings.term;
+    let sink = config.sink(image, &exe)?;
+    let engine = Engine::new(shim, heap, ranges, sink, settings);
     let info = ResumeInfo {
         image_dir: dir,
         seq,
@@ -293,6 +297,13 @@ impl HotSpare {
     /// `Some` when this process was resumed from an image.
     pub fn resumed(&self) -> Option<&ResumeInfo> {
         self.inner.resumed.as_ref()
+    }
+
+    /// Whether the spare told us a newer term exists, or our lease ran out: a fenced primary
+    /// must stop serving (worker loops should check this; with `on_fence = "exit"` the library
+    /// ends the process itself).
+    pub fn is_fenced(&self) -> bool {
+        self.engine().remote.as_ref().is_some_and(|r| r.fenced())
     }
 
     /// Changes the capture strategy of later checkpoints.

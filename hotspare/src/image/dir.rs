@@ -133,6 +133,15 @@ impl ImageDir {
         ImageDir::open(root)
     }
 
+    /// Another handle on a directory already opened (and recovered) by [`ImageDir::open`]: reads
+    /// the manifest, runs no recovery (a spare's applier thread uses it while the receiving
+    /// thread writes new streams).
+    pub fn attach(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
+        let root = root.as_ref().to_path_buf();
+        let manifest = read_manifest(&root)?;
+        Ok(ImageDir { root, manifest })
+    }
+
     /// Opens an image for reading only: no recovery, nothing created or changed (for
     /// `hotspare inspect`).
     pub fn open_read_only(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
@@ -405,24 +414,104 @@ impl ImageDir {
     }
 
     fn recover(&mut self) -> Result<(), ImageError> {
+        self.apply_pending()?;
         for p in self.wal_files()? {
-            match p.extension().and_then(|e| e.to_str()) {
-                Some("cpt") => {
-                    // A complete stream that may not have been applied. If it is damaged or
-                    // does not chain, it cannot be applied: keep the image as it is and say so
-                    // by leaving the file for `hotspare inspect` (renamed, never retried).
-                    if let Err(e) = self.apply_file(&p, None) {
-                        let _ = fs::rename(&p, p.with_extension("bad"));
-                        eprintln!("hotspare: not applying {}: {e}", p.display());
-                    }
-                }
-                Some("tmp") => {
-                    let _ = fs::remove_file(&p);
-                }
-                _ => {}
+            if p.extension().is_some_and(|e| e == "tmp") {
+                let _ = fs::remove_file(&p);
             }
         }
         Ok(())
+    }
+
+    /// Applies every complete (`.cpt`) WAL file, in sequence order; returns the image's
+    /// sequence. A stream that is damaged or does not chain cannot be applied: the image stays
+    /// as it is and the file is renamed `.bad` (never retried) for `hotspare inspect`. Streams
+    /// being written (`.tmp`) are left alone, so this may run while another thread receives.
+    pub fn apply_pending(&mut self) -> Result<u64, ImageError> {
+        for p in self.wal_files()? {
+            if p.extension().is_some_and(|e| e == "cpt") {
+                if let Err(e) = self.apply_file(&p, None) {
+                    let _ = fs::rename(&p, p.with_extension("bad"));
+                    eprintln!("hotspare: not applying {}: {e}", p.display());
+                }
+            }
+        }
+        Ok(self.seq())
+    }
+
+    /// Makes a fully received `wal/<seq>.tmp` durable *without applying it*, after validating
+    /// it whole: every CRC and count, the executable (if given), the term (not below
+    /// `min_term`), and that it applies on top of `durable_seq` (the latest checkpoint already
+    /// durable here, applied or not). Once this returns the checkpoint survives any crash and
+    /// is applied by [`ImageDir::apply_pending`] (or the next open). A bad stream is deleted.
+    pub fn persist_wal(
+        &self,
+        seq: u64,
+        this_exe: Option<&ExeId>,
+        durable_seq: u64,
+        min_term: u64,
+    ) -> Result<Summary, ImageError> {
+        let tmp = self.wal_path(seq, "tmp");
+        let res = self.check_stream(&tmp, this_exe, durable_seq, min_term);
+        let summary = match res {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&tmp, "fsync"))?;
+        fs::rename(&tmp, self.wal_path(seq, "cpt")).map_err(io_err(&tmp, "rename"))?;
+        fsync_dir(&self.root.join("wal"))?;
+        Ok(summary)
+    }
+
+    fn check_stream(
+        &self,
+        path: &Path,
+        this_exe: Option<&ExeId>,
+        durable_seq: u64,
+        min_term: u64,
+    ) -> Result<Summary, ImageError> {
+        let fmt = |source: FormatError| ImageError::Format {
+            path: path.to_path_buf(),
+            source,
+        };
+        let f = File::open(path)
+            .map(BufReader::new)
+            .map_err(io_err(path, "open"))?;
+        let summary = format::scan_stream(f, |_| Ok(())).map_err(fmt)?;
+        let b = &summary.begin;
+        let expected = this_exe
+            .map(|e| e.0)
+            .or(self.manifest.as_ref().map(|m| m.exe_id));
+        if let Some(id) = expected {
+            if b.exe_id != id {
+                return Err(ImageError::OtherExecutable {
+                    path: path.to_path_buf(),
+                    image: ExeId(b.exe_id).to_string(),
+                    this: ExeId(id).to_string(),
+                });
+            }
+        }
+        if b.term < min_term {
+            return Err(ImageError::StaleTerm {
+                path: path.to_path_buf(),
+                term: b.term,
+                current: min_term,
+            });
+        }
+        if !b.is_full() && b.base_seq != durable_seq {
+            return Err(ImageError::Chain {
+                path: self.root.clone(),
+                seq: b.seq,
+                base: b.base_seq,
+                have: durable_seq,
+            });
+        }
+        Ok(summary)
     }
 }
 

@@ -116,6 +116,16 @@ pub enum ImageError {
         /// Range length.
         len: u64,
     },
+    /// A checkpoint from a primary whose term is older than the image's: that primary is fenced.
+    #[error("{}: checkpoint has term {term}, older than the current term {current}: its primary is fenced", path.display())]
+    StaleTerm {
+        /// The stream.
+        path: PathBuf,
+        /// Its term.
+        term: u64,
+        /// The current term.
+        current: u64,
+    },
     /// A data file does not match its checksums.
     #[error("{}: damaged: {what}", path.display())]
     Damaged {

@@ -1,0 +1,116 @@
+//! `hotspare-resume`: the spare daemon. Keeps a crash-safe image of the primary's checkpoints,
+//! answers its heartbeats, and when it has been silent for N heartbeat intervals takes over:
+//! raises the term, runs `--on-takeover`, and becomes the program (`exec`) in resume mode.
+//!
+//! ```text
+//! hotspare-resume --listen 0.0.0.0:7070 --image-dir /var/lib/app --key-file key \
+//!     [--heartbeat-ms 10] [--missed 5] [--on-takeover 'ip addr add 10.0.0.9/24 dev eth0'] \
+//!     --exec ./app [ARGS…]
+//! ```
+//! or `hotspare-resume --config spare.toml` with the same keys (`exec` as an array).
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hotspare::replica::spare::{self, SpareConfig};
+use hotspare::replica::wire::Key;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hotspare-resume",
+    about = "Hot Spare spare daemon: keep the image, detect failure, take over"
+)]
+struct Args {
+    /// TOML file with any of the options below (command-line options override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on for the primary.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Image directory to keep up to date.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    /// Shared secret file (mode 0600).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The primary's heartbeat interval H in ms (default 10: a loopback or LAN round trip is far
+    /// below it, so 5 missed beats mean the primary is gone, not slow).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Missed heartbeats N before the primary is declared dead (default 5: detection in 50 ms).
+    #[arg(long)]
+    missed: Option<u32>,
+    /// Shell command run at takeover, before the program starts (e.g. move a virtual IP).
+    #[arg(long)]
+    on_takeover: Option<String>,
+    /// The program to start in resume mode, and its arguments.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+    exec: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    image_dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    heartbeat_ms: Option<u64>,
+    missed: Option<u32>,
+    on_takeover: Option<String>,
+    exec: Option<Vec<String>>,
+}
+
+fn config(a: Args) -> Result<SpareConfig> {
+    let f: FileConfig = match &a.config {
+        Some(p) => {
+            toml::from_str(&std::fs::read_to_string(p).with_context(|| p.display().to_string())?)
+                .with_context(|| p.display().to_string())?
+        }
+        None => FileConfig::default(),
+    };
+    let listen = a.listen.or(f.listen).context("--listen is required")?;
+    let image_dir = a
+        .image_dir
+        .or(f.image_dir)
+        .context("--image-dir is required")?;
+    let key_file = a
+        .key_file
+        .or(f.key_file)
+        .context("--key-file is required")?;
+    let exec = if a.exec.is_empty() {
+        f.exec.unwrap_or_default()
+    } else {
+        a.exec
+    };
+    if exec.is_empty() {
+        bail!("--exec PROGRAM is required");
+    }
+    let missed = a.missed.or(f.missed).unwrap_or(5);
+    if missed == 0 {
+        bail!("--missed must be at least 1");
+    }
+    Ok(SpareConfig {
+        listen,
+        image_dir,
+        key: Key::load(&key_file)?,
+        heartbeat: Duration::from_millis(a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(10).max(1)),
+        missed,
+        on_takeover: a.on_takeover.or(f.on_takeover),
+        exec,
+    })
+}
+
+fn main() {
+    let cfg = match config(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hotspare-resume: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let e = spare::run(cfg);
+    eprintln!("hotspare-resume: {e}");
+    std::process::exit(1);
+}
