@@ -280,3 +280,20 @@ fn spare_restart_while_the_primary_runs() {
         log(dir, "primary.log")
     );
 }
+
+/// The README's main job runs, loses nothing, and cleans up after itself.
+#[test]
+fn hotspare_demo_reports_no_lost_keys() {
+    let out = Command::new(util::lib("hotspare"))
+        .args(["demo", "--seconds", "0.5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("keys lost             0 of"), "{text}");
+    assert!(text.contains("hotspare demo: OK"), "{text}");
+}

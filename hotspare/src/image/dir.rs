@@ -27,6 +27,10 @@ use std::io::{BufReader, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// What [`ImageDir::apply_batch`] did: the streams applied, and the first one that could not be
+/// (with why).
+type Batch = (Vec<Summary>, Option<(PathBuf, ImageError)>);
+
 /// An image directory, recovered and ready.
 #[derive(Debug)]
 pub struct ImageDir {
@@ -277,8 +281,12 @@ impl ImageDir {
         fs::rename(&tmp, &done).map_err(io_err(&tmp, "rename"))?;
         fsync_dir(&self.root.join("wal"))?;
         let res = self.apply_file(&done, this_exe);
-        if res.is_err() {
-            let _ = fs::remove_file(&done);
+        if let Err(e) = &res {
+            // A bad stream is dropped; after an I/O error the durable stream stays and is
+            // replayed by the next open (the data files may hold part of it until then).
+            if e.is_bad_stream() {
+                let _ = fs::remove_file(&done);
+            }
         }
         res
     }
@@ -290,6 +298,74 @@ impl ImageDir {
         path: &Path,
         this_exe: Option<&ExeId>,
     ) -> Result<Summary, ImageError> {
+        let (mut done, failure) = self.apply_batch(&[path.to_path_buf()], this_exe)?;
+        match failure {
+            Some((_, e)) => Err(e),
+            None => done.pop().ok_or_else(|| ImageError::Io {
+                path: path.to_path_buf(),
+                what: "apply",
+                source: std::io::Error::other("nothing applied"),
+            }),
+        }
+    }
+
+    /// Applies streams in order with one round of `fsync`s and one manifest write at the end
+    /// (a spare that fell behind catches up in one step). Stops at the first stream that
+    /// cannot be applied and returns it with its error; everything before it is applied and
+    /// durable. WAL files are deleted only once the manifest that covers them is durable.
+    fn apply_batch(
+        &mut self,
+        paths: &[PathBuf],
+        this_exe: Option<&ExeId>,
+    ) -> Result<Batch, ImageError> {
+        let before = self.manifest.clone();
+        let mut touched: Vec<(PathBuf, File)> = Vec::new();
+        let (mut done, mut finished, mut failure) = (Vec::new(), Vec::new(), None);
+        for p in paths {
+            match self.stage(p, this_exe, &mut touched) {
+                Ok(Some(summary)) => {
+                    done.push(summary);
+                    finished.push(p.clone());
+                }
+                Ok(None) => finished.push(p.clone()),
+                Err(e) => {
+                    failure = Some((p.clone(), e));
+                    break;
+                }
+            }
+        }
+        if !done.is_empty() {
+            for (p, f) in &touched {
+                f.sync_all().map_err(io_err(p, "fsync"))?;
+            }
+            write_manifest(&self.root, self.manifest.as_ref().expect("set by stage"))?;
+            // Ranges that are gone: their files are no longer referenced.
+            let now = self.manifest.as_ref().expect("set by stage");
+            for r in before.iter().flat_map(|m| &m.ranges) {
+                if !now
+                    .ranges
+                    .iter()
+                    .any(|n| n.addr == r.addr && n.len == r.len)
+                {
+                    let _ = fs::remove_file(self.data_path(r.addr, r.len));
+                    let _ = fs::remove_file(self.crc_path(r.addr, r.len));
+                }
+            }
+        }
+        for p in finished {
+            let _ = fs::remove_file(p);
+        }
+        Ok((done, failure))
+    }
+
+    /// Validates one stream against the image as staged so far and writes its pages (no
+    /// `fsync`); updates the in-memory manifest. `Ok(None)`: already applied before a crash.
+    fn stage(
+        &mut self,
+        path: &Path,
+        this_exe: Option<&ExeId>,
+        touched: &mut Vec<(PathBuf, File)>,
+    ) -> Result<Option<Summary>, ImageError> {
         let fmt = |source: FormatError| ImageError::Format {
             path: path.to_path_buf(),
             source,
@@ -313,9 +389,7 @@ impl ImageDir {
         }
         if let Some(m) = &self.manifest {
             if b.seq <= m.seq {
-                // Already applied before a crash that left the WAL file behind.
-                let _ = fs::remove_file(path);
-                return Ok(summary);
+                return Ok(None);
             }
             if b.exe_id != m.exe_id {
                 return Err(ImageError::OtherExecutable {
@@ -352,18 +426,18 @@ impl ImageDir {
             let f = open_sized(&p, r.len)?;
             let cp = self.crc_path(r.addr, r.len);
             let c = open_sized(&cp, r.len / u64::from(b.page_size) * 4)?;
-            files.push((r.addr, r.len, p, f, c));
+            files.push((r.addr, r.len, p, f, cp, c));
         }
-        // Pass 2: apply the pages (the stream was fully validated above).
+        // Pass 2: write the pages (the stream was fully validated above).
         let page = b.page_size as usize;
         let mut crcs = Vec::new();
         format::scan_stream(open()?, |run| {
             let addr = match run {
                 Run::Data(a, _) | Run::Zero(a, _) => a,
             };
-            let (base, _, p, f, c) = files
+            let (base, _, p, f, _, c) = files
                 .iter()
-                .find(|(a, l, _, _, _)| addr >= *a && addr < a + l)
+                .find(|(a, l, ..)| addr >= *a && addr < a + l)
                 .expect("validated: every run lies in a listed range");
             let io = |e: std::io::Error| FormatError::Io {
                 offset: 0,
@@ -386,31 +460,18 @@ impl ImageDir {
                 .map_err(io)
         })
         .map_err(fmt)?;
-        for (_, _, p, f, c) in &files {
-            f.sync_all().map_err(io_err(p, "fsync data file"))?;
-            c.sync_all().map_err(io_err(p, "fsync CRC table"))?;
+        for (_, _, p, f, cp, c) in files {
+            if !touched.iter().any(|(t, _)| *t == p) {
+                touched.push((p, f));
+                touched.push((cp, c));
+            }
         }
         let mut manifest = summary.begin.clone();
         for r in &mut manifest.ranges {
             r.complete = true;
         }
-        let old = self.manifest.replace(manifest);
-        write_manifest(&self.root, self.manifest.as_ref().expect("just set"))?;
-        // Ranges that are gone: their data files are no longer referenced.
-        if let Some(old) = old {
-            for r in &old.ranges {
-                if !summary
-                    .begin
-                    .ranges
-                    .iter()
-                    .any(|n| n.addr == r.addr && n.len == r.len)
-                {
-                    let _ = fs::remove_file(self.data_path(r.addr, r.len));
-                }
-            }
-        }
-        let _ = fs::remove_file(path);
-        Ok(summary)
+        self.manifest = Some(manifest);
+        Ok(Some(summary))
     }
 
     fn recover(&mut self) -> Result<(), ImageError> {
@@ -428,12 +489,18 @@ impl ImageDir {
     /// as it is and the file is renamed `.bad` (never retried) for `hotspare inspect`. Streams
     /// being written (`.tmp`) are left alone, so this may run while another thread receives.
     pub fn apply_pending(&mut self) -> Result<u64, ImageError> {
-        for p in self.wal_files()? {
-            if p.extension().is_some_and(|e| e == "cpt") {
-                if let Err(e) = self.apply_file(&p, None) {
-                    let _ = fs::rename(&p, p.with_extension("bad"));
-                    eprintln!("hotspare: not applying {}: {e}", p.display());
-                }
+        let pending: Vec<PathBuf> = self
+            .wal_files()?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "cpt"))
+            .collect();
+        let (_, failure) = self.apply_batch(&pending, None)?;
+        if let Some((p, e)) = failure {
+            if e.is_bad_stream() {
+                let _ = fs::rename(&p, p.with_extension("bad"));
+                eprintln!("hotspare: not applying {}: {e}", p.display());
+            } else {
+                return Err(e);
             }
         }
         Ok(self.seq())

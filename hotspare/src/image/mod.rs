@@ -61,6 +61,21 @@ pub enum FormatError {
     },
 }
 
+impl ImageError {
+    /// Whether the error is in the stream itself (damaged, foreign, out of order): such a
+    /// stream can never be applied. Other errors (I/O) may succeed on a retry.
+    pub fn is_bad_stream(&self) -> bool {
+        match self {
+            ImageError::Format { source, .. } => !matches!(source, FormatError::Io { .. }),
+            ImageError::OtherExecutable { .. }
+            | ImageError::Chain { .. }
+            | ImageError::IncompleteRange { .. }
+            | ImageError::StaleTerm { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// An image directory could not be read, written or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

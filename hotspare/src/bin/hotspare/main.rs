@@ -3,6 +3,7 @@
 //! print JSON lines (see `docs/performance.md`).
 
 mod bench;
+mod demo;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -34,6 +35,20 @@ enum Cmd {
     /// Benchmarks (JSON lines on stdout).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Start a spare and a key/value service on loopback, load it, SIGKILL it, and report what a
+    /// client saw (the project's main job).
+    Demo {
+        /// Seconds of load before the kill.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+    /// Internal: the key/value service of `hotspare demo`.
+    #[command(hide = true)]
+    DemoServer {
+        /// Port to serve on.
+        #[arg(long)]
+        port: u16,
+    },
     /// Internal: the program `hotspare bench resume` starts and resumes.
     #[command(hide = true)]
     BenchChild {
@@ -137,6 +152,8 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Inspect { dir, no_data } => inspect(dir, no_data),
         Cmd::Bench(b) => bench::run(b).map(|()| true),
+        Cmd::Demo { seconds } => demo::demo(seconds).map(|()| true),
+        Cmd::DemoServer { port } => demo::server(port).map(|()| true),
         Cmd::BenchChild { fill } => bench::child(&fill).map(|()| true),
     };
     match res {

@@ -1,0 +1,316 @@
+//! `hotspare demo`: a key/value service with its table in the checkpoint heap, a spare on
+//! loopback, load, a SIGKILL of the primary, and a report of what the client saw.
+//!
+//! The service (`hotspare demo-server`) answers one line per request: `SET k v` → `OK <seq>`
+//! (sent only once the checkpoint holding the write is durable on the spare: nothing
+//! acknowledged can be lost), `GET k` → `VAL v` | `NIL`, `COUNT` → `COUNT n`, `STATS` → JSON.
+
+use anyhow::{bail, Context, Result};
+use hotspare::{HeapAlloc, HotSpare, Mutex, StableHasher};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Bytes = allocator_api2::vec::Vec<u8, HeapAlloc>;
+type Table = hashbrown::HashMap<Bytes, Bytes, StableHasher, HeapAlloc>;
+
+struct Store {
+    table: Table,
+}
+
+/// Checkpoint statistics of this incarnation (ordinary memory: not part of the state).
+static STATS: std::sync::Mutex<Vec<(f64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+fn bytes_in(hs: &HotSpare, b: &[u8]) -> Bytes {
+    let mut v = Bytes::new_in(hs.heap().alloc());
+    v.extend_from_slice(b);
+    v
+}
+
+fn serve(hs: &HotSpare, stream: TcpStream) -> std::io::Result<()> {
+    let store = hs.heap().root::<Mutex<Store>>().expect("root");
+    let mut out = stream.try_clone()?;
+    let _ = stream.set_nodelay(true);
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        let mut w = line.splitn(3, ' ');
+        let reply = match (w.next(), w.next(), w.next()) {
+            (Some("SET"), Some(k), Some(v)) => {
+                let (k, v) = (bytes_in(hs, k.as_bytes()), bytes_in(hs, v.as_bytes()));
+                store.lock().table.insert(k, v);
+                match hs.cpt().and_then(|st| hs.wait_durable(st.seq).map(|()| st)) {
+                    Ok(st) => {
+                        STATS
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((st.stopped.as_secs_f64() * 1e3, st.bytes));
+                        format!("OK {}", st.seq)
+                    }
+                    Err(e) => format!("ERR {e}"),
+                }
+            }
+            (Some("GET"), Some(k), None) => {
+                let k = bytes_in(hs, k.as_bytes());
+                match store.lock().table.get(&k) {
+                    Some(v) => format!("VAL {}", String::from_utf8_lossy(v)),
+                    None => "NIL".into(),
+                }
+            }
+            (Some("COUNT"), None, None) => format!("COUNT {}", store.lock().table.len()),
+            (Some("STATS"), None, None) => {
+                let mut s = STATS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let bytes: u64 = s.iter().map(|x| x.1).sum();
+                s.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let pick = |q: f64| {
+                    s.get(((s.len() as f64 * q) as usize).min(s.len().saturating_sub(1)))
+                        .map_or(0.0, |x| x.0)
+                };
+                format!(
+                    "STATS {{\"checkpoints\":{},\"bytes\":{bytes},\"stop_ms_median\":{:.3},\"stop_ms_p99\":{:.3}}}",
+                    s.len(),
+                    pick(0.5),
+                    pick(0.99)
+                )
+            }
+            _ => "ERR bad request".into(),
+        };
+        out.write_all(reply.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn server_worker(hs: &HotSpare) {
+    if let Some(r) = hs.resumed() {
+        eprintln!(
+            "demo-server: RESUMED checkpoint {} restore_ms={:.3}",
+            r.seq,
+            r.restore_time.as_secs_f64() * 1e3
+        );
+    }
+    let listener = hs.tcp_listener("kv").expect("listener");
+    for s in listener.incoming() {
+        match s {
+            Ok(s) => {
+                let hs = hs.clone();
+                std::thread::spawn(move || serve(&hs, s));
+            }
+            Err(e) => eprintln!("demo-server: accept: {e}"),
+        }
+    }
+}
+
+/// `hotspare demo-server --port P`: the service (fresh, or resumed by the spare).
+pub fn server(port: u16) -> Result<()> {
+    let hs = HotSpare::builder()?.worker("kv", server_worker).start()?;
+    let table = Table::with_hasher_in(StableHasher::default(), hs.heap().alloc());
+    hs.heap().set_root(Mutex::new(Store { table }))?;
+    hs.add_tcp_listener("kv", TcpListener::bind(("127.0.0.1", port))?)?;
+    hs.run();
+    Ok(())
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16, within: Duration) -> Result<()> {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed() > within {
+            bail!("nothing listens on port {port} after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+struct Client {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(port: u16) -> std::io::Result<Client> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Client {
+            w: s.try_clone()?,
+            r: BufReader::new(s),
+        })
+    }
+    fn ask(&mut self, req: &str) -> std::io::Result<String> {
+        self.w.write_all(format!("{req}\n").as_bytes())?;
+        let mut l = String::new();
+        if self.r.read_line(&mut l)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(l.trim_end().to_owned())
+    }
+}
+
+fn grab(log: &Path, prefix: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let i = text.find(prefix)? + prefix.len();
+    text[i..]
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `hotspare demo`: everything on loopback, cleaned up at the end.
+pub fn demo(seconds: f64) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let spare_bin = exe.with_file_name("hotspare-resume");
+    if !spare_bin.exists() {
+        bail!(
+            "{} is missing: build the workspace (cargo build --release --workspace)",
+            spare_bin.display()
+        );
+    }
+    let dir: PathBuf = std::env::temp_dir().join(format!("hotspare-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run_demo(&exe, &spare_bin, &dir, seconds);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("key");
+    let mut secret = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
+    std::fs::write(
+        &key,
+        secret
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let (spare_port, kv_port) = (free_port()?, free_port()?);
+    let env = [("HOTSPARE_HEAP_SIZE", "64M"), ("HOTSPARE_STRATEGY", "auto")];
+    println!(
+        "hotspare demo: spare on 127.0.0.1:{spare_port}, key/value service on 127.0.0.1:{kv_port}"
+    );
+    let _spare = Proc(
+        Command::new(spare_bin)
+            .args(["--listen", &format!("127.0.0.1:{spare_port}"), "--key-file"])
+            .arg(&key)
+            .arg("--image-dir")
+            .arg(dir.join("spare"))
+            .arg("--exec")
+            .arg(exe)
+            .args(["demo-server", "--port", &kv_port.to_string()])
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("spare.log"))?)
+            .spawn()
+            .context("starting hotspare-resume")?,
+    );
+    wait_port(spare_port, Duration::from_secs(10))?;
+    let primary = Proc(
+        Command::new(exe)
+            .args(["demo-server", "--port", &kv_port.to_string()])
+            .envs(env)
+            .env("HOTSPARE_IMAGE_DIR", dir.join("spool"))
+            .env("HOTSPARE_SPARE", format!("127.0.0.1:{spare_port}"))
+            .env("HOTSPARE_KEY_FILE", &key)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("primary.log"))?)
+            .spawn()
+            .context("starting the primary")?,
+    );
+    wait_port(kv_port, Duration::from_secs(10))?;
+    // Load: one client, SET then GET, each SET acknowledged only once durable on the spare.
+    let mut c = Client::connect(kv_port)?;
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while t0.elapsed().as_secs_f64() < seconds {
+        let (k, v) = (format!("key{i}"), format!("value{}", i * 7919 % 1_000_003));
+        let r = c.ask(&format!("SET {k} {v}"))?;
+        if !r.starts_with("OK ") {
+            bail!("SET {k}: {r}");
+        }
+        acked.push((k, v));
+        i += 1;
+    }
+    let stats = c.ask("STATS")?;
+    let last_ok = Instant::now();
+    drop(primary); // SIGKILL
+    let killed = Instant::now();
+    // The client retries until the service answers again (now the resumed program).
+    let mut c = loop {
+        if let Ok(mut c) = Client::connect(kv_port) {
+            if c.ask("COUNT").is_ok() {
+                break c;
+            }
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the service did not come back within 30 s; spare log:\n{}",
+                std::fs::read_to_string(dir.join("spare.log"))?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let back = killed.elapsed().as_secs_f64() * 1e3;
+    let since_last_ok = last_ok.elapsed().as_secs_f64() * 1e3;
+    let mut lost = 0;
+    for (k, v) in &acked {
+        if c.ask(&format!("GET {k}"))? != format!("VAL {v}") {
+            lost += 1;
+        }
+    }
+    let spare_log = dir.join("spare.log");
+    let detection = grab(&spare_log, "primary silent for ");
+    let restore = grab(&spare_log, "restore_ms=");
+    println!(
+        "  writes acknowledged   {} in {seconds:.1} s (each durable on the spare before the reply)",
+        acked.len()
+    );
+    println!(
+        "  checkpoints           {}",
+        stats.trim_start_matches("STATS ")
+    );
+    println!("  primary killed        SIGKILL after the last acknowledged write");
+    println!(
+        "  detection             {} ms (spare: 5 missed heartbeats of 10 ms)",
+        detection.map_or("?".into(), |d| format!("{d:.0}"))
+    );
+    println!(
+        "  restore               {} ms (resumed program: image mapped, workers called)",
+        restore.map_or("?".into(), |d| format!("{d:.1}"))
+    );
+    println!("  downtime seen         {back:.1} ms from the kill to the first answer of the resumed service ({since_last_ok:.1} ms since the last answer before it)");
+    println!(
+        "  keys lost             {lost} of {} acknowledged",
+        acked.len()
+    );
+    let _ = c.ask("COUNT");
+    if std::env::var_os("HOTSPARE_DEMO_VERBOSE").is_some() {
+        print!(
+            "{}",
+            std::fs::read_to_string(&spare_log).unwrap_or_default()
+        );
+    }
+    if lost > 0 {
+        bail!("{lost} acknowledged writes were lost");
+    }
+    println!("hotspare demo: OK (everything it started is stopped and removed)");
+    Ok(())
+}
