@@ -26,6 +26,15 @@ pub enum Bench {
         #[arg(long)]
         image_dir: Option<String>,
     },
+    /// `hotspare demo` repeated: detection, restore and client-seen downtime per failover.
+    Failover {
+        /// Failovers to run.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds of load before each kill.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
     /// Time from exec to the worker loop for a resume, per state size.
     Resume {
         /// State sizes.
@@ -63,6 +72,7 @@ pub fn run(b: Bench) -> Result<()> {
             image_dir,
         } => cpt(&heap, &dirty, runs, image_dir),
         Bench::Resume { sizes, runs } => resume(&sizes, runs),
+        Bench::Failover { runs, seconds } => failover(runs, seconds),
     }
 }
 
@@ -199,5 +209,35 @@ fn resume(sizes: &[String], runs: usize) -> Result<()> {
         std::io::stdout().flush()?;
         let _ = std::fs::remove_dir_all(&dir);
     }
+    Ok(())
+}
+
+fn failover(runs: usize, seconds: f64) -> Result<()> {
+    let (mut det, mut rest, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        eprintln!("bench failover: run {}/{runs}", i + 1);
+        let r = super::demo::run(seconds)?;
+        if r.lost > 0 {
+            bail!("{} acknowledged writes lost", r.lost);
+        }
+        println!(
+            "{{\"bench\":\"failover\",\"run\":{i},\"writes_acked\":{},\"keys_lost\":{},\"detection_ms\":{},\"restore_ms\":{},\"downtime_ms\":{:.3},\"checkpoints\":{}}}",
+            r.acked,
+            r.lost,
+            r.detection_ms.unwrap_or(-1.0),
+            r.restore_ms.unwrap_or(-1.0),
+            r.downtime_ms,
+            r.stats
+        );
+        det.push(r.detection_ms.unwrap_or(f64::NAN));
+        rest.push(r.restore_ms.unwrap_or(f64::NAN));
+        down.push(r.downtime_ms);
+    }
+    let (d, _) = median_p99(&mut det);
+    let (r, _) = median_p99(&mut rest);
+    let (w, wmax) = median_p99(&mut down);
+    println!(
+        "{{\"bench\":\"failover-summary\",\"runs\":{runs},\"detection_ms_median\":{d},\"restore_ms_median\":{r},\"downtime_ms_median\":{w},\"downtime_ms_max\":{wmax}}}"
+    );
     Ok(())
 }

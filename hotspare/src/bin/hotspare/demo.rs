@@ -171,8 +171,63 @@ fn grab(log: &Path, prefix: &str) -> Option<f64> {
         .ok()
 }
 
+/// What one demo run measured.
+pub struct Report {
+    /// Writes acknowledged before the kill.
+    pub acked: usize,
+    /// Load duration in seconds.
+    pub seconds: f64,
+    /// The service's STATS line (JSON).
+    pub stats: String,
+    /// Detection time from the spare's log, ms.
+    pub detection_ms: Option<f64>,
+    /// Restore time of the resumed program, ms.
+    pub restore_ms: Option<f64>,
+    /// Kill → first answer of the resumed service, ms.
+    pub downtime_ms: f64,
+    /// Acknowledged keys missing after the failover.
+    pub lost: usize,
+    /// The spare's log.
+    pub spare_log: String,
+}
+
 /// `hotspare demo`: everything on loopback, cleaned up at the end.
 pub fn demo(seconds: f64) -> Result<()> {
+    let r = run(seconds)?;
+    println!(
+        "  writes acknowledged   {} in {:.1} s (each durable on the spare before the reply)",
+        r.acked, r.seconds
+    );
+    println!("  checkpoints           {}", r.stats);
+    println!("  primary killed        SIGKILL after the last acknowledged write");
+    println!(
+        "  detection             {} ms (spare: 5 missed heartbeats of 10 ms)",
+        r.detection_ms.map_or("?".into(), |d| format!("{d:.0}"))
+    );
+    println!(
+        "  restore               {} ms (resumed program: image mapped, workers called)",
+        r.restore_ms.map_or("?".into(), |d| format!("{d:.1}"))
+    );
+    println!(
+        "  downtime seen         {:.1} ms from the kill to the first answer of the resumed service",
+        r.downtime_ms
+    );
+    println!(
+        "  keys lost             {} of {} acknowledged",
+        r.lost, r.acked
+    );
+    if std::env::var_os("HOTSPARE_DEMO_VERBOSE").is_some() {
+        print!("{}", r.spare_log);
+    }
+    if r.lost > 0 {
+        bail!("{} acknowledged writes were lost", r.lost);
+    }
+    println!("hotspare demo: OK (everything it started is stopped and removed)");
+    Ok(())
+}
+
+/// One demo run, without printing the report.
+pub fn run(seconds: f64) -> Result<Report> {
     let exe = std::env::current_exe()?;
     let spare_bin = exe.with_file_name("hotspare-resume");
     if !spare_bin.exists() {
@@ -188,7 +243,7 @@ pub fn demo(seconds: f64) -> Result<()> {
     result
 }
 
-fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<()> {
+fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<Report> {
     use std::os::unix::fs::PermissionsExt;
     let key = dir.join("key");
     let mut secret = [0u8; 32];
@@ -250,7 +305,6 @@ fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<()
         i += 1;
     }
     let stats = c.ask("STATS")?;
-    let last_ok = Instant::now();
     drop(primary); // SIGKILL
     let killed = Instant::now();
     // The client retries until the service answers again (now the resumed program).
@@ -269,7 +323,6 @@ fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<()
         std::thread::sleep(Duration::from_millis(1));
     };
     let back = killed.elapsed().as_secs_f64() * 1e3;
-    let since_last_ok = last_ok.elapsed().as_secs_f64() * 1e3;
     let mut lost = 0;
     for (k, v) in &acked {
         if c.ask(&format!("GET {k}"))? != format!("VAL {v}") {
@@ -277,40 +330,14 @@ fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<()
         }
     }
     let spare_log = dir.join("spare.log");
-    let detection = grab(&spare_log, "primary silent for ");
-    let restore = grab(&spare_log, "restore_ms=");
-    println!(
-        "  writes acknowledged   {} in {seconds:.1} s (each durable on the spare before the reply)",
-        acked.len()
-    );
-    println!(
-        "  checkpoints           {}",
-        stats.trim_start_matches("STATS ")
-    );
-    println!("  primary killed        SIGKILL after the last acknowledged write");
-    println!(
-        "  detection             {} ms (spare: 5 missed heartbeats of 10 ms)",
-        detection.map_or("?".into(), |d| format!("{d:.0}"))
-    );
-    println!(
-        "  restore               {} ms (resumed program: image mapped, workers called)",
-        restore.map_or("?".into(), |d| format!("{d:.1}"))
-    );
-    println!("  downtime seen         {back:.1} ms from the kill to the first answer of the resumed service ({since_last_ok:.1} ms since the last answer before it)");
-    println!(
-        "  keys lost             {lost} of {} acknowledged",
-        acked.len()
-    );
-    let _ = c.ask("COUNT");
-    if std::env::var_os("HOTSPARE_DEMO_VERBOSE").is_some() {
-        print!(
-            "{}",
-            std::fs::read_to_string(&spare_log).unwrap_or_default()
-        );
-    }
-    if lost > 0 {
-        bail!("{lost} acknowledged writes were lost");
-    }
-    println!("hotspare demo: OK (everything it started is stopped and removed)");
-    Ok(())
+    Ok(Report {
+        acked: acked.len(),
+        seconds,
+        stats: stats.trim_start_matches("STATS ").to_owned(),
+        detection_ms: grab(&spare_log, "primary silent for "),
+        restore_ms: grab(&spare_log, "restore_ms="),
+        downtime_ms: back,
+        lost,
+        spare_log: std::fs::read_to_string(&spare_log).unwrap_or_default(),
+    })
 }
