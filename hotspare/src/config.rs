@@ -147,6 +147,7 @@ impl Config {
             exit_when_fenced: on_fence_exit,
             term: self.term,
             exe_id: exe.0,
+            status_file: Some(image.path().join("status")),
         });
         Ok(crate::checkpoint::Sink::Remote {
             spool: image,

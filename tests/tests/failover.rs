@@ -297,3 +297,48 @@ fn hotspare_demo_reports_no_lost_keys() {
     assert!(text.contains("keys lost             0 of"), "{text}");
     assert!(text.contains("hotspare demo: OK"), "{text}");
 }
+
+/// `hotspare status` shows a running primary's and spare's role, term, sequence and heartbeat.
+#[test]
+fn status_of_primary_and_spare() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let key = key(dir, "key", "correct horse battery staple");
+    let port = free_port();
+    let (_spare, _out) = spare(dir, port, &key, 8, 5);
+    let (_p, rx) = primary(dir, port, &key, 8, 5, None);
+    let mut last = 0;
+    while last < 100 {
+        last = cpt_ops(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap_or(last);
+    }
+    std::thread::sleep(Duration::from_millis(250)); // status files are rewritten every 100 ms
+    let hs = util::lib("hotspare");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(&hs).arg("status").args(args).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let p = run(&[dir.join("spool").as_os_str()]);
+    assert!(
+        p.contains("\"role\":\"primary\"")
+            && p.contains("\"connected\":true")
+            && p.contains("\"fenced\":false"),
+        "{p}"
+    );
+    let s = run(&[dir.join("spare").as_os_str()]);
+    assert!(
+        s.contains("\"role\":\"spare\"") && s.contains("\"term\":0"),
+        "{s}"
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let q = run(&[
+        "--spare".as_ref(),
+        addr.as_ref(),
+        "--key-file".as_ref(),
+        key.as_os_str(),
+    ]);
+    assert!(
+        q.starts_with(&format!("spare {addr}: term 0, image at checkpoint ")),
+        "{q}"
+    );
+}

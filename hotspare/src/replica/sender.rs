@@ -35,6 +35,8 @@ pub struct RemoteConfig {
     pub term: u64,
     /// Our executable.
     pub exe_id: [u8; 32],
+    /// Where to keep a status file for `hotspare status` (rewritten every ~100 ms).
+    pub status_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -50,6 +52,7 @@ struct State {
     /// Set on every new connection: the next checkpoint must be full.
     new_connection: AtomicBool,
     latest_seq: AtomicU64,
+    acked_seq: AtomicU64,
 }
 
 /// The link to the spare (cheap to clone: all clones share it).
@@ -234,7 +237,10 @@ fn connect(cfg: &RemoteConfig, tx: &Arc<Tx>, state: &Arc<State>) -> Result<(), W
                 *state2.last_reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 state2.lease_lost.store(false, Ordering::SeqCst);
                 match m {
-                    Msg::Ack { seq } => push_ack(&state2, seq, Ok(())),
+                    Msg::Ack { seq } => {
+                        state2.acked_seq.fetch_max(seq, Ordering::SeqCst);
+                        push_ack(&state2, seq, Ok(()));
+                    }
                     Msg::Nack { seq, reason } => push_ack(&state2, seq, Err(reason)),
                     Msg::Fenced { term: t } => {
                         fence(
@@ -283,10 +289,37 @@ fn fence(cfg: &RemoteConfig, state: &State, why: String) {
     }
 }
 
+/// Writes the primary's status file (tmp + rename, so readers never see half of it).
+fn write_status(cfg: &RemoteConfig, state: &State, connected: bool) {
+    let Some(path) = &cfg.status_file else { return };
+    let last = *state.last_reply.lock().unwrap_or_else(|p| p.into_inner());
+    let text = format!(
+        "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{},\"acked_seq\":{},\"lag\":{},\"last_reply_ms\":{},\"fenced\":{}}}\n",
+        std::process::id(),
+        cfg.term,
+        cfg.addr,
+        state.latest_seq.load(Ordering::SeqCst),
+        state.acked_seq.load(Ordering::SeqCst),
+        state.latest_seq.load(Ordering::SeqCst).saturating_sub(state.acked_seq.load(Ordering::SeqCst)),
+        last.map_or(-1, |t| t.elapsed().as_millis() as i64),
+        state.fenced.load(Ordering::SeqCst) || state.lease_lost.load(Ordering::SeqCst),
+    );
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
 fn heartbeat_loop(cfg: RemoteConfig, tx: Arc<Tx>, state: Arc<State>) {
     let mut last_attempt: Option<Instant> = None;
+    let mut last_status = Instant::now() - Duration::from_secs(1);
     loop {
         std::thread::sleep(cfg.heartbeat);
+        if last_status.elapsed() >= Duration::from_millis(100) {
+            last_status = Instant::now();
+            let connected = tx.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+            write_status(&cfg, &state, connected);
+        }
         let mut guard = tx.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_mut() {
             Some((generation, t)) => {

@@ -283,6 +283,24 @@ impl Spare {
         Ok(())
     }
 
+    /// Writes the spare's status file for `hotspare status` (tmp + rename).
+    fn write_status(&self, link: Option<&Link>) {
+        let text = format!(
+            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"primary\":\"{}\",\"last_heartbeat_ms\":{},\"listen\":\"{}\"}}\n",
+            std::process::id(),
+            self.term,
+            self.durable_seq.load(Ordering::SeqCst),
+            link.map_or("none", |l| l.peer.as_str()),
+            self.last_heard().map_or(-1, |t| t.elapsed().as_millis() as i64),
+            self.cfg.listen,
+        );
+        let path = self.cfg.image_dir.join("status");
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+
     fn dead(&self) -> bool {
         let limit = self.cfg.heartbeat * self.cfg.missed;
         self.durable_seq.load(Ordering::SeqCst) > 0
@@ -430,7 +448,12 @@ fn run_inner(cfg: SpareConfig) -> Result<Spare, SpareError> {
         spool: image,
     };
     let mut link: Option<Link> = None;
+    let mut last_status = Instant::now() - Duration::from_secs(1);
     loop {
+        if last_status.elapsed() >= Duration::from_millis(100) {
+            last_status = Instant::now();
+            spare.write_status(link.as_ref());
+        }
         match listener.accept() {
             Ok((stream, _)) => {
                 let _ = stream.set_nonblocking(false);

@@ -32,6 +32,18 @@ enum Cmd {
         #[arg(long)]
         no_data: bool,
     },
+    /// Role, term, sequence, lag and last heartbeat of a running primary or spare: from the
+    /// status file in its image (or spool) directory, or by asking a spare over the network.
+    Status {
+        /// The image directory of a spare, or the spool directory of a primary.
+        dir: Option<PathBuf>,
+        /// Ask the spare at this address instead (needs --key-file).
+        #[arg(long)]
+        spare: Option<String>,
+        /// The shared secret, for --spare.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
     /// Benchmarks (JSON lines on stdout).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -147,10 +159,65 @@ fn inspect(dir: PathBuf, no_data: bool) -> Result<bool> {
     Ok(ok)
 }
 
+fn status(dir: Option<PathBuf>, spare: Option<String>, key_file: Option<PathBuf>) -> Result<bool> {
+    use hotspare::replica::wire::{self, Key, Msg};
+    if let Some(addr) = spare {
+        let key = Key::load(&key_file.context("--spare needs --key-file")?)?;
+        let stream = std::net::TcpStream::connect(&addr).with_context(|| addr.clone())?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let (mut tx, mut rx) = wire::connect(stream, &key)?;
+        tx.send(0, &Msg::StatusRequest)?;
+        match rx.recv()?.1 {
+            Msg::Status {
+                term,
+                seq,
+                since_heartbeat_ms,
+            } => {
+                let hb = if since_heartbeat_ms == u64::MAX {
+                    "never".into()
+                } else {
+                    format!("{since_heartbeat_ms} ms ago")
+                };
+                println!(
+                    "spare {addr}: term {term}, image at checkpoint {seq}, last heartbeat {hb}"
+                );
+                return Ok(true);
+            }
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+    let dir = dir.context("give a directory, or --spare ADDR --key-file KEY")?;
+    let path = dir.join("status");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: no status (is a primary or spare running here?)",
+            path.display()
+        )
+    })?;
+    let age = std::fs::metadata(&path)?
+        .modified()?
+        .elapsed()
+        .unwrap_or_default();
+    print!("{text}");
+    if age > std::time::Duration::from_secs(2) {
+        println!(
+            "(written {} ms ago: the process may not be running)",
+            age.as_millis()
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Inspect { dir, no_data } => inspect(dir, no_data),
+        Cmd::Status {
+            dir,
+            spare,
+            key_file,
+        } => status(dir, spare, key_file),
         Cmd::Bench(b) => bench::run(b).map(|()| true),
         Cmd::Demo { seconds } => demo::demo(seconds).map(|()| true),
         Cmd::DemoServer { port } => demo::server(port).map(|()| true),
