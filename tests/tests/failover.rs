@@ -43,6 +43,9 @@ fn spare(dir: &Path, port: u16, key: &Path, seed: u64, k: u64) -> (Killed, Recei
         .arg(key)
         .arg("--image-dir")
         .arg(dir.join("spare"))
+        // 10 missed heartbeats (100 ms) rather than the default 5: a noisy CI machine must not
+        // trigger a takeover while the primary is alive (the demo test runs the defaults).
+        .args(["--missed", "10"])
         .args([
             "--exec",
             KVMODEL,
@@ -81,6 +84,7 @@ fn primary(
         .env("HOTSPARE_IMAGE_DIR", dir.join("spool"))
         .env("HOTSPARE_SPARE", format!("127.0.0.1:{port}"))
         .env("HOTSPARE_KEY_FILE", key)
+        .env("HOTSPARE_LEASE_MS", "80")
         .stderr(Stdio::from(
             std::fs::File::create(dir.join("primary.log")).unwrap(),
         ));

@@ -53,6 +53,9 @@ struct State {
     new_connection: AtomicBool,
     latest_seq: AtomicU64,
     acked_seq: AtomicU64,
+    /// Held while connecting, so the writer and the heartbeat thread never make two
+    /// connections at once (the spare keeps only the newest).
+    connecting: Mutex<()>,
 }
 
 /// The link to the spare (cheap to clone: all clones share it).
@@ -182,6 +185,10 @@ fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
 
 /// Connects, authenticates, says hello, reads the spare's status, starts the reader.
 fn connect(cfg: &RemoteConfig, tx: &Arc<Tx>, state: &Arc<State>) -> Result<(), WireError> {
+    let _one_at_a_time = state.connecting.lock().unwrap_or_else(|p| p.into_inner());
+    if tx.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        return Ok(()); // another thread connected while we waited
+    }
     let addr = resolve(&cfg.addr)?;
     let timeout = (cfg.heartbeat * 20).max(Duration::from_millis(200));
     let sock = socket2::Socket::new(

@@ -102,12 +102,12 @@ fn server_worker(hs: &HotSpare) {
     }
 }
 
-/// `hotspare demo-server --port P`: the service (fresh, or resumed by the spare).
-pub fn server(port: u16) -> Result<()> {
+/// `hotspare demo-server --port P [--bind ADDR]`: the service (fresh, or resumed by the spare).
+pub fn server(bind: &str, port: u16) -> Result<()> {
     let hs = HotSpare::builder()?.worker("kv", server_worker).start()?;
     let table = Table::with_hasher_in(StableHasher::default(), hs.heap().alloc());
     hs.heap().set_root(Mutex::new(Store { table }))?;
-    hs.add_tcp_listener("kv", TcpListener::bind(("127.0.0.1", port))?)?;
+    hs.add_tcp_listener("kv", TcpListener::bind((bind, port))?)?;
     hs.run();
     Ok(())
 }
@@ -132,6 +132,57 @@ fn wait_port(port: u16, within: Duration) -> Result<()> {
             bail!("nothing listens on port {port} after {within:?}");
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// `hotspare demo-client ADDR --set N` writes keys 0..N (each acknowledged); `--check N` waits
+/// (retrying connections for up to 30 s) until the service answers and checks that keys 0..N
+/// are all there, printing how long it took to get an answer.
+pub fn client(addr: &str, set: Option<u64>, check: Option<u64>) -> Result<()> {
+    let connect = || -> std::io::Result<Client> {
+        let s = TcpStream::connect_timeout(
+            &addr.parse().map_err(std::io::Error::other)?,
+            Duration::from_millis(200),
+        )?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Client {
+            w: s.try_clone()?,
+            r: BufReader::new(s),
+        })
+    };
+    if let Some(n) = set {
+        let mut c = connect()?;
+        for i in 0..n {
+            let r = c.ask(&format!("SET key{i} value{i}"))?;
+            if !r.starts_with("OK ") {
+                bail!("SET key{i}: {r}");
+            }
+        }
+        println!("ACKED {n}");
+    }
+    if let Some(n) = check {
+        let t = Instant::now();
+        let mut c = loop {
+            if let Ok(mut c) = connect() {
+                if c.ask("COUNT").is_ok() {
+                    break c;
+                }
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("no answer from {addr} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let waited = t.elapsed().as_millis();
+        let mut lost = 0;
+        for i in 0..n {
+            if c.ask(&format!("GET key{i}"))? != format!("VAL value{i}") {
+                lost += 1;
+            }
+        }
+        println!("ANSWERED after {waited} ms, LOST {lost} of {n}");
     }
     Ok(())
 }

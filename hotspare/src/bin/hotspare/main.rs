@@ -60,6 +60,21 @@ enum Cmd {
         /// Port to serve on.
         #[arg(long)]
         port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+    },
+    /// Internal: a client of the demo service (the network-namespace test uses it).
+    #[command(hide = true)]
+    DemoClient {
+        /// host:port of the service.
+        addr: String,
+        /// Write keys 0..N.
+        #[arg(long)]
+        set: Option<u64>,
+        /// Wait for the service and check keys 0..N.
+        #[arg(long)]
+        check: Option<u64>,
     },
     /// Internal: the program `hotspare bench resume` starts and resumes.
     #[command(hide = true)]
@@ -220,7 +235,8 @@ fn main() -> ExitCode {
         } => status(dir, spare, key_file),
         Cmd::Bench(b) => bench::run(b).map(|()| true),
         Cmd::Demo { seconds } => demo::demo(seconds).map(|()| true),
-        Cmd::DemoServer { port } => demo::server(port).map(|()| true),
+        Cmd::DemoServer { port, bind } => demo::server(&bind, port).map(|()| true),
+        Cmd::DemoClient { addr, set, check } => demo::client(&addr, set, check).map(|()| true),
         Cmd::BenchChild { fill } => bench::child(&fill).map(|()| true),
     };
     match res {
