@@ -198,8 +198,11 @@ fn connect(cfg: &RemoteConfig, tx: &Arc<Tx>, state: &Arc<State>) -> Result<(), W
     )?;
     sock.set_tcp_nodelay(true)?;
     sock.set_keepalive(true)?;
-    // Unacknowledged data for longer than the lease means the spare is gone.
-    sock.set_tcp_user_timeout(Some(cfg.lease.max(Duration::from_millis(100))))?;
+    // Data unacknowledged for this long means the spare (or the path to it) is gone: give up the
+    // connection instead of retransmitting for minutes. It must stay well above TCP's minimum
+    // retransmission timeout (200 ms): one lost segment must not kill the connection. Liveness
+    // at the heartbeat's pace is the lease's job, not this one's.
+    sock.set_tcp_user_timeout(Some((cfg.lease * 10).max(Duration::from_secs(1))))?;
     sock.connect_timeout(&addr.into(), timeout)?;
     let stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(timeout))?;
