@@ -40,6 +40,10 @@ pub struct CptStats {
     pub full: bool,
     /// The strategy used.
     pub strategy: Strategy,
+    /// Not a checkpoint: the previous one was still being written, so the pages written since
+    /// were only noted and go into the next checkpoint ([`crate::HotSpare::cpt_or_coalesce`]).
+    /// `seq` is then 0.
+    pub coalesced: bool,
 }
 
 /// Durability state shared with the writer thread.
@@ -136,6 +140,8 @@ pub(crate) struct Engine {
     pub fresh: Vec<Range>,
     /// Pristine ranges and every page ever reported written in them (see `whole_range`).
     pub pristine: Vec<(Range, PageBits)>,
+    /// Pages harvested by coalesced calls, per range, waiting for the next checkpoint.
+    carry: Vec<kmod_shim::RangeDirty>,
     pub last_seq: u64,
     pub term: u64,
     pub exe: ExeId,
@@ -177,6 +183,7 @@ impl Engine {
             ranges,
             fresh: Vec::new(),
             pristine: Vec::new(),
+            carry: Vec::new(),
             last_seq,
             term,
             exe,
@@ -202,9 +209,14 @@ impl Engine {
     }
 
     /// Takes a checkpoint. `meta` is the encoded metadata; `full` forces every page.
-    pub fn cpt(&mut self, meta: Vec<u8>, full: bool) -> Result<CptStats> {
+    pub fn cpt(&mut self, meta: Vec<u8>, full: bool, coalesce: bool) -> Result<CptStats> {
         let mut staging = match self.staging.take() {
             Some(s) => s,
+            None if coalesce => match self.staging_back.try_recv() {
+                Ok(s) => s,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return self.coalesce(),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(writer_gone()),
+            },
             None => self.staging_back.recv().map_err(|_| writer_gone())?,
         };
         // A new or reconnected spare gets a full image.
@@ -223,8 +235,14 @@ impl Engine {
         let heap = self.heap;
         let mut query = Duration::ZERO;
         let captured = heap.with_allocator_locked(|| -> Result<_> {
-            let dirty = self.shim.query()?;
+            let mut dirty = self.shim.query()?;
             query = t0.elapsed();
+            // Pages noted by coalesced calls since the last checkpoint belong in this one.
+            for c in self.carry.drain(..) {
+                if let Some(d) = dirty.ranges.iter_mut().find(|d| d.range == c.range) {
+                    d.pages |= &c.pages;
+                }
+            }
             for (r, ever) in &mut self.pristine {
                 if let Some(d) = dirty.ranges.iter().find(|d| d.range == *r) {
                     *ever |= &d.pages;
@@ -294,6 +312,37 @@ impl Engine {
             bytes: bytes as u64,
             full,
             strategy,
+            coalesced: false,
+        })
+    }
+
+    /// The previous checkpoint is still in flight: start a new epoch and keep its pages for the
+    /// next checkpoint. Memory stays bounded (one bit per page), nothing queues.
+    fn coalesce(&mut self) -> Result<CptStats> {
+        let t0 = Instant::now();
+        let dirty = self.shim.query()?;
+        let query = t0.elapsed();
+        for (r, ever) in &mut self.pristine {
+            if let Some(d) = dirty.ranges.iter().find(|d| d.range == *r) {
+                *ever |= &d.pages;
+            }
+        }
+        let pages = dirty.dirty_pages() as u64;
+        for d in dirty.ranges {
+            match self.carry.iter_mut().find(|c| c.range == d.range) {
+                Some(c) => c.pages |= &d.pages,
+                None => self.carry.push(d),
+            }
+        }
+        Ok(CptStats {
+            seq: 0,
+            stopped: t0.elapsed(),
+            query,
+            pages,
+            bytes: 0,
+            full: false,
+            strategy: self.strategy,
+            coalesced: true,
         })
     }
 

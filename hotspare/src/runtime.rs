@@ -353,13 +353,23 @@ impl HotSpare {
     /// ([`HotSpare::wait_durable`]).
     pub fn cpt(&self) -> Result<CptStats> {
         let meta = self.metadata();
-        self.engine().cpt(meta, false)
+        self.engine().cpt(meta, false, false)
+    }
+
+    /// Like [`HotSpare::cpt`], but never waits for the previous checkpoint: if it is still being
+    /// written (or sent to a slow spare), this only starts a new epoch and keeps the pages for
+    /// the next checkpoint (`CptStats::coalesced`, `seq` 0). For programs that checkpoint often
+    /// and can accept that the spare holds a slightly older state (timeline consistency); the
+    /// memory this needs is one bit per page, whatever the spare's speed.
+    pub fn cpt_or_coalesce(&self) -> Result<CptStats> {
+        let meta = self.metadata();
+        self.engine().cpt(meta, false, true)
     }
 
     /// Takes a full checkpoint (every page of every range).
     pub fn cpt_full(&self) -> Result<CptStats> {
         let meta = self.metadata();
-        self.engine().cpt(meta, true)
+        self.engine().cpt(meta, true, false)
     }
 
     /// Waits until checkpoint `seq` is durable in the image directory; reports its failure.

@@ -85,3 +85,55 @@ fn fork_strategy_captures_every_concurrent_write() {
 fn auto_strategy_captures_every_concurrent_write() {
     run(Strategy::Auto, 0x5c00_0000_0000);
 }
+
+/// With `cpt_or_coalesce` in a tight loop, most calls find the previous checkpoint still being
+/// written and only note their pages; the final image must still equal memory.
+#[test]
+fn coalesced_checkpoints_lose_no_write() {
+    let base = 0x5d00_0000_0000;
+    let t = tempfile::tempdir().unwrap();
+    let config = Config {
+        image_dir: t.path().join("img"),
+        heap_base: base,
+        heap_size: 16 << 20,
+        ..Config::default()
+    };
+    let hs: HotSpare = Builder::new(config).open().unwrap();
+    let v = allocator_api2::vec::from_elem_in(0u64, WORDS, hs.heap().alloc());
+    let ptr = v.as_ptr() as usize;
+    std::mem::forget(v);
+    let (mut coalesced, mut taken) = (0, 0);
+    let mut rng = fastrand::Rng::with_seed(99);
+    for n in 0..3000u64 {
+        let i = rng.usize(..WORDS);
+        // SAFETY: `i` < WORDS, inside the vector leaked above; only this thread writes.
+        unsafe { (ptr as *mut u64).add(i).write_volatile(n + 1) };
+        let st = hs.cpt_or_coalesce().unwrap();
+        if st.coalesced {
+            assert_eq!(st.seq, 0);
+            coalesced += 1;
+        } else {
+            taken += 1;
+        }
+    }
+    assert!(
+        coalesced > 0 && taken > 1,
+        "coalesced {coalesced}, taken {taken}"
+    );
+    let st = hs.cpt().unwrap();
+    hs.wait_durable(st.seq).unwrap();
+    let image = hotspare::image::ImageDir::open_read_only(t.path().join("img")).unwrap();
+    let data = std::fs::read(image.data_path(base as u64, 16 << 20)).unwrap();
+    // SAFETY: the heap is mapped for its whole size and nothing writes it any more.
+    let mem = unsafe { std::slice::from_raw_parts(base as *const u8, 16 << 20) };
+    let first_diff = data
+        .iter()
+        .zip(mem)
+        .enumerate()
+        .position(|(i, (a, b))| a != b && !(16..24).contains(&i));
+    assert_eq!(
+        first_diff, None,
+        "image differs from memory (coalesced {coalesced}, taken {taken})"
+    );
+    eprintln!("coalesced {coalesced} of {} calls", coalesced + taken);
+}

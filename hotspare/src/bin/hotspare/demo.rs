@@ -350,7 +350,12 @@ fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<Re
         let (k, v) = (format!("key{i}"), format!("value{}", i * 7919 % 1_000_003));
         let r = c.ask(&format!("SET {k} {v}"))?;
         if !r.starts_with("OK ") {
-            bail!("SET {k}: {r}");
+            let logs = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            bail!(
+                "SET {k}: {r}\nspare log:\n{}primary log:\n{}",
+                logs("spare.log"),
+                logs("primary.log")
+            );
         }
         acked.push((k, v));
         i += 1;
