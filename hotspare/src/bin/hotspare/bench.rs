@@ -34,6 +34,9 @@ pub enum Bench {
         /// Seconds of load before each kill.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+        /// Keys in the table before the load (72-byte pairs).
+        #[arg(long, default_value_t = 0)]
+        preload: u64,
     },
     /// Time from exec to the worker loop for a resume, per state size.
     Resume {
@@ -72,7 +75,11 @@ pub fn run(b: Bench) -> Result<()> {
             image_dir,
         } => cpt(&heap, &dirty, runs, image_dir),
         Bench::Resume { sizes, runs } => resume(&sizes, runs),
-        Bench::Failover { runs, seconds } => failover(runs, seconds),
+        Bench::Failover {
+            runs,
+            seconds,
+            preload,
+        } => failover(runs, seconds, preload),
     }
 }
 
@@ -212,16 +219,19 @@ fn resume(sizes: &[String], runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn failover(runs: usize, seconds: f64) -> Result<()> {
+fn failover(runs: usize, seconds: f64, preload: u64) -> Result<()> {
     let (mut det, mut rest, mut down) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         eprintln!("bench failover: run {}/{runs}", i + 1);
-        let r = super::demo::run(seconds)?;
+        let r = super::demo::run_with(seconds, preload)?;
+        if std::env::var_os("HOTSPARE_DEMO_VERBOSE").is_some() {
+            eprint!("{}", r.spare_log);
+        }
         if r.lost > 0 {
             bail!("{} acknowledged writes lost", r.lost);
         }
         println!(
-            "{{\"bench\":\"failover\",\"run\":{i},\"writes_acked\":{},\"keys_lost\":{},\"detection_ms\":{},\"restore_ms\":{},\"downtime_ms\":{:.3},\"checkpoints\":{}}}",
+            "{{\"bench\":\"failover\",\"run\":{i},\"preloaded_keys\":{preload},\"writes_acked\":{},\"keys_lost\":{},\"detection_ms\":{},\"restore_ms\":{},\"downtime_ms\":{:.3},\"checkpoints\":{}}}",
             r.acked,
             r.lost,
             r.detection_ms.unwrap_or(-1.0),
@@ -237,7 +247,7 @@ fn failover(runs: usize, seconds: f64) -> Result<()> {
     let (r, _) = median_p99(&mut rest);
     let (w, wmax) = median_p99(&mut down);
     println!(
-        "{{\"bench\":\"failover-summary\",\"runs\":{runs},\"detection_ms_median\":{d},\"restore_ms_median\":{r},\"downtime_ms_median\":{w},\"downtime_ms_max\":{wmax}}}"
+        "{{\"bench\":\"failover-summary\",\"preloaded_keys\":{preload},\"runs\":{runs},\"detection_ms_median\":{d},\"restore_ms_median\":{r},\"downtime_ms_median\":{w},\"downtime_ms_max\":{wmax}}}"
     );
     Ok(())
 }

@@ -105,9 +105,31 @@ fn server_worker(hs: &HotSpare) {
 /// `hotspare demo-server --port P [--bind ADDR]`: the service (fresh, or resumed by the spare).
 pub fn server(bind: &str, port: u16) -> Result<()> {
     let hs = HotSpare::builder()?.worker("kv", server_worker).start()?;
-    let table = Table::with_hasher_in(StableHasher::default(), hs.heap().alloc());
+    let mut table = Table::with_hasher_in(StableHasher::default(), hs.heap().alloc());
+    // HOTSPARE_DEMO_PRELOAD=N: start with N keys (72-byte pairs) to measure failover at scale.
+    let preload: u64 = std::env::var("HOTSPARE_DEMO_PRELOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for i in 0..preload {
+        let (k, v) = (
+            format!("pk{i:014}"),
+            format!("{:056}", i * 2_654_435_761 % 1_000_000_007),
+        );
+        table.insert(bytes_in(&hs, k.as_bytes()), bytes_in(&hs, v.as_bytes()));
+    }
     hs.heap().set_root(Mutex::new(Store { table }))?;
-    hs.add_tcp_listener("kv", TcpListener::bind((bind, port))?)?;
+    let listener = TcpListener::bind((bind, port))?;
+    hs.add_tcp_listener("kv", listener.try_clone()?)?;
+    if preload > 0 {
+        let st = hs.cpt()?;
+        hs.wait_durable(st.seq)?;
+        eprintln!(
+            "demo-server: {preload} keys preloaded, first checkpoint ({} MiB) durable",
+            st.bytes >> 20
+        );
+    }
+    drop(listener);
     hs.run();
     Ok(())
 }
@@ -279,6 +301,11 @@ pub fn demo(seconds: f64) -> Result<()> {
 
 /// One demo run, without printing the report.
 pub fn run(seconds: f64) -> Result<Report> {
+    run_with(seconds, 0)
+}
+
+/// One run with `preload` keys in the table before the load starts.
+pub fn run_with(seconds: f64, preload: u64) -> Result<Report> {
     let exe = std::env::current_exe()?;
     let spare_bin = exe.with_file_name("hotspare-resume");
     if !spare_bin.exists() {
@@ -289,12 +316,18 @@ pub fn run(seconds: f64) -> Result<Report> {
     }
     let dir: PathBuf = std::env::temp_dir().join(format!("hotspare-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_demo(&exe, &spare_bin, &dir, seconds);
+    let result = run_demo(&exe, &spare_bin, &dir, seconds, preload);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<Report> {
+fn run_demo(
+    exe: &Path,
+    spare_bin: &Path,
+    dir: &Path,
+    seconds: f64,
+    preload: u64,
+) -> Result<Report> {
     use std::os::unix::fs::PermissionsExt;
     let key = dir.join("key");
     let mut secret = [0u8; 32];
@@ -308,8 +341,14 @@ fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<Re
     )?;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     let (spare_port, kv_port) = (free_port()?, free_port()?);
-    let env = [("HOTSPARE_HEAP_SIZE", "64M"), ("HOTSPARE_STRATEGY", "auto")];
-    println!(
+    let heap = format!("{}M", 64 + preload * 400 / (1 << 20));
+    let preload_s = preload.to_string();
+    let env = [
+        ("HOTSPARE_HEAP_SIZE", heap.as_str()),
+        ("HOTSPARE_STRATEGY", "auto"),
+        ("HOTSPARE_DEMO_PRELOAD", preload_s.as_str()),
+    ];
+    eprintln!(
         "hotspare demo: spare on 127.0.0.1:{spare_port}, key/value service on 127.0.0.1:{kv_port}"
     );
     let _spare = Proc(
@@ -340,9 +379,10 @@ fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<Re
             .spawn()
             .context("starting the primary")?,
     );
-    wait_port(kv_port, Duration::from_secs(10))?;
+    wait_port(kv_port, Duration::from_secs(300))?;
     // Load: one client, SET then GET, each SET acknowledged only once durable on the spare.
     let mut c = Client::connect(kv_port)?;
+    c.ask("COUNT")?; // answered once the service runs (after a preload's first checkpoint)
     let mut acked: Vec<(String, String)> = Vec::new();
     let t0 = Instant::now();
     let mut i = 0u64;
@@ -361,9 +401,11 @@ fn run_demo(exe: &Path, spare_bin: &Path, dir: &Path, seconds: f64) -> Result<Re
         i += 1;
     }
     let stats = c.ask("STATS")?;
-    drop(primary); // SIGKILL
+    // Downtime counts from the SIGKILL itself (reaping a large process takes a while, and the
+    // spare's silence clock starts at the kill, not at the reaping).
     let killed = Instant::now();
-    // The client retries until the service answers again (now the resumed program).
+    drop(primary); // SIGKILL, then wait for it
+                   // The client retries until the service answers again (now the resumed program).
     let mut c = loop {
         if let Ok(mut c) = Client::connect(kv_port) {
             if c.ask("COUNT").is_ok() {
