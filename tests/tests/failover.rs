@@ -346,3 +346,49 @@ fn status_of_primary_and_spare() {
         "{q}"
     );
 }
+
+/// A spare that is stopped for a while (a VM freeze, a swap storm) must not wake up and take
+/// over from a primary that is alive: the primary's messages waiting in the socket count. After
+/// it continues, replication goes on, and a real failure is still handled.
+#[test]
+fn a_stalled_spare_does_not_take_over_from_a_live_primary() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let key = key(dir, "key", "correct horse battery staple");
+    let port = free_port();
+    let (spare, spare_out) = spare(dir, port, &key, 9, 5);
+    let (p, rx) = primary(dir, port, &key, 9, 5, None);
+    let mut last = 0;
+    while last < 50 {
+        last = cpt_ops(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap_or(last);
+    }
+    spare.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(400)); // far beyond N × H
+    spare.signal(libc::SIGCONT);
+    // The primary keeps getting acknowledgements, and the spare did not take over.
+    let mut after = 0;
+    while after < 20 {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("primary stalled");
+        if let Some(o) = cpt_ops(&l) {
+            last = o;
+            after += 1;
+        }
+    }
+    assert!(
+        spare_out.try_recv().is_err(),
+        "the spare took over from a live primary:\n{}",
+        log(dir, "spare.log")
+    );
+    assert!(
+        !log(dir, "spare.log").contains("taking over"),
+        "{}",
+        log(dir, "spare.log")
+    );
+    drop(p);
+    for l in rx.try_iter() {
+        last = cpt_ops(&l).unwrap_or(last);
+    }
+    check_resumed(&spare_out, 9, 5, last, dir);
+}

@@ -109,9 +109,30 @@ struct Link {
     peer: String,
     /// The stream being received: (seq, file).
     incoming: Option<(u64, File)>,
+    /// A duplicate of the socket, to ask the kernel whether bytes are waiting (a stall of this
+    /// process must not look like silence of the primary).
+    probe: Option<TcpStream>,
 }
 
 impl Link {
+    /// Whether the primary's bytes or messages are waiting to be read: then it is not silent,
+    /// we are just behind (e.g. this process was stopped or starved).
+    fn has_pending(&self) -> bool {
+        let Some(probe) = &self.probe else {
+            return false;
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; the descriptor is our own duplicate of the socket.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(probe),
+                libc::FIONREAD,
+                &mut n,
+            )
+        };
+        rc == 0 && n > 0
+    }
+
     fn close(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     }
@@ -216,6 +237,7 @@ impl Spare {
                     return None;
                 }
                 let _ = rx.socket().set_read_timeout(None);
+                let probe = rx.socket().try_clone().ok();
                 self.primary_term = self.primary_term.max(term);
                 log(format!(
                     "primary pid {pid} (term {term}) connected from {peer}"
@@ -227,6 +249,7 @@ impl Spare {
                     msgs: reader(rx, self.heard.clone()),
                     peer,
                     incoming: None,
+                    probe,
                 })
             }
             other => {
@@ -494,7 +517,7 @@ fn run_inner(cfg: SpareConfig) -> Result<Spare, SpareError> {
             },
             None => std::thread::sleep(Duration::from_millis(1)),
         }
-        if spare.dead() {
+        if spare.dead() && !link.as_ref().is_some_and(Link::has_pending) {
             if let Some(l) = link.take() {
                 l.close();
             }
