@@ -306,6 +306,12 @@ impl HotSpare {
         self.engine().remote.as_ref().is_some_and(|r| r.fenced())
     }
 
+    /// Bytes of checkpoint streams sent to the spare so far, framing and authentication
+    /// included (`None` without a spare).
+    pub fn wire_bytes(&self) -> Option<u64> {
+        self.engine().remote.as_ref().map(|r| r.wire_bytes())
+    }
+
     /// Changes the capture strategy of later checkpoints.
     pub fn set_strategy(&self, s: crate::Strategy) {
         self.engine().strategy = s;

@@ -98,6 +98,19 @@ fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
+/// Waits (up to 10 s) until a log holds `needle`: log lines of another process may lag behind
+/// what this test already observed.
+fn wait_log(dir: &Path, name: &str, needle: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let text = log(dir, name);
+        if text.contains(needle) || t.elapsed() > Duration::from_secs(10) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn cpt_ops(line: &str) -> Option<u64> {
     line.strip_prefix("CPT ")
         .and_then(|r| r.split(' ').nth(1))
@@ -195,7 +208,7 @@ fn wrong_key_and_garbage_are_refused_and_the_image_is_untouched() {
         "a primary with the wrong key got: {l}"
     );
     drop(p);
-    let slog = log(dir, "spare.log");
+    let slog = wait_log(dir, "spare.log", "authentication failed");
     assert!(slog.contains("not a Hot Spare peer"), "{slog}");
     assert!(slog.contains("authentication failed"), "{slog}");
     assert!(l.contains("authentication failed"), "{l}");
@@ -226,16 +239,10 @@ fn a_primary_with_a_stale_term_is_fenced() {
     let l = rx.recv_timeout(Duration::from_secs(20)).unwrap();
     assert!(l.starts_with("CPTFAIL"), "a stale primary got: {l}");
     drop(p);
-    assert!(
-        log(dir, "primary.log").contains("FENCED"),
-        "{}",
-        log(dir, "primary.log")
-    );
-    assert!(
-        log(dir, "spare.log").contains("older than ours (5): fenced"),
-        "{}",
-        log(dir, "spare.log")
-    );
+    let plog = wait_log(dir, "primary.log", "FENCED");
+    assert!(plog.contains("FENCED"), "{plog}");
+    let slog = wait_log(dir, "spare.log", "older than ours (5): fenced");
+    assert!(slog.contains("older than ours (5): fenced"), "{slog}");
     assert!(
         !dir.join("spare/manifest").exists(),
         "the image was touched"

@@ -53,6 +53,8 @@ struct State {
     new_connection: AtomicBool,
     latest_seq: AtomicU64,
     acked_seq: AtomicU64,
+    /// Bytes of checkpoint messages put on the wire (framing, MACs and all).
+    wire_bytes: AtomicU64,
     /// Held while connecting, so the writer and the heartbeat thread never make two
     /// connections at once (the spare keeps only the newest).
     connecting: Mutex<()>,
@@ -162,12 +164,21 @@ impl Remote {
         }
     }
 
+    /// Bytes of checkpoint streams sent to the spare so far, on the wire.
+    pub fn wire_bytes(&self) -> u64 {
+        self.state.wire_bytes.load(Ordering::SeqCst)
+    }
+
     fn send(&self, m: &Msg) -> Result<(), String> {
         let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let Some((generation, t)) = tx.as_mut() else {
             return Err("no connection to the spare".into());
         };
-        if let Err(e) = t.send(self.cfg.term, m) {
+        let sent = t.send(self.cfg.term, m);
+        if let Ok(n) = sent {
+            self.state.wire_bytes.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        if let Err(e) = sent {
             let generation = *generation;
             drop(tx);
             drop_connection(&self.tx, &self.state, generation);
@@ -202,7 +213,9 @@ fn connect(cfg: &RemoteConfig, tx: &Arc<Tx>, state: &Arc<State>) -> Result<(), W
     // connection instead of retransmitting for minutes. It must stay well above TCP's minimum
     // retransmission timeout (200 ms): one lost segment must not kill the connection. Liveness
     // at the heartbeat's pace is the lease's job, not this one's.
-    sock.set_tcp_user_timeout(Some((cfg.lease * 10).max(Duration::from_secs(1))))?;
+    // A spare whose disk is saturated (a large image being applied) can stop reading for
+    // seconds: that is slowness, not death, so this is generous.
+    sock.set_tcp_user_timeout(Some((cfg.lease * 100).max(Duration::from_secs(10))))?;
     sock.connect_timeout(&addr.into(), timeout)?;
     let stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(timeout))?;
@@ -334,7 +347,8 @@ fn heartbeat_loop(cfg: RemoteConfig, tx: Arc<Tx>, state: Arc<State>) {
         match guard.as_mut() {
             Some((generation, t)) => {
                 let seq = state.latest_seq.load(Ordering::SeqCst);
-                if t.send(cfg.term, &Msg::Heartbeat { seq }).is_err() {
+                if let Err(e) = t.send(cfg.term, &Msg::Heartbeat { seq }) {
+                    log(format!("heartbeat to spare {} failed: {e}", cfg.addr));
                     let generation = *generation;
                     drop(guard);
                     drop_connection(&tx, &state, generation);

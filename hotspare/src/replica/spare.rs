@@ -4,13 +4,14 @@
 //!
 //! Threads, so that disk latency never delays a heartbeat answer:
 //! * the **main loop** accepts connections (one primary at a time; `hotspare status` queries
-//!   are answered and closed), answers heartbeats, spools stream chunks to `wal/<seq>.tmp`, and
-//!   watches for the primary's silence;
+//!   are answered and closed), answers heartbeats, hands stream chunks to the persister, and
+//!   watches for the primary's silence (a stall of its own does not count as the primary's);
 //! * a **reader** per connection stamps the time of every message as it arrives (so a message
 //!   waiting while the main loop is busy still counts as a sign of life);
-//! * the **persister** validates each complete stream whole, makes it durable (fsync + rename)
-//!   and only then acknowledges it;
-//! * the **applier** writes durable streams into the data files, in order.
+//! * the **persister** spools each stream to `wal/<seq>.tmp`, validates it whole, makes it
+//!   durable (fsync + rename) and only then acknowledges it;
+//! * the **applier** writes durable streams into the data files, in order;
+//! * a **status** thread rewrites `DIR/status` every 100 ms.
 //!
 //! Every connection must authenticate ([`wire::accept`]); one that does not, or that sends
 //! anything malformed or from an older term, is dropped with a log line and never touches the
@@ -99,7 +100,10 @@ fn write_term(dir: &Path, term: u64) -> std::io::Result<()> {
 type SharedTx = Arc<Mutex<SendHalf>>;
 
 fn send(tx: &SharedTx, term: u64, m: &Msg) -> Result<(), WireError> {
-    tx.lock().unwrap_or_else(|p| p.into_inner()).send(term, m)
+    tx.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(term, m)
+        .map(|_| ())
 }
 
 struct Link {
@@ -107,8 +111,8 @@ struct Link {
     /// Messages read by the connection's reader thread.
     msgs: mpsc::Receiver<Result<(u64, Msg), WireError>>,
     peer: String,
-    /// The stream being received: (seq, file).
-    incoming: Option<(u64, File)>,
+    /// The stream being received.
+    incoming: Option<u64>,
     /// A duplicate of the socket, to ask the kernel whether bytes are waiting (a stall of this
     /// process must not look like silence of the primary).
     probe: Option<TcpStream>,
@@ -138,11 +142,18 @@ impl Link {
     }
 }
 
-/// A complete stream handed to the persister, with the connection to acknowledge it on.
-struct Received {
-    seq: u64,
-    tx: SharedTx,
-    peer: String,
+/// Work for the persister thread, which owns every file operation of a stream (the main loop
+/// must never wait for the disk: file creation and even buffered writes can block for hundreds
+/// of milliseconds behind other `fsync`s).
+enum ToDisk {
+    /// The next bytes of stream `seq` (a new `seq` starts a new spool file).
+    Chunk { seq: u64, bytes: Vec<u8> },
+    /// Stream `seq` is complete: validate, make durable, acknowledge on `tx`.
+    End {
+        seq: u64,
+        tx: SharedTx,
+        peer: String,
+    },
 }
 
 /// Reads messages on a thread of its own until the connection fails or is shut down.
@@ -175,9 +186,8 @@ struct Spare {
     heard: Arc<Mutex<Option<Instant>>>,
     /// The latest checkpoint durable here (persisted; maybe not applied yet).
     durable_seq: Arc<AtomicU64>,
-    persist: Option<mpsc::Sender<Received>>,
+    persist: Option<mpsc::Sender<ToDisk>>,
     workers: Vec<std::thread::JoinHandle<()>>,
-    spool: ImageDir,
 }
 
 impl Spare {
@@ -274,21 +284,17 @@ impl Spare {
             }),
             Msg::StatusRequest => Some(self.status()),
             Msg::Chunk { seq, bytes } => {
-                if link.incoming.as_ref().map(|(s, _)| *s) != Some(seq) {
-                    let (_, f) = self.spool.create_wal(seq).map_err(|e| e.to_string())?;
-                    link.incoming = Some((seq, f));
+                link.incoming = Some(seq);
+                if let Some(p) = &self.persist {
+                    let _ = p.send(ToDisk::Chunk { seq, bytes });
                 }
-                let (_, f) = link.incoming.as_mut().expect("set above");
-                f.write_all(&bytes)
-                    .map_err(|e| format!("spooling checkpoint {seq}: {e}"))?;
                 None
             }
             Msg::EndStream { seq } => {
-                match link.incoming.take() {
-                    Some((s, _)) if s == seq => {}
-                    _ => return Err(format!("end of checkpoint {seq} without its data")),
+                if link.incoming.take() != Some(seq) {
+                    return Err(format!("end of checkpoint {seq} without its data"));
                 }
-                let r = Received {
+                let r = ToDisk::End {
                     seq,
                     tx: link.tx.clone(),
                     peer: link.peer.clone(),
@@ -306,24 +312,6 @@ impl Spare {
         Ok(())
     }
 
-    /// Writes the spare's status file for `hotspare status` (tmp + rename).
-    fn write_status(&self, link: Option<&Link>) {
-        let text = format!(
-            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"primary\":\"{}\",\"last_heartbeat_ms\":{},\"listen\":\"{}\"}}\n",
-            std::process::id(),
-            self.term,
-            self.durable_seq.load(Ordering::SeqCst),
-            link.map_or("none", |l| l.peer.as_str()),
-            self.last_heard().map_or(-1, |t| t.elapsed().as_millis() as i64),
-            self.cfg.listen,
-        );
-        let path = self.cfg.image_dir.join("status");
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
-    }
-
     fn dead(&self) -> bool {
         let limit = self.cfg.heartbeat * self.cfg.missed;
         self.durable_seq.load(Ordering::SeqCst) > 0
@@ -333,6 +321,9 @@ impl Spare {
     fn takeover(mut self) -> SpareError {
         let detected = Instant::now();
         let silent = self.last_heard().map_or(0, |t| t.elapsed().as_millis());
+        log(format!(
+            "primary silent for {silent} ms: declared dead; finishing what is durable"
+        ));
         // Let the persister and applier finish what arrived (resume would replay it otherwise).
         drop(self.persist.take());
         for w in self.workers.drain(..) {
@@ -380,12 +371,38 @@ impl Spare {
     }
 }
 
+/// Rewrites the spare's status file for `hotspare status` every 100 ms, on a thread of its own
+/// (file creation and rename can block behind `fsync`s).
+fn start_status_writer(spare: &Spare) {
+    let (dir, listen, term) = (
+        spare.cfg.image_dir.clone(),
+        spare.cfg.listen.clone(),
+        spare.term,
+    );
+    let (durable, heard) = (spare.durable_seq.clone(), spare.heard.clone());
+    std::thread::spawn(move || loop {
+        let last = *heard.lock().unwrap_or_else(|p| p.into_inner());
+        let text = format!(
+            "{{\"role\":\"spare\",\"pid\":{},\"term\":{term},\"seq\":{},\"last_heartbeat_ms\":{},\"listen\":\"{listen}\"}}\n",
+            std::process::id(),
+            durable.load(Ordering::SeqCst),
+            last.map_or(-1, |t| t.elapsed().as_millis() as i64),
+        );
+        let path = dir.join("status");
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+}
+
 /// The persister and applier threads.
 fn start_workers(
     dir: &Path,
     durable_seq: Arc<AtomicU64>,
     term: u64,
-) -> Result<(mpsc::Sender<Received>, Vec<std::thread::JoinHandle<()>>), SpareError> {
+) -> Result<(mpsc::Sender<ToDisk>, Vec<std::thread::JoinHandle<()>>), SpareError> {
     let setup = |what: &str| {
         let what = what.to_owned();
         move |source| SpareError::Setup { what, source }
@@ -404,28 +421,54 @@ fn start_workers(
             let _ = applier_dir.apply_pending();
         })
         .map_err(setup("starting the applier thread"))?;
-    let (persist_tx, received) = mpsc::channel::<Received>();
+    let (persist_tx, received) = mpsc::channel::<ToDisk>();
     let persister_dir = ImageDir::attach(dir)?;
     let persister = std::thread::Builder::new()
         .name("hotspare-persister".into())
         .spawn(move || {
-            for r in received {
-                let have = durable_seq.load(Ordering::SeqCst);
-                let reply = match persister_dir.persist_wal(r.seq, None, have, term) {
-                    Ok(_) => {
-                        durable_seq.store(r.seq, Ordering::SeqCst);
-                        let _ = wake_tx.send(());
-                        Msg::Ack { seq: r.seq }
-                    }
-                    Err(e) => {
-                        log(format!("checkpoint {} from {} refused: {e}", r.seq, r.peer));
-                        Msg::Nack {
-                            seq: r.seq,
-                            reason: e.to_string(),
+            // The spool file of the stream being received; a write error poisons that stream.
+            let mut spool: Option<(u64, Result<File, String>)> = None;
+            for m in received {
+                match m {
+                    ToDisk::Chunk { seq, bytes } => {
+                        if spool.as_ref().map(|(s, _)| *s) != Some(seq) {
+                            let f = persister_dir
+                                .create_wal(seq)
+                                .map(|(_, f)| f)
+                                .map_err(|e| e.to_string());
+                            spool = Some((seq, f));
+                        }
+                        if let Some((_, Ok(f))) = spool.as_mut() {
+                            if let Err(e) = f.write_all(&bytes) {
+                                spool = Some((seq, Err(format!("spooling checkpoint {seq}: {e}"))));
+                            }
                         }
                     }
-                };
-                let _ = send(&r.tx, term, &reply);
+                    ToDisk::End { seq, tx, peer } => {
+                        let spooled = match spool.take() {
+                            Some((s, r)) if s == seq => r.map(drop),
+                            _ => Err(format!("checkpoint {seq} ended without its data")),
+                        };
+                        let have = durable_seq.load(Ordering::SeqCst);
+                        let persisted = spooled.and_then(|()| {
+                            persister_dir
+                                .persist_wal(seq, None, have, term)
+                                .map_err(|e| e.to_string())
+                        });
+                        let reply = match persisted {
+                            Ok(_) => {
+                                durable_seq.store(seq, Ordering::SeqCst);
+                                let _ = wake_tx.send(());
+                                Msg::Ack { seq }
+                            }
+                            Err(reason) => {
+                                log(format!("checkpoint {seq} from {peer} refused: {reason}"));
+                                Msg::Nack { seq, reason }
+                            }
+                        };
+                        let _ = send(&tx, term, &reply);
+                    }
+                }
             }
         })
         .map_err(setup("starting the persister thread"))?;
@@ -468,14 +511,21 @@ fn run_inner(cfg: SpareConfig) -> Result<Spare, SpareError> {
         durable_seq,
         persist: Some(persist),
         workers,
-        spool: image,
     };
     let mut link: Option<Link> = None;
-    let mut last_status = Instant::now() - Duration::from_secs(1);
+    start_status_writer(&spare);
+    let mut last_tick = Instant::now();
     loop {
-        if last_status.elapsed() >= Duration::from_millis(100) {
-            last_status = Instant::now();
-            spare.write_status(link.as_ref());
+        // If this loop itself did not run for a while (the process was stopped, starved, or
+        // stuck behind the disk), that time is our silence, not the primary's: move the
+        // "last heard" mark forward by it.
+        let gap = last_tick.elapsed();
+        last_tick = Instant::now();
+        if gap > spare.cfg.heartbeat * 2 {
+            let mut h = spare.heard.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = h.as_mut() {
+                *t = (*t + gap).min(Instant::now());
+            }
         }
         match listener.accept() {
             Ok((stream, _)) => {

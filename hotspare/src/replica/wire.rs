@@ -207,8 +207,8 @@ pub struct RecvHalf {
 }
 
 impl SendHalf {
-    /// Sends one message stamped with `term`.
-    pub fn send(&mut self, term: u64, msg: &Msg) -> Result<(), WireError> {
+    /// Sends one message stamped with `term`; returns the bytes put on the wire.
+    pub fn send(&mut self, term: u64, msg: &Msg) -> Result<usize, WireError> {
         let mut body = term.to_le_bytes().to_vec();
         body.extend_from_slice(
             &postcard::to_allocvec(msg).map_err(|e| WireError::Decode(e.to_string()))?,
@@ -226,7 +226,7 @@ impl SendHalf {
         out.extend_from_slice(&body);
         out.extend_from_slice(&mac);
         self.stream.write_all(&out)?;
-        Ok(())
+        Ok(out.len())
     }
 
     /// Closes both directions (wakes a receiver blocked on the other half).

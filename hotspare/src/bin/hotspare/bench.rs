@@ -231,12 +231,13 @@ fn failover(runs: usize, seconds: f64, preload: u64) -> Result<()> {
             bail!("{} acknowledged writes lost", r.lost);
         }
         println!(
-            "{{\"bench\":\"failover\",\"run\":{i},\"preloaded_keys\":{preload},\"writes_acked\":{},\"keys_lost\":{},\"detection_ms\":{},\"restore_ms\":{},\"downtime_ms\":{:.3},\"checkpoints\":{}}}",
+            "{{\"bench\":\"failover\",\"run\":{i},\"preloaded_keys\":{preload},\"writes_acked\":{},\"keys_lost\":{},\"detection_ms\":{},\"restore_ms\":{},\"downtime_ms\":{:.3},\"wire_bytes_load\":{},\"checkpoints\":{}}}",
             r.acked,
             r.lost,
             r.detection_ms.unwrap_or(-1.0),
             r.restore_ms.unwrap_or(-1.0),
             r.downtime_ms,
+            r.wire_bytes_load,
             r.stats
         );
         det.push(r.detection_ms.unwrap_or(f64::NAN));

@@ -68,8 +68,9 @@ fn serve(hs: &HotSpare, stream: TcpStream) -> std::io::Result<()> {
                         .map_or(0.0, |x| x.0)
                 };
                 format!(
-                    "STATS {{\"checkpoints\":{},\"bytes\":{bytes},\"stop_ms_median\":{:.3},\"stop_ms_p99\":{:.3}}}",
+                    "STATS {{\"checkpoints\":{},\"bytes\":{bytes},\"wire_bytes\":{},\"stop_ms_median\":{:.3},\"stop_ms_p99\":{:.3}}}",
                     s.len(),
+                    hs.wire_bytes().unwrap_or(0),
                     pick(0.5),
                     pick(0.99)
                 )
@@ -234,6 +235,20 @@ impl Client {
     }
 }
 
+/// A number field of a flat JSON object (the STATS line).
+fn json_u64(line: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    line.find(&pat)
+        .and_then(|i| {
+            line[i + pat.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 fn grab(log: &Path, prefix: &str) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
     let i = text.find(prefix)? + prefix.len();
@@ -252,6 +267,8 @@ pub struct Report {
     pub seconds: f64,
     /// The service's STATS line (JSON).
     pub stats: String,
+    /// Bytes put on the wire by the checkpoints of the load phase (excluding a preload's).
+    pub wire_bytes_load: u64,
     /// Detection time from the spare's log, ms.
     pub detection_ms: Option<f64>,
     /// Restore time of the resumed program, ms.
@@ -317,6 +334,15 @@ pub fn run_with(seconds: f64, preload: u64) -> Result<Report> {
     let dir: PathBuf = std::env::temp_dir().join(format!("hotspare-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = run_demo(&exe, &spare_bin, &dir, seconds, preload);
+    if result.is_err() {
+        // Keep the logs of a failed run (the processes are gone by now, so they are complete).
+        for f in ["spare.log", "primary.log"] {
+            let _ = std::fs::copy(
+                dir.join(f),
+                std::env::temp_dir().join(format!("hotspare-demo-failed-{f}")),
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -383,6 +409,7 @@ fn run_demo(
     // Load: one client, SET then GET, each SET acknowledged only once durable on the spare.
     let mut c = Client::connect(kv_port)?;
     c.ask("COUNT")?; // answered once the service runs (after a preload's first checkpoint)
+    let wire_before = json_u64(&c.ask("STATS")?, "wire_bytes");
     let mut acked: Vec<(String, String)> = Vec::new();
     let t0 = Instant::now();
     let mut i = 0u64;
@@ -401,6 +428,7 @@ fn run_demo(
         i += 1;
     }
     let stats = c.ask("STATS")?;
+    let wire_load = json_u64(&stats, "wire_bytes") - wire_before;
     // Downtime counts from the SIGKILL itself (reaping a large process takes a while, and the
     // spare's silence clock starts at the kill, not at the reaping).
     let killed = Instant::now();
@@ -432,6 +460,7 @@ fn run_demo(
         acked: acked.len(),
         seconds,
         stats: stats.trim_start_matches("STATS ").to_owned(),
+        wire_bytes_load: wire_load,
         detection_ms: grab(&spare_log, "primary silent for "),
         restore_ms: grab(&spare_log, "restore_ms="),
         downtime_ms: back,
