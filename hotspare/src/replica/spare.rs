@@ -119,6 +119,29 @@ struct Link {
 }
 
 impl Link {
+    /// Whether the kernel heard from the primary on this connection within `limit`: the
+    /// kernel receives packets whatever our threads are doing, so a starved or stopped spare
+    /// does not mistake its own stall for the primary's silence (`TCP_INFO.tcpi_last_data_recv`).
+    fn kernel_heard_within(&self, limit: Duration) -> bool {
+        let Some(probe) = &self.probe else {
+            return false;
+        };
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: valid pointers to `info` and `len`; the descriptor is our own duplicate.
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(probe),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        rc == 0 && u128::from(info.tcpi_last_data_recv) <= limit.as_millis()
+    }
+
     /// Whether the primary's bytes or messages are waiting to be read: then it is not silent,
     /// we are just behind (e.g. this process was stopped or starved).
     fn has_pending(&self) -> bool {
@@ -567,7 +590,11 @@ fn run_inner(cfg: SpareConfig) -> Result<Spare, SpareError> {
             },
             None => std::thread::sleep(Duration::from_millis(1)),
         }
-        if spare.dead() && !link.as_ref().is_some_and(Link::has_pending) {
+        let limit = spare.cfg.heartbeat * spare.cfg.missed;
+        let alive = link
+            .as_ref()
+            .is_some_and(|l| l.has_pending() || l.kernel_heard_within(limit));
+        if spare.dead() && !alive {
             if let Some(l) = link.take() {
                 l.close();
             }
