@@ -86,21 +86,41 @@ fn protect(addr: usize, len: usize, prot: libc::c_int) -> bool {
     unsafe { libc::mprotect(addr as *mut c_void, len, prot) == 0 }
 }
 
-/// Holds the table lock and keeps signal handlers out while alive.
-struct Exclusive<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+/// Holds the table lock and keeps signal handlers out while alive. Asynchronous signals are
+/// blocked on this thread meanwhile: a handler that interrupted us and wrote tracked memory
+/// would wait in `handler_enter` for us forever.
+struct Exclusive<'a> {
+    _guard: MutexGuard<'a, ()>,
+    old_mask: libc::sigset_t,
+}
 
 fn exclusive() -> Exclusive<'static> {
+    // SAFETY: sigset_t is plain data; pthread_sigmask reads `all` and writes `old_mask`.
+    let old_mask = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        // SIGSEGV stays deliverable: a real fault in the exclusive section must still crash.
+        libc::sigdelset(&mut all, libc::SIGSEGV);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    };
     let guard = TABLE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     EXCLUSIVE.store(true, SeqCst);
     while IN_HANDLER.load(SeqCst) != 0 {
         std::hint::spin_loop();
     }
-    Exclusive(guard)
+    Exclusive {
+        _guard: guard,
+        old_mask,
+    }
 }
 
 impl Drop for Exclusive<'_> {
     fn drop(&mut self) {
         EXCLUSIVE.store(false, SeqCst);
+        // SAFETY: restoring the mask saved in `exclusive`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
     }
 }
 
@@ -144,15 +164,31 @@ fn record_write(addr: usize) -> bool {
     false
 }
 
+thread_local! {
+    /// The last fault address on this thread that was in no tracked range (0: none). A fault at
+    /// an address that *was* tracked until a REMOVE ran while we waited in `handler_enter` finds
+    /// no slot; it is retried once (the page is writable by now) before being treated as a real
+    /// fault. Const-initialised and without a destructor, so touching it is signal-safe.
+    static LAST_UNKNOWN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 extern "C" fn on_sigsegv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    // SAFETY: reading this thread's errno, to give it back unchanged to the interrupted code.
+    let saved_errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel hands a valid siginfo_t to an SA_SIGINFO handler.
     let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
     handler_enter();
     let ours = code > 0 && record_write(addr);
     IN_HANDLER.fetch_sub(1, SeqCst);
-    if !ours {
+    let retry = code > 0 && !ours && LAST_UNKNOWN.with(|l| l.replace(addr)) != addr;
+    if ours {
+        LAST_UNKNOWN.with(|l| l.set(0));
+    } else if !retry {
+        LAST_UNKNOWN.with(|l| l.set(0));
         chain(sig, info, ctx);
     }
+    // SAFETY: restoring this thread's errno.
+    unsafe { *libc::__errno_location() = saved_errno };
 }
 
 /// Passes a fault that is not ours to the previous disposition.
@@ -202,7 +238,9 @@ fn install_handler() -> Result<(), String> {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_sigsegv as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
+            // Nothing else runs inside our handler: a handler of another signal that wrote
+            // tracked memory would fault with SIGSEGV blocked, which the kernel makes fatal.
+            libc::sigfillset(&mut sa.sa_mask);
             if libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()) != 0 {
                 result = Err(format!(
                     "sigaction(SIGSEGV) failed: {}",
@@ -302,7 +340,12 @@ impl Tracker for Mprotect {
                 fresh.fill(true);
             }
             t.pages |= &fresh;
-            reprotect(r, &fresh, saturated)?;
+            if let Err(e) = reprotect(r, &fresh, saturated) {
+                // Some of these pages may be writable with their bits clear: report the whole
+                // range next time (and re-protect it then) rather than miss a write.
+                slot.saturated.store(true, SeqCst);
+                return Err(e);
+            }
         }
         Ok(())
     }
