@@ -81,6 +81,12 @@ pub unsafe extern "C" fn cptctl(ranges: *mut cpt_range, nranges: usize, op: c_in
         let mut guard = shim()?;
         let shim = guard.as_mut().expect("opened by shim()");
         match op {
+            CPT_ADD | CPT_REMOVE if shim.is_child_of_owner() => {
+                // In a cptfork child: refuse without allocating (no message, errno only).
+                // SAFETY: writing this thread's errno.
+                unsafe { *libc::__errno_location() = libc::EPERM };
+                Ok(-1)
+            }
             CPT_ADD => shim.add(&to_ranges(slice)?).map(|()| 0),
             CPT_REMOVE => shim.remove(&to_ranges(slice)?).map(|()| 0),
             CPT_QUERY => {

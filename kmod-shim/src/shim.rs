@@ -115,6 +115,17 @@ impl Shim {
     /// Writes to them since the last QUERY are forgotten.
     pub fn remove(&mut self, ranges: &[Range]) -> Result<()> {
         self.not_in_child()?;
+        if let Some((_, r)) = ranges
+            .iter()
+            .enumerate()
+            .find(|(i, r)| ranges[..*i].contains(r))
+        {
+            return Err(Error::Invalid(format!(
+                "range {:#x}+{:#x} is listed twice",
+                r.start(),
+                r.len()
+            )));
+        }
         if let Some(r) = ranges
             .iter()
             .find(|r| !self.pending.iter().any(|p| p.range == **r))

@@ -66,3 +66,15 @@ fn uffd_wp_scan_resumes_when_the_output_vector_fills() {
     assert_eq!(got.len(), 10_000);
     assert!(got.iter().all(|p| p % 2 == 0));
 }
+
+/// REMOVE of the same range twice in one call is refused up front, and nothing is removed.
+#[test]
+fn remove_with_a_duplicate_is_refused_whole() {
+    let m = Mapping::new(2);
+    let mut s = shim(working_backends()[0]);
+    s.add(&[m.range()]).unwrap();
+    let e = s.remove(&[m.range(), m.range()]).unwrap_err();
+    assert!(e.to_string().contains("listed twice"), "{e}");
+    assert_eq!(s.ranges().count(), 1);
+    s.remove(&[m.range()]).unwrap();
+}
