@@ -105,10 +105,14 @@ fn concurrent_writers_never_lose_a_write() {
             })
             .collect();
         let mut answers: Vec<DirtySet> = vec![DirtySet::default()]; // index 0: no query
-        for k in 1..=60 {
+                                                                    // Many back-to-back QUERYs: the races between a first write and a harvest are what this
+                                                                    // test is for, and they need QUERYs to land while writes are in flight.
+        for k in 1..=1500 {
             started.store(k, SeqCst);
             answers.push(shim.query().unwrap());
-            std::thread::sleep(std::time::Duration::from_micros(300));
+            if k % 100 == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
         }
         stop.store(true, SeqCst);
         let logs: Vec<_> = writers
