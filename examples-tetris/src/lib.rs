@@ -1,5 +1,9 @@
 //! The seed paper's showcase: a terminal Tetris whose state lives in checkpoint memory and that
 //! keeps running on the spare when the primary is killed.
 //!
-//! **Not built yet** (project issue 5; it needs the `hotspare` library of issue 3 first). This
-//! empty crate only reserves the place the design gives it.
+//! [`game`] is the game itself, plain data with no pointers (so it can live in the checkpoint
+//! heap as is). The terminal front end and the Hot Spare adaptation are `src/main.rs` (work in
+//! progress: see the project's issue 5).
+#![deny(missing_docs)]
+
+pub mod game;
