@@ -396,12 +396,12 @@ impl Game {
 fn evaluate(g: &Game) -> i64 {
     let mut heights = [0i64; WIDTH];
     let mut holes = 0;
-    for x in 0..WIDTH {
+    for (x, height) in heights.iter_mut().enumerate() {
         let mut seen = false;
-        for y in 0..HEIGHT {
-            if g.board[y][x] != 0 {
+        for (y, row) in g.board.iter().enumerate() {
+            if row[x] != 0 {
                 if !seen {
-                    heights[x] = (HEIGHT - y) as i64;
+                    *height = (HEIGHT - y) as i64;
                     seen = true;
                 }
             } else if seen {
