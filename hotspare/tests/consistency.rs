@@ -7,6 +7,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const WORDS: usize = 1 << 20; // 8 MiB of u64
 
+/// Takes a last checkpoint, waits for it, and checks the image's data file against memory
+/// byte for byte. Bytes 16..24 are the allocator's lock word, which every capture holds (and
+/// resume treats as stale): the image has it taken, memory has it free.
+fn final_image_matches_memory(
+    hs: &HotSpare,
+    img: &std::path::Path,
+    base: usize,
+    what: &str,
+) -> hotspare::image::ImageDir {
+    let st = hs.cpt().unwrap();
+    hs.wait_durable(st.seq).unwrap();
+    let image = hotspare::image::ImageDir::open_read_only(img).unwrap();
+    let data = std::fs::read(image.data_path(base as u64, 16 << 20)).unwrap();
+    // SAFETY: the heap is mapped for its whole size and nothing writes it any more.
+    let mem = unsafe { std::slice::from_raw_parts(base as *const u8, 16 << 20) };
+    let first_diff = data
+        .iter()
+        .zip(mem)
+        .enumerate()
+        .position(|(i, (a, b))| a != b && !(16..24).contains(&i));
+    assert_eq!(
+        first_diff, None,
+        "{what}: image differs from memory at heap offset {first_diff:?}"
+    );
+    image
+}
+
 fn run(strategy: Strategy, base: usize) {
     let t = tempfile::tempdir().unwrap();
     let config = Config {
@@ -51,23 +78,8 @@ fn run(strategy: Strategy, base: usize) {
         }
         assert!(n >= 2, "only {n} checkpoints ran during the writes");
     });
-    let st = hs.cpt().unwrap();
-    hs.wait_durable(st.seq).unwrap();
-    let image = hotspare::image::ImageDir::open_read_only(t.path().join("img")).unwrap();
-    let data = std::fs::read(image.data_path(base as u64, 16 << 20)).unwrap();
-    // SAFETY: the heap is mapped for its whole size and no thread writes it any more.
-    let mem = unsafe { std::slice::from_raw_parts(base as *const u8, 16 << 20) };
-    // Bytes 16..24 are the allocator's lock word, which every capture holds (and resume treats as
-    // stale): the image has it taken, memory has it free.
-    let first_diff = data
-        .iter()
-        .zip(mem)
-        .enumerate()
-        .position(|(i, (a, b))| a != b && !(16..24).contains(&i));
-    assert_eq!(
-        first_diff, None,
-        "{strategy:?}: image differs from memory at heap offset {first_diff:?}"
-    );
+    let image =
+        final_image_matches_memory(&hs, &t.path().join("img"), base, &format!("{strategy:?}"));
     assert_eq!(image.verify_data().unwrap(), 4096);
 }
 
@@ -120,20 +132,11 @@ fn coalesced_checkpoints_lose_no_write() {
         coalesced > 0 && taken > 1,
         "coalesced {coalesced}, taken {taken}"
     );
-    let st = hs.cpt().unwrap();
-    hs.wait_durable(st.seq).unwrap();
-    let image = hotspare::image::ImageDir::open_read_only(t.path().join("img")).unwrap();
-    let data = std::fs::read(image.data_path(base as u64, 16 << 20)).unwrap();
-    // SAFETY: the heap is mapped for its whole size and nothing writes it any more.
-    let mem = unsafe { std::slice::from_raw_parts(base as *const u8, 16 << 20) };
-    let first_diff = data
-        .iter()
-        .zip(mem)
-        .enumerate()
-        .position(|(i, (a, b))| a != b && !(16..24).contains(&i));
-    assert_eq!(
-        first_diff, None,
-        "image differs from memory (coalesced {coalesced}, taken {taken})"
+    final_image_matches_memory(
+        &hs,
+        &t.path().join("img"),
+        base,
+        &format!("coalesced {coalesced}, taken {taken}"),
     );
     eprintln!("coalesced {coalesced} of {} calls", coalesced + taken);
 }
