@@ -38,6 +38,11 @@ impl Hosts {
         format!("{}{h}", self.0)
     }
 
+    /// The host's interface name, unique per run (a leftover of a crashed run cannot collide).
+    fn dev(&self, h: &str) -> String {
+        format!("v{h}{}", &self.0[2..])
+    }
+
     fn exec(&self, h: &str, cmd: &[&str]) {
         let ns = self.ns(h);
         let mut v = vec!["ip", "netns", "exec", ns.as_str()];
@@ -58,7 +63,7 @@ impl Hosts {
         }
         h.exec("C", &["ip", "link", "add", "br0", "type", "bridge"]);
         for (n, ip) in [("A", "10.77.0.1/24"), ("B", "10.77.0.2/24")] {
-            let (dev, peer) = (format!("v{n}"), format!("v{n}br"));
+            let (dev, peer) = (h.dev(n), format!("{}b", h.dev(n)));
             must(&[
                 "ip", "link", "add", &dev, "type", "veth", "peer", "name", &peer,
             ]);
@@ -76,7 +81,14 @@ impl Hosts {
         h.exec("C", &["sysctl", "-qw", "net.ipv4.neigh.br0.locktime=0"]);
         h.exec(
             "A",
-            &["ip", "addr", "add", &format!("{VIP}/24"), "dev", "vA"],
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{VIP}/24"),
+                "dev",
+                &h.dev("A"),
+            ],
         );
         h
     }
@@ -110,7 +122,8 @@ fn takeover_moves_the_virtual_ip_and_the_client_finds_its_data() {
     std::fs::write(&key, "correct horse battery staple").unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (hs, spare_bin) = (util::lib("hotspare"), util::lib("hotspare-resume"));
-    let hook = format!("ip addr add {VIP}/24 dev vB && arping -q -U -c 1 -I vB {VIP}; true");
+    let vb = hosts.dev("B");
+    let hook = format!("ip addr add {VIP}/24 dev {vb} && arping -q -U -c 1 -I {vb} {VIP}; true");
     let spare = Killed(
         in_ns(&hosts, "B", &spare_bin)
             .args(["--listen", "10.77.0.2:7070", "--key-file"])
@@ -180,7 +193,7 @@ fn takeover_moves_the_virtual_ip_and_the_client_finds_its_data() {
     assert_eq!(client(&["--set", "300"]).trim(), "ACKED 300");
     // The primary's machine dies: process killed, link cut.
     drop(primary);
-    hosts.exec("A", &["ip", "link", "set", "vA", "down"]);
+    hosts.exec("A", &["ip", "link", "set", &hosts.dev("A"), "down"]);
     let out = client(&["--check", "300"]);
     assert!(out.contains("LOST 0 of 300"), "{out}");
     let slog = std::fs::read_to_string(dir.join("spare.log")).unwrap();
