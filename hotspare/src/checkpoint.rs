@@ -444,6 +444,43 @@ pub(crate) enum Sink {
 }
 
 impl Sink {
+    /// Where `config` sends checkpoints: the spare when one is configured (starting the link to
+    /// it), else the image directory.
+    pub(crate) fn for_config(config: &crate::Config, image: ImageDir, exe: &ExeId) -> Result<Sink> {
+        let Some(addr) = &config.spare else {
+            return Ok(Sink::Local(image));
+        };
+        let key_file = config
+            .key_file
+            .as_ref()
+            .ok_or_else(|| Error::Config("a spare needs key_file (HOTSPARE_KEY_FILE)".into()))?;
+        let key =
+            crate::replica::wire::Key::load(key_file).map_err(|e| Error::Config(e.to_string()))?;
+        let on_fence_exit = match config.on_fence.as_str() {
+            "exit" => true,
+            "report" => false,
+            other => {
+                return Err(Error::Config(format!(
+                    "on_fence must be 'report' or 'exit', not '{other}'"
+                )))
+            }
+        };
+        let remote = crate::replica::sender::Remote::start(crate::replica::RemoteConfig {
+            addr: addr.clone(),
+            key,
+            heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(1)),
+            lease: std::time::Duration::from_millis(config.lease_ms.max(1)),
+            exit_when_fenced: on_fence_exit,
+            term: config.term,
+            exe_id: exe.0,
+            status_file: Some(image.path().join("status")),
+        });
+        Ok(Sink::Remote {
+            spool: image,
+            remote,
+        })
+    }
+
     fn dir(&self) -> &ImageDir {
         match self {
             Sink::Local(d) | Sink::Remote { spool: d, .. } => d,

@@ -115,46 +115,6 @@ pub fn parse_size(s: &str) -> Result<usize> {
 }
 
 impl Config {
-    /// The sink checkpoints go to: the spare when one is configured, else the image directory.
-    pub(crate) fn sink(
-        &self,
-        image: crate::image::ImageDir,
-        exe: &crate::identity::ExeId,
-    ) -> Result<crate::checkpoint::Sink> {
-        let Some(addr) = &self.spare else {
-            return Ok(crate::checkpoint::Sink::Local(image));
-        };
-        let key_file = self
-            .key_file
-            .as_ref()
-            .ok_or_else(|| Error::Config("a spare needs key_file (HOTSPARE_KEY_FILE)".into()))?;
-        let key =
-            crate::replica::wire::Key::load(key_file).map_err(|e| Error::Config(e.to_string()))?;
-        let on_fence_exit = match self.on_fence.as_str() {
-            "exit" => true,
-            "report" => false,
-            other => {
-                return Err(Error::Config(format!(
-                    "on_fence must be 'report' or 'exit', not '{other}'"
-                )))
-            }
-        };
-        let remote = crate::replica::sender::Remote::start(crate::replica::RemoteConfig {
-            addr: addr.clone(),
-            key,
-            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms.max(1)),
-            lease: std::time::Duration::from_millis(self.lease_ms.max(1)),
-            exit_when_fenced: on_fence_exit,
-            term: self.term,
-            exe_id: exe.0,
-            status_file: Some(image.path().join("status")),
-        });
-        Ok(crate::checkpoint::Sink::Remote {
-            spool: image,
-            remote,
-        })
-    }
-
     /// Defaults, then the TOML file named by `HOTSPARE_CONFIG` (if set), then the environment.
     pub fn load() -> Result<Config> {
         let base = match std::env::var_os("HOTSPARE_CONFIG") {

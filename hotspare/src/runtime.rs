@@ -175,7 +175,7 @@ fn fresh(b: Builder) -> Result<HotSpare> {
         strategy: b.config.strategy,
         shared: shared.clone(),
     };
-    let sink = b.config.sink(image, &exe)?;
+    let sink = crate::checkpoint::Sink::for_config(&b.config, image, &exe)?;
     let mut engine = Engine::new(shim, heap, vec![heap_range], sink, settings);
     // Tracked from before its first byte was written: never-written pages are known zeros.
     engine
@@ -254,7 +254,7 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
     };
     let mut config = b.config.clone();
     config.term = settings.term;
-    let sink = config.sink(image, &exe)?;
+    let sink = crate::checkpoint::Sink::for_config(&config, image, &exe)?;
     let engine = Engine::new(shim, heap, ranges, sink, settings);
     let info = ResumeInfo {
         image_dir: dir,

@@ -111,6 +111,24 @@ fn wait_log(dir: &Path, name: &str, needle: &str) -> String {
     }
 }
 
+/// Reads the primary's lines until `count` more checkpoints were acknowledged and the last one
+/// covers at least `min_ops` operations; returns that operation count and whether any
+/// checkpoint failed meanwhile.
+fn acked(rx: &Receiver<String>, count: usize, min_ops: u64) -> (u64, bool) {
+    let (mut last, mut seen, mut failed) = (0, 0, false);
+    while seen < count || last < min_ops {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the primary stalled");
+        failed |= l.starts_with("CPTFAIL");
+        if let Some(o) = cpt_ops(&l) {
+            last = o;
+            seen += 1;
+        }
+    }
+    (last, failed)
+}
+
 fn cpt_ops(line: &str) -> Option<u64> {
     line.strip_prefix("CPT ")
         .and_then(|r| r.split(' ').nth(1))
@@ -218,10 +236,7 @@ fn wrong_key_and_garbage_are_refused_and_the_image_is_untouched() {
     );
     // The spare still works for the right primary.
     let (p, rx) = primary(dir, port, &good, 3, 5, None);
-    let mut last = 0;
-    while last < 50 {
-        last = cpt_ops(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap_or(last);
-    }
+    let (last, _) = acked(&rx, 1, 50);
     drop(p);
     check_resumed(&spare_out, 3, 5, last, dir);
 }
@@ -257,25 +272,11 @@ fn spare_restart_while_the_primary_runs() {
     let port = free_port();
     let (spare1, _out1) = spare(dir, port, &key, 6, 7);
     let (p, rx) = primary(dir, port, &key, 6, 7, None);
-    let mut last = 0;
-    while last < 70 {
-        last = cpt_ops(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap_or(last);
-    }
+    let _ = acked(&rx, 1, 70);
     drop(spare1); // SIGKILL the spare while the primary keeps working
     let (_spare2, out2) = spare(dir, port, &key, 6, 7);
     // The primary notices, reconnects, sends a full image, and goes on.
-    let mut failed = false;
-    let mut after = 0;
-    while after < 5 {
-        let l = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("primary stalled");
-        failed |= l.starts_with("CPTFAIL");
-        if let Some(o) = cpt_ops(&l) {
-            last = o;
-            after += 1;
-        }
-    }
+    let (mut last, failed) = acked(&rx, 5, 0);
     drop(p);
     for l in rx.try_iter() {
         last = cpt_ops(&l).unwrap_or(last);
@@ -318,10 +319,7 @@ fn status_of_primary_and_spare() {
     let port = free_port();
     let (_spare, _out) = spare(dir, port, &key, 8, 5);
     let (_p, rx) = primary(dir, port, &key, 8, 5, None);
-    let mut last = 0;
-    while last < 100 {
-        last = cpt_ops(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap_or(last);
-    }
+    let _ = acked(&rx, 1, 100);
     std::thread::sleep(Duration::from_millis(250)); // status files are rewritten every 100 ms
     let hs = util::lib("hotspare");
     let run = |args: &[&std::ffi::OsStr]| {
@@ -365,24 +363,12 @@ fn a_stalled_spare_does_not_take_over_from_a_live_primary() {
     let port = free_port();
     let (spare, spare_out) = spare(dir, port, &key, 9, 5);
     let (p, rx) = primary(dir, port, &key, 9, 5, None);
-    let mut last = 0;
-    while last < 50 {
-        last = cpt_ops(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap_or(last);
-    }
+    let _ = acked(&rx, 1, 50);
     spare.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(400)); // far beyond N × H
     spare.signal(libc::SIGCONT);
     // The primary keeps getting acknowledgements, and the spare did not take over.
-    let mut after = 0;
-    while after < 20 {
-        let l = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("primary stalled");
-        if let Some(o) = cpt_ops(&l) {
-            last = o;
-            after += 1;
-        }
-    }
+    let (mut last, _) = acked(&rx, 20, 0);
     assert!(
         spare_out.try_recv().is_err(),
         "the spare took over from a live primary:\n{}",

@@ -273,13 +273,7 @@ impl ImageDir {
         seq: u64,
         this_exe: Option<&ExeId>,
     ) -> Result<Summary, ImageError> {
-        let tmp = self.wal_path(seq, "tmp");
-        let done = self.wal_path(seq, "cpt");
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp, "fsync"))?;
-        fs::rename(&tmp, &done).map_err(io_err(&tmp, "rename"))?;
-        fsync_dir(&self.root.join("wal"))?;
+        let done = self.make_durable(seq)?;
         let res = self.apply_file(&done, this_exe);
         if let Err(e) = &res {
             // A bad stream is dropped; after an I/O error the durable stream stays and is
@@ -527,12 +521,20 @@ impl ImageDir {
                 return Err(e);
             }
         };
+        self.make_durable(seq)?;
+        Ok(summary)
+    }
+
+    /// `wal/<seq>.tmp` → `wal/<seq>.cpt`, with the file and the directory `fsync`ed: from here
+    /// on the stream survives a crash and will be applied. Returns the new path.
+    fn make_durable(&self, seq: u64) -> Result<PathBuf, ImageError> {
+        let (tmp, done) = (self.wal_path(seq, "tmp"), self.wal_path(seq, "cpt"));
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&tmp, "fsync"))?;
-        fs::rename(&tmp, self.wal_path(seq, "cpt")).map_err(io_err(&tmp, "rename"))?;
+        fs::rename(&tmp, &done).map_err(io_err(&tmp, "rename"))?;
         fsync_dir(&self.root.join("wal"))?;
-        Ok(summary)
+        Ok(done)
     }
 
     fn check_stream(
