@@ -1,0 +1,183 @@
+//! The MapReduce coordinator. Its job tables live in the Hot Spare checkpoint heap: SIGKILLed,
+//! it is resumed by the spare (`hotspare-resume --exec mr-coordinator …`) with every task
+//! state it acknowledged, listening again on the same address. `--plain` runs the same code
+//! without Hot Spare.
+//!
+//! `mr-coordinator --listen ADDR --reduce R [--task-timeout-ms T] [--linger-ms L] [--plain] FILE…`
+//! prints `ASSIGN <kind> <i>`, `FINISHED <kind> <i>` and, when every reduce task is done,
+//! `DONE`; it then answers `EXIT` for `L` ms and exits 0.
+
+use anyhow::Context;
+use clap::Parser;
+use examples_mapreduce::job::Job;
+use examples_mapreduce::server::{self, Options};
+use std::net::TcpListener;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(about = "MapReduce word count coordinator (on Hot Spare unless --plain)")]
+struct Args {
+    /// Address to listen on for workers.
+    #[arg(long)]
+    listen: String,
+    /// Number of reduce tasks.
+    #[arg(long, default_value_t = 4)]
+    reduce: u32,
+    /// A task not reported done within this many ms is handed out again.
+    #[arg(long, default_value_t = 10_000)]
+    task_timeout_ms: u64,
+    /// After DONE, keep answering EXIT to workers this many ms.
+    #[arg(long, default_value_t = 1_000)]
+    linger_ms: u64,
+    /// Run without Hot Spare (ordinary memory; nothing survives a crash).
+    #[arg(long)]
+    plain: bool,
+    /// Input files, one map task each.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+impl Args {
+    fn options(&self) -> Options {
+        Options {
+            linger: Duration::from_millis(self.linger_ms),
+            io_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn file_bytes(&self) -> Vec<Vec<u8>> {
+        self.files
+            .iter()
+            .map(|f| f.as_os_str().as_bytes().to_vec())
+            .collect()
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let r = if args.plain {
+        plain(&args)
+    } else {
+        ha::main(&args)
+    };
+    if let Err(e) = r {
+        eprintln!("mr-coordinator: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Without Hot Spare: the same tables in ordinary memory, the same loop.
+fn plain(args: &Args) -> anyhow::Result<()> {
+    let alloc = allocator_api2::alloc::Global;
+    let mut job = Job::new_in(alloc, &args.file_bytes(), args.reduce, args.task_timeout_ms)?;
+    let listener =
+        TcpListener::bind(&args.listen).with_context(|| format!("bind {}", args.listen))?;
+    let mut out = std::io::stdout();
+    server::serve(
+        &listener,
+        &mut job,
+        &mut server::NoCommit,
+        &args.options(),
+        &mut out,
+    )?;
+    Ok(())
+}
+
+/// Everything that exists only because of Hot Spare.
+mod ha {
+    use super::Args;
+    use anyhow::Context;
+    use examples_mapreduce::job::Job;
+    use examples_mapreduce::server::{self, Commit, Options};
+    use examples_mapreduce::Error;
+    use hotspare::{HeapAlloc, HotSpare, Mutex};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    type State = Mutex<Job<HeapAlloc>>;
+
+    /// Fresh start: set up the tables in the checkpoint heap, register the listener, run the
+    /// worker loop. Resume: `start()` calls the worker loop itself and never returns.
+    pub fn main(args: &Args) -> anyhow::Result<()> {
+        let opts = args.options();
+        let hs = HotSpare::builder()?
+            .worker("coordinator", move |hs| worker(hs, &opts))
+            .start()?;
+        let listener =
+            TcpListener::bind(&args.listen).with_context(|| format!("bind {}", args.listen))?;
+        hs.add_tcp_listener("mr", listener)?;
+        let alloc = hs.heap().alloc();
+        let job = Job::new_in(alloc, &args.file_bytes(), args.reduce, args.task_timeout_ms)?;
+        hs.heap().set_root(Mutex::new(job))?;
+        hs.run();
+        Ok(())
+    }
+
+    fn worker(hs: &HotSpare, opts: &Options) {
+        if let Err(e) = serve(hs, opts) {
+            eprintln!("mr-coordinator: {e:#}");
+            std::process::exit(1);
+        }
+    }
+
+    fn serve(hs: &HotSpare, opts: &Options) -> anyhow::Result<()> {
+        let state = hs
+            .heap()
+            .root::<State>()
+            .context("no job in the checkpoint heap")?;
+        let listener = hs
+            .tcp_listener("mr")
+            .context("no listener registered as 'mr'")?;
+        if let Some(r) = hs.resumed() {
+            println!("RESUMED {} {:?}", r.seq, r.restore_time);
+        }
+        let mut commit = Durable {
+            hs,
+            count: 0,
+            stopped: Duration::ZERO,
+            max: Duration::ZERO,
+            waited: Duration::ZERO,
+        };
+        // The spare must have an image before anything is acknowledged.
+        commit.commit()?;
+        let mut job = state.lock();
+        let mut out = std::io::stdout();
+        server::serve(&listener, &mut job, &mut commit, opts, &mut out)?;
+        let n = commit.count.max(1);
+        println!(
+            "CPTS {} stopped avg {:?} max {:?} durable avg {:?}",
+            commit.count,
+            commit.stopped / n,
+            commit.max,
+            commit.waited / n
+        );
+        Ok(())
+    }
+
+    /// A checkpoint, and the wait until the spare (or the local image) has it.
+    struct Durable<'a> {
+        hs: &'a HotSpare,
+        count: u32,
+        stopped: Duration,
+        max: Duration,
+        /// Total time from `cpt()` to `wait_durable` returning.
+        waited: Duration,
+    }
+
+    impl Commit for Durable<'_> {
+        fn commit(&mut self) -> Result<(), Error> {
+            let t = std::time::Instant::now();
+            let st = self.hs.cpt().map_err(|e| Error::NotDurable(e.into()))?;
+            self.hs
+                .wait_durable(st.seq)
+                .map_err(|e| Error::NotDurable(e.into()))?;
+            self.waited += t.elapsed();
+            self.count += 1;
+            self.stopped += st.stopped;
+            self.max = self.max.max(st.stopped);
+            Ok(())
+        }
+    }
+}
