@@ -181,6 +181,15 @@ impl Heap {
         r
     }
 
+    /// Bytes currently allocated in the heap (the size of the program's state, without the
+    /// allocator's own overhead).
+    pub fn allocated_bytes(&self) -> usize {
+        self.with_allocator_locked(|| {
+            // SAFETY: talc is only touched under the heap lock, which we hold.
+            unsafe { (*self.header().talc.get()).get_counters().allocated_bytes }
+        })
+    }
+
     /// Moves `value` into the heap and makes it the root object, handed back on resume by
     /// [`Heap::root`]. Returns the object.
     pub fn set_root<T: Send + Sync + 'static>(&self, value: T) -> Result<&'static T, Error> {

@@ -55,4 +55,4 @@ pub use error::{Error, Result};
 pub use heap::{Heap, HeapAlloc, StableHasher};
 pub use kmod_shim;
 pub use runtime::{Builder, HotSpare, ResumeInfo, SignalFn, WorkerFn};
-pub use sync::Mutex;
+pub use sync::{Mutex, MutexGuard};

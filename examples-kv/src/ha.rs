@@ -1,0 +1,183 @@
+//! Everything the server does because of Hot Spare: the store in the checkpoint heap, the
+//! listening socket registered so a resumed server (on the spare) keeps its address, checkpoints
+//! on an interval or per write, and their statistics for `INFO hotspare`. The rest of the server
+//! is the same code that `--plain` runs.
+
+use crate::commands::Durability;
+use crate::store::Store;
+use hotspare::{CptStats, HeapAlloc, HotSpare};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The store as it lives in the checkpoint heap (the heap's root object).
+pub type HaStore = Store<HeapAlloc>;
+
+/// Checkpoint statistics of this incarnation (ordinary memory: not part of the state).
+#[derive(Debug, Default)]
+struct Stats {
+    /// (stop time in ms, bytes) of each incremental checkpoint.
+    taken: Vec<(f64, u64)>,
+    /// Checkpoints merged into the next because the previous one was still being written.
+    coalesced: u64,
+    /// Largest full checkpoint seen.
+    full_bytes: u64,
+    failed: u64,
+}
+
+/// Hot Spare persistence for the server.
+pub struct HotSpareDurability {
+    hs: HotSpare,
+    store: &'static HaStore,
+    every_write: bool,
+    stats: Mutex<Stats>,
+}
+
+/// Which kind of checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// On the interval: never waits for the previous checkpoint (coalesces instead).
+    Interval,
+    /// For a write that must become durable.
+    Commit,
+    /// Every page (`HOTSPARE.CPT FULL`).
+    Full,
+}
+
+impl HotSpareDurability {
+    /// Persistence for `store`, which lives in `hs`'s heap.
+    pub fn new(hs: HotSpare, store: &'static HaStore, every_write: bool) -> HotSpareDurability {
+        HotSpareDurability {
+            hs,
+            store,
+            every_write,
+            stats: Mutex::new(Stats::default()),
+        }
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the store (every shard lock), checkpoints, lets it go. The stop time recorded is
+    /// what clients see: from asking for the first lock to releasing the last.
+    fn checkpoint(&self, kind: Kind) -> Result<(CptStats, Duration), String> {
+        if self.hs.is_fenced() {
+            return Err("fenced: a newer primary exists or the lease ran out".into());
+        }
+        let t = Instant::now();
+        let guards = self.store.lock_all();
+        let r = match kind {
+            Kind::Interval => self.hs.cpt_or_coalesce(),
+            Kind::Commit => self.hs.cpt(),
+            Kind::Full => self.hs.cpt_full(),
+        };
+        drop(guards);
+        let stopped = t.elapsed();
+        let mut s = self.stats();
+        match r {
+            Ok(st) => {
+                if st.coalesced {
+                    s.coalesced += 1;
+                } else if st.full {
+                    s.full_bytes = s.full_bytes.max(st.bytes);
+                } else {
+                    s.taken.push((stopped.as_secs_f64() * 1e3, st.bytes));
+                }
+                Ok((st, stopped))
+            }
+            Err(e) => {
+                s.failed += 1;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The interval checkpointer: runs forever on the calling thread, checkpointing every
+    /// `store.cpt_ms` milliseconds (re-read each round: `CONFIG SET hotspare-cpt-ms`).
+    pub fn run_interval(&self) {
+        let mut next = Instant::now();
+        loop {
+            let ms = self.store.cpt_ms.load(Ordering::Relaxed);
+            if ms == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+                next = Instant::now();
+                continue;
+            }
+            next += Duration::from_millis(ms);
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep((next - now).min(Duration::from_millis(ms)));
+            } else {
+                next = now; // fell behind (a slow checkpoint): do not burst to catch up
+            }
+            if let Err(e) = self.checkpoint(Kind::Interval) {
+                eprintln!("hotspare-kv: checkpoint failed: {e}");
+            }
+        }
+    }
+}
+
+fn median_p99(mut v: Vec<f64>) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (at(0.5), at(0.99), v[v.len() - 1])
+}
+
+impl Durability for HotSpareDurability {
+    fn every_write(&self) -> bool {
+        self.every_write
+    }
+
+    fn commit(&self) -> Result<(), String> {
+        let (st, _) = self.checkpoint(Kind::Commit)?;
+        self.hs.wait_durable(st.seq).map_err(|e| e.to_string())
+    }
+
+    fn cpt_now(&self, full: bool) -> Result<String, String> {
+        let (st, stopped) = self.checkpoint(if full { Kind::Full } else { Kind::Commit })?;
+        self.hs.wait_durable(st.seq).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{{\"seq\":{},\"stopped_ms\":{:.3},\"query_ms\":{:.3},\"bytes\":{},\"pages\":{},\"full\":{}}}",
+            st.seq,
+            stopped.as_secs_f64() * 1e3,
+            st.query.as_secs_f64() * 1e3,
+            st.bytes,
+            st.pages,
+            st.full
+        ))
+    }
+
+    fn reset_stats(&self) {
+        let mut s = self.stats();
+        let full = s.full_bytes;
+        *s = Stats::default();
+        s.full_bytes = full;
+    }
+
+    fn info(&self, out: &mut String) {
+        let s = self.stats();
+        let (med, p99, max) = median_p99(s.taken.iter().map(|x| x.0).collect());
+        let (bytes_med, _, _) = median_p99(s.taken.iter().map(|x| x.1 as f64).collect());
+        let (backend, _) = self.hs.backend();
+        let resumed = self.hs.resumed();
+        out.push_str(&format!(
+            "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
+            self.store.cpt_ms.load(Ordering::Relaxed),
+            u8::from(self.every_write),
+            s.taken.len(),
+            s.coalesced,
+            s.failed,
+            bytes_med as u64,
+            s.full_bytes,
+            self.hs.heap().allocated_bytes(),
+            self.hs.wire_bytes().unwrap_or(0),
+            u8::from(resumed.is_some()),
+            resumed.map_or(0, |r| r.seq),
+            resumed.map_or(0.0, |r| r.restore_time.as_secs_f64() * 1e3),
+        ));
+    }
+}
