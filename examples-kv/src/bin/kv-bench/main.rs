@@ -137,6 +137,9 @@ enum Cmd {
     Multi,
     /// Figure 5-3: requests per 10 ms over time, with checkpoint / BGSAVE moments.
     Timeline,
+    /// Run redis-benchmark once through a recording proxy against each server and show every
+    /// command it sent with the reply (to find what a server answers wrongly).
+    Probe,
     /// Tables 5.6/5.7 (failover): not implemented yet.
     Failover,
 }
@@ -204,6 +207,17 @@ fn main() -> Result<()> {
         )?;
     }
     if matches!(cmd, Cmd::State) {
+        return Ok(());
+    }
+    if matches!(cmd, Cmd::Probe) {
+        for kind in cli.kinds() {
+            let server = Server::start(&Spec::for_keys(kind, 1000), &bins)?;
+            stats::emit(json!({
+                "kind": "probe",
+                "server": server.label(),
+                "probe": probe::diagnose(&bins, &server)?,
+            }));
+        }
         return Ok(());
     }
     let mut servers = start_preloaded(&cli, &bins, matches!(cmd, Cmd::All | Cmd::Serial))?;

@@ -204,7 +204,7 @@ fn side_loop(
         if stop.load(Ordering::Relaxed) {
             return Ok(log);
         }
-        let at = t0.elapsed().as_secs_f64() * 1e3;
+        let at = crate::serial::round(t0.elapsed().as_secs_f64() * 1e3, 2);
         match kind {
             Kind::Redis => match conn.cmd(&["BGSAVE"])? {
                 Reply::Error(e) if e.contains("already in progress") => log.skipped += 1,
