@@ -152,9 +152,13 @@ impl Ticker {
                 if let Ok(info) = self.ctl.info("hotspare") {
                     for name in [
                         "hotspare_checkpoints",
+                        "hotspare_coalesced",
+                        "hotspare_failed",
                         "hotspare_stop_ms_median",
                         "hotspare_stop_ms_p99",
                         "hotspare_stop_ms_max",
+                        "hotspare_capture_ms_median",
+                        "hotspare_capture_ms_p99",
                         "hotspare_bytes_median",
                     ] {
                         fields[name.trim_start_matches("hotspare_")] = json!(info_f64(&info, name));
