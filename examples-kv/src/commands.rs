@@ -392,9 +392,7 @@ pub fn execute<A: Allocator + Clone>(
         "command" => command(a, out),
         "hello" => hello(client, a, out),
         "hotspare.cpt" => {
-            let full = a
-                .first()
-                .is_some_and(|x| x.eq_ignore_ascii_case(b"full"));
+            let full = a.first().is_some_and(|x| x.eq_ignore_ascii_case(b"full"));
             match ctx.dur.cpt_now(full) {
                 Ok(json) => reply::bulk(out, json.as_bytes()),
                 Err(e) => reply::error(out, &format!("ERR {e}")),
@@ -406,7 +404,12 @@ pub fn execute<A: Allocator + Clone>(
 }
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
-fn set<A: Allocator + Clone>(store: &Store<A>, a: &[Vec<u8>], now: u64, out: &mut Vec<u8>) -> Effect {
+fn set<A: Allocator + Clone>(
+    store: &Store<A>,
+    a: &[Vec<u8>],
+    now: u64,
+    out: &mut Vec<u8>,
+) -> Effect {
     let (mut nx, mut xx, mut get, mut keepttl) = (false, false, false, false);
     let mut expire: Option<u64> = None;
     let mut i = 2;
@@ -504,12 +507,17 @@ fn expire<A: Allocator + Clone>(
         reply::error(out, &format!("ERR invalid expire time in '{name}' command"));
         return Effect::Read;
     };
-    let flag = a.get(2).map(|f| String::from_utf8_lossy(f).to_ascii_uppercase());
+    let flag = a
+        .get(2)
+        .map(|f| String::from_utf8_lossy(f).to_ascii_uppercase());
     if flag
         .as_deref()
         .is_some_and(|f| !matches!(f, "NX" | "XX" | "GT" | "LT"))
     {
-        reply::error(out, &format!("ERR Unsupported option {}", flag.unwrap_or_default()));
+        reply::error(
+            out,
+            &format!("ERR Unsupported option {}", flag.unwrap_or_default()),
+        );
         return Effect::Read;
     }
     let mut m = store.shard(&a[0]);
@@ -541,7 +549,13 @@ fn expire<A: Allocator + Clone>(
 
 fn count_keys<A: Allocator + Clone>(store: &Store<A>, now: u64) -> usize {
     (0..SHARDS)
-        .map(|i| store.lock_shard(i).values().filter(|v| alive(v, now)).count())
+        .map(|i| {
+            store
+                .lock_shard(i)
+                .values()
+                .filter(|v| alive(v, now))
+                .count()
+        })
         .sum()
 }
 
@@ -587,7 +601,9 @@ fn scan<A: Allocator + Clone>(store: &Store<A>, a: &[Vec<u8>], now: u64, out: &m
         let m = store.lock_shard(shard);
         keys.extend(
             m.iter()
-                .filter(|(k, v)| alive(v, now) && pattern.as_ref().is_none_or(|p| glob::matches(p, &k.0)))
+                .filter(|(k, v)| {
+                    alive(v, now) && pattern.as_ref().is_none_or(|p| glob::matches(p, &k.0))
+                })
                 .map(|(k, _)| k.0.to_vec()),
         );
     }
@@ -605,7 +621,10 @@ fn info<A: Allocator + Clone>(ctx: &Ctx<'_, A>, a: &[Vec<u8>], now: u64, out: &m
         .iter()
         .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
         .collect();
-    let all = want.is_empty() || want.iter().any(|w| w == "all" || w == "everything" || w == "default");
+    let all = want.is_empty()
+        || want
+            .iter()
+            .any(|w| w == "all" || w == "everything" || w == "default");
     let on = |s: &str| all || want.iter().any(|w| w == s);
     let mut s = String::new();
     if on("server") {
@@ -671,7 +690,10 @@ fn config<A: Allocator + Clone>(ctx: &Ctx<'_, A>, a: &[Vec<u8>], out: &mut Vec<u
                 ("databases", "1".into()),
                 ("maxmemory", "0".into()),
                 ("port", ctx.port.to_string()),
-                ("hotspare-cpt-ms", ctx.store.cpt_ms.load(Ordering::Relaxed).to_string()),
+                (
+                    "hotspare-cpt-ms",
+                    ctx.store.cpt_ms.load(Ordering::Relaxed).to_string(),
+                ),
             ];
             let mut hits: Vec<&(&str, String)> = Vec::new();
             for p in &a[1..] {
@@ -712,9 +734,10 @@ fn config<A: Allocator + Clone>(ctx: &Ctx<'_, A>, a: &[Vec<u8>], out: &mut Vec<u
             ctx.dur.reset_stats();
             reply::simple(out, OK);
         }
-        ("get" | "set" | "resetstat", _) => {
-            reply::error(out, &format!("ERR wrong number of arguments for 'config|{sub}' command"))
-        }
+        ("get" | "set" | "resetstat", _) => reply::error(
+            out,
+            &format!("ERR wrong number of arguments for 'config|{sub}' command"),
+        ),
         _ => reply::error(
             out,
             &format!(
@@ -754,7 +777,10 @@ fn client_cmd(client: &mut Client, a: &[Vec<u8>], out: &mut Vec<u8>) {
                 .as_ref()
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .unwrap_or_default();
-            reply::bulk(out, format!("id={} name={name} db=0\n", client.id).as_bytes());
+            reply::bulk(
+                out,
+                format!("id={} name={name} db=0\n", client.id).as_bytes(),
+            );
         }
         ("setname" | "getname" | "id" | "setinfo" | "info", _) => reply::error(
             out,
@@ -785,7 +811,10 @@ fn command(a: &[Vec<u8>], out: &mut Vec<u8>) {
                 reply::nil(out);
             }
         }
-        Some(s) => reply::error(out, &format!("ERR unknown subcommand '{s}'. Try COMMAND HELP.")),
+        Some(s) => reply::error(
+            out,
+            &format!("ERR unknown subcommand '{s}'. Try COMMAND HELP."),
+        ),
     }
 }
 
@@ -796,11 +825,17 @@ fn hello(client: &mut Client, a: &[Vec<u8>], out: &mut Vec<u8>) {
         match parse_i64(v) {
             Some(2) => {}
             Some(_) => {
-                reply::error(out, "NOPROTO sorry, this protocol version is not supported.");
+                reply::error(
+                    out,
+                    "NOPROTO sorry, this protocol version is not supported.",
+                );
                 return;
             }
             None => {
-                reply::error(out, "ERR Protocol version is not an integer or out of range");
+                reply::error(
+                    out,
+                    "ERR Protocol version is not an integer or out of range",
+                );
                 return;
             }
         }

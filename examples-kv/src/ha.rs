@@ -16,8 +16,10 @@ pub type HaStore = Store<HeapAlloc>;
 /// Checkpoint statistics of this incarnation (ordinary memory: not part of the state).
 #[derive(Debug, Default)]
 struct Stats {
-    /// (stop time in ms, bytes) of each incremental checkpoint.
-    taken: Vec<(f64, u64)>,
+    /// (stop time in ms, bytes, capture time in ms) of each incremental checkpoint: the stop
+    /// is what clients see (taking every shard lock, then the capture); the capture is the
+    /// library's part.
+    taken: Vec<(f64, u64, f64)>,
     /// Checkpoints merged into the next because the previous one was still being written.
     coalesced: u64,
     /// Largest full checkpoint seen.
@@ -82,7 +84,11 @@ impl HotSpareDurability {
                 } else if st.full {
                     s.full_bytes = s.full_bytes.max(st.bytes);
                 } else {
-                    s.taken.push((stopped.as_secs_f64() * 1e3, st.bytes));
+                    s.taken.push((
+                        stopped.as_secs_f64() * 1e3,
+                        st.bytes,
+                        st.stopped.as_secs_f64() * 1e3,
+                    ));
                 }
                 Ok((st, stopped))
             }
@@ -162,10 +168,11 @@ impl Durability for HotSpareDurability {
         let s = self.stats();
         let (med, p99, max) = median_p99(s.taken.iter().map(|x| x.0).collect());
         let (bytes_med, _, _) = median_p99(s.taken.iter().map(|x| x.1 as f64).collect());
+        let (cap_med, cap_p99, cap_max) = median_p99(s.taken.iter().map(|x| x.2).collect());
         let (backend, _) = self.hs.backend();
         let resumed = self.hs.resumed();
         out.push_str(&format!(
-            "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
+            "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_capture_ms_median:{cap_med:.3}\r\nhotspare_capture_ms_p99:{cap_p99:.3}\r\nhotspare_capture_ms_max:{cap_max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
             self.store.cpt_ms.load(Ordering::Relaxed),
             u8::from(self.every_write),
             s.taken.len(),

@@ -139,7 +139,13 @@ fn worker(hs: &HotSpare) {
         pin(args.background_cpu);
         dur.run_interval();
     });
-    eprintln!("hotspare-kv: serving on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    eprintln!(
+        "hotspare-kv: serving on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     serve_forever(store, dur, listener);
 }
 

@@ -81,7 +81,8 @@ fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolErr
     };
     let line = &buf[..nl];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let args = split_args(line).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
+    let args =
+        split_args(line).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
     Ok(Some((args, nl + 1)))
 }
 
@@ -122,15 +123,13 @@ fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                         b't' => cur.push(b'\t'),
                         b'a' => cur.push(7),
                         b'b' => cur.push(8),
-                        b'x' if i + 2 < line.len() => {
-                            match (hex(line[i + 1]), hex(line[i + 2])) {
-                                (Some(h), Some(l)) => {
-                                    cur.push((h * 16 + l) as u8);
-                                    i += 2;
-                                }
-                                _ => cur.push(e),
+                        b'x' if i + 2 < line.len() => match (hex(line[i + 1]), hex(line[i + 2])) {
+                            (Some(h), Some(l)) => {
+                                cur.push((h * 16 + l) as u8);
+                                i += 2;
                             }
-                        }
+                            _ => cur.push(e),
+                        },
                         _ => cur.push(e),
                     }
                 }
@@ -158,7 +157,10 @@ pub mod reply {
     pub fn error(out: &mut Vec<u8>, msg: &str) {
         out.push(b'-');
         // CR/LF in an error would break the protocol; Redis replaces them with blanks.
-        out.extend(msg.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        out.extend(
+            msg.bytes()
+                .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
         out.extend_from_slice(b"\r\n");
     }
 
@@ -212,8 +214,18 @@ mod tests {
 
     #[test]
     fn inline_with_quotes() {
-        let (a, used) = parse(b"set \"a b\" 'c d' \"\\x41\\n\"\r\nrest").unwrap().unwrap();
-        assert_eq!(a, vec![b"set".to_vec(), b"a b".to_vec(), b"c d".to_vec(), b"A\n".to_vec()]);
+        let (a, used) = parse(b"set \"a b\" 'c d' \"\\x41\\n\"\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            a,
+            vec![
+                b"set".to_vec(),
+                b"a b".to_vec(),
+                b"c d".to_vec(),
+                b"A\n".to_vec()
+            ]
+        );
         assert_eq!(used, 27);
         assert!(parse(b"set \"a\r\n").is_err());
         assert_eq!(parse(b"get k").unwrap(), None);

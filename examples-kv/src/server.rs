@@ -78,7 +78,10 @@ pub fn serve<A: Allocator + Clone>(
         }
         let committed = ctx.dur.commit();
         if let Err(e) = &committed {
-            eprintln!("hotspare-kv: checkpoint failed, closing {} unanswered clients: {e}", held.len());
+            eprintln!(
+                "hotspare-kv: checkpoint failed, closing {} unanswered clients: {e}",
+                held.len()
+            );
         }
         for t in held {
             let Some(c) = conns.get_mut(&t) else { continue };
@@ -212,7 +215,9 @@ fn flush(poll: &Poll, t: usize, c: &mut Conn) {
         } else {
             Interest::READABLE
         };
-        let _ = poll.registry().reregister(&mut c.stream, Token(t), interest);
+        let _ = poll
+            .registry()
+            .reregister(&mut c.stream, Token(t), interest);
         c.want_write = want_write;
     }
 }

@@ -41,7 +41,14 @@ fn wait_port(port: u16) {
 
 fn redis_server(dir: &Path, port: u16) -> Killed {
     let c = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -58,7 +65,9 @@ fn kv_server(dir: &Path, port: u16, extra: &[&str]) -> Killed {
         .args(extra)
         .env("HOTSPARE_IMAGE_DIR", dir.join("image"))
         .env("HOTSPARE_HEAP_SIZE", "64M")
-        .stderr(Stdio::from(std::fs::File::create(dir.join("kv.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("kv.log")).unwrap(),
+        ))
         .spawn()
         .expect("start hotspare-kv");
     let k = Killed(c);
@@ -163,7 +172,11 @@ fn run_script(port: u16) -> Vec<String> {
             std::thread::sleep(Duration::from_millis(cmd[1].parse().unwrap()));
             continue;
         }
-        out.push(format!("{} -> {}", cmd.join(" "), cli(port, cmd).trim_end()));
+        out.push(format!(
+            "{} -> {}",
+            cmd.join(" "),
+            cli(port, cmd).trim_end()
+        ));
     }
     out
 }
@@ -184,7 +197,12 @@ fn redis_cli_session_answers_as_redis_does() {
             diffs.push(format!("redis:       {w}\nhotspare-kv: {g}"));
         }
     }
-    assert!(diffs.is_empty(), "{} answers differ:\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} answers differ:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
     // Spot checks that the comparison itself is meaningful.
     assert!(got.iter().any(|l| l == "GET k1 -> hello"), "{got:?}");
     assert!(got.iter().any(|l| l == "GET p -> "), "{got:?}");
@@ -197,12 +215,25 @@ fn redis_benchmark_runs_against_it() {
     let port = free_port();
     let _kv = kv_server(t.path(), port, &["--cpt-ms", "100"]);
     let out = Command::new("redis-benchmark")
-        .args(["-p", &port.to_string(), "-n", "20000", "-c", "20", "-r", "1000"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-n",
+            "20000",
+            "-c",
+            "20",
+            "-r",
+            "1000",
+        ])
         .args(["-t", "set,get,incr,mset", "--csv"])
         .output()
         .expect("redis-benchmark");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for t in ["\"SET\"", "\"GET\"", "\"INCR\"", "\"MSET (10 keys)\""] {
         assert!(text.contains(t), "no {t} result:\n{text}");
     }
@@ -228,7 +259,13 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (sport, kport) = (free_port(), free_port());
     let port_arg = kport.to_string();
-    let kv_args = ["--port", port_arg.as_str(), "--cpt-every-write", "--preload", "1000"];
+    let kv_args = [
+        "--port",
+        port_arg.as_str(),
+        "--cpt-every-write",
+        "--preload",
+        "1000",
+    ];
     let spare = Command::new(util::lib("hotspare-resume"))
         .args(["--listen", &format!("127.0.0.1:{sport}"), "--key-file"])
         .arg(&key)
@@ -238,7 +275,9 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
         .args(kv_args)
         .env("HOTSPARE_HEAP_SIZE", "64M")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("spare.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("spare.log")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let spare = Killed(spare);
@@ -250,7 +289,9 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
         .env("HOTSPARE_SPARE", format!("127.0.0.1:{sport}"))
         .env("HOTSPARE_KEY_FILE", &key)
         .env("HOTSPARE_LEASE_MS", "80")
-        .stderr(Stdio::from(std::fs::File::create(dir.join("primary.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("primary.log")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let primary = Killed(primary);
@@ -269,11 +310,15 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
     std::io::Write::write_all(&mut c.stdin.take().unwrap(), script.as_bytes()).unwrap();
     let out = c.wait_with_output().unwrap();
     let replies = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(replies.lines().filter(|l| *l == "OK").count(), 300, "{replies}");
+    assert_eq!(
+        replies.lines().filter(|l| *l == "OK").count(),
+        300,
+        "{replies}"
+    );
     assert!(replies.lines().any(|l| l == "300"), "{replies}");
     let pid = primary.pid();
     drop(primary); // SIGKILL
-    // The spare takes over on the same address; wait for an answer.
+                   // The spare takes over on the same address; wait for an answer.
     let t0 = Instant::now();
     let n = loop {
         let r = cli(kport, &["GET", "acked-counter"]);
@@ -289,7 +334,10 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
     };
     assert_eq!(n.trim(), "300");
     for i in [0, 1, 150, 298, 299] {
-        assert_eq!(cli(kport, &["GET", &format!("acked:{i}")]).trim(), format!("v{i}"));
+        assert_eq!(
+            cli(kport, &["GET", &format!("acked:{i}")]).trim(),
+            format!("v{i}")
+        );
     }
     assert_eq!(cli(kport, &["DBSIZE"]).trim(), "1301");
     assert!(cli(kport, &["INFO", "hotspare"]).contains("hotspare_resumed:1"));
