@@ -49,6 +49,7 @@ trap 'rm -f "$tmp" "$tmpsvg"' EXIT
 # kv-bench kills every server it started when it gets SIGTERM from timeout.
 timeout --signal=TERM --kill-after=30s "$limit" \
     target/release/kv-bench "${args[@]}" --svg "$tmpsvg" > "$tmp"
+chmod 644 "$tmp" "$tmpsvg"
 mv "$tmp" "$out"
 [[ -s $tmpsvg ]] && mv "$tmpsvg" "$svg"
 echo "bench-kv: wrote $out and $svg" >&2

@@ -103,6 +103,10 @@ struct Cli {
     #[arg(long, global = true)]
     svg: Option<PathBuf>,
 
+    /// Where to write the failover requests-over-time SVG (Figure 5-4).
+    #[arg(long, global = true)]
+    failover_svg: Option<PathBuf>,
+
     /// CPU of the serial client (the servers' serving threads are on CPU 0).
     #[arg(long, global = true, default_value_t = 0)]
     client_cpu: usize,
@@ -181,11 +185,11 @@ fn main() -> Result<()> {
     procs::install_signal_reaper()?;
     let cli = Cli::parse();
     let cmd = cli.cmd.unwrap_or(Cmd::All);
-    if matches!(cmd, Cmd::Failover) {
-        return failover::run();
-    }
     let bins = cli.binaries()?;
     emit_meta(&cli, &bins);
+    if matches!(cmd, Cmd::Failover) {
+        return run_failover(&cli, &bins);
+    }
     if matches!(cmd, Cmd::All | Cmd::State) {
         let sizes = cli.sizes.clone().unwrap_or_else(|| {
             if cli.quick {
@@ -263,7 +267,33 @@ fn main() -> Result<()> {
             &mut servers,
         )?;
     }
+    if matches!(cmd, Cmd::All) {
+        drop(servers);
+        run_failover(&cli, &bins)?;
+    }
     Ok(())
+}
+
+/// Tables 5.6/5.7: failover downtime per size (its own primary/spare pairs, one at a time).
+fn run_failover(cli: &Cli, bins: &Binaries) -> Result<()> {
+    let sizes = cli.sizes.clone().unwrap_or_else(|| {
+        if cli.quick {
+            vec![1_000, 100_000]
+        } else {
+            vec![1_000, 10_000, 100_000, 1_000_000, 10_000_000]
+        }
+    });
+    failover::run(
+        &failover::FailoverOpts {
+            sizes,
+            reps: cli.reps,
+            load_secs: if cli.quick { 1.0 } else { 2.0 },
+            bucket_ms: 10,
+            client_cpu: Some(cli.client_cpu),
+        },
+        bins,
+        cli.failover_svg.as_deref(),
+    )
 }
 
 /// Starts every selected server (and hotspare-kv --plain if asked and `with_plain`) and loads

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -67,7 +67,7 @@ pub fn run(opts: &MultiOpts, bins: &Binaries, servers: &mut [Server]) -> Result<
             for (server, n) in servers.iter_mut().zip(&n_of) {
                 let Some(n) = *n else { continue };
                 server.check_alive()?;
-                let ticker = Ticker::start(server, interval, HsTrigger::Timer, Instant::now())?;
+                let ticker = Ticker::start(server, interval, HsTrigger::Timer)?;
                 let rows = bench(bins, server, opts, n, "get,set")?;
                 let tick = ticker.finish()?;
                 let mut line = json!({

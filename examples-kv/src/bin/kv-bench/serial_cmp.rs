@@ -7,7 +7,7 @@
 //! instead of biasing one; min/median/max over the repetitions are reported.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
@@ -52,8 +52,7 @@ pub fn run(opts: &SerialOpts, servers: &mut [Server]) -> Result<()> {
                     continue;
                 }
                 server.check_alive()?;
-                let t0 = Instant::now();
-                let ticker = Ticker::start(server, interval, HsTrigger::Timer, t0)?;
+                let ticker = Ticker::start(server, interval, HsTrigger::Timer)?;
                 let r = serial::run(
                     &SerialSpec {
                         port: server.port,
@@ -63,7 +62,7 @@ pub fn run(opts: &SerialOpts, servers: &mut [Server]) -> Result<()> {
                         bucket_ms: None,
                         seed: (rep * 1000 + si) as u64 + interval,
                     },
-                    t0,
+                    ticker.t0,
                 )?;
                 let tick = ticker.finish()?;
                 let done = tick.fields["bgsave_ran"]

@@ -95,8 +95,7 @@ fn hotspare_state(server: &Server, conn: &mut Conn, n: u64, opts: &StateOpts) ->
     let info = conn.info("hotspare")?;
     let heap_used = info_f64(&info, "hotspare_heap_used_bytes");
     // Checkpoints every 50 ms under the serial load: stop time and incremental size.
-    let t0 = Instant::now();
-    let ticker = Ticker::start(server, opts.interval_ms, HsTrigger::Timer, t0)?;
+    let ticker = Ticker::start(server, opts.interval_ms, HsTrigger::Timer)?;
     let load = serial::run(
         &SerialSpec {
             port: server.port,
@@ -106,7 +105,7 @@ fn hotspare_state(server: &Server, conn: &mut Conn, n: u64, opts: &StateOpts) ->
             bucket_ms: None,
             seed: 42,
         },
-        t0,
+        ticker.t0,
     )?;
     let tick = ticker.finish()?;
     // Then one full checkpoint: the image size a new spare would have to receive.

@@ -5,7 +5,7 @@
 //! gap a failover leaves (see `failover.rs`) — can be plotted alongside later from the JSON.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -34,8 +34,7 @@ pub fn run(opts: &TimelineOpts, servers: &mut [Server], svg: Option<&Path>) -> R
     let mut series = Vec::new();
     for server in servers.iter_mut().filter(|s| !s.spec.plain) {
         server.check_alive()?;
-        let t0 = Instant::now();
-        let ticker = Ticker::start(server, opts.interval_ms, opts.trigger, t0)?;
+        let ticker = Ticker::start(server, opts.interval_ms, opts.trigger)?;
         let r = serial::run(
             &SerialSpec {
                 port: server.port,
@@ -45,7 +44,7 @@ pub fn run(opts: &TimelineOpts, servers: &mut [Server], svg: Option<&Path>) -> R
                 bucket_ms: Some(opts.bucket_ms),
                 seed: 7,
             },
-            t0,
+            ticker.t0,
         )?;
         let tick = ticker.finish()?;
         let what = match server.kind() {
