@@ -125,7 +125,7 @@ fn worker(hs: &HotSpare) {
     };
     if let Some(r) = hs.resumed() {
         eprintln!(
-            "hotspare-kv: resumed checkpoint {} in {:.3} ms",
+            "hotspare-kv: resumed checkpoint {} restore_ms={:.3}",
             r.seq,
             r.restore_time.as_secs_f64() * 1e3
         );

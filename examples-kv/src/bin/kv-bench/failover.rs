@@ -68,12 +68,21 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
     for &n in &opts.sizes {
         let (mut down, mut det, mut rest, mut first) = (vec![], vec![], vec![], vec![]);
         for rep in 0..opts.reps {
-            eprintln!("kv-bench: failover, {n} keys, run {}/{}", rep + 1, opts.reps);
+            eprintln!(
+                "kv-bench: failover, {n} keys, run {}/{}",
+                rep + 1,
+                opts.reps
+            );
             let o = once(opts, bins, &spare_bin, n)?;
             if o.lost > 0 {
-                bail!("{} of {} acknowledged writes lost in failover", o.lost, o.acked_writes);
+                bail!(
+                    "{} of {} acknowledged writes lost in failover",
+                    o.lost,
+                    o.acked_writes
+                );
             }
-            let first_reply = o.downtime_ms - o.detection_ms.unwrap_or(0.0) - o.restore_ms.unwrap_or(0.0);
+            let first_reply =
+                o.downtime_ms - o.detection_ms.unwrap_or(0.0) - o.restore_ms.unwrap_or(0.0);
             emit(json!({
                 "kind": "failover",
                 "server": "hotspare-kv",
@@ -129,7 +138,10 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
             };
             std::fs::write(
                 path,
-                crate::plot::svg("Serial client (90 % GET / 10 % SET) requests per 10 ms across a failover", &[s]),
+                crate::plot::svg(
+                    "Serial client (90 % GET / 10 % SET) requests per 10 ms across a failover",
+                    &[s],
+                ),
             )?;
         }
     }
@@ -137,7 +149,9 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_port(port: u16, within: Duration) -> Result<()> {
@@ -171,7 +185,10 @@ fn once(opts: &FailoverOpts, bins: &Binaries, spare_bin: &Path, n: u64) -> Resul
     std::fs::create_dir_all(&dir)?;
     let cleanup = RemoveOnDrop(dir.clone());
     let key_file = dir.join("key");
-    std::fs::write(&key_file, format!("kv-bench failover {}", fastrand::u64(..)))?;
+    std::fs::write(
+        &key_file,
+        format!("kv-bench failover {}", fastrand::u64(..)),
+    )?;
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
     let (sport, kport) = (free_port()?, free_port()?);
     // ~230 bytes per key in the heap; a heap much bigger than the data costs scan time.
@@ -291,7 +308,7 @@ fn client(
     let kill_at_ms = t0.elapsed().as_secs_f64() * 1e3;
     let killed = Instant::now();
     drop(primary); // SIGKILL by pid, then reaped
-    // Retry until the resumed server answers.
+                   // Retry until the resumed server answers.
     let mut c = loop {
         if let Ok(mut c) = Conn::connect(port) {
             c.set_timeout(Duration::from_secs(5))?;
