@@ -48,7 +48,7 @@ pub fn serve<A: Allocator + Clone>(
         .map_err(io("set listener non-blocking"))?;
     let mut done_at = None;
     if job.phase == Phase::Done {
-        writeln!(out, "DONE").map_err(io("stdout"))?;
+        let _ = writeln!(out, "DONE");
         done_at = Some(Instant::now());
     }
     // True while a change may not be durable (a commit failed): the next reply commits first.
@@ -115,17 +115,18 @@ fn one<A: Allocator + Clone>(
         Event::None => {}
         Event::Assigned(k, i, again) => {
             let again = if again { " again" } else { "" };
-            writeln!(out, "ASSIGN {} {i}{again}", k.name()).map_err(io("stdout"))?;
+            let _ = writeln!(out, "ASSIGN {} {i}{again}", k.name());
         }
         Event::Finished(k, i, last) => {
-            writeln!(out, "FINISHED {} {i}", k.name()).map_err(io("stdout"))?;
+            let _ = writeln!(out, "FINISHED {} {i}", k.name());
             if last {
-                writeln!(out, "DONE").map_err(io("stdout"))?;
+                let _ = writeln!(out, "DONE");
                 all = true;
             }
         }
     }
-    out.flush().map_err(io("stdout"))?;
+    // Progress lines are informational: a closed stdout does not stop the coordinator.
+    let _ = out.flush();
     (&stream)
         .write_all(&reply.line())
         .map_err(io("write reply"))?;

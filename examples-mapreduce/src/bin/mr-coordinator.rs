@@ -93,6 +93,7 @@ mod ha {
     use examples_mapreduce::server::{self, Commit, Options};
     use examples_mapreduce::Error;
     use hotspare::{HeapAlloc, HotSpare, Mutex};
+    use std::io::Write;
     use std::net::TcpListener;
     use std::time::Duration;
 
@@ -130,8 +131,9 @@ mod ha {
         let listener = hs
             .tcp_listener("mr")
             .context("no listener registered as 'mr'")?;
+        let mut out = std::io::stdout();
         if let Some(r) = hs.resumed() {
-            println!("RESUMED {} {:?}", r.seq, r.restore_time);
+            let _ = writeln!(out, "RESUMED {} {:?}", r.seq, r.restore_time);
         }
         let mut commit = Durable {
             hs,
@@ -140,13 +142,16 @@ mod ha {
             max: Duration::ZERO,
             waited: Duration::ZERO,
         };
-        // The spare must have an image before anything is acknowledged.
-        commit.commit()?;
+        // Give the spare an image at once (not needed for safety: nothing is acknowledged
+        // before a checkpoint of it is durable; a failure here is retried by the first reply).
+        if let Err(e) = commit.commit() {
+            eprintln!("mr-coordinator: first checkpoint: {e}");
+        }
         let mut job = state.lock();
-        let mut out = std::io::stdout();
         server::serve(&listener, &mut job, &mut commit, opts, &mut out)?;
         let n = commit.count.max(1);
-        println!(
+        let _ = writeln!(
+            out,
             "CPTS {} stopped avg {:?} max {:?} durable avg {:?}",
             commit.count,
             commit.stopped / n,

@@ -54,7 +54,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     loop {
         let (kind, id, result) = match c.ask(&Request::Get)? {
             Reply::Map { id, n_reduce, path } => {
-                println!("START map {id}");
+                say(format_args!("START map {id}"));
                 std::thread::sleep(delay);
                 let input = Path::new(std::ffi::OsStr::from_bytes(&path));
                 (
@@ -64,7 +64,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 )
             }
             Reply::Reduce { id, n_map } => {
-                println!("START reduce {id}");
+                say(format_args!("START reduce {id}"));
                 std::thread::sleep(delay);
                 (Kind::Reduce, id, wordcount::reduce(&args.dir, id, n_map))
             }
@@ -87,8 +87,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-        println!("END {} {id}", kind.name());
+        say(format_args!("END {} {id}", kind.name()));
     }
+}
+
+/// A progress line on stdout; a closed stdout does not stop the worker.
+fn say(line: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// The coordinator, one connection per request.
