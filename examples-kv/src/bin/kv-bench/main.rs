@@ -184,6 +184,17 @@ impl Cli {
 fn main() -> Result<()> {
     procs::install_signal_reaper()?;
     let cli = Cli::parse();
+    let r = run(&cli);
+    if let (Err(_), Some(sig)) = (&r, procs::signalled()) {
+        // The reaper is killing the servers; the error is only a consequence of that.
+        eprintln!("kv-bench: stopped by signal {sig}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        std::process::exit(128 + sig);
+    }
+    r
+}
+
+fn run(cli: &Cli) -> Result<()> {
     let cmd = cli.cmd.unwrap_or(Cmd::All);
     let bins = cli.binaries()?;
     emit_meta(&cli, &bins);

@@ -7,7 +7,9 @@
 //! `PR_SET_PDEATHSIG(SIGKILL)` in case the harness is SIGKILLed.
 
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,32 @@ use anyhow::{bail, Context, Result};
 
 /// PIDs of live children, for the signal reaper.
 static LIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// The signal that stopped the harness, if any (0: none).
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+/// The signal the reaper is handling, if any: errors after it are consequences of the kills.
+pub fn signalled() -> Option<i32> {
+    Some(SIGNALLED.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+/// Scratch directories in use, removed by the signal reaper after the kills.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Registers a scratch directory for removal if the harness is signalled.
+pub fn register_dir(dir: &Path) {
+    if let Ok(mut d) = DIRS.lock() {
+        d.push(dir.to_path_buf());
+    }
+}
+
+/// Removes a scratch directory (after its process is gone) and unregisters it.
+pub fn remove_dir(dir: &Path) {
+    if let Ok(mut d) = DIRS.lock() {
+        d.retain(|p| p != dir);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
 
 fn kill_pid(pid: i32) {
     // SAFETY: kill(2) with a PID this process spawned and has not reaped yet (the guard
@@ -49,6 +77,7 @@ pub fn install_signal_reaper() -> Result<()> {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` is a valid, initialised sigset_t; sigwait writes one int.
             unsafe { libc::sigwait(&set, &mut sig) };
+            SIGNALLED.store(sig, Ordering::SeqCst);
             let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
             eprintln!(
                 "kv-bench: signal {sig}, killing {} child process(es)",
@@ -56,6 +85,11 @@ pub fn install_signal_reaper() -> Result<()> {
             );
             for pid in pids {
                 kill_pid(pid);
+            }
+            // The children must be gone before their directories can be removed.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            for d in DIRS.lock().map(|d| d.clone()).unwrap_or_default() {
+                let _ = std::fs::remove_dir_all(d);
             }
             std::process::exit(128 + sig);
         })?;

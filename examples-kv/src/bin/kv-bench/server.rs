@@ -95,6 +95,7 @@ fn scratch_dir(work: &Path, what: &str) -> Result<PathBuf> {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+    crate::procs::register_dir(&d);
     Ok(d)
 }
 
@@ -185,7 +186,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
+        crate::procs::remove_dir(&self.dir);
     }
 }
 
