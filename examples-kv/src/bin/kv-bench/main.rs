@@ -197,9 +197,9 @@ fn main() -> Result<()> {
 fn run(cli: &Cli) -> Result<()> {
     let cmd = cli.cmd.unwrap_or(Cmd::All);
     let bins = cli.binaries()?;
-    emit_meta(&cli, &bins);
+    emit_meta(cli, &bins);
     if matches!(cmd, Cmd::Failover) {
-        return run_failover(&cli, &bins);
+        return run_failover(cli, &bins);
     }
     if matches!(cmd, Cmd::All | Cmd::State) {
         let sizes = cli.sizes.clone().unwrap_or_else(|| {
@@ -235,7 +235,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         return Ok(());
     }
-    let mut servers = start_preloaded(&cli, &bins, matches!(cmd, Cmd::All | Cmd::Serial))?;
+    let mut servers = start_preloaded(cli, &bins, matches!(cmd, Cmd::All | Cmd::Serial))?;
     if matches!(cmd, Cmd::All | Cmd::Serial) {
         serial_cmp::run(
             &serial_cmp::SerialOpts {
@@ -280,7 +280,7 @@ fn run(cli: &Cli) -> Result<()> {
     }
     if matches!(cmd, Cmd::All) {
         drop(servers);
-        run_failover(&cli, &bins)?;
+        run_failover(cli, &bins)?;
     }
     Ok(())
 }
