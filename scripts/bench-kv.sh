@@ -3,9 +3,10 @@
 # redis-benchmark -c 50): hotspare-kv against Redis 7 on loopback, pinned as
 # /work/shared/BENCHMARKING.md requires. Run it on a quiet machine.
 #
-#   scripts/bench-kv.sh           full run, <= ~20 min, ~4 GiB of memory and ~2 GiB of /tmp
-#                                 (10M keys): writes docs/results/kv-bench.jsonl and
-#                                 docs/kv-requests-over-time.svg
+#   scripts/bench-kv.sh           full run, ~20 min without the failover part, ~4 GiB of
+#                                 memory and ~2 GiB of /tmp (10M keys): writes
+#                                 docs/results/kv-bench.jsonl, docs/kv-requests-over-time.svg
+#                                 and docs/kv-failover-over-time.svg
 #   scripts/bench-kv.sh --quick   ~2-3 min smoke run (1k/100k keys, 3 s per configuration):
 #                                 writes target/kv-bench-quick/{kv-bench.jsonl,kv-requests-over-time.svg}
 #                                 so the real results are not overwritten
@@ -34,22 +35,26 @@ if [[ $quick -eq 1 ]]; then
     dir=target/kv-bench-quick
     out=$dir/kv-bench.jsonl
     svg=$dir/kv-requests-over-time.svg
-    limit=8m
+    fsvg=$dir/kv-failover-over-time.svg
+    limit=10m
     args=(--quick "${args[@]}")
 else
     dir=docs/results
     out=$dir/kv-bench.jsonl
     svg=docs/kv-requests-over-time.svg
-    limit=30m
+    fsvg=docs/kv-failover-over-time.svg
+    limit=40m
 fi
 mkdir -p "$dir"
 tmp=$(mktemp "$out.XXXXXX")
 tmpsvg=$(mktemp "$svg.XXXXXX")
-trap 'rm -f "$tmp" "$tmpsvg"' EXIT
+tmpfsvg=$(mktemp "$fsvg.XXXXXX")
+trap 'rm -f "$tmp" "$tmpsvg" "$tmpfsvg"' EXIT
 # kv-bench kills every server it started when it gets SIGTERM from timeout.
 timeout --signal=TERM --kill-after=30s "$limit" \
-    target/release/kv-bench "${args[@]}" --svg "$tmpsvg" > "$tmp"
-chmod 644 "$tmp" "$tmpsvg"
+    target/release/kv-bench "${args[@]}" --svg "$tmpsvg" --failover-svg "$tmpfsvg" > "$tmp"
+chmod 644 "$tmp" "$tmpsvg" "$tmpfsvg"
 mv "$tmp" "$out"
-[[ -s $tmpsvg ]] && mv "$tmpsvg" "$svg"
-echo "bench-kv: wrote $out and $svg" >&2
+echo "bench-kv: wrote $out" >&2
+if [[ -s $tmpsvg ]]; then mv "$tmpsvg" "$svg" && echo "bench-kv: wrote $svg" >&2; fi
+if [[ -s $tmpfsvg ]]; then mv "$tmpfsvg" "$fsvg" && echo "bench-kv: wrote $fsvg" >&2; fi

@@ -144,7 +144,7 @@ enum Cmd {
     /// Run redis-benchmark once through a recording proxy against each server and show every
     /// command it sent with the reply (to find what a server answers wrongly).
     Probe,
-    /// Tables 5.6/5.7 (failover): not implemented yet.
+    /// Tables 5.6/5.7 and Figure 5-4: failover of hotspare-kv to its spare.
     Failover,
 }
 
