@@ -113,7 +113,7 @@ pub fn execute<A: Allocator + Clone>(
         "setnx" | "append" | "incrby" | "decrby" | "getset" => arity(2, 2),
         "expire" | "pexpire" => arity(2, 3),
         "del" | "exists" | "mget" | "unlink" => arity(1, usize::MAX),
-        "mset" => a.len() >= 2 && a.len() % 2 == 0,
+        "mset" => a.len() >= 2 && a.len().is_multiple_of(2),
         "dbsize" | "lastsave" | "time" => arity(0, 0),
         "flushall" | "flushdb" => arity(0, 1),
         "scan" => arity(1, usize::MAX),

@@ -33,14 +33,12 @@ pub fn matches(pattern: &[u8], s: &[u8]) -> bool {
                         continue;
                     }
                 }
-                b'\\' if p + 1 < pattern.len() && i < s.len() => {
-                    if pattern[p + 1] == s[i] {
-                        p += 2;
-                        i += 1;
-                        continue;
-                    }
+                b'\\' if p + 1 < pattern.len() && i < s.len() && pattern[p + 1] == s[i] => {
+                    p += 2;
+                    i += 1;
+                    continue;
                 }
-                c if i < s.len() && c == s[i] && c != b'?' && c != b'[' => {
+                c if i < s.len() && c == s[i] && !matches!(c, b'?' | b'[' | b'\\') => {
                     p += 1;
                     i += 1;
                     continue;

@@ -10,9 +10,12 @@ const MAX_INLINE: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
+/// A parsed request (its arguments) and the bytes it took, or `None` when more are needed.
+pub type Parsed = Option<(Vec<Vec<u8>>, usize)>;
+
 /// Parses one request from the front of `buf`. Returns the arguments and how many bytes they
 /// took, `Ok(None)` when more bytes are needed.
-pub fn parse(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+pub fn parse(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -72,7 +75,7 @@ fn number_line(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, ProtocolEr
 }
 
 /// An inline request: one line, arguments separated by blanks, quotes as redis-cli accepts them.
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_INLINE {
             return Err(ProtocolError("too big inline request".into()));

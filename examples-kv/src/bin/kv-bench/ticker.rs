@@ -7,7 +7,8 @@
 //! * hotspare-kv, `Timer`: `CONFIG SET hotspare-cpt-ms N` (its own timer), `CONFIG RESETSTAT`
 //!   before and `INFO hotspare` after. Checkpoint moments are not visible to the harness.
 //! * hotspare-kv, `Command`: a side connection issues `HOTSPARE.CPT` every interval, so the
-//!   moments are known (used for the time-series plot).
+//!   moments are known — but the command also waits until the checkpoint is durable before the
+//!   serving thread goes on, which a timer checkpoint does not: a much longer stall.
 //!
 //! Interval 0 means "no checkpoints", and still collects the statistics so a run that was
 //! meant to be checkpoint-free can be seen to be.
