@@ -229,7 +229,7 @@ mod tests {
                 b"A\n".to_vec()
             ]
         );
-        assert_eq!(used, 27);
+        assert_eq!(used, 26);
         assert!(parse(b"set \"a\r\n").is_err());
         assert_eq!(parse(b"get k").unwrap(), None);
     }
