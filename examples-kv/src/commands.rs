@@ -13,12 +13,25 @@ pub trait Durability: Send + Sync {
     fn every_write(&self) -> bool;
     /// Makes every write done so far durable (group commit for `--cpt-every-write`).
     fn commit(&self) -> Result<(), String>;
-    /// `HOTSPARE.CPT [FULL]`: a checkpoint now, durable; its statistics as JSON.
-    fn cpt_now(&self, full: bool) -> Result<String, String>;
+    /// `HOTSPARE.CPT [FULL|NOWAIT]`: a checkpoint now; its statistics as JSON. Durable before
+    /// the reply, except with NOWAIT (then it is taken as the interval timer takes them: the
+    /// caller is stopped only for the capture).
+    fn cpt_now(&self, mode: CptMode) -> Result<String, String>;
     /// `CONFIG RESETSTAT`.
     fn reset_stats(&self);
     /// The `# Hotspare` section of `INFO`, and `rdb_*` style persistence lines.
     fn info(&self, out: &mut String);
+}
+
+/// What `HOTSPARE.CPT` was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CptMode {
+    /// Incremental, durable before the reply.
+    Durable,
+    /// Every page, durable before the reply.
+    Full,
+    /// Incremental, replied to once captured (as the interval timer takes them).
+    NoWait,
 }
 
 /// Per-connection state the commands see.
@@ -392,8 +405,16 @@ pub fn execute<A: Allocator + Clone>(
         "command" => command(a, out),
         "hello" => hello(client, a, out),
         "hotspare.cpt" => {
-            let full = a.first().is_some_and(|x| x.eq_ignore_ascii_case(b"full"));
-            match ctx.dur.cpt_now(full) {
+            let mode = match a.first().map(|x| x.to_ascii_uppercase()).as_deref() {
+                None => CptMode::Durable,
+                Some(b"FULL") => CptMode::Full,
+                Some(b"NOWAIT") => CptMode::NoWait,
+                Some(_) => {
+                    reply::error(out, E_SYNTAX);
+                    return Effect::Read;
+                }
+            };
+            match ctx.dur.cpt_now(mode) {
                 Ok(json) => reply::bulk(out, json.as_bytes()),
                 Err(e) => reply::error(out, &format!("ERR {e}")),
             }

@@ -3,7 +3,7 @@
 //! on an interval or per write, and their statistics for `INFO hotspare`. The rest of the server
 //! is the same code that `--plain` runs.
 
-use crate::commands::Durability;
+use crate::commands::{CptMode, Durability};
 use crate::store::Store;
 use hotspare::{CptStats, HeapAlloc, HotSpare};
 use std::sync::atomic::Ordering;
@@ -143,17 +143,25 @@ impl Durability for HotSpareDurability {
         self.hs.wait_durable(st.seq).map_err(|e| e.to_string())
     }
 
-    fn cpt_now(&self, full: bool) -> Result<String, String> {
-        let (st, stopped) = self.checkpoint(if full { Kind::Full } else { Kind::Commit })?;
-        self.hs.wait_durable(st.seq).map_err(|e| e.to_string())?;
+    fn cpt_now(&self, mode: CptMode) -> Result<String, String> {
+        let kind = match mode {
+            CptMode::Durable => Kind::Commit,
+            CptMode::Full => Kind::Full,
+            CptMode::NoWait => Kind::Interval,
+        };
+        let (st, stopped) = self.checkpoint(kind)?;
+        if mode != CptMode::NoWait {
+            self.hs.wait_durable(st.seq).map_err(|e| e.to_string())?;
+        }
         Ok(format!(
-            "{{\"seq\":{},\"stopped_ms\":{:.3},\"query_ms\":{:.3},\"bytes\":{},\"pages\":{},\"full\":{}}}",
+            "{{\"seq\":{},\"stopped_ms\":{:.3},\"query_ms\":{:.3},\"bytes\":{},\"pages\":{},\"full\":{},\"coalesced\":{}}}",
             st.seq,
             stopped.as_secs_f64() * 1e3,
             st.query.as_secs_f64() * 1e3,
             st.bytes,
             st.pages,
-            st.full
+            st.full,
+            st.coalesced
         ))
     }
 

@@ -17,7 +17,7 @@ mod store;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use commands::{Counters, Ctx, Durability};
+use commands::{Counters, CptMode, Ctx, Durability};
 use ha::{HaStore, HotSpareDurability};
 use hotspare::HotSpare;
 use std::sync::OnceLock;
@@ -47,7 +47,7 @@ struct Args {
     /// Pin the serving threads to this CPU.
     #[arg(long)]
     serve_cpu: Option<usize>,
-    /// Pin the checkpointing and the library's background threads to this CPU.
+    /// Pin the library's background threads (checkpoint writer, spare link) to this CPU.
     #[arg(long)]
     background_cpu: Option<usize>,
     /// Start with N keys (`key:%012d` → 56-byte value: the thesis's 72-byte pairs).
@@ -135,8 +135,11 @@ fn worker(hs: &HotSpare) {
         store,
         args.cpt_every_write,
     )));
+    // The checkpointer runs on the serving CPU: while it holds the shard locks nothing else
+    // can serve anyway, and on the background CPU the library's writer thread (CRCs, disk)
+    // would preempt it mid-stop and stretch the stop by a scheduler time slice.
     std::thread::spawn(move || {
-        pin(args.background_cpu);
+        pin(args.serve_cpu);
         dur.run_interval();
     });
     eprintln!(
@@ -160,7 +163,7 @@ impl Durability for Plain {
     fn commit(&self) -> Result<(), String> {
         Ok(())
     }
-    fn cpt_now(&self, _full: bool) -> Result<String, String> {
+    fn cpt_now(&self, _mode: CptMode) -> Result<String, String> {
         Err("this server runs without Hot Spare (--plain)".into())
     }
     fn reset_stats(&self) {}

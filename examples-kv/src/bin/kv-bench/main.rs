@@ -94,12 +94,10 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 500)]
     timeline_interval: u64,
 
-    /// How hotspare-kv checkpoints in the time series: `timer` (its own timer, as in the
-    /// tables; the moments are not exposed by the server, so unmarked) or `command`
-    /// (HOTSPARE.CPT from the harness, marked — but HOTSPARE.CPT also waits on the serving
-    /// thread until the checkpoint is durable, ~45 ms at 100k keys, which the timer path does
-    /// not, so the dips it shows are not the timer's).
-    #[arg(long, global = true, value_enum, default_value = "timer")]
+    /// How hotspare-kv checkpoints in the time series: `command` (HOTSPARE.CPT NOWAIT from a
+    /// side connection of the harness, so the moments are known and marked; the server takes
+    /// it exactly as its own timer does) or `timer` (its own timer, unmarked).
+    #[arg(long, global = true, value_enum, default_value = "command")]
     timeline_trigger: HsTrigger,
 
     /// Write the Figure 5-3 plot here.

@@ -231,7 +231,7 @@ fn side_loop(
                     log.marks_ms.push(at);
                 }
             },
-            Kind::Hotspare => match conn.cmd(&["HOTSPARE.CPT"])? {
+            Kind::Hotspare => match conn.cmd(&["HOTSPARE.CPT", "NOWAIT"])? {
                 Reply::Error(e) => log.errors.push(e),
                 r => {
                     log.ran += 1;
