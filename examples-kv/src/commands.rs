@@ -3,7 +3,7 @@
 
 use crate::glob;
 use crate::resp::reply;
-use crate::store::{alive, live, now_ms, shard_of, Store, Value, SHARDS};
+use crate::store::{alive, live, now_ms, shard_of, Store, SHARDS};
 use allocator_api2::alloc::Allocator;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -171,17 +171,14 @@ pub fn execute<A: Allocator + Clone>(
         "get" => {
             let mut m = store.shard(&a[0]);
             match live(&mut m, &a[0], now) {
-                Some(v) => reply::bulk(out, &v.data),
+                Some(v) => reply::bulk(out, v.data()),
                 None => reply::nil(out),
             }
         }
         "getset" => {
             let mut m = store.shard(&a[0]);
-            let old = live(&mut m, &a[0], now).map(|v| v.data.to_vec());
-            let v = Value {
-                data: store.bytes(&a[1]),
-                expire_at_ms: 0,
-            };
+            let old = live(&mut m, &a[0], now).map(|v| v.data().to_vec());
+            let v = store.value(&a[1], 0);
             m.insert(store.key(&a[0]), v);
             match old {
                 Some(o) => reply::bulk(out, &o),
@@ -196,10 +193,7 @@ pub fn execute<A: Allocator + Clone>(
                 reply::int(out, 0);
                 return Effect::Read;
             }
-            let v = Value {
-                data: store.bytes(&a[1]),
-                expire_at_ms: 0,
-            };
+            let v = store.value(&a[1], 0);
             m.insert(store.key(&a[0]), v);
             reply::int(out, 1);
             return Effect::Write;
@@ -210,15 +204,11 @@ pub fn execute<A: Allocator + Clone>(
                 let m = g[shard_of(&kv[0])].as_mut().expect("locked");
                 match m.get_mut(kv[0].as_slice()) {
                     Some(v) => {
-                        v.data.clear();
-                        v.data.extend_from_slice(&kv[1]);
-                        v.expire_at_ms = 0;
+                        v.set_data(&kv[1]);
+                        v.set_expire_at_ms(0);
                     }
                     None => {
-                        let v = Value {
-                            data: store.bytes(&kv[1]),
-                            expire_at_ms: 0,
-                        };
+                        let v = store.value(&kv[1], 0);
                         m.insert(store.key(&kv[0]), v);
                     }
                 }
@@ -232,7 +222,7 @@ pub fn execute<A: Allocator + Clone>(
             for k in a {
                 let m = g[shard_of(k)].as_mut().expect("locked");
                 match live(m, k, now) {
-                    Some(v) => reply::bulk(out, &v.data),
+                    Some(v) => reply::bulk(out, v.data()),
                     None => reply::nil(out),
                 }
             }
@@ -267,7 +257,7 @@ pub fn execute<A: Allocator + Clone>(
             };
             let mut m = store.shard(&a[0]);
             let cur = match live(&mut m, &a[0], now) {
-                Some(v) => match parse_i64(&v.data) {
+                Some(v) => match parse_i64(v.data()) {
                     Some(n) => n,
                     None => {
                         reply::error(out, E_INT);
@@ -283,14 +273,10 @@ pub fn execute<A: Allocator + Clone>(
             let text = new.to_string();
             match m.get_mut(a[0].as_slice()) {
                 Some(v) => {
-                    v.data.clear();
-                    v.data.extend_from_slice(text.as_bytes());
+                    v.set_data(text.as_bytes());
                 }
                 None => {
-                    let v = Value {
-                        data: store.bytes(text.as_bytes()),
-                        expire_at_ms: 0,
-                    };
+                    let v = store.value(text.as_bytes(), 0);
                     m.insert(store.key(&a[0]), v);
                 }
             }
@@ -301,14 +287,11 @@ pub fn execute<A: Allocator + Clone>(
             let mut m = store.shard(&a[0]);
             let len = match live(&mut m, &a[0], now) {
                 Some(v) => {
-                    v.data.extend_from_slice(&a[1]);
-                    v.data.len()
+                    v.append(&a[1]);
+                    v.data().len()
                 }
                 None => {
-                    let v = Value {
-                        data: store.bytes(&a[1]),
-                        expire_at_ms: 0,
-                    };
+                    let v = store.value(&a[1], 0);
                     m.insert(store.key(&a[0]), v);
                     a[1].len()
                 }
@@ -318,7 +301,7 @@ pub fn execute<A: Allocator + Clone>(
         }
         "strlen" => {
             let mut m = store.shard(&a[0]);
-            let n = live(&mut m, &a[0], now).map_or(0, |v| v.data.len());
+            let n = live(&mut m, &a[0], now).map_or(0, |v| v.data().len());
             reply::int(out, n as i64);
         }
         "type" => {
@@ -335,9 +318,9 @@ pub fn execute<A: Allocator + Clone>(
             let mut m = store.shard(&a[0]);
             let r = match live(&mut m, &a[0], now) {
                 None => -2,
-                Some(v) if v.expire_at_ms == 0 => -1,
+                Some(v) if v.expire_at_ms() == 0 => -1,
                 Some(v) => {
-                    let ms = (v.expire_at_ms - now) as i64;
+                    let ms = (v.expire_at_ms() - now) as i64;
                     if name == "ttl" {
                         (ms + 500) / 1000
                     } else {
@@ -350,15 +333,15 @@ pub fn execute<A: Allocator + Clone>(
         "persist" => {
             let mut m = store.shard(&a[0]);
             match live(&mut m, &a[0], now) {
-                Some(v) if v.expire_at_ms != 0 => {
-                    v.expire_at_ms = 0;
+                Some(v) if v.expire_at_ms() != 0 => {
+                    v.set_expire_at_ms(0);
                     reply::int(out, 1);
                     return Effect::Write;
                 }
                 _ => reply::int(out, 0),
             }
         }
-        "dbsize" => reply::int(out, count_keys(store, now) as i64),
+        "dbsize" => reply::int(out, store.key_count() as i64),
         "flushall" | "flushdb" => {
             if let Some(mode) = a.first() {
                 let m = String::from_utf8_lossy(mode).to_ascii_lowercase();
@@ -470,12 +453,15 @@ fn set<A: Allocator + Clone>(
         }
         i += 1;
     }
+    if expire.is_some() {
+        store.note_ttl();
+    }
     let mut m = store.shard(&a[0]);
     let old = live(&mut m, &a[0], now);
     let exists = old.is_some();
     if get {
         match &old {
-            Some(v) => reply::bulk(out, &v.data),
+            Some(v) => reply::bulk(out, v.data()),
             None => reply::nil(out),
         }
     }
@@ -487,17 +473,13 @@ fn set<A: Allocator + Clone>(
     }
     match old {
         Some(v) => {
-            v.data.clear();
-            v.data.extend_from_slice(&a[1]);
+            v.set_data(&a[1]);
             if !keepttl {
-                v.expire_at_ms = expire.unwrap_or(0);
+                v.set_expire_at_ms(expire.unwrap_or(0));
             }
         }
         None => {
-            let v = Value {
-                data: store.bytes(&a[1]),
-                expire_at_ms: expire.unwrap_or(0),
-            };
+            let v = store.value(&a[1], expire.unwrap_or(0));
             m.insert(store.key(&a[0]), v);
         }
     }
@@ -546,7 +528,7 @@ fn expire<A: Allocator + Clone>(
         reply::int(out, 0);
         return Effect::Read;
     };
-    let cur = v.expire_at_ms;
+    let cur = v.expire_at_ms();
     let allowed = match flag.as_deref() {
         Some("NX") => cur == 0,
         Some("XX") => cur != 0,
@@ -562,22 +544,11 @@ fn expire<A: Allocator + Clone>(
     if at <= now as i64 {
         m.remove(a[0].as_slice());
     } else {
-        v.expire_at_ms = at as u64;
+        v.set_expire_at_ms(at as u64);
+        store.note_ttl();
     }
     reply::int(out, 1);
     Effect::Write
-}
-
-fn count_keys<A: Allocator + Clone>(store: &Store<A>, now: u64) -> usize {
-    (0..SHARDS)
-        .map(|i| {
-            store
-                .lock_shard(i)
-                .values()
-                .filter(|v| alive(v, now))
-                .count()
-        })
-        .sum()
 }
 
 /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]`: the cursor is a shard number; each call returns
@@ -686,7 +657,7 @@ fn info<A: Allocator + Clone>(ctx: &Ctx<'_, A>, a: &[Vec<u8>], now: u64, out: &m
             let m = ctx.store.lock_shard(i);
             for v in m.values().filter(|v| alive(v, now)) {
                 keys += 1;
-                expires += usize::from(v.expire_at_ms != 0);
+                expires += usize::from(v.expire_at_ms() != 0);
             }
         }
         if keys > 0 {

@@ -74,13 +74,28 @@ fn preload<A: allocator_api2::alloc::Allocator + Clone>(store: &Store<A>, n: u64
     for i in 0..n {
         let k = format!("key:{i:012}");
         let v = format!("{:056}", i.wrapping_mul(2_654_435_761) % 1_000_000_007);
-        let value = store::Value {
-            data: store.bytes(v.as_bytes()),
-            expire_at_ms: 0,
-        };
+        let value = store.value(v.as_bytes(), 0);
         let key = store.key(k.as_bytes());
         store.shard(k.as_bytes()).insert(key, value);
     }
+}
+
+/// Deletes expired keys in the background: every shard once a second, one at a time.
+fn spawn_expiry_sweep<A: allocator_api2::alloc::Allocator + Clone + Send + Sync + 'static>(
+    store: &'static Store<A>,
+) {
+    let cpu = ARGS.get().and_then(|a| a.serve_cpu);
+    std::thread::spawn(move || {
+        pin(cpu);
+        loop {
+            for i in 0..store::SHARDS {
+                std::thread::sleep(std::time::Duration::from_millis(
+                    1000 / store::SHARDS as u64,
+                ));
+                store.sweep_shard(i, store::now_ms());
+            }
+        }
+    });
 }
 
 /// Serves on `args.threads` event loops (this thread is one of them); never returns.
@@ -90,6 +105,7 @@ fn serve_forever<A: allocator_api2::alloc::Allocator + Clone + Send + Sync + 'st
     listener: std::net::TcpListener,
 ) -> ! {
     let args = ARGS.get().expect("args parsed");
+    spawn_expiry_sweep(store);
     let ctx = move || Ctx {
         store,
         dur,

@@ -209,6 +209,9 @@ struct Spare {
     heard: Arc<Mutex<Option<Instant>>>,
     /// The latest checkpoint durable here (persisted; maybe not applied yet).
     durable_seq: Arc<AtomicU64>,
+    /// The latest checkpoint applied to the data files. A takeover waits until it reaches
+    /// `durable_seq`, so a backlog (a full image just received) lengthens the failover.
+    applied_seq: Arc<AtomicU64>,
     persist: Option<mpsc::Sender<ToDisk>>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -345,7 +348,10 @@ impl Spare {
         let detected = Instant::now();
         let silent = self.last_heard().map_or(0, |t| t.elapsed().as_millis());
         log(format!(
-            "primary silent for {silent} ms: declared dead; finishing what is durable"
+            "primary silent for {silent} ms: declared dead; finishing what is durable ({} checkpoints not yet applied)",
+            self.durable_seq
+                .load(Ordering::SeqCst)
+                .saturating_sub(self.applied_seq.load(Ordering::SeqCst))
         ));
         // Let the persister and applier finish what arrived (resume would replay it otherwise).
         drop(self.persist.take());
@@ -402,13 +408,18 @@ fn start_status_writer(spare: &Spare) {
         spare.cfg.listen.clone(),
         spare.term,
     );
-    let (durable, heard) = (spare.durable_seq.clone(), spare.heard.clone());
+    let (durable, applied, heard) = (
+        spare.durable_seq.clone(),
+        spare.applied_seq.clone(),
+        spare.heard.clone(),
+    );
     std::thread::spawn(move || loop {
         let last = *heard.lock().unwrap_or_else(|p| p.into_inner());
         let text = format!(
-            "{{\"role\":\"spare\",\"pid\":{},\"term\":{term},\"seq\":{},\"last_heartbeat_ms\":{},\"listen\":\"{listen}\"}}\n",
+            "{{\"role\":\"spare\",\"pid\":{},\"term\":{term},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{},\"listen\":\"{listen}\"}}\n",
             std::process::id(),
             durable.load(Ordering::SeqCst),
+            applied.load(Ordering::SeqCst),
             last.map_or(-1, |t| t.elapsed().as_millis() as i64),
         );
         let path = dir.join("status");
@@ -424,6 +435,7 @@ fn start_status_writer(spare: &Spare) {
 fn start_workers(
     dir: &Path,
     durable_seq: Arc<AtomicU64>,
+    applied_seq: Arc<AtomicU64>,
     term: u64,
 ) -> Result<(mpsc::Sender<ToDisk>, Vec<std::thread::JoinHandle<()>>), SpareError> {
     let setup = |what: &str| {
@@ -437,8 +449,9 @@ fn start_workers(
         .spawn(move || {
             while wake.recv().is_ok() {
                 while wake.try_recv().is_ok() {}
-                if let Err(e) = applier_dir.apply_pending() {
-                    log(format!("applying checkpoints: {e}"));
+                match applier_dir.apply_pending() {
+                    Ok(seq) => applied_seq.store(seq, Ordering::SeqCst),
+                    Err(e) => log(format!("applying checkpoints: {e}")),
                 }
             }
             let _ = applier_dir.apply_pending();
@@ -525,13 +538,20 @@ fn run_inner(cfg: SpareConfig) -> Result<Spare, SpareError> {
         cfg.heartbeat.as_millis()
     ));
     let durable_seq = Arc::new(AtomicU64::new(image.seq()));
-    let (persist, workers) = start_workers(&cfg.image_dir, durable_seq.clone(), term)?;
+    let applied_seq = Arc::new(AtomicU64::new(image.seq()));
+    let (persist, workers) = start_workers(
+        &cfg.image_dir,
+        durable_seq.clone(),
+        applied_seq.clone(),
+        term,
+    )?;
     let mut spare = Spare {
         cfg,
         term,
         primary_term: 0,
         heard: Arc::new(Mutex::new(None)),
         durable_seq,
+        applied_seq,
         persist: Some(persist),
         workers,
     };

@@ -48,6 +48,10 @@ struct Outcome {
     buckets: Vec<u32>,
     kill_at_ms: f64,
     start_secs: f64,
+    /// Requests per second before the kill: the throughput of checkpoint-every-write.
+    rps_before: f64,
+    /// Time the spare took, after the first answer, to apply the full image it received.
+    settle_secs: f64,
 }
 
 /// Runs every size `reps` times; emits one line per run and one summary per size, and the
@@ -67,6 +71,7 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
     let mut plotted: Option<(u64, Outcome)> = None;
     for &n in &opts.sizes {
         let (mut down, mut det, mut rest, mut first) = (vec![], vec![], vec![], vec![]);
+        let mut rps = vec![];
         for rep in 0..opts.reps {
             eprintln!(
                 "kv-bench: failover, {n} keys, run {}/{}",
@@ -89,17 +94,20 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
                 "keys": n,
                 "run": rep,
                 "start_secs": round(o.start_secs, 2),
+                "spare_settle_secs": round(o.settle_secs, 2),
                 "acked_writes": o.acked_writes,
                 "lost_writes": o.lost,
                 "downtime_ms": round(o.downtime_ms, 2),
                 "detection_ms": o.detection_ms,
                 "restore_ms": o.restore_ms,
                 "rest_ms": round(first_reply, 2),
+                "every_write_rps": round(o.rps_before, 0),
             }));
             down.push(o.downtime_ms);
             det.push(o.detection_ms.unwrap_or(f64::NAN));
             rest.push(o.restore_ms.unwrap_or(f64::NAN));
             first.push(first_reply);
+            rps.push(o.rps_before);
             if rep == 0 && plotted.as_ref().is_none_or(|(pn, _)| n >= *pn) {
                 plotted = Some((n, o));
             }
@@ -113,6 +121,7 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
             "detection_ms": min_med_max(&det, 2),
             "restore_ms": min_med_max(&rest, 2),
             "rest_ms": min_med_max(&first, 2),
+            "every_write_rps": min_med_max(&rps, 0),
             "downtime_ms_median": round(median(&down), 2),
         }));
     }
@@ -234,9 +243,10 @@ fn once(opts: &FailoverOpts, bins: &Binaries, spare_bin: &Path, n: u64) -> Resul
     wait_port(kport, Duration::from_secs(600))?;
     let opts = opts.clone();
     let spare_log = dir.join("spare.log");
+    let spare_status = dir.join("spare").join("status");
     // The client runs on its own pinned thread; the primary guard moves in so that thread
     // kills it at the planned moment, between two requests.
-    let o = std::thread::spawn(move || client(&opts, kport, n, primary, started))
+    let o = std::thread::spawn(move || client(&opts, kport, n, primary, started, &spare_status))
         .join()
         .map_err(|_| anyhow::anyhow!("failover client panicked"))??;
     let detection_ms = grab(&spare_log, "primary silent for ");
@@ -262,6 +272,7 @@ fn client(
     n: u64,
     primary: ChildGuard,
     started: Instant,
+    spare_status: &Path,
 ) -> Result<Outcome> {
     if let Some(cpu) = opts.client_cpu {
         pin_current_thread(cpu)?;
@@ -271,6 +282,9 @@ fn client(
     c.set_timeout(Duration::from_secs(600))?;
     c.cmd(&["PING"])?;
     let start_secs = started.elapsed().as_secs_f64();
+    // Steady state, as the thesis measured: the spare has applied the full image it received
+    // (a takeover waits for its applier; see docs/benchmarks.md for a failover before that).
+    let settle_secs = wait_applied(spare_status, Duration::from_secs(600))?;
     c.set_timeout(Duration::from_secs(5))?;
     let mut rng = fastrand::Rng::with_seed(n);
     let mut acked: HashMap<u64, String> = HashMap::new();
@@ -301,10 +315,13 @@ fn client(
         }
         Ok(())
     };
+    let mut done = 0u64;
     while t0.elapsed() < kill_after {
         step(&mut c, &mut acked)?;
         bucket(&mut buckets, Instant::now());
+        done += 1;
     }
+    let rps_before = done as f64 / t0.elapsed().as_secs_f64();
     let kill_at_ms = t0.elapsed().as_secs_f64() * 1e3;
     let killed = Instant::now();
     drop(primary); // SIGKILL by pid, then reaped
@@ -346,5 +363,27 @@ fn client(
         buckets,
         kill_at_ms,
         start_secs,
+        rps_before,
+        settle_secs,
     })
+}
+
+/// Waits until the spare's status file says every durable checkpoint is applied; how long.
+fn wait_applied(status: &Path, within: Duration) -> Result<f64> {
+    let t = Instant::now();
+    loop {
+        let v: Option<serde_json::Value> = std::fs::read_to_string(status)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok());
+        let field = |k: &str| v.as_ref().and_then(|v| v[k].as_u64());
+        if let (Some(seq), Some(applied)) = (field("seq"), field("applied")) {
+            if seq > 0 && applied >= seq {
+                return Ok(t.elapsed().as_secs_f64());
+            }
+        }
+        if t.elapsed() > within {
+            bail!("the spare did not apply its image within {within:?} ({status:?}: {v:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
