@@ -126,7 +126,7 @@ pub(crate) fn restore(name: &str, r: &FdRecord) -> Result<Option<OwnedFd>> {
             Some(f.into())
         }
         FdRecord::TcpListener { addr } => {
-            let l = TcpListener::bind(addr.as_str())
+            let l = bind_again(addr)
                 .map_err(os(format!("binding listener '{name}' to {addr} again")))?;
             Some(l.into())
         }
@@ -139,4 +139,35 @@ pub(crate) fn restore(name: &str, r: &FdRecord) -> Result<Option<OwnedFd>> {
         }
         FdRecord::Connected { .. } => None,
     })
+}
+
+/// How long a resumed program waits for its address to become free.
+const REBIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds a listener to the address it had before. On one host the previous incarnation may
+/// still hold it: a SIGKILLed process closes its descriptors only after its memory is torn
+/// down, which for gigabytes takes longer than a takeover (measured: a 2 GB key/value server
+/// still held its port when the spare resumed it 60 ms after the kill). So `EADDRINUSE` is
+/// retried, briefly, for a bounded time; any other error is final.
+fn bind_again(addr: &str) -> std::io::Result<TcpListener> {
+    let start = std::time::Instant::now();
+    loop {
+        match TcpListener::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && start.elapsed() < REBIND_PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => {
+                if r.is_ok() && start.elapsed().as_millis() > 0 {
+                    eprintln!(
+                        "hotspare: {addr} was still in use (the previous incarnation being torn down?); bound after waiting {:.3} ms",
+                        start.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+                return r;
+            }
+        }
+    }
 }

@@ -54,3 +54,27 @@ fn files_sockets_signals_and_blobs_survive_a_kill() {
     second.signal(libc::SIGUSR1);
     expect(&rx, "SIGNAL usr1");
 }
+
+/// The previous incarnation may still hold the port for a while after SIGKILL (a big process is
+/// torn down before its sockets close): the resumed program waits for the address instead of
+/// failing, and gets it as soon as it is free.
+#[test]
+fn a_listener_whose_port_is_still_held_is_bound_once_freed() {
+    let t = tempfile::tempdir().unwrap();
+    let (first, rx) = spawn(t.path(), false);
+    let port: u16 = expect(&rx, "READY ")[6..].parse().unwrap();
+    drop(first); // SIGKILL
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("port free after kill");
+    let (_second, rx) = spawn(t.path(), true);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(squatter);
+    expect(&rx, "RESUMED");
+    expect(&rx, "LOST conn ");
+    expect(&rx, "BLOB ");
+    expect(&rx, "EXTRA ");
+    expect(&rx, "LOGGED");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))
+        .expect("listener bound again once the port was free");
+    c.write_all(b"ping").unwrap();
+    assert_eq!(expect(&rx, "TCP "), "TCP ping");
+}

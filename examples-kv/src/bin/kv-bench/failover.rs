@@ -43,6 +43,9 @@ struct Outcome {
     downtime_ms: f64,
     detection_ms: Option<f64>,
     restore_ms: Option<f64>,
+    /// Part of the restore spent waiting for the port, still held by the killed primary while
+    /// the kernel tears its memory down (one host only: with two, the address moves).
+    port_wait_ms: f64,
     acked_writes: usize,
     lost: usize,
     buckets: Vec<u32>,
@@ -71,7 +74,7 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
     let mut plotted: Option<(u64, Outcome)> = None;
     for &n in &opts.sizes {
         let (mut down, mut det, mut rest, mut first) = (vec![], vec![], vec![], vec![]);
-        let mut rps = vec![];
+        let (mut rps, mut wait) = (vec![], vec![]);
         for rep in 0..opts.reps {
             eprintln!(
                 "kv-bench: failover, {n} keys, run {}/{}",
@@ -100,6 +103,7 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
                 "downtime_ms": round(o.downtime_ms, 2),
                 "detection_ms": o.detection_ms,
                 "restore_ms": o.restore_ms,
+                "port_wait_ms": round(o.port_wait_ms, 2),
                 "rest_ms": round(first_reply, 2),
                 "every_write_rps": round(o.rps_before, 0),
             }));
@@ -108,6 +112,7 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
             rest.push(o.restore_ms.unwrap_or(f64::NAN));
             first.push(first_reply);
             rps.push(o.rps_before);
+            wait.push(o.port_wait_ms);
             if rep == 0 && plotted.as_ref().is_none_or(|(pn, _)| n >= *pn) {
                 plotted = Some((n, o));
             }
@@ -122,6 +127,7 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
             "restore_ms": min_med_max(&rest, 2),
             "rest_ms": min_med_max(&first, 2),
             "every_write_rps": min_med_max(&rps, 0),
+            "port_wait_ms": min_med_max(&wait, 2),
             "downtime_ms_median": round(median(&down), 2),
         }));
     }
@@ -248,13 +254,33 @@ fn once(opts: &FailoverOpts, bins: &Binaries, spare_bin: &Path, n: u64) -> Resul
     // kills it at the planned moment, between two requests.
     let o = std::thread::spawn(move || client(&opts, kport, n, primary, started, &spare_status))
         .join()
-        .map_err(|_| anyhow::anyhow!("failover client panicked"))??;
+        .map_err(|_| anyhow::anyhow!("failover client panicked"))?
+        .map_err(|e| {
+            let tail = |f: &str| {
+                let t = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                t.lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            e.context(format!(
+                "spare log:\n{}\nprimary log:\n{}",
+                tail("spare.log"),
+                tail("primary.log")
+            ))
+        })?;
     let detection_ms = grab(&spare_log, "primary silent for ");
     let restore_ms = grab(&spare_log, "restore_ms=");
+    let port_wait_ms = grab(&spare_log, "bound after waiting ").unwrap_or(0.0);
     drop(cleanup);
     Ok(Outcome {
         detection_ms,
         restore_ms,
+        port_wait_ms,
         ..o
     })
 }
@@ -358,6 +384,7 @@ fn client(
         downtime_ms,
         detection_ms: None,
         restore_ms: None,
+        port_wait_ms: 0.0,
         acked_writes: acked.len(),
         lost,
         buckets,
