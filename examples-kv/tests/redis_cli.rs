@@ -5,38 +5,18 @@
 #[path = "../../tests/tests/util/mod.rs"]
 mod util;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use util::Killed;
+use util::{free_port, wait_port, Killed};
 
 const KV: &str = env!("CARGO_BIN_EXE_hotspare-kv");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn need(tool: &str) {
     assert!(
         Command::new(tool).arg("--version").output().is_ok(),
         "{tool} is missing: this test compares against Redis (.ci/run installs redis-server)"
     );
-}
-
-fn wait_port(port: u16) {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "nothing listens on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn redis_server(dir: &Path, port: u16) -> Killed {

@@ -6,11 +6,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+#[path = "../../tests/tests/util/mod.rs"]
+mod util;
+use util::{free_port, Killed};
 
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_mr-coordinator");
 const WORKER: &str = env!("CARGO_BIN_EXE_mr-worker");
@@ -19,40 +23,6 @@ const N_REDUCE: u32 = 4;
 /// How long any single expected event may take before the test gives up (generous: a noisy
 /// 2-core VM; never a timing assertion, only a bound on a hang).
 const PATIENCE: Duration = Duration::from_secs(120);
-
-/// A child process that is SIGKILLed (by pid) and reaped when dropped.
-struct Killed(Child);
-
-impl Killed {
-    fn kill(&mut self) {
-        // SAFETY: signalling our own child, by pid; it is not reaped before this (Drop or
-        // `wait_exit` reaps it), so the pid cannot have been reused.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
-    }
-
-    /// Waits for it to exit on its own; its exit code.
-    fn wait_exit(&mut self) -> Option<i32> {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.0.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(
-                t.elapsed() < PATIENCE,
-                "process {} did not exit",
-                self.0.id()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `cmd` with stdout piped (lines on the receiver) and stderr into `log`.
 fn spawn(cmd: &mut Command, log: &Path) -> (Killed, Receiver<String>) {
@@ -96,14 +66,6 @@ fn logs(dir: &Path) -> String {
         s += &format!("--- {}\n{text}", p.display());
     }
     s
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `N_FILES` files of random words (deterministic), a few hundred KB in all, and their word
@@ -235,9 +197,9 @@ fn plain_run_counts_the_words_and_the_workers_are_told_to_exit() {
     assert_eq!(maps.len(), N_FILES);
     // Workers asking after DONE are told to exit; the coordinator exits 0 after its linger.
     for w in &mut workers {
-        assert_eq!(w.wait_exit(), Some(0), "{}", logs(dir));
+        assert_eq!(w.wait_exit(PATIENCE), Some(0), "{}", logs(dir));
     }
-    assert_eq!(coord.wait_exit(), Some(0), "{}", logs(dir));
+    assert_eq!(coord.wait_exit(PATIENCE), Some(0), "{}", logs(dir));
 }
 
 #[test]

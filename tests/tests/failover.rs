@@ -7,25 +7,17 @@ mod util;
 
 use hotspare_tests::model;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
-use util::{spawn_lines, Killed};
+use util::{free_port, spawn_lines, Killed};
 
 const KVMODEL: &str = env!("CARGO_BIN_EXE_kvmodel");
 /// `hotspare-resume`, built by `cargo build --workspace` (scripts/test.sh runs it first).
 fn spare_bin() -> PathBuf {
     util::lib("hotspare-resume")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn key(dir: &Path, name: &str, content: &str) -> PathBuf {

@@ -80,6 +80,41 @@ impl Killed {
     }
 }
 
+impl Killed {
+    /// Waits (at most `within`) for it to exit on its own; its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(t.elapsed() < within, "process {} did not exit", self.0.id());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now (the kernel's choice, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to 20 s) until something listens on a loopback port.
+pub fn wait_port(port: u16) {
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         self.signal(libc::SIGKILL);
