@@ -137,6 +137,8 @@ def failover_table(rows):
               f"{r['restore_ms']['median']} ({r.get('port_wait_ms', {}).get('median', 0)}) | {r['rest_ms']['median']} | "
               f"{THESIS_RESTORE_MS.get(n, '–')} | {THESIS_REMOTE_MS.get(n, '–')} | "
               f"{r.get('every_write_rps', {}).get('median', '–')} |")
+    for f in (r for r in rows if r["kind"] == "failover_failed"):
+        print(f"\nFailed run: {f['keys']:,} keys, run {f['run']}: {f['error'].splitlines()[0]}")
     runs = [r for r in rows if r["kind"] == "failover"]
     acked = sum(r["acked_writes"] for r in runs)
     lost = sum(r["lost_writes"] for r in runs)

@@ -75,13 +75,30 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
     for &n in &opts.sizes {
         let (mut down, mut det, mut rest, mut first) = (vec![], vec![], vec![], vec![]);
         let (mut rps, mut wait) = (vec![], vec![]);
+        let mut failed = 0;
         for rep in 0..opts.reps {
             eprintln!(
                 "kv-bench: failover, {n} keys, run {}/{}",
                 rep + 1,
                 opts.reps
             );
-            let o = once(opts, bins, &spare_bin, n)?;
+            // A run that goes wrong (no takeover, a false takeover) is reported and counted, not
+            // hidden, and the other runs go on; losing an acknowledged write stops everything.
+            let o = match once(opts, bins, &spare_bin, n) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("kv-bench: failover run failed: {e:#}");
+                    failed += 1;
+                    emit(json!({
+                        "kind": "failover_failed",
+                        "server": "hotspare-kv",
+                        "keys": n,
+                        "run": rep,
+                        "error": format!("{e:#}"),
+                    }));
+                    continue;
+                }
+            };
             if o.lost > 0 {
                 bail!(
                     "{} of {} acknowledged writes lost in failover",
@@ -121,7 +138,8 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
             "kind": "failover_summary",
             "server": "hotspare-kv",
             "keys": n,
-            "runs": opts.reps,
+            "runs": opts.reps - failed,
+            "failed_runs": failed,
             "downtime_ms": min_med_max(&down, 2),
             "detection_ms": min_med_max(&det, 2),
             "restore_ms": min_med_max(&rest, 2),
