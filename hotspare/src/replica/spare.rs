@@ -338,6 +338,18 @@ impl Spare {
         Ok(())
     }
 
+    /// Whether the primary's silence may be judged now. A takeover must wait for the applier to
+    /// catch up anyway, so while it is behind (a full image just arrived) deciding later costs
+    /// no downtime — and this is when the machine is busiest with our own I/O and a live
+    /// primary's heartbeats are most likely to be late (a false takeover at 10 M keys of
+    /// `hotspare-kv` happened exactly then). A stuck applier must not block a takeover forever:
+    /// past 20 × the silence limit the silence is judged regardless.
+    fn settled_enough_to_judge(&self, limit: Duration) -> bool {
+        let behind =
+            self.applied_seq.load(Ordering::SeqCst) < self.durable_seq.load(Ordering::SeqCst);
+        !behind || self.last_heard().is_some_and(|t| t.elapsed() > limit * 20)
+    }
+
     fn dead(&self) -> bool {
         let limit = self.cfg.heartbeat * self.cfg.missed;
         self.durable_seq.load(Ordering::SeqCst) > 0
@@ -614,7 +626,7 @@ fn run_inner(cfg: SpareConfig) -> Result<Spare, SpareError> {
         let alive = link
             .as_ref()
             .is_some_and(|l| l.has_pending() || l.kernel_heard_within(limit));
-        if spare.dead() && !alive {
+        if spare.dead() && !alive && spare.settled_enough_to_judge(limit) {
             if let Some(l) = link.take() {
                 l.close();
             }
