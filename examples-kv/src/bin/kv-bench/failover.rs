@@ -21,7 +21,7 @@ use crate::plot::Series;
 use crate::procs::{pin_current_thread, ChildGuard};
 use crate::resp::{Conn, Reply};
 use crate::serial::round;
-use crate::server::Binaries;
+use crate::server::{free_port, Binaries};
 use crate::stats::{emit, median, min_med_max};
 
 /// What to measure.
@@ -179,12 +179,6 @@ pub fn run(opts: &FailoverOpts, bins: &Binaries, svg: Option<&Path>) -> Result<(
         }
     }
     Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn wait_port(port: u16, within: Duration) -> Result<()> {

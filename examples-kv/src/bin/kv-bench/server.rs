@@ -82,7 +82,7 @@ pub struct Server {
 }
 
 /// A loopback port nobody listens on right now (the kernel's choice, then released).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
