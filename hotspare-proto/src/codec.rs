@@ -1,0 +1,388 @@
+//! The authenticated connection, as byte-in / byte-out state machines: the handshake and the
+//! message envelope. No socket inside: a driver feeds whatever bytes arrived (one at a time
+//! from a slow peer, or megabytes at once) and writes out whatever these return.
+//!
+//! **Handshake** (shared secret `K`; nonces supplied by the driver from the OS):
+//! ```text
+//! primary → spare   "HSRP" | version | nonce_p[32]
+//! spare → primary   nonce_s[32] | HMAC(K, "spare"   | nonce_p | nonce_s)
+//! primary → spare   HMAC(K, "primary" | nonce_p | nonce_s)
+//! session key       S = HMAC(K, "session" | nonce_p | nonce_s)
+//! ```
+//! Each side proves it knows `K` before the other sends anything else; fresh nonces on both
+//! sides make every connection's session key new, so a recorded connection cannot be replayed.
+//!
+//! **Messages** are `len: u32 | body | mac[32]`, `body = term: u64 | postcard(Msg)`,
+//! `mac = HMAC(S, direction | counter: u64 | len | body)`: per-direction counters reject
+//! reordered, replayed or reflected messages. HMAC-SHA256 authenticates; it does not encrypt.
+
+use crate::msg::Msg;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const MAGIC: [u8; 4] = *b"HSRP";
+/// Protocol version (2: lineage, heartbeat ids, stream headers).
+pub const VERSION: u8 = 2;
+/// Largest message accepted (stream chunks are at most 1 MiB + framing).
+pub const MAX_MESSAGE: u32 = 4 << 20;
+/// Bytes the primary sends first.
+pub const HELLO_LEN: usize = 5 + 32;
+
+/// A broken, hostile or unauthenticated connection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The peer is not speaking this protocol.
+    #[error("peer is not a Hot Spare peer (bad magic or version)")]
+    BadHello,
+    /// The peer does not know the shared secret.
+    #[error("authentication failed: the peer does not know the shared key")]
+    AuthFailed,
+    /// A message failed its MAC (forged, replayed, reordered or damaged).
+    #[error("message {counter} fails authentication (forged, replayed or damaged)")]
+    BadMac {
+        /// Its position in the stream.
+        counter: u64,
+    },
+    /// A message claims an impossible size.
+    #[error("message of {0} bytes refused (limit {MAX_MESSAGE})")]
+    TooLarge(u32),
+    /// A well-authenticated message that does not decode.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+}
+
+/// The shared secret (or a session key derived from it).
+#[derive(Clone)]
+pub struct Key(Vec<u8>);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+impl Key {
+    /// A key from bytes.
+    pub fn from_bytes(b: &[u8]) -> Key {
+        Key(b.to_vec())
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut m =
+            <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key size");
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    }
+}
+
+/// Constant-time comparison of two MACs.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The two directions of an authenticated session.
+#[derive(Debug)]
+pub struct Session {
+    /// Seals what we send.
+    pub sealer: Sealer,
+    /// Opens what we receive.
+    pub opener: Opener,
+}
+
+fn session(key: &Key, np: &[u8; 32], ns: &[u8; 32], send: u8, recv: u8) -> Session {
+    let s = Key(key.mac(&[b"session", np, ns]).to_vec());
+    Session {
+        sealer: Sealer {
+            key: s.clone(),
+            dir: send,
+            counter: 0,
+        },
+        opener: Opener {
+            key: s,
+            dir: recv,
+            counter: 0,
+            buf: Vec::new(),
+            start: 0,
+        },
+    }
+}
+
+/// The primary's side of the handshake.
+#[derive(Debug)]
+pub struct ClientHandshake {
+    key: Key,
+    np: [u8; 32],
+    got: Vec<u8>,
+}
+
+impl ClientHandshake {
+    /// Starts a handshake with our nonce; returns it and the bytes to send first.
+    pub fn new(key: &Key, nonce: [u8; 32]) -> (ClientHandshake, Vec<u8>) {
+        let mut hello = MAGIC.to_vec();
+        hello.push(VERSION);
+        hello.extend_from_slice(&nonce);
+        let h = ClientHandshake {
+            key: key.clone(),
+            np: nonce,
+            got: Vec::new(),
+        };
+        (h, hello)
+    }
+
+    /// Feeds received bytes. `Ok(None)`: more needed. `Ok(Some((proof, session, rest)))`: send
+    /// `proof`, then use the session; `rest` are bytes that already belong to it.
+    #[allow(clippy::type_complexity)]
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<(Vec<u8>, Session, Vec<u8>)>, WireError> {
+        self.got.extend_from_slice(bytes);
+        if self.got.len() < 64 {
+            return Ok(None);
+        }
+        let ns: [u8; 32] = self.got[..32].try_into().expect("32 bytes");
+        if !same(&self.key.mac(&[b"spare", &self.np, &ns]), &self.got[32..64]) {
+            return Err(WireError::AuthFailed);
+        }
+        let proof = self.key.mac(&[b"primary", &self.np, &ns]).to_vec();
+        let s = session(&self.key, &self.np, &ns, b'P', b'S');
+        let rest = self.got[64..].to_vec();
+        Ok(Some((proof, s, rest)))
+    }
+}
+
+/// The spare's side of the handshake.
+#[derive(Debug)]
+pub struct ServerHandshake {
+    key: Key,
+    ns: [u8; 32],
+    np: Option<[u8; 32]>,
+    got: Vec<u8>,
+}
+
+/// What the spare's handshake wants next.
+#[derive(Debug)]
+pub enum ServerStep {
+    /// More bytes are needed.
+    More,
+    /// Send these bytes (our nonce and proof), then keep feeding.
+    Reply(Vec<u8>),
+    /// The primary proved it knows the key: the session, and bytes that already belong to it.
+    Done(Session, Vec<u8>),
+}
+
+impl ServerHandshake {
+    /// A handshake that will answer with `nonce`.
+    pub fn new(key: &Key, nonce: [u8; 32]) -> ServerHandshake {
+        ServerHandshake {
+            key: key.clone(),
+            ns: nonce,
+            np: None,
+            got: Vec::new(),
+        }
+    }
+
+    /// Bytes received so far and not consumed (a cap on this bounds a slow peer's memory).
+    pub fn buffered(&self) -> usize {
+        self.got.len()
+    }
+
+    /// Feeds received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<ServerStep, WireError> {
+        self.got.extend_from_slice(bytes);
+        if self.np.is_none() {
+            if self.got.len() >= 5 && (self.got[..4] != MAGIC || self.got[4] != VERSION) {
+                return Err(WireError::BadHello);
+            }
+            if self.got.len() < HELLO_LEN {
+                return Ok(ServerStep::More);
+            }
+            let np: [u8; 32] = self.got[5..HELLO_LEN].try_into().expect("32 bytes");
+            self.got.drain(..HELLO_LEN);
+            self.np = Some(np);
+            let mut reply = self.ns.to_vec();
+            reply.extend_from_slice(&self.key.mac(&[b"spare", &np, &self.ns]));
+            return Ok(ServerStep::Reply(reply));
+        }
+        let np = self.np.expect("set above");
+        if self.got.len() < 32 {
+            return Ok(ServerStep::More);
+        }
+        if !same(&self.key.mac(&[b"primary", &np, &self.ns]), &self.got[..32]) {
+            return Err(WireError::AuthFailed);
+        }
+        let rest = self.got[32..].to_vec();
+        Ok(ServerStep::Done(
+            session(&self.key, &np, &self.ns, b'S', b'P'),
+            rest,
+        ))
+    }
+}
+
+/// Seals messages for one direction of a session.
+#[derive(Debug)]
+pub struct Sealer {
+    key: Key,
+    dir: u8,
+    counter: u64,
+}
+
+impl Sealer {
+    /// Appends the envelope of `msg`, stamped with `term`, to `out`; returns its length.
+    pub fn seal(&mut self, term: u64, msg: &Msg, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&term.to_le_bytes());
+        let body = postcard::to_extend(msg, std::mem::take(out)).expect("postcard encodes Msg");
+        *out = body;
+        let len = u32::try_from(out.len() - start - 4).expect("messages are below 4 GiB");
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        let mac = self.key.mac(&[
+            &[self.dir],
+            &self.counter.to_le_bytes(),
+            &len.to_le_bytes(),
+            &out[start + 4..],
+        ]);
+        self.counter += 1;
+        out.extend_from_slice(&mac);
+        out.len() - start
+    }
+}
+
+/// Opens messages of one direction of a session, from bytes fed in any pieces.
+#[derive(Debug)]
+pub struct Opener {
+    key: Key,
+    dir: u8,
+    counter: u64,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Opener {
+    /// Adds received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > (1 << 20) && self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received and not yet opened.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next complete message: `(sender's term, message)`, `Ok(None)` if it has not all
+    /// arrived. Any forged, replayed, reordered or oversized message is an error after which
+    /// the connection must be dropped.
+    pub fn next_msg(&mut self) -> Result<Option<(u64, Msg)>, WireError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return Ok(None);
+        }
+        let n = u32::from_le_bytes(avail[..4].try_into().expect("4 bytes"));
+        if !(8..=MAX_MESSAGE).contains(&n) {
+            return Err(WireError::TooLarge(n));
+        }
+        let total = 4 + n as usize + 32;
+        if avail.len() < total {
+            return Ok(None);
+        }
+        let body = &avail[4..4 + n as usize];
+        let want = self
+            .key
+            .mac(&[&[self.dir], &self.counter.to_le_bytes(), &avail[..4], body]);
+        if !same(&want, &avail[4 + n as usize..total]) {
+            return Err(WireError::BadMac {
+                counter: self.counter,
+            });
+        }
+        self.counter += 1;
+        let term = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+        let msg = postcard::from_bytes(&body[8..]).map_err(|e| WireError::Decode(e.to_string()));
+        self.start += total;
+        msg.map(|m| Some((term, m)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(k1: &Key, k2: &Key) -> Result<(Session, Session), WireError> {
+        let (mut c, hello) = ClientHandshake::new(k1, [1; 32]);
+        let mut s = ServerHandshake::new(k2, [2; 32]);
+        let mut reply = None;
+        // One byte at a time, as a slow peer would send it.
+        for b in &hello {
+            match s.feed(&[*b])? {
+                ServerStep::More => {}
+                ServerStep::Reply(r) => reply = Some(r),
+                ServerStep::Done(..) => unreachable!(),
+            }
+        }
+        let (proof, cs, _) = c.feed(&reply.expect("reply"))?.expect("done");
+        match s.feed(&proof)? {
+            ServerStep::Done(ss, rest) => {
+                assert!(rest.is_empty());
+                Ok((cs, ss))
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_and_tampering_is_refused() {
+        let k = Key::from_bytes(b"0123456789abcdef");
+        let (mut c, mut s) = pair(&k, &k).expect("handshake");
+        let mut out = Vec::new();
+        c.sealer
+            .seal(7, &Msg::Heartbeat { id: 1, seq: 2 }, &mut out);
+        c.sealer.seal(7, &Msg::EndStream { seq: 3 }, &mut out);
+        for b in &out {
+            s.opener.push(&[*b]);
+        }
+        assert_eq!(
+            s.opener.next_msg(),
+            Ok(Some((7, Msg::Heartbeat { id: 1, seq: 2 })))
+        );
+        assert_eq!(
+            s.opener.next_msg(),
+            Ok(Some((7, Msg::EndStream { seq: 3 })))
+        );
+        assert_eq!(s.opener.next_msg(), Ok(None));
+        // Replay of the first message: its counter is stale.
+        let mut again = Vec::new();
+        let (mut c2, mut s2) = pair(&k, &k).expect("handshake");
+        c2.sealer.seal(1, &Msg::StatusRequest, &mut again);
+        let mut flipped = again.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        s2.opener.push(&flipped);
+        assert!(matches!(
+            s2.opener.next_msg(),
+            Err(WireError::BadMac { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_key_fails_both_ways() {
+        let a = Key::from_bytes(b"0123456789abcdef");
+        let b = Key::from_bytes(b"fedcba9876543210");
+        assert_eq!(pair(&a, &b).err(), Some(WireError::AuthFailed));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let k = Key::from_bytes(b"0123456789abcdef");
+        let (_, mut s) = pair(&k, &k).expect("handshake");
+        s.opener.push(&u32::MAX.to_le_bytes());
+        assert_eq!(s.opener.next_msg(), Err(WireError::TooLarge(u32::MAX)));
+    }
+}

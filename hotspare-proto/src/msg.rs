@@ -1,0 +1,101 @@
+//! The messages of the replication protocol. Every message travels in an authenticated
+//! envelope that also carries its sender's term ([`crate::codec`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Identity of a history of checkpoints: chosen at random when a program starts fresh, kept by
+/// every program resumed from one of its images. Two images of different lineages are two
+/// different programs' states, whatever their sequence numbers say.
+pub type Lineage = [u8; 16];
+
+/// What a checkpoint stream declares before its bytes: the spare refuses a stream that cannot
+/// apply without writing a byte of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    /// The checkpoint.
+    pub seq: u64,
+    /// The checkpoint it applies on top of (0: full).
+    pub base_seq: u64,
+}
+
+/// The messages of the replication protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Primary → spare, first message: who is connecting.
+    Hello {
+        /// Identity of the primary's executable.
+        exe_id: [u8; 32],
+        /// Its pid (for logs and status).
+        pid: u32,
+        /// Its lineage.
+        lineage: Lineage,
+    },
+    /// Spare → primary: the spare's image (reply to Hello and to StatusRequest).
+    Status {
+        /// The spare's term.
+        term: u64,
+        /// Sequence of its last durable checkpoint (0: none).
+        seq: u64,
+        /// Sequence of the last checkpoint applied to its data files.
+        applied: u64,
+        /// Milliseconds since the spare last renewed a primary's lease (u64::MAX: never).
+        since_grant_ms: u64,
+        /// The spare's detection time in microseconds: it never takes over sooner than this
+        /// after renewing a lease, so the primary keeps its own lease shorter (with a margin
+        /// for clock drift).
+        detection_us: u64,
+    },
+    /// Primary → spare: checkpoint `seq` starts; its chunks follow.
+    StreamStart(StreamHeader),
+    /// Primary → spare: the next bytes of checkpoint stream `seq`.
+    Chunk {
+        /// The checkpoint being sent.
+        seq: u64,
+        /// Stream bytes.
+        bytes: Vec<u8>,
+    },
+    /// Primary → spare: stream `seq` is complete; make it durable.
+    EndStream {
+        /// The checkpoint.
+        seq: u64,
+    },
+    /// Spare → primary: checkpoint `seq` is durable on the spare.
+    Ack {
+        /// The checkpoint.
+        seq: u64,
+    },
+    /// Spare → primary: checkpoint `seq` was refused; the image is unchanged.
+    Nack {
+        /// The checkpoint.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Primary → spare, every H: the primary is alive and asks for its lease.
+    Heartbeat {
+        /// Echoed in the answer: the primary anchors the lease to when it *sent* this.
+        id: u64,
+        /// The primary's latest checkpoint.
+        seq: u64,
+    },
+    /// Spare → primary: answer to heartbeat `id`; renews the lease.
+    HeartbeatAck {
+        /// The heartbeat answered.
+        id: u64,
+        /// The spare's durable sequence.
+        seq: u64,
+    },
+    /// Spare → primary: a newer term exists; the primary is fenced and must stop serving.
+    Fenced {
+        /// The spare's term.
+        term: u64,
+    },
+    /// Spare → primary: this spare will not protect this primary (another lineage's image,
+    /// another executable); the primary gets no lease from it.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// `hotspare status` → spare.
+    StatusRequest,
+}

@@ -1,0 +1,429 @@
+//! The primary's side of the protocol: connection state, heartbeats, the lease, and the
+//! checkpoints in flight with their deadlines. Sans-IO, in the shape of `quinn-proto`: the
+//! driver calls `handle_*` with what happened and the time, then drains
+//! [`Link::poll_transmit`], [`Link::poll_event`] and [`Link::poll_timeout`].
+//!
+//! ```text
+//!   Down ──(retry due)──▶ Connecting ──handle_connected──▶ Hello ──Status──▶ Up
+//!    ▲                                                                   │
+//!    └──────── handle_disconnected / ack deadline missed / Nack ◀────────┘
+//! ```
+//! The right to serve is [`Link::may_serve`]`(now)`: computed from the clock when asked, from
+//! the send time of the newest heartbeat the spare answered ([`crate::lease`]). Nothing has to
+//! clear it, so a thread that is blocked (or a process that is stopped) cannot leave it set.
+
+use crate::lease;
+use crate::msg::{Lineage, Msg, StreamHeader};
+use crate::time::Time;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How the primary talks to its spare.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Heartbeat interval H.
+    pub heartbeat: Duration,
+    /// The lease asked for; capped by what the spare's detection time allows.
+    pub lease: Duration,
+    /// How long a checkpoint may wait for its acknowledgement after its last byte was handed
+    /// over (a spare whose disk hangs must not block `cpt()` forever).
+    pub ack_timeout: Duration,
+    /// How often to retry a lost connection.
+    pub reconnect: Duration,
+    /// Clock-rate difference assumed between the two machines.
+    pub drift_ppm: u32,
+    /// Time between asking [`Link::may_serve`] and the reply leaving the process.
+    pub serve_margin: Duration,
+    /// Our term.
+    pub term: u64,
+    /// Our lineage.
+    pub lineage: Lineage,
+    /// Our executable.
+    pub exe_id: [u8; 32],
+    /// Our pid.
+    pub pid: u32,
+}
+
+/// What the driver or the application must learn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Open a connection to the spare (TCP, then the handshake), then call
+    /// [`Link::handle_connected`] or [`Link::handle_disconnected`].
+    Connect,
+    /// Close the connection (a deadline was missed or the spare misbehaved); then call
+    /// [`Link::handle_disconnected`].
+    Close(String),
+    /// The spare answered our hello: checkpoints may be sent (the next one must be full).
+    Ready {
+        /// The spare's durable sequence.
+        spare_seq: u64,
+    },
+    /// A checkpoint is durable on the spare, or failed.
+    Done {
+        /// The checkpoint.
+        seq: u64,
+        /// `Err(why)` if it was refused, timed out or lost with the connection.
+        result: Result<(), String>,
+    },
+    /// A newer term exists or the spare refuses us: we must stop serving, for good.
+    Fenced(String),
+    /// No answered heartbeat within the lease: we may not serve until one is answered.
+    LeaseLost,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    Down { retry_at: Time },
+    Connecting,
+    Hello,
+    Up,
+}
+
+/// The primary's link to its spare.
+#[derive(Debug)]
+pub struct Link {
+    cfg: LinkConfig,
+    conn: Conn,
+    fenced: Option<String>,
+    lease: Duration,
+    lease_until: Option<Time>,
+    lease_lost_reported: bool,
+    next_heartbeat_id: u64,
+    /// Heartbeats sent and not yet answered: (id, send time). Bounded.
+    unanswered: VecDeque<(u64, Time)>,
+    next_heartbeat_at: Time,
+    /// Checkpoints whose last byte went out: (seq, deadline for the acknowledgement).
+    awaiting_ack: VecDeque<(u64, Time)>,
+    /// The checkpoint being sent, if its end is not out yet.
+    sending: Option<u64>,
+    needs_full: bool,
+    control: VecDeque<Msg>,
+    data: VecDeque<Msg>,
+    events: VecDeque<Event>,
+    latest_seq: u64,
+    acked_seq: u64,
+}
+
+/// Heartbeats remembered while unanswered (older ones could only renew an expired lease).
+const UNANSWERED_KEPT: usize = 64;
+
+impl Link {
+    /// A link that will connect at its first timeout.
+    pub fn new(cfg: LinkConfig, now: Time) -> Link {
+        Link {
+            lease: cfg.lease,
+            cfg,
+            conn: Conn::Down { retry_at: now },
+            fenced: None,
+            lease_until: None,
+            lease_lost_reported: true,
+            next_heartbeat_id: 1,
+            unanswered: VecDeque::new(),
+            next_heartbeat_at: now,
+            awaiting_ack: VecDeque::new(),
+            sending: None,
+            needs_full: true,
+            control: VecDeque::new(),
+            data: VecDeque::new(),
+            events: VecDeque::new(),
+            latest_seq: 0,
+            acked_seq: 0,
+        }
+    }
+
+    /// Whether this primary may serve at `now` (its own clock): not fenced, and a heartbeat
+    /// sent less than the lease ago has been answered.
+    pub fn may_serve(&self, now: Time) -> bool {
+        self.fenced.is_none() && self.lease_until.is_some_and(|t| now < t)
+    }
+
+    /// The end of the current lease (`None`: never had one, or fenced).
+    pub fn serving_until(&self) -> Option<Time> {
+        if self.fenced.is_some() {
+            return None;
+        }
+        self.lease_until
+    }
+
+    /// Why we are fenced, if we are.
+    pub fn fenced(&self) -> Option<&str> {
+        self.fenced.as_deref()
+    }
+
+    /// Whether the connection is up and checkpoints may be sent.
+    pub fn is_up(&self) -> bool {
+        self.conn == Conn::Up
+    }
+
+    /// The lease in use (the configured one, capped by the spare's detection time).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Latest checkpoint handed to the link, and latest acknowledged.
+    pub fn seqs(&self) -> (u64, u64) {
+        (self.latest_seq, self.acked_seq)
+    }
+
+    /// Whether the next checkpoint must be full (a new connection: the spare may hold
+    /// anything), and clears it.
+    pub fn take_needs_full(&mut self) -> bool {
+        std::mem::take(&mut self.needs_full)
+    }
+
+    /// The transport is connected and authenticated.
+    pub fn handle_connected(&mut self, _now: Time) {
+        if self.conn != Conn::Connecting {
+            return;
+        }
+        self.conn = Conn::Hello;
+        self.control.push_back(Msg::Hello {
+            exe_id: self.cfg.exe_id,
+            pid: self.cfg.pid,
+            lineage: self.cfg.lineage,
+        });
+    }
+
+    /// The connection failed or closed (or could not be made).
+    pub fn handle_disconnected(&mut self, now: Time, why: &str) {
+        if matches!(self.conn, Conn::Down { .. }) {
+            return;
+        }
+        // The first retry is at once (a live primary must not stay silent for long enough to
+        // be taken over); later ones back off.
+        let retry_at = if self.conn == Conn::Up {
+            now
+        } else {
+            now + self.cfg.reconnect
+        };
+        self.conn = Conn::Down { retry_at };
+        self.control.clear();
+        self.data.clear();
+        self.unanswered.clear();
+        self.needs_full = true;
+        let lost = format!("connection to the spare lost before acknowledgement ({why})");
+        if let Some(seq) = self.sending.take() {
+            self.events.push_back(Event::Done {
+                seq,
+                result: Err(lost.clone()),
+            });
+        }
+        for (seq, _) in self.awaiting_ack.drain(..) {
+            self.events.push_back(Event::Done {
+                seq,
+                result: Err(lost.clone()),
+            });
+        }
+    }
+
+    fn fence(&mut self, why: String) {
+        if self.fenced.is_none() {
+            self.fenced = Some(why.clone());
+            self.lease_until = None;
+            self.events.push_back(Event::Fenced(why.clone()));
+            self.events.push_back(Event::Close(why));
+        }
+    }
+
+    fn close(&mut self, why: String) {
+        self.events.push_back(Event::Close(why));
+    }
+
+    /// A message from the spare, stamped with the spare's term.
+    pub fn handle_msg(&mut self, now: Time, term: u64, msg: Msg) {
+        if term > self.cfg.term {
+            self.fence(format!(
+                "the spare has term {term}, newer than ours ({})",
+                self.cfg.term
+            ));
+            return;
+        }
+        match msg {
+            Msg::Status {
+                seq, detection_us, ..
+            } if self.conn == Conn::Hello => {
+                let detection = Duration::from_micros(detection_us);
+                self.lease = lease::safe_lease(
+                    self.cfg.lease,
+                    detection,
+                    self.cfg.drift_ppm,
+                    self.cfg.serve_margin,
+                );
+                self.conn = Conn::Up;
+                self.needs_full = true;
+                self.next_heartbeat_at = now;
+                self.events.push_back(Event::Ready { spare_seq: seq });
+            }
+            Msg::Fenced { term } => self.fence(format!(
+                "the spare says term {term} exists (ours {})",
+                self.cfg.term
+            )),
+            Msg::Refused { reason } => self.fence(format!("the spare refuses us: {reason}")),
+            Msg::HeartbeatAck { id, .. } if self.conn == Conn::Up => {
+                // Anchored to when the answered heartbeat was sent.
+                if let Some(&(_, sent)) = self.unanswered.iter().find(|(i, _)| *i == id) {
+                    let until = sent + self.lease;
+                    if self.lease_until.is_none_or(|t| until > t) {
+                        self.lease_until = Some(until);
+                    }
+                    if now < until {
+                        self.lease_lost_reported = false;
+                    }
+                }
+                self.unanswered.retain(|(i, _)| *i > id);
+            }
+            Msg::Ack { seq } if self.conn == Conn::Up => {
+                if let Some(i) = self.awaiting_ack.iter().position(|(s, _)| *s == seq) {
+                    // Acknowledgements come in order; anything before `seq` was lost.
+                    for (older, _) in self.awaiting_ack.drain(..i) {
+                        self.events.push_back(Event::Done {
+                            seq: older,
+                            result: Err("the spare skipped it".into()),
+                        });
+                    }
+                    self.awaiting_ack.pop_front();
+                    self.acked_seq = self.acked_seq.max(seq);
+                    self.events.push_back(Event::Done {
+                        seq,
+                        result: Ok(()),
+                    });
+                }
+            }
+            Msg::Nack { seq, reason } if self.conn == Conn::Up => {
+                if let Some(i) = self.awaiting_ack.iter().position(|(s, _)| *s == seq) {
+                    self.awaiting_ack.remove(i);
+                    self.needs_full = true;
+                    self.events.push_back(Event::Done {
+                        seq,
+                        result: Err(format!("the spare refused checkpoint {seq}: {reason}")),
+                    });
+                }
+            }
+            other => self.close(format!("unexpected message from the spare: {other:?}")),
+        }
+    }
+
+    /// Starts sending checkpoint `seq` (its chunks follow through [`Link::send_chunk`]).
+    pub fn start_checkpoint(&mut self, _now: Time, header: StreamHeader) -> Result<(), String> {
+        if let Some(why) = &self.fenced {
+            return Err(format!("fenced: {why}"));
+        }
+        if self.conn != Conn::Up {
+            return Err("no connection to the spare".into());
+        }
+        if let Some(prev) = self.sending.replace(header.seq) {
+            self.events.push_back(Event::Done {
+                seq: prev,
+                result: Err("abandoned: a newer checkpoint started".into()),
+            });
+        }
+        self.latest_seq = header.seq;
+        self.data.push_back(Msg::StreamStart(header));
+        Ok(())
+    }
+
+    /// The next bytes of the checkpoint being sent. The driver should only add a chunk when
+    /// [`Link::data_queued`] is 0, so that heartbeats never wait behind more than one.
+    pub fn send_chunk(&mut self, seq: u64, bytes: Vec<u8>) {
+        if self.sending == Some(seq) && self.conn == Conn::Up {
+            self.data.push_back(Msg::Chunk { seq, bytes });
+        }
+    }
+
+    /// Chunks queued and not yet taken by the driver.
+    pub fn data_queued(&self) -> usize {
+        self.data.len()
+    }
+
+    /// All bytes of `seq` are out: its acknowledgement is due within the ack timeout.
+    pub fn end_checkpoint(&mut self, now: Time, seq: u64) {
+        if self.sending != Some(seq) || self.conn != Conn::Up {
+            return;
+        }
+        self.sending = None;
+        self.data.push_back(Msg::EndStream { seq });
+        self.awaiting_ack
+            .push_back((seq, now + self.cfg.ack_timeout));
+    }
+
+    /// Timers: reconnect, heartbeats, acknowledgement deadlines, the lease.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if let Conn::Down { retry_at } = self.conn {
+            if now >= retry_at && self.fenced.is_none() {
+                self.conn = Conn::Connecting;
+                self.events.push_back(Event::Connect);
+            }
+        }
+        if self.conn == Conn::Up && now >= self.next_heartbeat_at {
+            let id = self.next_heartbeat_id;
+            self.next_heartbeat_id += 1;
+            self.control.push_back(Msg::Heartbeat {
+                id,
+                seq: self.latest_seq,
+            });
+            self.unanswered.push_back((id, now));
+            if self.unanswered.len() > UNANSWERED_KEPT {
+                self.unanswered.pop_front();
+            }
+            self.next_heartbeat_at = now + self.cfg.heartbeat;
+        }
+        // An overdue acknowledgement fails its checkpoint (and the ones after it), but keeps
+        // the connection: the spare still answers heartbeats, and dropping it would leave a
+        // live primary silent. The next checkpoint is full, so a late Ack changes nothing.
+        while let Some(&(seq, deadline)) = self.awaiting_ack.front() {
+            if now < deadline {
+                break;
+            }
+            self.awaiting_ack.pop_front();
+            self.needs_full = true;
+            self.events.push_back(Event::Done {
+                seq,
+                result: Err(format!(
+                    "not acknowledged within {} ms: the spare is stuck (its disk?)",
+                    self.cfg.ack_timeout.as_millis()
+                )),
+            });
+        }
+        if let Some(until) = self.lease_until {
+            if now >= until && !self.lease_lost_reported && self.fenced.is_none() {
+                self.lease_lost_reported = true;
+                self.events.push_back(Event::LeaseLost);
+            }
+        }
+    }
+
+    /// The next message to send: control messages (hello, heartbeats) before stream data.
+    pub fn poll_transmit(&mut self) -> Option<Msg> {
+        self.control.pop_front().or_else(|| self.data.pop_front())
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Link::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut t: Option<Time> = None;
+        let mut at = |x: Time| t = Some(t.map_or(x, |y| y.min(x)));
+        match self.conn {
+            Conn::Down { retry_at } if self.fenced.is_none() => at(retry_at),
+            Conn::Up => at(self.next_heartbeat_at),
+            _ => {}
+        }
+        if let Some(&(_, d)) = self.awaiting_ack.front() {
+            at(d);
+        }
+        if let Some(u) = self.lease_until {
+            if !self.lease_lost_reported {
+                at(u);
+            }
+        }
+        t
+    }
+
+    /// Our term.
+    pub fn term(&self) -> u64 {
+        self.cfg.term
+    }
+}
