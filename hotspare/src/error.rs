@@ -42,6 +42,9 @@ pub enum Error {
     /// A worker named in the image is not registered by this program.
     #[error("worker '{0}' is in the image but was not registered with HotSpare::worker")]
     UnknownWorker(String),
+    /// Metadata of an image that resume will not act on (untrusted input, refused).
+    #[error(transparent)]
+    BadMetadata(#[from] crate::meta::MetaError),
     /// Metadata could not be encoded or decoded.
     #[error("checkpoint metadata: {0}")]
     Metadata(String),

@@ -125,6 +125,8 @@ fn code(e: &Error) -> c_int {
         Error::ImageExists { .. } => HS_EEXISTS,
         Error::UnknownWorker(_) => HS_EUNKNOWN,
         Error::Metadata(_) => HS_EMETA,
+        Error::BadMetadata(crate::meta::MetaError::UnknownSignalHandler(_)) => HS_EUNKNOWN,
+        Error::BadMetadata(_) => HS_EMETA,
         Error::CheckpointFailed { .. } => HS_ECPT,
         Error::Os { .. } => HS_EOS,
     }

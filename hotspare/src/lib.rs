@@ -54,5 +54,6 @@ pub use config::{Config, Strategy};
 pub use error::{Error, Result};
 pub use heap::{Heap, HeapAlloc, StableHasher};
 pub use kmod_shim;
+pub use meta::MetaError;
 pub use runtime::{Builder, HotSpare, ResumeInfo, SignalFn, WorkerFn};
 pub use sync::{Mutex, MutexGuard};

@@ -217,11 +217,13 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
         .into());
     }
     let meta = Metadata::decode(&m.meta)?;
-    for name in &meta.workers {
-        if !b.workers.iter().any(|(n, _)| n == name) {
-            return Err(Error::UnknownWorker(name.clone()));
-        }
-    }
+    // Untrusted input: checked as a whole before any of it is acted on.
+    crate::resume::check_metadata(
+        &meta,
+        &m.ranges,
+        |name| b.workers.iter().any(|(n, _)| n == name),
+        |name| b.handlers.iter().any(|(n, _)| n == name),
+    )?;
     let mut entries = Vec::new();
     let mut lost = Vec::new();
     for (name, record) in &meta.fds {
@@ -240,7 +242,7 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
         install(*sig, f)?;
     }
     let ranges = crate::resume::map_ranges(&image, &m.ranges)?;
-    let heap = Heap::attach(meta.heap.0 as usize, meta.heap.1 as usize)?;
+    let heap = crate::resume::adopt_heap(meta.heap, &ranges)?;
     let mut shim = open_shim(&b.config)?;
     shim.add(&ranges)?;
     let seq = image.seq();
