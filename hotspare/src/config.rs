@@ -14,6 +14,7 @@
 //! | `heartbeat_ms` | `HOTSPARE_HEARTBEAT_MS` | `10` |
 //! | `lease_ms` | `HOTSPARE_LEASE_MS` | `40` (below the spare's default 5 × 10 ms detection) |
 //! | `on_fence` | `HOTSPARE_ON_FENCE` | `report` (`exit`: stop serving when fenced) |
+//! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails) |
 //!
 //! Resume is chosen by `HOTSPARE_RESUME=<image dir>` (see [`crate::HotSpare`]).
 
@@ -75,6 +76,9 @@ pub struct Config {
     pub lease_ms: u64,
     /// What to do when fenced or the lease is lost: `report` or `exit`.
     pub on_fence: String,
+    /// A checkpoint the spare has not acknowledged this long after its last byte fails (a
+    /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever).
+    pub ack_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             heartbeat_ms: 10,
             lease_ms: 40,
             on_fence: "report".into(),
+            ack_timeout_ms: 5000,
         }
     }
 }
@@ -165,6 +170,11 @@ impl Config {
             self.lease_ms = v
                 .parse()
                 .map_err(|_| Error::Config(format!("bad HOTSPARE_LEASE_MS '{v}'")))?;
+        }
+        if let Some(v) = var("HOTSPARE_ACK_TIMEOUT_MS") {
+            self.ack_timeout_ms = v
+                .parse()
+                .map_err(|_| Error::Config(format!("bad HOTSPARE_ACK_TIMEOUT_MS '{v}'")))?;
         }
         if let Some(v) = var("HOTSPARE_ON_FENCE") {
             self.on_fence = v;

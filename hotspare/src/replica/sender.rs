@@ -1,20 +1,33 @@
-//! The primary's side: one authenticated connection to the spare, heartbeats every H ms, the
-//! lease, and sending checkpoint streams (acknowledged only once durable on the spare).
+//! The primary's driver: one thread with a `mio` event loop around the sans-IO
+//! [`hotspare_proto::primary::Link`]. The checkpoint writer hands it a spooled stream and waits
+//! for the outcome; the loop interleaves heartbeats between stream chunks (never more than one
+//! chunk ahead of a heartbeat), and publishes the lease as a point in time, so the right to
+//! serve is computed from the clock whenever it is asked ([`Remote::may_serve`]) and no blocked
+//! write can leave it standing.
 //!
-//! Three threads share the connection: the checkpoint writer (sends streams, waits for their
-//! acknowledgement), a heartbeat thread (connects when there is no connection, sends
-//! heartbeats, watches the lease), and a reader per connection (acknowledgements, heartbeat
-//! answers, fencing). A new connection makes the next checkpoint full, so a new or restarted
-//! spare always gets a complete image; a checkpoint whose acknowledgement does not come makes
-//! the next one full too, so a broken connection loses nothing.
+//! ```text
+//! writer thread ── send_file(seq) ──▶ commands ─┐
+//!                                               ▼
+//!             ┌─────────── link thread (mio) ─────────────────────────────┐
+//!             │ Link::poll_transmit → Sealer → socket (non-blocking)       │
+//!             │ socket → Opener → Link::handle_msg → Event::Done → writer  │
+//!             │ timers → Link::handle_timeout (heartbeats, ack deadlines)  │
+//!             └── serving_until (an atomic instant) ◀── Link::serving_until ┘
+//! ```
 
-use super::wire::{self, Key, Msg, SendHalf, WireError};
-use std::collections::VecDeque;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::Path;
+use super::wire::{self, Key};
+use crate::image::format::{self, FrameKind, FrameReader};
+use hotspare_proto::codec::{ClientHandshake, Opener, Sealer};
+use hotspare_proto::primary::{Event, Link, LinkConfig};
+use hotspare_proto::{StreamHeader, Time};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How the primary reaches its spare.
@@ -26,359 +39,565 @@ pub struct RemoteConfig {
     pub key: Key,
     /// Heartbeat interval H.
     pub heartbeat: Duration,
-    /// The lease: with no word from the spare for this long, the primary considers itself
-    /// possibly fenced (must be shorter than the spare's detection time N × H).
+    /// The lease asked for (capped below the spare's detection time, with a drift margin).
     pub lease: Duration,
+    /// A checkpoint not acknowledged this long after its last byte fails.
+    pub ack_timeout: Duration,
     /// Exit the process when the lease is lost or the spare says we are fenced (else: report).
     pub exit_when_fenced: bool,
     /// Our term.
     pub term: u64,
+    /// Our lineage.
+    pub lineage: [u8; 16],
     /// Our executable.
     pub exe_id: [u8; 32],
     /// Where to keep a status file for `hotspare status` (rewritten every ~100 ms).
-    pub status_file: Option<std::path::PathBuf>,
-}
-
-#[derive(Default)]
-struct State {
-    /// Acks and Nacks, in arrival order: (seq, Ok or reason).
-    acks: Mutex<VecDeque<(u64, Result<(), String>)>>,
-    acks_changed: Condvar,
-    /// Bumped at every new connection and every loss.
-    generation: AtomicU64,
-    last_reply: Mutex<Option<Instant>>,
-    fenced: AtomicBool,
-    lease_lost: AtomicBool,
-    /// Set on every new connection: the next checkpoint must be full.
-    new_connection: AtomicBool,
-    latest_seq: AtomicU64,
-    acked_seq: AtomicU64,
-    /// Bytes of checkpoint messages put on the wire (framing, MACs and all).
-    wire_bytes: AtomicU64,
-    /// Held while connecting, so the writer and the heartbeat thread never make two
-    /// connections at once (the spare keeps only the newest).
-    connecting: Mutex<()>,
-}
-
-/// The link to the spare (cheap to clone: all clones share it).
-#[derive(Clone)]
-pub(crate) struct Remote {
-    cfg: RemoteConfig,
-    tx: Arc<Tx>,
-    state: Arc<State>,
-}
-
-/// The sending half of the current connection and the generation it belongs to.
-type Tx = Mutex<Option<(u64, SendHalf)>>;
-
-/// Drops the connection of `generation` (if it is still the current one) and wakes waiters.
-fn drop_connection(tx: &Tx, state: &State, generation: u64) {
-    let mut g = tx.lock().unwrap_or_else(|p| p.into_inner());
-    if g.as_ref().is_some_and(|(gen, _)| *gen == generation) {
-        if let Some((_, t)) = g.take() {
-            t.shutdown();
-        }
-        state.generation.fetch_add(1, Ordering::SeqCst);
-    }
-    drop(g);
-    state.acks_changed.notify_all();
+    pub status_file: Option<PathBuf>,
 }
 
 fn log(msg: impl std::fmt::Display) {
     eprintln!("hotspare: {msg}");
 }
 
+/// The clock both threads read: nanoseconds since the first use.
+fn now() -> Time {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    Time::from_nanos(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64)
+}
+
+struct Shared {
+    /// End of the lease as `Time` nanoseconds (0: none).
+    serving_until: AtomicU64,
+    fenced: AtomicBool,
+    needs_full: AtomicBool,
+    wire_bytes: AtomicU64,
+}
+
+enum Cmd {
+    Send {
+        path: PathBuf,
+        header: StreamHeader,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+}
+
+/// The link to the spare (cheap to clone: all clones share it).
+#[derive(Clone)]
+pub(crate) struct Remote {
+    shared: Arc<Shared>,
+    cmds: mpsc::Sender<Cmd>,
+    waker: Arc<Waker>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Remote(..)")
+    }
+}
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Stream bytes per chunk: a heartbeat waits behind at most one (2 ms at 1 Gbit/s).
+const CHUNK: usize = 256 << 10;
+
 impl Remote {
-    /// Starts the heartbeat thread (which also makes the connection).
-    pub fn start(cfg: RemoteConfig) -> Remote {
-        let r = Remote {
-            cfg,
-            tx: Arc::new(Mutex::new(None)),
-            state: Arc::new(State::default()),
-        };
-        let (cfg, tx, state) = (r.cfg.clone(), r.tx.clone(), r.state.clone());
+    /// Starts the link thread; waits up to a second for the first lease, so a primary whose
+    /// spare is there may serve from its first request.
+    pub fn start(cfg: RemoteConfig) -> std::io::Result<Remote> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let shared = Arc::new(Shared {
+            serving_until: AtomicU64::new(0),
+            fenced: AtomicBool::new(false),
+            needs_full: AtomicBool::new(true),
+            wire_bytes: AtomicU64::new(0),
+        });
+        let (cmds, rx) = mpsc::channel();
+        let s = shared.clone();
         std::thread::Builder::new()
-            .name("hotspare-heartbeat".into())
-            .spawn(move || heartbeat_loop(cfg, tx, state))
-            .expect("spawn heartbeat thread");
-        r
+            .name("hotspare-link".into())
+            .spawn(move || LinkLoop::new(cfg, poll, s, rx).run())?;
+        let r = Remote {
+            shared,
+            cmds,
+            waker,
+        };
+        let t = Instant::now();
+        while !r.may_serve() && !r.shared.fenced.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(r)
     }
 
     /// Whether a connection was made since the last call (the next checkpoint must be full).
     pub fn take_new_connection(&self) -> bool {
-        self.state.new_connection.swap(false, Ordering::SeqCst)
+        self.shared.needs_full.swap(false, Ordering::SeqCst)
     }
 
-    /// Whether the spare fenced us or the lease ran out.
+    /// Whether this primary may serve now: not fenced, and holding a lease (an answered
+    /// heartbeat sent less than the lease ago). Computed from the clock at each call.
+    pub fn may_serve(&self) -> bool {
+        let until = self.shared.serving_until.load(Ordering::SeqCst);
+        !self.shared.fenced.load(Ordering::SeqCst) && until != 0 && now().as_nanos() < until
+    }
+
+    /// Whether the spare fenced us or we hold no lease.
     pub fn fenced(&self) -> bool {
-        self.state.fenced.load(Ordering::SeqCst) || self.state.lease_lost.load(Ordering::SeqCst)
+        !self.may_serve()
     }
 
-    /// Sends the stream in `path` as checkpoint `seq` and waits until the spare has it durably.
+    /// Sends the stream in `path` as checkpoint `seq` and waits until the spare has it durably
+    /// (or it failed: refused, lost with the connection, or not acknowledged in time).
     pub fn send_file(&self, path: &Path, seq: u64) -> Result<(), String> {
-        if self.state.fenced.load(Ordering::SeqCst) {
-            return Err("fenced by the spare (a newer term exists)".into());
+        if self.shared.fenced.load(Ordering::SeqCst) {
+            return Err("fenced by the spare (a newer term exists, or it refuses us)".into());
         }
-        if self.tx.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-            connect(&self.cfg, &self.tx, &self.state)
-                .map_err(|e| format!("spare {}: {e}", self.cfg.addr))?;
-        }
-        let generation = match self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some((g, _)) => *g,
-            None => return Err("no connection to the spare".into()),
-        };
-        let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            self.send(&Msg::Chunk {
-                seq,
-                bytes: buf[..n].to_vec(),
-            })?;
-        }
-        self.send(&Msg::EndStream { seq })?;
-        self.state.latest_seq.store(seq, Ordering::SeqCst);
-        let mut acks = self.state.acks.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            while let Some((s, r)) = acks.pop_front() {
-                if s == seq {
-                    return r.map_err(|why| format!("spare refused checkpoint {seq}: {why}"));
-                }
-            }
-            if self.state.generation.load(Ordering::SeqCst) != generation {
-                return Err(format!(
-                    "connection to the spare lost before checkpoint {seq} was acknowledged"
-                ));
-            }
-            acks = self
-                .state
-                .acks_changed
-                .wait_timeout(acks, self.cfg.heartbeat)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let base_seq = read_base(path)?;
+        let (reply, outcome) = mpsc::channel();
+        self.cmds
+            .send(Cmd::Send {
+                path: path.to_path_buf(),
+                header: StreamHeader { seq, base_seq },
+                reply,
+            })
+            .map_err(|_| "the link thread is gone".to_string())?;
+        let _ = self.waker.wake();
+        outcome
+            .recv()
+            .unwrap_or_else(|_| Err("the link thread is gone".into()))
     }
 
     /// Bytes of checkpoint streams sent to the spare so far, on the wire.
     pub fn wire_bytes(&self) -> u64 {
-        self.state.wire_bytes.load(Ordering::SeqCst)
+        self.shared.wire_bytes.load(Ordering::SeqCst)
     }
+}
 
-    fn send(&self, m: &Msg) -> Result<(), String> {
-        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((generation, t)) = tx.as_mut() else {
-            return Err("no connection to the spare".into());
-        };
-        let sent = t.send(self.cfg.term, m);
-        if let Ok(n) = sent {
-            self.state.wire_bytes.fetch_add(n as u64, Ordering::SeqCst);
-        }
-        if let Err(e) = sent {
-            let generation = *generation;
-            drop(tx);
-            drop_connection(&self.tx, &self.state, generation);
-            return Err(format!("sending to the spare: {e}"));
-        }
-        Ok(())
+/// The base sequence declared by a spooled stream's BEGIN.
+fn read_base(path: &Path) -> Result<u64, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut fr = FrameReader::new(std::io::BufReader::with_capacity(64 << 10, f));
+    match fr.next_frame() {
+        Ok(Some(fr)) if fr.kind == FrameKind::Begin => format::decode_begin(&fr.payload, 0)
+            .map(|b| b.base_seq)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Ok(_) => Err(format!("{}: does not start with BEGIN", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
 fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
     addr.to_socket_addrs()?
         .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+        .ok_or_else(|| std::io::Error::new(ErrorKind::NotFound, "no address"))
 }
 
-/// Connects, authenticates, says hello, reads the spare's status, starts the reader.
-fn connect(cfg: &RemoteConfig, tx: &Arc<Tx>, state: &Arc<State>) -> Result<(), WireError> {
-    let _one_at_a_time = state.connecting.lock().unwrap_or_else(|p| p.into_inner());
-    if tx.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-        return Ok(()); // another thread connected while we waited
-    }
-    let addr = resolve(&cfg.addr)?;
-    let timeout = (cfg.heartbeat * 20).max(Duration::from_millis(200));
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    sock.set_tcp_nodelay(true)?;
-    sock.set_keepalive(true)?;
-    // Data unacknowledged for this long means the spare (or the path to it) is gone: give up the
-    // connection instead of retransmitting for minutes. It must stay well above TCP's minimum
-    // retransmission timeout (200 ms): one lost segment must not kill the connection. Liveness
-    // at the heartbeat's pace is the lease's job, not this one's.
-    // A spare whose disk is saturated (a large image being applied) can stop reading for
-    // seconds: that is slowness, not death, so this is generous.
-    sock.set_tcp_user_timeout(Some((cfg.lease * 100).max(Duration::from_secs(10))))?;
-    sock.connect_timeout(&addr.into(), timeout)?;
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(timeout))?;
-    let (mut t, mut r) = wire::connect(stream, &cfg.key)?;
-    t.send(
-        cfg.term,
-        &Msg::Hello {
-            exe_id: cfg.exe_id,
-            pid: std::process::id(),
-        },
-    )?;
-    let (spare_term, status) = r.recv()?;
-    match status {
-        Msg::Status { seq, .. } if spare_term <= cfg.term => {
-            log(format!(
-                "connected to spare {} (its image: checkpoint {seq}, term {spare_term})",
-                cfg.addr
-            ));
+enum Phase {
+    Connecting(Instant),
+    Handshake(ClientHandshake, Instant),
+    Session(Opener, Sealer),
+}
+
+struct Sock {
+    stream: TcpStream,
+    phase: Phase,
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl Sock {
+    fn flush(&mut self) -> std::io::Result<()> {
+        while self.sent < self.out.len() {
+            match self.stream.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        Msg::Fenced { term } | Msg::Status { term, .. } => {
-            fence(
-                cfg,
-                state,
-                format!(
-                    "the spare {} has term {term}, newer than ours ({})",
-                    cfg.addr, cfg.term
-                ),
-            );
-            return Err(WireError::AuthFailed);
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
         }
-        other => return Err(WireError::Decode(format!("unexpected reply {other:?}"))),
+        Ok(())
     }
-    r.socket().set_read_timeout(None)?;
-    *state.last_reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    let generation = state.generation.fetch_add(1, Ordering::SeqCst) + 1;
-    state.new_connection.store(true, Ordering::SeqCst);
-    *tx.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, t));
-    let (cfg2, state2, tx2) = (cfg.clone(), state.clone(), tx.clone());
-    std::thread::spawn(move || loop {
-        match r.recv() {
-            Ok((term, m)) => {
-                *state2.last_reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                state2.lease_lost.store(false, Ordering::SeqCst);
-                match m {
-                    Msg::Ack { seq } => {
-                        state2.acked_seq.fetch_max(seq, Ordering::SeqCst);
-                        push_ack(&state2, seq, Ok(()));
-                    }
-                    Msg::Nack { seq, reason } => push_ack(&state2, seq, Err(reason)),
-                    Msg::Fenced { term: t } => {
-                        fence(
-                            &cfg2,
-                            &state2,
-                            format!("the spare says term {t} exists (ours {})", cfg2.term),
-                        );
-                    }
-                    Msg::HeartbeatAck { .. } | Msg::Status { .. } if term > cfg2.term => {
-                        fence(
-                            &cfg2,
-                            &state2,
-                            format!("the spare has term {term} (ours {})", cfg2.term),
-                        );
-                    }
-                    _ => {}
+}
+
+struct Sending {
+    seq: u64,
+    file: std::fs::File,
+    reply: mpsc::Sender<Result<(), String>>,
+}
+
+struct LinkLoop {
+    cfg: RemoteConfig,
+    poll: Poll,
+    shared: Arc<Shared>,
+    cmds: mpsc::Receiver<Cmd>,
+    link: Link,
+    sock: Option<Sock>,
+    sending: Option<Sending>,
+    waiting: HashMap<u64, mpsc::Sender<Result<(), String>>>,
+    last_status: Instant,
+    lease_logged: bool,
+}
+
+impl LinkLoop {
+    fn new(cfg: RemoteConfig, poll: Poll, shared: Arc<Shared>, cmds: mpsc::Receiver<Cmd>) -> LinkLoop {
+        let link = Link::new(
+            LinkConfig {
+                heartbeat: cfg.heartbeat,
+                lease: cfg.lease,
+                ack_timeout: cfg.ack_timeout,
+                reconnect: cfg.heartbeat * 10,
+                drift_ppm: hotspare_proto::lease::DEFAULT_DRIFT_PPM,
+                serve_margin: Duration::from_millis(1),
+                term: cfg.term,
+                lineage: cfg.lineage,
+                exe_id: cfg.exe_id,
+                pid: std::process::id(),
+            },
+            now(),
+        );
+        LinkLoop {
+            cfg,
+            poll,
+            shared,
+            cmds,
+            link,
+            sock: None,
+            sending: None,
+            waiting: HashMap::new(),
+            last_status: Instant::now() - Duration::from_secs(1),
+            lease_logged: false,
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            self.pump();
+            let t = now();
+            let mut timeout = self
+                .link
+                .poll_timeout()
+                .map_or(Duration::from_millis(100), |x| x.since(t))
+                .min(Duration::from_millis(100));
+            if let Some(s) = &self.sock {
+                if let Phase::Connecting(d) | Phase::Handshake(_, d) = &s.phase {
+                    timeout = timeout.min(d.saturating_duration_since(Instant::now()));
                 }
             }
-            Err(e) => {
-                if state2.generation.load(Ordering::SeqCst) == generation {
-                    log(format!("connection to spare {} lost: {e}", cfg2.addr));
+            if self.poll.poll(&mut events, Some(timeout)).is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut broken: Option<String> = None;
+            for ev in events.iter() {
+                if ev.token() != SOCKET {
+                    continue;
                 }
-                drop_connection(&tx2, &state2, generation);
+                if let Err(why) = self.socket_ready(ev.is_writable(), &mut buf) {
+                    broken = Some(why);
+                }
+            }
+            if self.sock.is_some() && broken.is_none() {
+                // Reads may have stopped at the budget; and a connect may have completed.
+                if let Err(why) = self.socket_ready(true, &mut buf) {
+                    broken = Some(why);
+                }
+            }
+            if let Some(s) = &self.sock {
+                if let Phase::Connecting(d) | Phase::Handshake(_, d) = &s.phase {
+                    if Instant::now() >= *d {
+                        broken = Some("no connection within the deadline".into());
+                    }
+                }
+            }
+            if let Some(why) = broken {
+                self.disconnect(&why);
+            }
+            while let Ok(cmd) = self.cmds.try_recv() {
+                self.command(cmd);
+            }
+            self.link.handle_timeout(now());
+        }
+    }
+
+    fn disconnect(&mut self, why: &str) {
+        if let Some(mut s) = self.sock.take() {
+            let _ = self.poll.registry().deregister(&mut s.stream);
+            if matches!(s.phase, Phase::Session(..)) {
+                log(format!("connection to spare {} lost: {why}", self.cfg.addr));
+            } else {
+                log(format!("spare {} unreachable: {why}", self.cfg.addr));
+            }
+        }
+        self.link.handle_disconnected(now(), why);
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        let Cmd::Send {
+            path,
+            header,
+            reply,
+        } = cmd;
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = reply.send(Err(format!("{}: {e}", path.display())));
                 return;
             }
-        }
-    });
-    Ok(())
-}
-
-fn push_ack(state: &State, seq: u64, r: Result<(), String>) {
-    state
-        .acks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push_back((seq, r));
-    state.acks_changed.notify_all();
-}
-
-fn fence(cfg: &RemoteConfig, state: &State, why: String) {
-    if !state.fenced.swap(true, Ordering::SeqCst) {
-        log(format!("FENCED: {why}; this primary must stop serving"));
-        if cfg.exit_when_fenced {
-            std::process::exit(75);
-        }
-    }
-}
-
-/// Writes the primary's status file (tmp + rename, so readers never see half of it).
-fn write_status(cfg: &RemoteConfig, state: &State, connected: bool) {
-    let Some(path) = &cfg.status_file else { return };
-    let last = *state.last_reply.lock().unwrap_or_else(|p| p.into_inner());
-    let text = format!(
-        "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{},\"acked_seq\":{},\"lag\":{},\"last_reply_ms\":{},\"fenced\":{}}}\n",
-        std::process::id(),
-        cfg.term,
-        cfg.addr,
-        state.latest_seq.load(Ordering::SeqCst),
-        state.acked_seq.load(Ordering::SeqCst),
-        state.latest_seq.load(Ordering::SeqCst).saturating_sub(state.acked_seq.load(Ordering::SeqCst)),
-        last.map_or(-1, |t| t.elapsed().as_millis() as i64),
-        state.fenced.load(Ordering::SeqCst) || state.lease_lost.load(Ordering::SeqCst),
-    );
-    let tmp = path.with_extension("tmp");
-    if std::fs::write(&tmp, text).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
-}
-
-fn heartbeat_loop(cfg: RemoteConfig, tx: Arc<Tx>, state: Arc<State>) {
-    let mut last_attempt: Option<Instant> = None;
-    let mut last_status = Instant::now() - Duration::from_secs(1);
-    loop {
-        std::thread::sleep(cfg.heartbeat);
-        if last_status.elapsed() >= Duration::from_millis(100) {
-            last_status = Instant::now();
-            let connected = tx.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-            write_status(&cfg, &state, connected);
-        }
-        let mut guard = tx.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.as_mut() {
-            Some((generation, t)) => {
-                let seq = state.latest_seq.load(Ordering::SeqCst);
-                if let Err(e) = t.send(cfg.term, &Msg::Heartbeat { seq }) {
-                    log(format!("heartbeat to spare {} failed: {e}", cfg.addr));
-                    let generation = *generation;
-                    drop(guard);
-                    drop_connection(&tx, &state, generation);
-                }
+        };
+        match self.link.start_checkpoint(now(), header) {
+            Ok(()) => {
+                self.sending = Some(Sending {
+                    seq: header.seq,
+                    file,
+                    reply,
+                })
             }
-            None => {
-                drop(guard);
-                let retry = last_attempt.is_none_or(|t| t.elapsed() >= cfg.heartbeat * 10);
-                if retry && !state.fenced.load(Ordering::SeqCst) {
-                    last_attempt = Some(Instant::now());
-                    if let Err(e) = connect(&cfg, &tx, &state) {
-                        log(format!("spare {} unreachable: {e}", cfg.addr));
+            Err(why) => {
+                let _ = reply.send(Err(format!("spare {}: {why}", self.cfg.addr)));
+            }
+        }
+    }
+
+    /// Reads and writes the socket as far as it goes; `Err` when the connection is broken.
+    fn socket_ready(&mut self, writable: bool, buf: &mut [u8]) -> Result<(), String> {
+        let Some(s) = self.sock.as_mut() else {
+            return Ok(());
+        };
+        if let Phase::Connecting(_) = s.phase {
+            if !writable {
+                return Ok(());
+            }
+            if let Some(e) = s.stream.take_error().map_err(|e| e.to_string())? {
+                return Err(e.to_string());
+            }
+            match s.stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+            let nonce = wire::nonce().map_err(|e| e.to_string())?;
+            let (hs, hello) = ClientHandshake::new(&self.cfg.key, nonce);
+            s.out.extend_from_slice(&hello);
+            s.phase = Phase::Handshake(hs, Instant::now() + Duration::from_secs(2));
+        }
+        s.flush().map_err(|e| e.to_string())?;
+        for _ in 0..64 {
+            let n = match s.stream.read(buf) {
+                Ok(0) => return Err("closed by the spare".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut bytes = &buf[..n];
+            let rest;
+            if let Phase::Handshake(hs, _) = &mut s.phase {
+                match hs.feed(bytes).map_err(|e| e.to_string())? {
+                    None => continue,
+                    Some((proof, session, r)) => {
+                        s.out.extend_from_slice(&proof);
+                        s.phase = Phase::Session(session.opener, session.sealer);
+                        rest = r;
+                        bytes = &rest;
+                        self.link.handle_connected(now());
                     }
                 }
             }
+            if let Phase::Session(opener, _) = &mut s.phase {
+                opener.push(bytes);
+                while let Some((term, msg)) = opener.next_msg().map_err(|e| e.to_string())? {
+                    self.link.handle_msg(now(), term, msg);
+                }
+            }
         }
-        let last = *state.last_reply.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = last {
-            if t.elapsed() > cfg.lease && !state.lease_lost.swap(true, Ordering::SeqCst) {
-                log(format!(
-                    "no word from spare {} for {} ms (lease {} ms): it may have taken over",
-                    cfg.addr,
-                    t.elapsed().as_millis(),
-                    cfg.lease.as_millis()
-                ));
-                if cfg.exit_when_fenced {
+        Ok(())
+    }
+
+    fn connect(&mut self) {
+        let r = resolve(&self.cfg.addr).and_then(|addr| {
+            let mut stream = TcpStream::connect(addr)?;
+            stream.set_nodelay(true)?;
+            let sock = socket2::SockRef::from(&stream);
+            sock.set_keepalive(true)?;
+            // Data unacknowledged this long: the path is gone; liveness at the heartbeat's pace
+            // is the lease's job, so this only has to be well above TCP's retransmission timer.
+            sock.set_tcp_user_timeout(Some(Duration::from_secs(10)))?;
+            self.poll
+                .registry()
+                .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match r {
+            Ok(stream) => {
+                let deadline = Instant::now() + (self.cfg.heartbeat * 20).max(Duration::from_millis(200));
+                self.sock = Some(Sock {
+                    stream,
+                    phase: Phase::Connecting(deadline),
+                    out: Vec::new(),
+                    sent: 0,
+                });
+            }
+            Err(e) => {
+                log(format!("spare {} unreachable: {e}", self.cfg.addr));
+                self.link.handle_disconnected(now(), &e.to_string());
+            }
+        }
+    }
+
+    /// Drains the core: events, stream chunks, messages; publishes the lease.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.link.poll_event() {
+                progressed = true;
+                self.event(ev);
+            }
+            // Feed the next chunk only when nothing is queued, so heartbeats stay in front.
+            if self.link.data_queued() == 0 && self.sock.as_ref().is_some_and(|s| s.out.len() < CHUNK) {
+                if let Some(snd) = self.sending.as_mut() {
+                    let mut chunk = vec![0u8; CHUNK];
+                    match read_full(&mut snd.file, &mut chunk) {
+                        Ok(0) => {
+                            let s = self.sending.take().expect("checked");
+                            self.link.end_checkpoint(now(), s.seq);
+                            self.waiting.insert(s.seq, s.reply);
+                        }
+                        Ok(n) => {
+                            chunk.truncate(n);
+                            self.link.send_chunk(snd.seq, chunk);
+                        }
+                        Err(e) => {
+                            let s = self.sending.take().expect("checked");
+                            let _ = s.reply.send(Err(format!("reading the spool: {e}")));
+                        }
+                    }
+                    progressed = true;
+                }
+            }
+            if let Some(s) = self.sock.as_mut() {
+                if let Phase::Session(_, sealer) = &mut s.phase {
+                    while let Some(m) = self.link.poll_transmit() {
+                        let n = sealer.seal(self.link.term(), &m, &mut s.out);
+                        if matches!(m, hotspare_proto::Msg::Chunk { .. } | hotspare_proto::Msg::StreamStart(_) | hotspare_proto::Msg::EndStream { .. }) {
+                            self.shared.wire_bytes.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                        progressed = true;
+                    }
+                }
+                if s.flush().is_err() {
+                    self.disconnect("write failed");
+                    continue;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if self.link.take_needs_full() {
+            self.shared.needs_full.store(true, Ordering::SeqCst);
+        }
+        let until = self.link.serving_until().map_or(0, |t| t.as_nanos());
+        self.shared.serving_until.store(until, Ordering::SeqCst);
+        if self.last_status.elapsed() >= Duration::from_millis(100) {
+            self.last_status = Instant::now();
+            self.write_status();
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Connect => self.connect(),
+            Event::Close(why) => {
+                if self.sock.is_some() {
+                    self.disconnect(&why);
+                }
+            }
+            Event::Ready { spare_seq } => log(format!(
+                "connected to spare {} (its image: checkpoint {spare_seq}); lease {} ms",
+                self.cfg.addr,
+                self.link.lease().as_millis()
+            )),
+            Event::Done { seq, result } => {
+                if let Some(r) = self.waiting.remove(&seq) {
+                    let _ = r.send(result);
+                } else if self.sending.as_ref().is_some_and(|s| s.seq == seq) {
+                    let s = self.sending.take().expect("checked");
+                    let _ = s.reply.send(result);
+                }
+            }
+            Event::Fenced(why) => {
+                self.shared.fenced.store(true, Ordering::SeqCst);
+                self.shared.serving_until.store(0, Ordering::SeqCst);
+                log(format!("FENCED: {why}; this primary must stop serving"));
+                if self.cfg.exit_when_fenced {
+                    std::process::exit(75);
+                }
+            }
+            Event::LeaseLost => {
+                self.shared.serving_until.store(
+                    self.link.serving_until().map_or(0, |t| t.as_nanos()),
+                    Ordering::SeqCst,
+                );
+                if !self.lease_logged {
+                    log(format!(
+                        "no answer from spare {} within the lease ({} ms): not serving until it answers",
+                        self.cfg.addr,
+                        self.link.lease().as_millis()
+                    ));
+                }
+                self.lease_logged = true;
+                if self.cfg.exit_when_fenced {
                     log("FENCED: lease lost; exiting so that two primaries never both serve");
                     std::process::exit(75);
                 }
             }
         }
     }
+
+    fn write_status(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(path) = &self.cfg.status_file else { return };
+        let (sent, acked) = self.link.seqs();
+        let connected = self.link.is_up();
+        let until = self.link.serving_until();
+        let text = format!(
+            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"lag\":{},\"lease_left_ms\":{},\"fenced\":{}}}\n",
+            std::process::id(),
+            self.cfg.term,
+            self.cfg.addr,
+            sent.saturating_sub(acked),
+            until.map_or(-1, |u| u.as_nanos().saturating_sub(now().as_nanos()) as i64 / 1_000_000),
+            !self.link.may_serve(now()),
+        );
+        let tmp = path.with_extension("tmp");
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if w.is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

@@ -12,7 +12,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hotspare::replica::spare::{self, SpareConfig};
-use hotspare::replica::wire::Key;
+use hotspare::replica::wire;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,9 +42,21 @@ struct Args {
     /// Missed heartbeats N before the primary is declared dead (default 5: detection in 50 ms).
     #[arg(long)]
     missed: Option<u32>,
-    /// Shell command run at takeover, before the program starts (e.g. move a virtual IP).
+    /// Shell command run at takeover, before the program starts (e.g. move a virtual IP). If it
+    /// fails or outlives --hook-timeout-ms, the program is NOT started (fail closed).
     #[arg(long)]
     on_takeover: Option<String>,
+    /// Time limit of the takeover hook in ms (default 10000).
+    #[arg(long)]
+    hook_timeout_ms: Option<u64>,
+    /// After starting on an existing image, wait this long for a primary before taking over
+    /// (default 1000: a live primary reconnects well within it).
+    #[arg(long)]
+    startup_grace_ms: Option<u64>,
+    /// Let a primary of another lineage (a fresh start, not a resume of this image) replace the
+    /// image. Without it such a primary is refused and the image is kept.
+    #[arg(long)]
+    accept_new_lineage: bool,
     /// The program to start in resume mode, and its arguments.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
     exec: Vec<String>,
@@ -59,6 +71,9 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     missed: Option<u32>,
     on_takeover: Option<String>,
+    hook_timeout_ms: Option<u64>,
+    startup_grace_ms: Option<u64>,
+    accept_new_lineage: Option<bool>,
     exec: Option<Vec<String>>,
 }
 
@@ -94,10 +109,13 @@ fn config(a: Args) -> Result<SpareConfig> {
     Ok(SpareConfig {
         listen,
         image_dir,
-        key: Key::load(&key_file)?,
+        key: wire::load_key(&key_file)?,
         heartbeat: Duration::from_millis(a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(10).max(1)),
         missed,
+        startup_grace: Duration::from_millis(a.startup_grace_ms.or(f.startup_grace_ms).unwrap_or(1000)),
+        accept_new_lineage: a.accept_new_lineage || f.accept_new_lineage.unwrap_or(false),
         on_takeover: a.on_takeover.or(f.on_takeover),
+        hook_timeout: Duration::from_millis(a.hook_timeout_ms.or(f.hook_timeout_ms).unwrap_or(10_000)),
         exec,
     })
 }

@@ -175,26 +175,25 @@ fn inspect(dir: PathBuf, no_data: bool) -> Result<bool> {
 }
 
 fn status(dir: Option<PathBuf>, spare: Option<String>, key_file: Option<PathBuf>) -> Result<bool> {
-    use hotspare::replica::wire::{self, Key, Msg};
+    use hotspare::replica::wire::{self, Msg};
     if let Some(addr) = spare {
-        let key = Key::load(&key_file.context("--spare needs --key-file")?)?;
-        let stream = std::net::TcpStream::connect(&addr).with_context(|| addr.clone())?;
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        let (mut tx, mut rx) = wire::connect(stream, &key)?;
-        tx.send(0, &Msg::StatusRequest)?;
-        match rx.recv()?.1 {
+        let key = wire::load_key(&key_file.context("--spare needs --key-file")?)?;
+        let answer = wire::request_status(&addr, &key).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+        match answer.1 {
             Msg::Status {
                 term,
                 seq,
-                since_heartbeat_ms,
+                applied,
+                since_grant_ms,
+                ..
             } => {
-                let hb = if since_heartbeat_ms == u64::MAX {
+                let hb = if since_grant_ms == u64::MAX {
                     "never".into()
                 } else {
-                    format!("{since_heartbeat_ms} ms ago")
+                    format!("{since_grant_ms} ms ago")
                 };
                 println!(
-                    "spare {addr}: term {term}, image at checkpoint {seq}, last heartbeat {hb}"
+                    "spare {addr}: term {term}, image at checkpoint {seq} (applied {applied}), last heartbeat answered {hb}"
                 );
                 return Ok(true);
             }

@@ -1,0 +1,280 @@
+//! The spare's disk work, off the event loop: a **persister** thread runs the protocol's disk
+//! operations in the order asked (term, spool, validate + make durable, discard) and an
+//! **applier** thread writes durable checkpoints into the data files, so an acknowledgement
+//! never waits for a large apply. The queue to the persister is bounded in bytes: when it is
+//! full the event loop stops reading the primary's connection (back-pressure reaches the
+//! primary through TCP) instead of growing without limit.
+
+use crate::image::{ImageDir, LineagePolicy, Tip as ImageTip};
+use hotspare_proto::spare::{DiskDone, DiskOp, Tip};
+use hotspare_proto::StreamHeader;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+/// Bytes of stream data queued for the persister before the event loop stops reading.
+pub(super) const QUEUE_LIMIT: u64 = 64 << 20;
+
+/// The handle the event loop holds.
+pub(super) struct Disk {
+    ops: mpsc::Sender<DiskOp>,
+    /// Stream bytes queued and not yet written.
+    pub(super) queued: Arc<AtomicU64>,
+}
+
+impl Disk {
+    /// Queues an operation; its result arrives on the `done` channel given to [`start`].
+    pub(super) fn submit(&self, op: DiskOp) {
+        if let DiskOp::Spool { bytes, .. } = &op {
+            self.queued.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        }
+        // The workers live as long as the loop; a send can only fail while shutting down.
+        let _ = self.ops.send(op);
+    }
+}
+
+/// Converts the image directory's tip to the protocol's.
+pub(super) fn proto_tip(t: &ImageTip) -> Tip {
+    Tip {
+        lineage: t.lineage,
+        seq: t.seq,
+        term: t.term,
+        exe_id: t.exe_id,
+    }
+}
+
+/// Writes the term file: `0600`, written whole, `fsync`ed, renamed, directory `fsync`ed.
+pub(super) fn write_term(dir: &Path, term: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join("term.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    writeln!(f, "{term}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("term"))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Reads the term file. Missing: 0 (a new directory). Present but unreadable or not a number:
+/// an error — reading it as 0 would let an old primary back in.
+pub(super) fn read_term(dir: &Path) -> Result<u64, String> {
+    let p = dir.join("term");
+    match std::fs::read_to_string(&p) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{}: not a term number: {:?}", p.display(), s.trim())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(format!("{}: {e}", p.display())),
+    }
+}
+
+struct Spool {
+    header: StreamHeader,
+    lineage: [u8; 16],
+    term: u64,
+    file: Result<File, String>,
+}
+
+/// Starts the persister and the applier over `image`; results are sent on `done`, and `wake`
+/// is called after each so the event loop notices.
+pub(super) fn start(
+    image: ImageDir,
+    done: mpsc::Sender<DiskDone>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<Disk> {
+    let root: PathBuf = image.path().to_path_buf();
+    let tip = image.tip();
+    // The applier owns the directory handle that applies; a persister that must replace a
+    // lineage first finishes every apply under the same lock.
+    let applier_dir = Arc::new(Mutex::new(image));
+    let (ops, rx) = mpsc::channel::<DiskOp>();
+    let (apply_tx, apply_rx) = mpsc::channel::<()>();
+    let queued = Arc::new(AtomicU64::new(0));
+    {
+        let (dir, done, wake) = (applier_dir.clone(), done.clone(), wake.clone());
+        std::thread::Builder::new()
+            .name("hotspare-applier".into())
+            .spawn(move || {
+                while apply_rx.recv().is_ok() {
+                    while apply_rx.try_recv().is_ok() {}
+                    let r = dir
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .apply_pending()
+                        .map_err(|e| e.to_string());
+                    if done.send(DiskDone::Applied(r)).is_err() {
+                        return;
+                    }
+                    wake();
+                }
+            })?;
+    }
+    let q = queued.clone();
+    std::thread::Builder::new()
+        .name("hotspare-persister".into())
+        .spawn(move || {
+            let persister = Persister {
+                root,
+                tip,
+                spool: None,
+                applier_dir,
+            };
+            persister.run(rx, apply_tx, done, wake, q)
+        })?;
+    Ok(Disk { ops, queued })
+}
+
+struct Persister {
+    root: PathBuf,
+    tip: Option<ImageTip>,
+    spool: Option<Spool>,
+    applier_dir: Arc<Mutex<ImageDir>>,
+}
+
+impl Persister {
+    fn run(
+        mut self,
+        rx: mpsc::Receiver<DiskOp>,
+        apply: mpsc::Sender<()>,
+        done: mpsc::Sender<DiskDone>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        queued: Arc<AtomicU64>,
+    ) {
+        for op in rx {
+            let answer = match op {
+                DiskOp::SaveTerm(term) => Some(DiskDone::TermSaved {
+                    term,
+                    result: write_term(&self.root, term).map_err(|e| e.to_string()),
+                }),
+                DiskOp::SpoolStart {
+                    header,
+                    lineage,
+                    term,
+                } => {
+                    self.drop_spool();
+                    let file = ImageDir::create_wal_at(&self.root, header.seq)
+                        .map(|(_, f)| f)
+                        .map_err(|e| e.to_string());
+                    let failed = file.as_ref().err().cloned();
+                    self.spool = Some(Spool {
+                        header,
+                        lineage,
+                        term,
+                        file,
+                    });
+                    failed.map(|why| DiskDone::SpoolFailed {
+                        seq: header.seq,
+                        why,
+                    })
+                }
+                DiskOp::Spool { seq, bytes } => {
+                    queued.fetch_sub(bytes.len() as u64, Ordering::SeqCst);
+                    self.spool_bytes(seq, &bytes)
+                }
+                DiskOp::Persist {
+                    seq,
+                    replace_lineage,
+                } => Some(DiskDone::Persisted {
+                    seq,
+                    result: self.persist(seq, replace_lineage),
+                }),
+                DiskOp::Discard { seq } => {
+                    if self.spool.as_ref().is_some_and(|s| s.header.seq == seq) {
+                        self.drop_spool();
+                    }
+                    Some(DiskDone::Discarded)
+                }
+                DiskOp::Apply => {
+                    let _ = apply.send(());
+                    None
+                }
+            };
+            // Operations that succeed silently still end: the core counts them.
+            let answer = answer.unwrap_or(DiskDone::Discarded);
+            if done.send(answer).is_err() {
+                return;
+            }
+            wake();
+        }
+    }
+
+    fn drop_spool(&mut self) {
+        if let Some(s) = self.spool.take() {
+            drop(s.file);
+            let _ = std::fs::remove_file(self.root.join("wal").join(format!("{:020}.tmp", s.header.seq)));
+        }
+    }
+
+    fn spool_bytes(&mut self, seq: u64, bytes: &[u8]) -> Option<DiskDone> {
+        let s = self.spool.as_mut().filter(|s| s.header.seq == seq)?;
+        let Ok(f) = s.file.as_mut() else { return None };
+        match f.write_all(bytes) {
+            Ok(()) => None,
+            Err(e) => {
+                let why = format!("spooling checkpoint {seq}: {e}");
+                s.file = Err(why.clone());
+                Some(DiskDone::SpoolFailed { seq, why })
+            }
+        }
+    }
+
+    /// Validates the whole spooled stream against the durable tip and makes it durable.
+    fn persist(&mut self, seq: u64, replace_lineage: bool) -> Result<Tip, String> {
+        let Some(s) = self.spool.take().filter(|s| s.header.seq == seq) else {
+            return Err(format!("checkpoint {seq} was not spooled"));
+        };
+        let (header, lineage, term) = (s.header, s.lineage, s.term);
+        let remove = |root: &Path| {
+            let _ = std::fs::remove_file(root.join("wal").join(format!("{seq:020}.tmp")));
+        };
+        if let Err(why) = s.file {
+            remove(&self.root);
+            return Err(why);
+        }
+        let policy = if replace_lineage {
+            LineagePolicy::ReplaceOld
+        } else {
+            LineagePolicy::RefuseNew
+        };
+        // A new lineage replaces the image: everything durable before it is applied first, so
+        // the WAL never holds two lineages (their sequence numbers do not order them).
+        let other_lineage = self.tip.as_ref().is_some_and(|t| t.lineage != lineage);
+        let guard = if other_lineage {
+            let mut g = self.applier_dir.lock().unwrap_or_else(|p| p.into_inner());
+            g.apply_pending().map_err(|e| e.to_string())?;
+            Some(g)
+        } else {
+            None
+        };
+        let dir = ImageDir::attach(&self.root).map_err(|e| e.to_string())?;
+        let summary = match dir.persist_wal(seq, self.tip.as_ref(), policy, 0) {
+            Ok(s) => s,
+            Err(e) => {
+                remove(&self.root);
+                return Err(e.to_string());
+            }
+        };
+        drop(guard);
+        let b = &summary.begin;
+        if b.seq != header.seq || b.base_seq != header.base_seq || b.lineage != lineage || b.term != term {
+            // Durable already, but it is not what was declared: the applier must not see it.
+            let _ = std::fs::remove_file(self.root.join("wal").join(format!("{seq:020}.cpt")));
+            let _ = File::open(self.root.join("wal")).and_then(|d| d.sync_all());
+            return Err(format!(
+                "checkpoint {seq}: the stream's BEGIN (seq {}, base {}, term {}) differs from what the primary declared (seq {}, base {}, term {term})",
+                b.seq, b.base_seq, b.term, header.seq, header.base_seq
+            ));
+        }
+        let tip = ImageTip::from(b);
+        let out = proto_tip(&tip);
+        self.tip = Some(tip);
+        Ok(out)
+    }
+}
