@@ -1,0 +1,1298 @@
+//! The two protocol cores driven directly, one test per defect the protocol was written to fix.
+//! No simulator: every message, disk completion and clock reading is given by hand, so each
+//! test states exactly the sequence of events it is about. Every test also checks the "good"
+//! side of its rule (the thing that *should* happen does), so that it cannot pass vacuously.
+
+use hotspare_proto::codec::{
+    ClientHandshake, Key, ServerHandshake, ServerStep, Session, WireError, HELLO_LEN, MAX_MESSAGE,
+};
+use hotspare_proto::primary::{Event, Link, LinkConfig};
+use hotspare_proto::spare::{ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig, Tip};
+use hotspare_proto::{Lineage, Msg, StreamHeader, Time};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+const EXE: [u8; 32] = [7; 32];
+const OLD: Lineage = [0xaa; 16];
+const NEW: Lineage = [0xbb; 16];
+const DETECTION_MS: u64 = 50;
+const GRACE_MS: u64 = 200;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn at(n_ms: u64) -> Time {
+    Time::from_nanos(n_ms * 1_000_000)
+}
+
+fn at_us(n_us: u64) -> Time {
+    Time::from_nanos(n_us * 1_000)
+}
+
+fn link_cfg(term: u64, lineage: Lineage) -> LinkConfig {
+    LinkConfig {
+        heartbeat: ms(10),
+        lease: ms(40),
+        ack_timeout: ms(100),
+        reconnect: ms(100),
+        drift_ppm: hotspare_proto::lease::DEFAULT_DRIFT_PPM,
+        serve_margin: ms(1),
+        term,
+        lineage,
+        exe_id: EXE,
+        pid: 4242,
+    }
+}
+
+fn spare_cfg(accept_new_lineage: bool) -> SpareConfig {
+    SpareConfig {
+        detection: ms(DETECTION_MS),
+        startup_grace: ms(GRACE_MS),
+        accept_new_lineage,
+        apply_retry: ms(10),
+    }
+}
+
+fn tip(lineage: Lineage, seq: u64, term: u64) -> Tip {
+    Tip {
+        lineage,
+        seq,
+        term,
+        exe_id: EXE,
+    }
+}
+
+/// A spare restarted on an image of `lineage` at `seq` (applied), term `term`.
+fn spare_with_image(cfg: SpareConfig, lineage: Lineage, seq: u64, term: u64, now: Time) -> Spare {
+    let rec = Recovered {
+        term,
+        tip: Some(tip(lineage, seq, term)),
+        applied: seq,
+    };
+    Spare::new(cfg, rec, now)
+}
+
+fn drain(s: &mut Spare) -> Vec<Output> {
+    std::iter::from_fn(|| s.poll_output()).collect()
+}
+
+fn events(l: &mut Link) -> Vec<Event> {
+    std::iter::from_fn(|| l.poll_event()).collect()
+}
+
+fn transmit(l: &mut Link) -> Vec<Msg> {
+    std::iter::from_fn(|| l.poll_transmit()).collect()
+}
+
+/// The messages the spare sent on `c`, with their term stamps.
+fn sent(out: &[Output], c: ConnId) -> Vec<(u64, Msg)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(to, term, m) if *to == c => Some((*term, m.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn disk_ops(out: &[Output]) -> Vec<DiskOp> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Disk(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed(out: &[Output], c: ConnId) -> bool {
+    out.iter()
+        .any(|o| matches!(o, Output::Close(to, _) if *to == c))
+}
+
+fn takeover(out: &[Output]) -> Option<(u64, u64)> {
+    out.iter().find_map(|o| match o {
+        Output::TakeOver { term, seq, .. } => Some((*term, *seq)),
+        _ => None,
+    })
+}
+
+fn hello(lineage: Lineage) -> Msg {
+    Msg::Hello {
+        exe_id: EXE,
+        pid: 4242,
+        lineage,
+    }
+}
+
+fn header(seq: u64, base_seq: u64) -> StreamHeader {
+    StreamHeader { seq, base_seq }
+}
+
+/// Opens connection `c` on the spare and sends the hello of a primary of `term` and `lineage`.
+fn connect(s: &mut Spare, now: Time, c: ConnId, term: u64, lineage: Lineage) -> Vec<Output> {
+    s.handle_open(now, c);
+    s.handle_msg(now, c, term, hello(lineage));
+    drain(s)
+}
+
+/// Brings a link up against a spare that answers with `detection`: Connect → Hello → Status.
+fn link_up(cfg: LinkConfig, now: Time, spare_term: u64, detection: Duration) -> Link {
+    let mut l = Link::new(cfg, now);
+    l.handle_timeout(now);
+    assert_eq!(events(&mut l), vec![Event::Connect]);
+    l.handle_connected(now);
+    assert!(matches!(transmit(&mut l)[..], [Msg::Hello { .. }]));
+    l.handle_msg(
+        now,
+        spare_term,
+        Msg::Status {
+            term: spare_term,
+            seq: 0,
+            applied: 0,
+            since_grant_ms: u64::MAX,
+            detection_us: detection.as_micros() as u64,
+        },
+    );
+    assert_eq!(events(&mut l), vec![Event::Ready { spare_seq: 0 }]);
+    assert!(l.is_up());
+    l
+}
+
+/// Sends one heartbeat from the link at `now` and returns its id.
+fn heartbeat(l: &mut Link, now: Time) -> u64 {
+    l.handle_timeout(now);
+    let ids: Vec<u64> = transmit(l)
+        .into_iter()
+        .filter_map(|m| match m {
+            Msg::Heartbeat { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one heartbeat due at {now:?}");
+    ids[0]
+}
+
+/// Feeds everything the spare sent on `c` to the link.
+fn deliver(l: &mut Link, now: Time, out: &[Output], c: ConnId) {
+    for (term, m) in sent(out, c) {
+        l.handle_msg(now, term, m);
+    }
+}
+
+/// Streams checkpoint `h` (one chunk) from the admitted primary on `c` and returns the outputs.
+fn stream(s: &mut Spare, now: Time, c: ConnId, term: u64, h: StreamHeader) -> Vec<Output> {
+    s.handle_msg(now, c, term, Msg::StreamStart(h));
+    s.handle_msg(
+        now,
+        c,
+        term,
+        Msg::Chunk {
+            seq: h.seq,
+            bytes: vec![1, 2, 3],
+        },
+    );
+    s.handle_msg(now, c, term, Msg::EndStream { seq: h.seq });
+    drain(s)
+}
+
+/// Completes every disk operation in `ops` successfully (as a driver would), the Persists with
+/// tips of `lineage`/`term`; returns everything the spare did in answer (and completes the
+/// operations it asks for in turn, up to a bound).
+fn complete_all(
+    s: &mut Spare,
+    now: Time,
+    mut ops: Vec<DiskOp>,
+    lineage: Lineage,
+    term: u64,
+) -> Vec<Output> {
+    let mut all = Vec::new();
+    let mut applied = s.applied();
+    let mut rounds = 0;
+    while !ops.is_empty() {
+        rounds += 1;
+        assert!(rounds < 100, "disk operations keep coming");
+        for op in std::mem::take(&mut ops) {
+            let done = match op {
+                DiskOp::SaveTerm(t) => DiskDone::TermSaved {
+                    term: t,
+                    result: Ok(()),
+                },
+                DiskOp::SpoolStart { .. } | DiskOp::Spool { .. } | DiskOp::Discard { .. } => {
+                    DiskDone::Discarded
+                }
+                DiskOp::Persist { seq, .. } => {
+                    applied = applied.max(seq);
+                    DiskDone::Persisted {
+                        seq,
+                        result: Ok(tip(lineage, seq, term)),
+                    }
+                }
+                DiskOp::Apply => DiskDone::Applied(Ok(s.tip().map_or(applied, |t| t.seq))),
+            };
+            s.handle_disk(now, done);
+            let out = drain(s);
+            ops.extend(disk_ops(&out));
+            all.extend(out);
+        }
+    }
+    all
+}
+
+// ---------------------------------------------------------------------------------------------
+// a. Lineage
+// ---------------------------------------------------------------------------------------------
+
+/// Guards against a spare that protected (and would have taken over) an image of one program
+/// run for a primary of another run: the spare must refuse it, and the refused primary must be
+/// fenced for good — it never gets a lease from this spare, whatever it receives later.
+#[test]
+fn a_another_lineage_is_refused_and_the_link_is_fenced_forever() {
+    let c = ConnId(1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, 1, at(0));
+    let mut l = Link::new(link_cfg(1, NEW), at(0));
+    l.handle_timeout(at(0));
+    assert_eq!(events(&mut l), vec![Event::Connect]);
+    l.handle_connected(at(0));
+    s.handle_open(at(0), c);
+    for m in transmit(&mut l) {
+        s.handle_msg(at(0), c, l.term(), m);
+    }
+    let out = drain(&mut s);
+    let answers = sent(&out, c);
+    assert!(
+        matches!(&answers[..], [(_, Msg::Refused { .. })]),
+        "a primary of another lineage is answered Refused and nothing else: {out:?}"
+    );
+    assert!(closed(&out, c));
+    assert!(!s.has_primary());
+    deliver(&mut l, at(1), &out, c);
+    assert!(l.fenced().is_some(), "Refused fences the link");
+    assert!(events(&mut l).iter().any(|e| matches!(e, Event::Fenced(_))));
+
+    // Forever: whatever arrives afterwards (a Status, an answer to a heartbeat), across
+    // reconnects, the link never serves and never even tries to connect again.
+    l.handle_msg(
+        at(2),
+        1,
+        Msg::Status {
+            term: 1,
+            seq: 5,
+            applied: 5,
+            since_grant_ms: 0,
+            detection_us: 50_000,
+        },
+    );
+    l.handle_timeout(at(3));
+    let hb: Vec<u64> = transmit(&mut l)
+        .into_iter()
+        .filter_map(|m| match m {
+            Msg::Heartbeat { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    for id in hb {
+        l.handle_msg(at(4), 1, Msg::HeartbeatAck { id, seq: 5 });
+    }
+    for t in [4, 5, 10, 1000] {
+        assert!(!l.may_serve(at(t)), "fenced link serves at {t} ms");
+    }
+    assert!(l.serving_until().is_none());
+    assert!(l.start_checkpoint(at(5), header(1, 0)).is_err());
+    l.handle_disconnected(at(6), "closed by the spare");
+    events(&mut l);
+    for t in [6, 200, 10_000] {
+        l.handle_timeout(at(t));
+        assert!(
+            !events(&mut l).contains(&Event::Connect),
+            "a fenced link reconnects at {t} ms"
+        );
+        assert!(!l.may_serve(at(t)));
+    }
+}
+
+/// With `accept_new_lineage` the new primary is admitted — and until its first full checkpoint
+/// is durable the spare must not take over the OLD image (guards against a spare that, the new
+/// primary having died before its first checkpoint, "resumed" the previous run's state as if it
+/// were the new program's).
+#[test]
+fn a_accepted_new_lineage_does_not_make_the_old_image_taken_over() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_image(spare_cfg(true), OLD, 5, term, at(0));
+    let out = connect(&mut s, at(0), c, term, NEW);
+    assert!(
+        matches!(&sent(&out, c)[..], [(_, Msg::Status { .. })]),
+        "admitted: {out:?}"
+    );
+    assert!(s.has_primary());
+    // It heartbeats for a while, then goes silent and disconnects without a checkpoint.
+    s.handle_msg(at(10), c, term, Msg::Heartbeat { id: 1, seq: 0 });
+    drain(&mut s);
+    // An incremental stream cannot replace another lineage's image.
+    let out = stream(&mut s, at(20), c, term, header(6, 5));
+    assert!(disk_ops(&out).is_empty(), "{out:?}");
+    assert!(matches!(
+        &sent(&out, c)[..],
+        [(_, Msg::Nack { seq: 6, .. })]
+    ));
+    s.handle_closed(at(30), c, "primary died");
+    drain(&mut s);
+    for t in [100, GRACE_MS, 1_000, 60_000] {
+        s.handle_timeout(at(t));
+        let out = drain(&mut s);
+        assert!(
+            takeover(&out).is_none() && !disk_ops(&out).contains(&DiskOp::SaveTerm(term + 1)),
+            "the old image is taken over at {t} ms for a new lineage that never made a checkpoint durable: {out:?}"
+        );
+        assert!(!s.taking_over());
+    }
+
+    // The new primary comes back; its first full checkpoint fails on disk: still nothing.
+    let c2 = ConnId(2);
+    connect(&mut s, at(61_000), c2, term, NEW);
+    let out = stream(&mut s, at(61_001), c2, term, header(1, 0));
+    assert!(disk_ops(&out).contains(&DiskOp::Persist {
+        seq: 1,
+        replace_lineage: true
+    }));
+    for op in disk_ops(&out) {
+        let done = match op {
+            DiskOp::Persist { seq, .. } => DiskDone::Persisted {
+                seq,
+                result: Err("ENOSPC".into()),
+            },
+            _ => DiskDone::Discarded,
+        };
+        s.handle_disk(at(61_002), done);
+    }
+    let out = drain(&mut s);
+    assert!(sent(&out, c2)
+        .iter()
+        .all(|(_, m)| !matches!(m, Msg::Ack { .. })));
+    s.handle_closed(at(61_003), c2, "primary died");
+    drain(&mut s);
+    s.handle_timeout(at(120_000));
+    let out = drain(&mut s);
+    assert!(
+        takeover(&out).is_none() && disk_ops(&out).is_empty(),
+        "the old image is taken over after the new lineage's first checkpoint failed: {out:?}"
+    );
+
+    // Positive control: once a full checkpoint of the new lineage is durable (and applied),
+    // a silent new primary is taken over — at that checkpoint, not the old image.
+    let c3 = ConnId(3);
+    connect(&mut s, at(121_000), c3, term, NEW);
+    let out = stream(&mut s, at(121_001), c3, term, header(1, 0));
+    let out = complete_all(&mut s, at(121_002), disk_ops(&out), NEW, term);
+    assert!(
+        sent(&out, c3).contains(&(term, Msg::Ack { seq: 1 })),
+        "{out:?}"
+    );
+    assert_eq!(s.tip().map(|t| t.lineage), Some(NEW));
+    s.handle_closed(at(121_003), c3, "primary died");
+    drain(&mut s);
+    s.handle_timeout(at(122_000));
+    let out = drain(&mut s);
+    let ops = disk_ops(&out);
+    assert_eq!(ops, vec![DiskOp::SaveTerm(term + 1)], "{out:?}");
+    let out = complete_all(&mut s, at(122_001), ops, NEW, term);
+    assert_eq!(takeover(&out), Some((term + 1, 1)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// b. Chaining and acknowledgement
+// ---------------------------------------------------------------------------------------------
+
+/// Guards against a spare that spooled (and acknowledged) streams that could never be applied
+/// on top of its image — an incremental checkpoint on another base, or a full one that is not
+/// newer than what it has of the same lineage — so that an acknowledged checkpoint was lost.
+#[test]
+fn b_a_stream_that_cannot_chain_is_nacked_without_touching_the_disk() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    assert!(s.has_primary());
+    for (h, why) in [
+        (header(7, 6), "incremental on base 6, tip is 5"),
+        (header(7, 4), "incremental on base 4, tip is 5"),
+        (header(5, 0), "full at seq 5 = tip"),
+        (header(3, 0), "full at seq 3 < tip"),
+        (header(0, 0), "seq 0"),
+        (header(6, 6), "base = seq"),
+    ] {
+        let out = stream(&mut s, at(1), c, term, h);
+        let ops = disk_ops(&out);
+        assert!(
+            !ops.iter().any(|o| matches!(
+                o,
+                DiskOp::SpoolStart { .. } | DiskOp::Spool { .. } | DiskOp::Persist { .. }
+            )),
+            "{why}: the disk is asked for {ops:?}"
+        );
+        let msgs = sent(&out, c);
+        assert!(
+            matches!(&msgs[..], [(_, Msg::Nack { seq, .. })] if *seq == h.seq),
+            "{why}: answered {msgs:?}"
+        );
+        assert!(
+            !closed(&out, c),
+            "{why}: a refused stream keeps the connection"
+        );
+    }
+    assert_eq!(s.disk_outstanding(), 0);
+
+    // Positive controls: an incremental on the tip and a newer full one are spooled.
+    let out = stream(&mut s, at(2), c, term, header(6, 5));
+    let ops = disk_ops(&out);
+    assert!(matches!(ops[0], DiskOp::SpoolStart { header: h, .. } if h == header(6, 5)));
+    assert!(ops.contains(&DiskOp::Persist {
+        seq: 6,
+        replace_lineage: false
+    }));
+    assert!(
+        sent(&out, c).is_empty(),
+        "no answer before the disk has spoken"
+    );
+}
+
+/// Guards against acknowledging a checkpoint before it is durable (or when making it durable
+/// failed): the primary would then let its application believe state is safe that a takeover
+/// does not have.
+#[test]
+fn b_ack_only_after_persisted_ok_and_nack_on_persist_error() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    let out = stream(&mut s, at(1), c, term, header(6, 5));
+    assert!(sent(&out, c).is_empty());
+    // The spool operations complete: still no Ack.
+    for op in disk_ops(&out) {
+        if !matches!(op, DiskOp::Persist { .. }) {
+            s.handle_disk(at(2), DiskDone::Discarded);
+        }
+    }
+    assert!(sent(&drain(&mut s), c).is_empty(), "acked before Persisted");
+    // Heartbeats and status requests in between do not acknowledge it either.
+    s.handle_msg(at(3), c, term, Msg::Heartbeat { id: 1, seq: 6 });
+    s.handle_msg(at(3), c, term, Msg::StatusRequest);
+    let out = drain(&mut s);
+    assert!(
+        !sent(&out, c)
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::Ack { .. })),
+        "{out:?}"
+    );
+    // Persisted Ok → exactly one Ack.
+    s.handle_disk(
+        at(4),
+        DiskDone::Persisted {
+            seq: 6,
+            result: Ok(tip(OLD, 6, term)),
+        },
+    );
+    let out = drain(&mut s);
+    assert_eq!(sent(&out, c), vec![(term, Msg::Ack { seq: 6 })]);
+    complete_all(&mut s, at(5), disk_ops(&out), OLD, term);
+
+    // The next one fails to persist: Nack, never Ack, and the chain is back at 6.
+    let out = stream(&mut s, at(6), c, term, header(7, 6));
+    for op in disk_ops(&out) {
+        let done = match op {
+            DiskOp::Persist { seq, .. } => DiskDone::Persisted {
+                seq,
+                result: Err("Input/output error (os error 5)".into()),
+            },
+            _ => DiskDone::Discarded,
+        };
+        s.handle_disk(at(7), done);
+    }
+    let out = drain(&mut s);
+    let msgs = sent(&out, c);
+    assert!(
+        matches!(&msgs[..], [(_, Msg::Nack { seq: 7, .. })]),
+        "{msgs:?}"
+    );
+    s.handle_timeout(at(8));
+    assert!(!sent(&drain(&mut s), c)
+        .iter()
+        .any(|(_, m)| matches!(m, Msg::Ack { .. })));
+    let out = stream(&mut s, at(9), c, term, header(8, 7));
+    assert!(
+        matches!(&sent(&out, c)[..], [(_, Msg::Nack { seq: 8, .. })]),
+        "the failed checkpoint 7 does not count as a base"
+    );
+    let out = stream(&mut s, at(10), c, term, header(7, 6));
+    assert!(disk_ops(&out).contains(&DiskOp::Persist {
+        seq: 7,
+        replace_lineage: false
+    }));
+
+    // On the primary's side: a Nack fails the checkpoint and forces a full one.
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert!(l.take_needs_full());
+    l.start_checkpoint(at(1), header(9, 8)).expect("up");
+    l.end_checkpoint(at(1), 9);
+    transmit(&mut l);
+    l.handle_msg(
+        at(2),
+        term,
+        Msg::Nack {
+            seq: 9,
+            reason: "no".into(),
+        },
+    );
+    let ev = events(&mut l);
+    assert!(
+        matches!(
+            &ev[..],
+            [Event::Done {
+                seq: 9,
+                result: Err(_)
+            }]
+        ),
+        "{ev:?}"
+    );
+    assert!(l.take_needs_full());
+}
+
+// ---------------------------------------------------------------------------------------------
+// c. The lease
+// ---------------------------------------------------------------------------------------------
+
+/// Guards against a lease anchored to when an answer *arrived*: a primary that was paused (or
+/// whose answers sat in a queue) would then serve past the moment the spare may take over.
+#[test]
+fn c_a_late_heartbeat_answer_does_not_renew_the_lease() {
+    let term = 1;
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert!(!l.may_serve(at(0)), "no lease before an answered heartbeat");
+    let lease = l.lease();
+    assert_eq!(lease, ms(40));
+    let id = heartbeat(&mut l, at(1));
+    // The primary was paused: the answer is handled 45 ms after the heartbeat went out.
+    let late = at(1) + lease + ms(5);
+    l.handle_msg(late, term, Msg::HeartbeatAck { id, seq: 0 });
+    assert!(
+        !l.may_serve(late),
+        "an answer to a heartbeat sent more than a lease ago renewed the lease"
+    );
+    // A fresh heartbeat answered promptly does renew it, from its send time.
+    let now = late;
+    let id2 = heartbeat(&mut l, now);
+    assert!(id2 > id);
+    l.handle_msg(now + ms(1), term, Msg::HeartbeatAck { id: id2, seq: 0 });
+    assert!(l.may_serve(now + ms(1)));
+    assert_eq!(l.serving_until(), Some(now + lease));
+    // And it runs out by itself, no event needed.
+    assert!(l.may_serve(now + lease - Duration::from_nanos(1)));
+    assert!(!l.may_serve(now + lease));
+    assert!(!l.may_serve(now + lease + ms(1000)));
+    // A stale answer to the first heartbeat arriving now does not extend it either.
+    l.handle_msg(now + ms(2), term, Msg::HeartbeatAck { id, seq: 0 });
+    assert_eq!(l.serving_until(), Some(now + lease));
+    // The driver is told when it ran out.
+    l.handle_timeout(now + lease);
+    assert!(events(&mut l).contains(&Event::LeaseLost));
+}
+
+/// Guards against a primary configured with a lease longer than the spare's detection time:
+/// it would still serve after the spare took over.
+#[test]
+fn c_the_lease_is_capped_by_the_spares_detection_time() {
+    let term = 1;
+    let mut cfg = link_cfg(term, OLD);
+    cfg.lease = ms(100);
+    let mut l = link_up(cfg, at(0), term, ms(50));
+    assert!(
+        l.lease() < ms(50),
+        "lease {:?} not below the spare's 50 ms detection",
+        l.lease()
+    );
+    // With 1 % drift and a 1 ms margin: at most 50·0.99/1.01 − 1 ≈ 48.0 ms.
+    assert!(l.lease() <= ms(49) && l.lease() > ms(45), "{:?}", l.lease());
+    let id = heartbeat(&mut l, at(10));
+    l.handle_msg(at(11), term, Msg::HeartbeatAck { id, seq: 0 });
+    assert!(l.may_serve(at(11)));
+    assert!(
+        !l.may_serve(at(10) + ms(50)),
+        "still serving when the spare may take over"
+    );
+
+    // The cap comes from the spare that answered: a spare whose detection is taken from its
+    // config reports it in its Status, and the link caps against that.
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    let out = connect(&mut s, at(0), ConnId(1), term, OLD);
+    let detection_us = sent(&out, ConnId(1))
+        .iter()
+        .find_map(|(_, m)| match m {
+            Msg::Status { detection_us, .. } => Some(*detection_us),
+            _ => None,
+        })
+        .expect("Status");
+    assert_eq!(detection_us, DETECTION_MS * 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// d. Terms
+// ---------------------------------------------------------------------------------------------
+
+/// Guards against a deposed primary (older term) being protected again: it must be fenced,
+/// and must stay fenced once a newer term has been admitted, even if it connects later.
+#[test]
+fn d_older_terms_are_fenced_newer_ones_admitted_once_saved() {
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, 5, at(0));
+    assert_eq!(s.term(), 5);
+
+    // Older than the spare's term: Fenced, and the link fences itself on it.
+    let c = ConnId(1);
+    let out = connect(&mut s, at(1), c, 4, OLD);
+    assert!(
+        matches!(&sent(&out, c)[..], [(5, Msg::Fenced { term: 5 })]),
+        "{out:?}"
+    );
+    assert!(closed(&out, c) && !s.has_primary());
+    let mut l = Link::new(link_cfg(4, OLD), at(0));
+    l.handle_timeout(at(0));
+    l.handle_connected(at(0));
+    deliver(&mut l, at(1), &out, c);
+    assert!(l.fenced().is_some() && !l.may_serve(at(1)));
+
+    // Equal term: admitted at once (positive control).
+    let c5 = ConnId(5);
+    let out = connect(&mut s, at(2), c5, 5, OLD);
+    assert!(matches!(&sent(&out, c5)[..], [(5, Msg::Status { .. })]));
+    assert!(disk_ops(&out).is_empty());
+
+    // Newer: SaveTerm first; its heartbeats earn nothing until the term is on disk.
+    let c6 = ConnId(6);
+    let out = connect(&mut s, at(3), c6, 6, OLD);
+    assert_eq!(disk_ops(&out), vec![DiskOp::SaveTerm(6)]);
+    assert!(
+        sent(&out, c6).is_empty(),
+        "answered before its term is saved: {out:?}"
+    );
+    s.handle_msg(at(4), c6, 6, Msg::Heartbeat { id: 1, seq: 5 });
+    let out = drain(&mut s);
+    assert!(
+        sent(&out, c6).is_empty(),
+        "lease granted before the term is saved: {out:?}"
+    );
+    assert_eq!(s.last_grant(), None);
+    s.handle_disk(
+        at(5),
+        DiskDone::TermSaved {
+            term: 6,
+            result: Ok(()),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(
+        matches!(&sent(&out, c6)[..], [(6, Msg::Status { term: 6, .. })]),
+        "{out:?}"
+    );
+    // The term-5 primary admitted before is replaced and fenced on its next message.
+    assert!(closed(&out, c5));
+    s.handle_msg(at(6), c6, 6, Msg::Heartbeat { id: 2, seq: 5 });
+    assert_eq!(
+        sent(&drain(&mut s), c6),
+        vec![(6, Msg::HeartbeatAck { id: 2, seq: 5 })]
+    );
+
+    // An older-term primary connecting later is fenced, whether its term was current once
+    // (5) or never (4).
+    for (c, t) in [(ConnId(7), 5), (ConnId(8), 4)] {
+        let out = connect(&mut s, at(7), c, t, OLD);
+        assert!(
+            matches!(&sent(&out, c)[..], [(6, Msg::Fenced { term: 6 })]),
+            "term {t} after term 6 was admitted: {out:?}"
+        );
+        assert!(closed(&out, c));
+    }
+    // A message stamped with an older term on the admitted connection is fenced too.
+    s.handle_msg(at(8), c6, 5, Msg::Heartbeat { id: 3, seq: 5 });
+    let out = drain(&mut s);
+    assert!(matches!(
+        &sent(&out, c6)[..],
+        [(6, Msg::Fenced { term: 6 })]
+    ));
+}
+
+/// Guards against a term that counts without being on disk: a spare that cannot save a newer
+/// primary's term must refuse it (after a restart it would not know that term).
+#[test]
+fn d_a_failed_term_save_refuses_the_newer_primary() {
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, 5, at(0));
+    let c = ConnId(1);
+    let out = connect(&mut s, at(1), c, 7, OLD);
+    assert_eq!(disk_ops(&out), vec![DiskOp::SaveTerm(7)]);
+    s.handle_disk(
+        at(2),
+        DiskDone::TermSaved {
+            term: 7,
+            result: Err("ENOSPC".into()),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(
+        matches!(&sent(&out, c)[..], [(_, Msg::Refused { .. })]),
+        "{out:?}"
+    );
+    assert!(closed(&out, c) && !s.has_primary());
+    s.handle_msg(at(3), c, 7, Msg::Heartbeat { id: 1, seq: 5 });
+    let out = drain(&mut s);
+    assert!(sent(&out, c).is_empty() && s.last_grant().is_none());
+}
+
+/// Guards against the same defect by the back door: after a failed save of term 7 the spare
+/// keeps 7 as its term in memory, so a primary of term 7 that simply reconnects is admitted
+/// with no `SaveTerm` at all, and gets leases on a term that is on no disk.
+#[test]
+#[ignore = "BUG: Spare::hello sets self.term = term before SaveTerm and term_saved(Err) does not roll it back; a reconnect with the same term is then admitted (term == self.term) without any SaveTerm"]
+fn d_a_term_whose_save_failed_is_not_admitted_on_reconnect() {
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, 5, at(0));
+    let c = ConnId(1);
+    connect(&mut s, at(1), c, 7, OLD);
+    s.handle_disk(
+        at(2),
+        DiskDone::TermSaved {
+            term: 7,
+            result: Err("ENOSPC".into()),
+        },
+    );
+    drain(&mut s);
+    s.handle_closed(at(2), c, "refused");
+    let c2 = ConnId(2);
+    let out = connect(&mut s, at(3), c2, 7, OLD);
+    assert!(
+        !matches!(&sent(&out, c2)[..], [(_, Msg::Status { .. })]),
+        "term 7 admitted without being saved: {out:?}"
+    );
+    s.handle_msg(at(4), c2, 7, Msg::Heartbeat { id: 1, seq: 5 });
+    let out = drain(&mut s);
+    assert!(
+        !sent(&out, c2)
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::HeartbeatAck { .. })),
+        "a lease granted on term 7, which is on no disk: {out:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// e. Takeover
+// ---------------------------------------------------------------------------------------------
+
+/// Guards against a takeover while the primary may still serve: never within `detection` of
+/// the last heartbeat answered.
+#[test]
+fn e_no_takeover_within_detection_of_the_last_answer() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    let last = at(GRACE_MS + 100);
+    s.handle_msg(last, c, term, Msg::Heartbeat { id: 1, seq: 5 });
+    let out = drain(&mut s);
+    assert!(sent(&out, c).contains(&(term, Msg::HeartbeatAck { id: 1, seq: 5 })));
+    assert_eq!(s.last_grant(), Some(last));
+    // The primary goes silent; the timer is asked for no earlier than last + detection.
+    assert!(s
+        .poll_timeout()
+        .is_some_and(|t| t >= last + ms(DETECTION_MS)));
+    for us in [0, 1_000, 25_000, 49_000, 49_999] {
+        s.handle_timeout(last + Duration::from_micros(us));
+        let out = drain(&mut s);
+        assert!(
+            disk_ops(&out).is_empty() && takeover(&out).is_none() && !s.taking_over(),
+            "takeover {us} µs after the last answer (detection {DETECTION_MS} ms): {out:?}"
+        );
+    }
+    // Also when the connection has dropped in between.
+    s.handle_closed(last + ms(10), c, "reset");
+    drain(&mut s);
+    s.handle_timeout(last + ms(DETECTION_MS) - Duration::from_nanos(1));
+    assert!(disk_ops(&drain(&mut s)).is_empty());
+    // Positive control: at last + detection it decides.
+    s.handle_timeout(last + ms(DETECTION_MS));
+    assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::SaveTerm(term + 1)]);
+}
+
+/// Guards against a restarted spare taking over at once — it may have granted a lease just
+/// before it died — and against one that never takes over a dead primary after a restart.
+#[test]
+fn e_startup_grace_then_a_restarted_spare_takes_over() {
+    let term = 3;
+    let start = at(1_000);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 9, term, start);
+    assert_eq!(s.poll_timeout(), Some(start + ms(GRACE_MS)));
+    for t in [0, 1, 50, 100, GRACE_MS - 1] {
+        s.handle_timeout(start + ms(t));
+        let out = drain(&mut s);
+        assert!(
+            disk_ops(&out).is_empty() && takeover(&out).is_none(),
+            "takeover {t} ms after start, grace {GRACE_MS} ms: {out:?}"
+        );
+    }
+    // A primary that heartbeated once right after the start and vanished: its detection
+    // expires inside the grace, and the grace still holds.
+    let c = ConnId(1);
+    connect(&mut s, start + ms(1), c, term, OLD);
+    s.handle_msg(start + ms(2), c, term, Msg::Heartbeat { id: 1, seq: 9 });
+    s.handle_closed(start + ms(3), c, "gone");
+    drain(&mut s);
+    s.handle_timeout(start + ms(2 + DETECTION_MS + 10));
+    assert!(
+        disk_ops(&drain(&mut s)).is_empty(),
+        "takeover inside the grace"
+    );
+    // After the grace: the term is saved first, then the takeover, at the image.
+    s.handle_timeout(start + ms(GRACE_MS));
+    let out = drain(&mut s);
+    assert_eq!(disk_ops(&out), vec![DiskOp::SaveTerm(term + 1)]);
+    assert!(
+        takeover(&out).is_none(),
+        "takeover before its term is saved"
+    );
+    assert!(s.taking_over() && !s.taken_over());
+    // While the term is being saved, a primary that shows up gets no lease.
+    let c2 = ConnId(2);
+    s.handle_open(start + ms(GRACE_MS + 1), c2);
+    s.handle_msg(start + ms(GRACE_MS + 1), c2, term, hello(OLD));
+    s.handle_msg(
+        start + ms(GRACE_MS + 1),
+        c2,
+        term,
+        Msg::Heartbeat { id: 1, seq: 9 },
+    );
+    let out = drain(&mut s);
+    assert!(sent(&out, c2).is_empty(), "{out:?}");
+    s.handle_disk(
+        start + ms(GRACE_MS + 2),
+        DiskDone::TermSaved {
+            term: term + 1,
+            result: Ok(()),
+        },
+    );
+    let out = drain(&mut s);
+    assert_eq!(takeover(&out), Some((term + 1, 9)));
+    assert!(s.taken_over());
+    assert_eq!(s.poll_timeout(), None);
+    // Exactly once.
+    s.handle_timeout(start + ms(100_000));
+    assert!(takeover(&drain(&mut s)).is_none());
+}
+
+/// Guards against a takeover on a term that is not on disk (after a restart the spare would
+/// not know it had deposed anyone): a failed save means no takeover, and a later retry.
+#[test]
+fn e_a_failed_takeover_term_save_means_no_takeover() {
+    let term = 3;
+    let mut s = spare_with_image(spare_cfg(false), OLD, 9, term, at(0));
+    s.handle_timeout(at(GRACE_MS));
+    assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::SaveTerm(4)]);
+    s.handle_disk(
+        at(GRACE_MS + 1),
+        DiskDone::TermSaved {
+            term: 4,
+            result: Err("EIO".into()),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(
+        takeover(&out).is_none(),
+        "took over on an unsaved term: {out:?}"
+    );
+    assert!(!s.taken_over() && !s.taking_over());
+    // It tries again later, with a new term, and only succeeds once that one is saved.
+    s.handle_timeout(at(GRACE_MS + 2));
+    assert!(disk_ops(&drain(&mut s)).is_empty(), "retried at once");
+    s.handle_timeout(at(GRACE_MS + 1 + DETECTION_MS));
+    let ops = disk_ops(&drain(&mut s));
+    assert_eq!(ops.len(), 1);
+    let DiskOp::SaveTerm(t2) = ops[0] else {
+        panic!("{ops:?}")
+    };
+    assert!(t2 > 4, "retried with term {t2}");
+    s.handle_disk(
+        at(GRACE_MS + 2 + DETECTION_MS),
+        DiskDone::TermSaved {
+            term: t2,
+            result: Ok(()),
+        },
+    );
+    assert_eq!(takeover(&drain(&mut s)), Some((t2, 9)));
+}
+
+/// Guards against a takeover of an image that is not what was acknowledged: none while a
+/// disk operation is outstanding (a persist that may succeed, an apply) or while the data
+/// files are behind the durable tip.
+#[test]
+fn e_no_takeover_with_disk_work_outstanding_or_apply_behind() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    let out = stream(&mut s, at(1), c, term, header(6, 5));
+    let mut ops = disk_ops(&out);
+    assert!(ops.len() >= 3, "{ops:?}");
+    s.handle_closed(at(2), c, "primary died mid-persist");
+    ops.extend(disk_ops(&drain(&mut s)));
+    // Nothing completes: no takeover, however long.
+    for t in [GRACE_MS, 1_000, 10_000] {
+        s.handle_timeout(at(t));
+        assert!(
+            disk_ops(&drain(&mut s)).is_empty(),
+            "takeover at {t} ms with {} disk operations outstanding",
+            s.disk_outstanding()
+        );
+    }
+    // Everything but the Persist completes: still none.
+    for op in &ops {
+        if !matches!(op, DiskOp::Persist { .. }) {
+            s.handle_disk(at(10_001), DiskDone::Discarded);
+        }
+    }
+    s.handle_timeout(at(20_000));
+    assert!(disk_ops(&drain(&mut s)).is_empty());
+    // The Persist succeeds (checkpoint 6 is durable, not applied): an Apply is asked, and
+    // until it is done there is no takeover.
+    s.handle_disk(
+        at(20_001),
+        DiskDone::Persisted {
+            seq: 6,
+            result: Ok(tip(OLD, 6, term)),
+        },
+    );
+    assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::Apply]);
+    s.handle_timeout(at(30_000));
+    assert!(
+        disk_ops(&drain(&mut s)).is_empty(),
+        "takeover with the apply outstanding"
+    );
+    // The apply fails: still behind, no takeover; it is retried.
+    s.handle_disk(at(30_001), DiskDone::Applied(Err("EIO".into())));
+    drain(&mut s);
+    s.handle_timeout(at(30_001) + ms(10));
+    let out = drain(&mut s);
+    assert_eq!(
+        disk_ops(&out),
+        vec![DiskOp::Apply],
+        "apply retried: {out:?}"
+    );
+    s.handle_timeout(at(40_000));
+    assert!(disk_ops(&drain(&mut s)).is_empty());
+    // Applied: now the takeover comes, at checkpoint 6.
+    s.handle_disk(at(40_001), DiskDone::Applied(Ok(6)));
+    drain(&mut s);
+    s.handle_timeout(at(40_002));
+    let ops = disk_ops(&drain(&mut s));
+    assert_eq!(ops, vec![DiskOp::SaveTerm(term + 1)]);
+    let out = complete_all(&mut s, at(40_003), ops, OLD, term);
+    assert_eq!(takeover(&out), Some((term + 1, 6)));
+}
+
+/// Guards against a driver that follows the documented contract of `DiskDone::SpoolFailed`
+/// ("success need not be reported") for `SpoolStart`/`Spool`: the spare counts every disk
+/// operation as outstanding until a `DiskDone` arrives, so after one spooled stream it never
+/// takes over a dead primary.
+#[test]
+#[ignore = "BUG: DiskDone::SpoolFailed says SpoolStart/Spool success need not be reported, but Spare::disk() counts them in disk_outstanding and handle_timeout requires disk_outstanding == 0: a driver that does not report spool success (as documented) blocks every takeover"]
+fn e_unreported_spool_success_does_not_block_takeover_forever() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    let out = stream(&mut s, at(1), c, term, header(6, 5));
+    // The driver reports what the contract asks for: the Persist, then the Apply.
+    for op in disk_ops(&out) {
+        if let DiskOp::Persist { seq, .. } = op {
+            s.handle_disk(
+                at(2),
+                DiskDone::Persisted {
+                    seq,
+                    result: Ok(tip(OLD, seq, term)),
+                },
+            );
+        }
+    }
+    let out = drain(&mut s);
+    assert!(sent(&out, c).contains(&(term, Msg::Ack { seq: 6 })));
+    assert_eq!(disk_ops(&out), vec![DiskOp::Apply]);
+    s.handle_disk(at(3), DiskDone::Applied(Ok(6)));
+    s.handle_closed(at(4), c, "primary died");
+    drain(&mut s);
+    s.handle_timeout(at(60_000));
+    assert_eq!(
+        disk_ops(&drain(&mut s)),
+        vec![DiskOp::SaveTerm(term + 1)],
+        "no takeover a minute after the primary died ({} disk operations believed outstanding)",
+        s.disk_outstanding()
+    );
+}
+
+/// Guards against a restarted spare that never takes over because it compares sequence
+/// numbers across lineages: its durable tip is the first full checkpoint of a new lineage
+/// (seq 1), not yet applied over the old lineage's data files (applied at 10).
+#[test]
+#[ignore = "BUG: Spare::new schedules the recovery Apply only if tip.seq > recovered.applied (sequences of two lineages compared) but counts the tip as unapplied whenever tip.seq != applied; with tip seq 1 of a new lineage over applied 10 no Apply is ever asked and applied_upto != persisted blocks every takeover"]
+fn e_restart_with_an_unapplied_tip_of_a_new_lineage_takes_over() {
+    let rec = Recovered {
+        term: 2,
+        tip: Some(tip(NEW, 1, 2)),
+        applied: 10,
+    };
+    let mut s = Spare::new(spare_cfg(true), rec, at(0));
+    let mut out = Vec::new();
+    for t in (0..=10).map(|i| GRACE_MS * i) {
+        s.handle_timeout(at(t));
+        let o = drain(&mut s);
+        out.extend(complete_all(&mut s, at(t), disk_ops(&o), NEW, 2));
+        out.extend(o);
+    }
+    assert_eq!(
+        takeover(&out),
+        Some((3, 1)),
+        "a dead primary never taken over after a restart: {out:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// f. Acknowledgement deadline
+// ---------------------------------------------------------------------------------------------
+
+/// Guards against a spare whose disk hangs blocking the primary's checkpoint forever, and
+/// against the fix for it (dropping the connection) leaving a live primary silent long enough
+/// to be taken over: the checkpoint fails, the connection stays, the next one is full.
+#[test]
+fn f_a_missed_ack_deadline_fails_the_checkpoint_and_keeps_the_connection() {
+    let term = 1;
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert!(
+        l.take_needs_full(),
+        "a new connection starts with a full checkpoint"
+    );
+    assert!(!l.take_needs_full());
+
+    // Positive control: acknowledged in time → Ok, no full checkpoint needed.
+    l.start_checkpoint(at(1), header(1, 0)).expect("up");
+    l.send_chunk(1, vec![0; 16]);
+    l.end_checkpoint(at(2), 1);
+    transmit(&mut l);
+    l.handle_msg(at(50), term, Msg::Ack { seq: 1 });
+    assert_eq!(
+        events(&mut l),
+        vec![Event::Done {
+            seq: 1,
+            result: Ok(())
+        }]
+    );
+    assert!(!l.take_needs_full());
+
+    // Checkpoint 2's Ack never comes.
+    l.start_checkpoint(at(60), header(2, 1)).expect("up");
+    l.end_checkpoint(at(61), 2);
+    transmit(&mut l);
+    assert!(l.poll_timeout().is_some_and(|t| t <= at(161)));
+    l.handle_timeout(at(160));
+    assert!(
+        !events(&mut l)
+            .iter()
+            .any(|e| matches!(e, Event::Done { .. })),
+        "failed before its deadline"
+    );
+    l.handle_timeout(at(161));
+    let ev = events(&mut l);
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            Event::Done {
+                seq: 2,
+                result: Err(_)
+            }
+        )),
+        "{ev:?}"
+    );
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::Close(_))),
+        "the connection is dropped: {ev:?}"
+    );
+    assert!(l.is_up());
+    assert!(
+        l.take_needs_full(),
+        "the checkpoint after a missed Ack must be full"
+    );
+    transmit(&mut l); // the heartbeats that fell due meanwhile
+                      // The connection keeps working: heartbeats go out and renew the lease.
+    let id = heartbeat(&mut l, at(170));
+    l.handle_msg(at(171), term, Msg::HeartbeatAck { id, seq: 1 });
+    assert!(l.may_serve(at(171)));
+    // A late Ack of checkpoint 2 is harmless: no second Done, no close.
+    l.handle_msg(at(172), term, Msg::Ack { seq: 2 });
+    assert!(events(&mut l).is_empty());
+    assert_eq!(l.seqs(), (2, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// g. Codec
+// ---------------------------------------------------------------------------------------------
+
+fn key() -> Key {
+    Key::from_bytes(b"a shared secret of the pair")
+}
+
+/// The full handshake with every byte delivered alone, in both directions.
+fn handshake_bytewise() -> (Session, Session) {
+    let (mut client, hello) = ClientHandshake::new(&key(), [1; 32]);
+    assert_eq!(hello.len(), HELLO_LEN);
+    let mut server = ServerHandshake::new(&key(), [2; 32]);
+    let mut reply = None;
+    for (i, b) in hello.iter().enumerate() {
+        match server.feed(&[*b]).expect("valid hello") {
+            ServerStep::More => assert!(i + 1 < HELLO_LEN, "no reply after the whole hello"),
+            ServerStep::Reply(r) => {
+                assert_eq!(i + 1, HELLO_LEN, "reply before the whole hello");
+                reply = Some(r);
+            }
+            ServerStep::Done(..) => panic!("done before the proof"),
+        }
+    }
+    let reply = reply.expect("the spare replies to a complete hello");
+    let mut done = None;
+    for (i, b) in reply.iter().enumerate() {
+        match client.feed(&[*b]).expect("valid reply") {
+            None => assert!(i + 1 < reply.len()),
+            Some(d) => done = Some(d),
+        }
+    }
+    let (proof, client_session, rest) = done.expect("client done");
+    assert!(rest.is_empty());
+    let mut server_session = None;
+    for (i, b) in proof.iter().enumerate() {
+        match server.feed(&[*b]).expect("valid proof") {
+            ServerStep::More => assert!(i + 1 < proof.len()),
+            ServerStep::Done(s, rest) => {
+                assert!(rest.is_empty());
+                server_session = Some(s);
+            }
+            ServerStep::Reply(_) => panic!("second reply"),
+        }
+    }
+    (client_session, server_session.expect("server done"))
+}
+
+/// Guards against a handshake that assumed whole reads (a slow peer, a split TCP segment).
+#[test]
+fn g_a_hello_sent_one_byte_at_a_time_completes() {
+    let (mut c, mut s) = handshake_bytewise();
+    let mut out = Vec::new();
+    c.sealer
+        .seal(3, &Msg::Heartbeat { id: 9, seq: 4 }, &mut out);
+    for b in &out {
+        assert_eq!(s.opener.next_msg(), Ok(None));
+        s.opener.push(&[*b]);
+    }
+    assert_eq!(
+        s.opener.next_msg(),
+        Ok(Some((3, Msg::Heartbeat { id: 9, seq: 4 })))
+    );
+    let mut back = Vec::new();
+    s.sealer
+        .seal(3, &Msg::HeartbeatAck { id: 9, seq: 4 }, &mut back);
+    c.opener.push(&back);
+    assert_eq!(
+        c.opener.next_msg(),
+        Ok(Some((3, Msg::HeartbeatAck { id: 9, seq: 4 })))
+    );
+}
+
+/// Guards against a spare that buffered (or waited for a whole hello from) anything that
+/// connects: garbage is refused as soon as the magic and version can be judged.
+#[test]
+fn g_garbage_magic_is_refused_after_five_bytes() {
+    for garbage in [
+        &b"GET / HTTP/1.1\r\n"[..],
+        &b"HSRQ\x02"[..],
+        &[b'H', b'S', b'R', b'P', 1][..],
+        &[b'H', b'S', b'R', b'P', 3][..],
+        &[0u8; 8][..],
+    ] {
+        let mut s = ServerHandshake::new(&key(), [2; 32]);
+        for (i, b) in garbage.iter().enumerate().take(5) {
+            let r = s.feed(&[*b]);
+            if i < 4 {
+                assert!(
+                    matches!(r, Ok(ServerStep::More)),
+                    "{garbage:?} byte {i}: {r:?}"
+                );
+            } else {
+                assert!(
+                    matches!(r, Err(WireError::BadHello)),
+                    "{garbage:?}: 5 bytes in, {r:?}"
+                );
+            }
+        }
+        // All at once: the same.
+        let mut s = ServerHandshake::new(&key(), [2; 32]);
+        assert!(matches!(s.feed(garbage), Err(WireError::BadHello)));
+    }
+}
+
+/// Guards against accepting a forged or damaged message: any flipped MAC byte fails it.
+#[test]
+fn g_a_flipped_mac_byte_is_bad_mac() {
+    let (mut c, _) = handshake_bytewise();
+    let mut out = Vec::new();
+    c.sealer.seal(1, &Msg::EndStream { seq: 5 }, &mut out);
+    let n = out.len();
+    for pos in (n - 32..n).chain([4, 12, n - 33]) {
+        for bit in [0x01, 0x80] {
+            let (_, mut s) = handshake_bytewise();
+            let mut bad = out.clone();
+            bad[pos] ^= bit;
+            s.opener.push(&bad);
+            assert_eq!(
+                s.opener.next_msg(),
+                Err(WireError::BadMac { counter: 0 }),
+                "byte {pos} ^ {bit:#x}"
+            );
+        }
+    }
+    // Unchanged (positive control), and replayed (second copy: stale counter).
+    let (_, mut s) = handshake_bytewise();
+    s.opener.push(&out);
+    s.opener.push(&out);
+    assert_eq!(
+        s.opener.next_msg(),
+        Ok(Some((1, Msg::EndStream { seq: 5 })))
+    );
+    assert_eq!(s.opener.next_msg(), Err(WireError::BadMac { counter: 1 }));
+}
+
+/// Guards against a peer making the opener buffer up to 4 GiB: an impossible length is an
+/// error as soon as its 4 bytes are in.
+#[test]
+fn g_an_oversized_length_is_too_large_without_buffering() {
+    for n in [MAX_MESSAGE + 1, u32::MAX, 7, 0] {
+        let (_, mut s) = handshake_bytewise();
+        s.opener.push(&n.to_le_bytes());
+        assert_eq!(s.opener.buffered(), 4);
+        assert_eq!(
+            s.opener.next_msg(),
+            Err(WireError::TooLarge(n)),
+            "length {n}"
+        );
+    }
+    // The largest allowed length waits for its body (positive control).
+    let (_, mut s) = handshake_bytewise();
+    s.opener.push(&MAX_MESSAGE.to_le_bytes());
+    assert_eq!(s.opener.next_msg(), Ok(None));
+}
+
+/// The spare's timer tracks the takeover deadline in microseconds, not only milliseconds.
+#[test]
+fn e_poll_timeout_is_the_takeover_deadline() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    s.handle_msg(at_us(300_123), c, term, Msg::Heartbeat { id: 1, seq: 5 });
+    drain(&mut s);
+    assert_eq!(s.poll_timeout(), Some(at_us(300_123) + ms(DETECTION_MS)));
+}
