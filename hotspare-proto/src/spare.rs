@@ -115,8 +115,9 @@ pub enum DiskDone {
         /// Whether it is on disk.
         result: Result<(), String>,
     },
-    /// [`DiskOp::SpoolStart`] or [`DiskOp::Spool`] failed (the stream is poisoned); success
-    /// need not be reported.
+    /// [`DiskOp::SpoolStart`] or [`DiskOp::Spool`] failed (the stream is poisoned). Every
+    /// operation is answered exactly once (the core counts them: a takeover waits for the disk
+    /// to be idle); a spool operation that succeeded is answered [`DiskDone::Discarded`].
     SpoolFailed {
         /// The checkpoint.
         seq: u64,
@@ -132,7 +133,8 @@ pub enum DiskDone {
     },
     /// [`DiskOp::Apply`]: the sequence now applied, or why not.
     Applied(Result<u64, String>),
-    /// [`DiskOp::Discard`] (nothing to report, but it ends the operation).
+    /// [`DiskOp::Discard`], or a spool operation that succeeded: nothing to report, but it ends
+    /// the operation.
     Discarded,
 }
 
@@ -187,6 +189,8 @@ pub struct Spare {
     cfg: SpareConfig,
     /// The highest term known (saved, or being saved before anything relies on it).
     term: u64,
+    /// The highest term known to be on disk.
+    saved_term: u64,
     tip: Option<Tip>,
     /// (lineage, seq) the tip will have once the queued persists succeed.
     queued_tip: Option<(Lineage, u64)>,
@@ -225,6 +229,7 @@ impl Spare {
             hold_until: now + cfg.startup_grace,
             cfg,
             term,
+            saved_term: recovered.term,
             tip: recovered.tip,
             queued_tip: recovered.tip.map(|t| (t.lineage, t.seq)),
             applied: recovered.applied,
@@ -234,7 +239,7 @@ impl Spare {
             apply_queued: false,
             apply_retry_at: recovered
                 .tip
-                .filter(|t| t.seq > recovered.applied)
+                .filter(|t| t.seq != recovered.applied)
                 .map(|_| now),
             primary: None,
             admitting: None,
@@ -515,8 +520,9 @@ impl Spare {
             lineage,
             pid,
         };
-        if term > self.term {
-            self.term = term;
+        if term > self.saved_term {
+            // Saved before it counts (again, if an earlier save of it failed).
+            self.term = self.term.max(term);
             self.disk(DiskOp::SaveTerm(term));
             self.admitting = Some(a);
         } else {
@@ -699,6 +705,7 @@ impl Spare {
             }
             return;
         }
+        self.saved_term = self.saved_term.max(term);
         if let Some(a) = self.admitting.take() {
             if a.term == term {
                 self.admit(now, a);
