@@ -183,6 +183,12 @@ impl ServerHandshake {
         }
     }
 
+    /// Whether our proof went out: a peer that hangs up after it did not accept our proof,
+    /// i.e. it does not know the key.
+    pub fn replied(&self) -> bool {
+        self.np.is_some()
+    }
+
     /// Bytes received so far and not consumed (a cap on this bounds a slow peer's memory).
     pub fn buffered(&self) -> usize {
         self.got.len()

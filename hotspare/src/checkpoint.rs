@@ -126,6 +126,9 @@ enum Job {
 pub(crate) struct Settings {
     pub exe: ExeId,
     pub term: u64,
+    /// The lineage of every checkpoint this engine writes (new at a fresh start, the image's
+    /// on resume).
+    pub lineage: [u8; 16],
     pub strategy: Strategy,
     pub shared: Arc<Shared>,
 }
@@ -144,6 +147,7 @@ pub(crate) struct Engine {
     carry: Vec<kmod_shim::RangeDirty>,
     pub last_seq: u64,
     pub term: u64,
+    pub lineage: [u8; 16],
     pub exe: ExeId,
     pub strategy: Strategy,
     staging: Option<Vec<u8>>,
@@ -161,12 +165,18 @@ impl Engine {
         let Settings {
             exe,
             term,
+            lineage,
             strategy,
             shared,
         } = s;
         let (jobs, job_rx) = channel();
         let (back_tx, staging_back) = channel();
-        let last_seq = sink.dir().seq();
+        // Sequence numbers count within a lineage: a new one starts again from 1 (full).
+        let last_seq = if sink.dir().lineage() == Some(lineage) {
+            sink.dir().seq()
+        } else {
+            0
+        };
         let image_path = sink.dir().path().to_path_buf();
         let remote = match &sink {
             Sink::Remote { remote, .. } => Some(remote.clone()),
@@ -186,6 +196,7 @@ impl Engine {
             carry: Vec::new(),
             last_seq,
             term,
+            lineage,
             exe,
             strategy,
             staging: Some(Vec::new()),
@@ -349,6 +360,7 @@ impl Engine {
     fn begin(&self, seq: u64, base: u64, full: bool, meta: Vec<u8>) -> Begin {
         Begin {
             format_version: FORMAT_VERSION,
+            lineage: self.lineage,
             term: self.term,
             seq,
             base_seq: base,
@@ -446,7 +458,12 @@ pub(crate) enum Sink {
 impl Sink {
     /// Where `config` sends checkpoints: the spare when one is configured (starting the link to
     /// it), else the image directory.
-    pub(crate) fn for_config(config: &crate::Config, image: ImageDir, exe: &ExeId) -> Result<Sink> {
+    pub(crate) fn for_config(
+        config: &crate::Config,
+        image: ImageDir,
+        exe: &ExeId,
+        lineage: [u8; 16],
+    ) -> Result<Sink> {
         let Some(addr) = &config.spare else {
             return Ok(Sink::Local(image));
         };
@@ -455,7 +472,7 @@ impl Sink {
             .as_ref()
             .ok_or_else(|| Error::Config("a spare needs key_file (HOTSPARE_KEY_FILE)".into()))?;
         let key =
-            crate::replica::wire::Key::load(key_file).map_err(|e| Error::Config(e.to_string()))?;
+            crate::replica::wire::load_key(key_file).map_err(|e| Error::Config(e.to_string()))?;
         let on_fence_exit = match config.on_fence.as_str() {
             "exit" => true,
             "report" => false,
@@ -470,11 +487,14 @@ impl Sink {
             key,
             heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(1)),
             lease: std::time::Duration::from_millis(config.lease_ms.max(1)),
+            ack_timeout: std::time::Duration::from_millis(config.ack_timeout_ms.max(1)),
             exit_when_fenced: on_fence_exit,
+            lineage,
             term: config.term,
             exe_id: exe.0,
             status_file: Some(image.path().join("status")),
-        });
+        })
+        .map_err(|e| Error::Config(format!("starting the link to the spare: {e}")))?;
         Ok(Sink::Remote {
             spool: image,
             remote,

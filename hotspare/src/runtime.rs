@@ -169,13 +169,16 @@ fn fresh(b: Builder) -> Result<HotSpare> {
     })?;
     let heap_range = Range::new(heap.base(), heap.size())?;
     let shared = shared();
+    let lineage = crate::image::new_lineage()
+        .map_err(|e| Error::Config(format!("choosing a lineage: {e}")))?;
     let settings = Settings {
         exe,
         term: b.config.term,
+        lineage,
         strategy: b.config.strategy,
         shared: shared.clone(),
     };
-    let sink = crate::checkpoint::Sink::for_config(&b.config, image, &exe)?;
+    let sink = crate::checkpoint::Sink::for_config(&b.config, image, &exe, lineage)?;
     let mut engine = Engine::new(shim, heap, vec![heap_range], sink, settings);
     // Tracked from before its first byte was written: never-written pages are known zeros.
     engine
@@ -248,15 +251,17 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
     let seq = image.seq();
     let shared = shared();
     shared.durable.lock().unwrap_or_else(|p| p.into_inner()).seq = seq;
+    let lineage = m.lineage;
     let settings = Settings {
         exe,
         term: m.term.max(b.config.term),
+        lineage,
         strategy: b.config.strategy,
         shared: shared.clone(),
     };
     let mut config = b.config.clone();
     config.term = settings.term;
-    let sink = crate::checkpoint::Sink::for_config(&config, image, &exe)?;
+    let sink = crate::checkpoint::Sink::for_config(&config, image, &exe, lineage)?;
     let engine = Engine::new(shim, heap, ranges, sink, settings);
     let info = ResumeInfo {
         image_dir: dir,

@@ -328,7 +328,8 @@ fn status_of_primary_and_spare() {
     );
     let s = run(&[dir.join("spare").as_os_str()]);
     assert!(
-        s.contains("\"role\":\"spare\"") && s.contains("\"term\":0"),
+        // The spare has saved the term of the primary it admitted.
+        s.contains("\"role\":\"spare\"") && s.contains("\"term\":1"),
         "{s}"
     );
     let addr = format!("127.0.0.1:{port}");
@@ -339,7 +340,7 @@ fn status_of_primary_and_spare() {
         key.as_os_str(),
     ]);
     assert!(
-        q.starts_with(&format!("spare {addr}: term 0, image at checkpoint ")),
+        q.starts_with(&format!("spare {addr}: term 1, image at checkpoint ")),
         "{q}"
     );
 }

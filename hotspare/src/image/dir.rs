@@ -2,10 +2,14 @@
 //! `mmap` directly.
 //!
 //! ```text
-//! DIR/manifest                      one BEGIN frame: the image's sequence, ranges, metadata
+//! DIR/lock                          flock(LOCK_EX) of the one process using the directory; its pid
+//! DIR/manifest                      one BEGIN frame: the image's lineage, sequence, ranges, metadata
 //! DIR/data/<addr>-<len>.pages       one file per range, byte i = byte i of the range
+//! DIR/data/<addr>-<len>.crc         CRC32C per page of it
 //! DIR/wal/<seq>.tmp                 a checkpoint stream being written (ignored by readers)
 //! DIR/wal/<seq>.cpt                 a complete stream, durable, maybe not applied yet
+//! DIR/wal/<seq>.bad                 a complete stream that recovery refused
+//! DIR/wal/applying                  the data files may hold pages of a .cpt not yet in the manifest
 //! ```
 //!
 //! **Why a write-ahead log.** Resume maps the data files (`MAP_PRIVATE`), so they must hold the
@@ -13,29 +17,50 @@
 //! them, which cannot be made atomic by rename. So a checkpoint is first written whole to
 //! `wal/<seq>.tmp`, `fsync`ed and renamed to `.cpt` (the directory `fsync`ed too): from then on it
 //! is durable and will be applied, even after a crash. Applying = validate the whole stream
-//! (every CRC, the END counts and digest), then `pwrite` its pages into the data files, `fsync`
-//! them, write the new manifest by `fsync` + rename, and only then delete the WAL file. A crash at
-//! any point leaves either the old manifest and a complete WAL file (replayed on the next open:
-//! page writes are idempotent) or the new manifest. A torn or damaged stream is never applied and
-//! never touches the data files.
+//! (every CRC, the END counts and digest, [`check_applies`] against the image), reserve the disk
+//! space every write will need (`fallocate`), mark the data files as possibly ahead of the
+//! manifest (`wal/applying`, made durable), then `pwrite` its pages into the data files, `fsync`
+//! them, write the new manifest by `fsync` + rename, and only then delete the WAL file and the
+//! mark. A crash at any point leaves either the old manifest and a complete WAL file (replayed on
+//! the next open: page writes are idempotent) or the new manifest. A torn or damaged stream is
+//! never applied and never touches the data files; a stream that finds no disk space fails
+//! before it touches them, so the image stays usable at its last checkpoint.
 
 use super::format::{self, Begin, FrameReader, Run, Summary};
+use super::lineage::{check_applies, LineagePolicy, Tip};
 use super::{FormatError, ImageError};
 use crate::identity::ExeId;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Write};
+use std::io::BufReader;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// What [`ImageDir::apply_batch`] did: the streams applied, and the first one that could not be
-/// (with why).
-type Batch = (Vec<Summary>, Option<(PathBuf, ImageError)>);
+/// A stream that could not be applied: which, why, and whether some of its pages had already
+/// been written into the data files when it failed.
+struct Failure {
+    path: PathBuf,
+    error: ImageError,
+    wrote: bool,
+}
+
+/// What [`ImageDir::apply_batch`] did: the streams applied, and the first one that could not be.
+type Batch = (Vec<Summary>, Option<Failure>);
 
 /// An image directory, recovered and ready.
 #[derive(Debug)]
 pub struct ImageDir {
     root: PathBuf,
     manifest: Option<Begin>,
+    /// `DIR/lock`, flocked, for the life of a handle made by [`ImageDir::open`].
+    lock: Option<File>,
+    /// The data files may hold pages of a pending WAL stream that the manifest does not cover
+    /// (`wal/applying` exists): the image is usable only once that stream is applied.
+    ahead: bool,
+    /// `wal/applying` exists and is durable, so pages may be written.
+    marker_durable: bool,
+    /// The newest durable stream not yet applied, when one is pending.
+    pending: Option<Tip>,
 }
 
 fn io_err<'a>(
@@ -61,10 +86,21 @@ fn create_private(path: &Path) -> Result<File, ImageError> {
         .map_err(io_err(path, "create"))
 }
 
+/// Opens (creating, `0600`) a file that keeps its contents.
+fn open_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Makes `len` bytes at `offset` read as zeros without storing them (a ZERO run). Only ranges
 /// that were anonymous memory get ZERO runs, so no live process maps these data files.
 fn punch_hole(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: fallocate on a descriptor we own; no memory is passed.
     let rc = unsafe {
         libc::fallocate(
@@ -92,18 +128,36 @@ fn punch_hole(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens (creating, `0600`) a file that is updated in place, and gives it its size.
-fn open_sized(path: &Path, len: u64) -> Result<File, ImageError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path, "open"))?;
+/// Allocates disk space for `len` bytes at `offset` (the file's size is not changed), so that
+/// writing them later cannot fail for lack of space. A filesystem that cannot allocate ahead
+/// (`EOPNOTSUPP`) is let through: there a write may still find the disk full.
+fn reserve(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        return Ok(());
+    }
+    Err(e)
+}
+
+/// Opens (creating, `0600`) a file that is updated in place, and gives it its size. Says
+/// whether it was created.
+fn open_sized(path: &Path, len: u64) -> Result<(File, bool), ImageError> {
+    let created = !path.exists();
+    let f = open_private(path).map_err(io_err(path, "open"))?;
     f.set_len(len).map_err(io_err(path, "set size"))?;
-    Ok(f)
+    Ok((f, created))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), ImageError> {
@@ -112,17 +166,122 @@ fn fsync_dir(dir: &Path) -> Result<(), ImageError> {
         .map_err(io_err(dir, "fsync directory"))
 }
 
+/// Takes `DIR/lock` (`flock(LOCK_EX | LOCK_NB)`; the lock belongs to this open file
+/// description, so even a second open in the same process conflicts) and records our pid in it.
+fn take_lock(root: &Path) -> Result<File, ImageError> {
+    let p = root.join("lock");
+    let f = open_private(&p).map_err(io_err(&p, "open"))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let holder = fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(ImageError::Locked {
+                path: root.to_path_buf(),
+                holder,
+            });
+        }
+        return Err(ImageError::Io {
+            path: p,
+            what: "lock",
+            source: e,
+        });
+    }
+    // Written over the old pid, then cut to length: a reader never sees an empty file.
+    let pid = format!("{}\n", std::process::id());
+    f.write_all_at(pid.as_bytes(), 0)
+        .and_then(|()| f.set_len(pid.len() as u64))
+        .map_err(io_err(&p, "write"))?;
+    Ok(f)
+}
+
+/// The first frame of a WAL file, decoded and validated.
+fn read_begin_file(path: &Path) -> Result<Begin, ImageError> {
+    let fmt = |source| ImageError::Format {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = File::open(path).map_err(io_err(path, "open"))?;
+    let frame = FrameReader::new(BufReader::new(f))
+        .next_frame()
+        .map_err(fmt)?
+        .ok_or(FormatError::Truncated { offset: 0 })
+        .map_err(fmt)?;
+    if frame.kind != format::FrameKind::Begin {
+        return Err(fmt(FormatError::Malformed {
+            offset: 0,
+            what: "stream does not start with BEGIN".into(),
+        }));
+    }
+    format::decode_begin(&frame.payload, 0).map_err(fmt)
+}
+
+/// Where in `files` (sorted by address) the byte at `addr` lies.
+fn range_of(files: &[RangeFiles], addr: u64) -> Option<&RangeFiles> {
+    let i = files.partition_point(|r| r.addr + r.len <= addr);
+    files.get(i).filter(|r| r.addr <= addr)
+}
+
+/// The two files of one range while a stream is applied.
+struct RangeFiles {
+    addr: u64,
+    len: u64,
+    data_path: PathBuf,
+    data: File,
+    crc_path: PathBuf,
+    crc: File,
+}
+
 impl ImageDir {
-    /// Opens `root`, creating it if needed, and brings it to its last complete checkpoint:
-    /// complete WAL files newer than the manifest are applied, torn ones removed.
+    /// Opens `root`, creating it if needed, takes its lock (held until the `ImageDir` is
+    /// dropped; [`ImageError::Locked`] if another process, or another `open` in this one, holds
+    /// it) and brings it to its last complete checkpoint: torn WAL files are removed, complete
+    /// ones newer than the manifest applied. A complete one that cannot be applied now (no disk
+    /// space) stays pending and the image stays at its manifest, unless the data files already
+    /// hold part of it ([`ImageError::Unfinished`]).
     pub fn open(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
         let root = root.as_ref().to_path_buf();
-        for d in [root.clone(), root.join("data"), root.join("wal")] {
-            fs::create_dir_all(&d).map_err(io_err(&d, "create directory"))?;
+        if !root.is_dir() {
+            fs::create_dir_all(&root).map_err(io_err(&root, "create directory"))?;
+            let parent = root
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            fsync_dir(parent)?;
         }
-        let manifest = read_manifest(&root)?;
-        let mut dir = ImageDir { root, manifest };
+        let lock = take_lock(&root)?;
+        let mut created = false;
+        for d in [root.join("data"), root.join("wal")] {
+            if !d.is_dir() {
+                fs::create_dir_all(&d).map_err(io_err(&d, "create directory"))?;
+                created = true;
+            }
+        }
+        if created {
+            fsync_dir(&root)?;
+        }
+        let mut dir = ImageDir::unlocked(root)?;
+        dir.lock = Some(lock);
         dir.recover()?;
+        Ok(dir)
+    }
+
+    /// A handle that holds no lock and runs no recovery.
+    fn unlocked(root: PathBuf) -> Result<ImageDir, ImageError> {
+        let manifest = read_manifest(&root)?;
+        let ahead = root.join("wal").join("applying").exists();
+        let mut dir = ImageDir {
+            root,
+            manifest,
+            lock: None,
+            ahead,
+            marker_durable: false,
+            pending: None,
+        };
+        dir.pending = dir.pending_tip();
         Ok(dir)
     }
 
@@ -138,25 +297,26 @@ impl ImageDir {
     }
 
     /// Another handle on a directory already opened (and recovered) by [`ImageDir::open`]: reads
-    /// the manifest, runs no recovery (a spare's applier thread uses it while the receiving
-    /// thread writes new streams).
+    /// the manifest, runs no recovery and takes no lock (a spare's applier thread uses it while
+    /// the receiving thread writes new streams).
     pub fn attach(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
-        let root = root.as_ref().to_path_buf();
-        let manifest = read_manifest(&root)?;
-        Ok(ImageDir { root, manifest })
+        ImageDir::unlocked(root.as_ref().to_path_buf())
     }
 
-    /// Opens an image for reading only: no recovery, nothing created or changed (for
+    /// Opens an image for reading only: no recovery, no lock, nothing created or changed (for
     /// `hotspare inspect`).
     pub fn open_read_only(root: impl AsRef<Path>) -> Result<ImageDir, ImageError> {
-        let root = root.as_ref().to_path_buf();
-        match read_manifest(&root)? {
-            Some(m) => Ok(ImageDir {
-                root,
-                manifest: Some(m),
-            }),
-            None => Err(ImageError::NoImage { path: root }),
+        let dir = ImageDir::unlocked(root.as_ref().to_path_buf())?;
+        match dir.manifest {
+            Some(_) => Ok(dir),
+            None => Err(ImageError::NoImage { path: dir.root }),
         }
+    }
+
+    /// The descriptor of the directory's lock, for a forked child to close (so that the lock
+    /// does not outlive this process in it).
+    pub(crate) fn lock_fd(&self) -> Option<RawFd> {
+        self.lock.as_ref().map(|f| f.as_raw_fd())
     }
 
     /// WAL files present, sorted (`.tmp` torn, `.cpt` complete but not applied, `.bad` refused).
@@ -165,9 +325,36 @@ impl ImageDir {
         let mut v: Vec<PathBuf> = fs::read_dir(&wal)
             .map_err(io_err(&wal, "read directory"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "tmp" || e == "cpt" || e == "bad")
+            })
             .collect();
         v.sort();
         Ok(v)
+    }
+
+    /// The complete, durable WAL files (`.cpt`), in sequence order.
+    fn pending_files(&self) -> Result<Vec<PathBuf>, ImageError> {
+        Ok(self
+            .wal_files()?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "cpt"))
+            .collect())
+    }
+
+    /// The newest pending stream's header, if it is newer than the manifest.
+    fn pending_tip(&self) -> Option<Tip> {
+        let newest = self
+            .pending_files()
+            .ok()?
+            .into_iter()
+            .rev()
+            .find_map(|p| read_begin_file(&p).ok())?;
+        match &self.manifest {
+            Some(m) if m.lineage == newest.lineage && newest.seq <= m.seq => None,
+            _ => Some(Tip::from(&newest)),
+        }
     }
 
     /// Checks every page of every data file against its CRC32C; returns the pages checked.
@@ -232,6 +419,21 @@ impl ImageDir {
         self.manifest.as_ref().map_or(0, |m| m.seq)
     }
 
+    /// The lineage of the image (`None` when empty).
+    pub fn lineage(&self) -> Option<[u8; 16]> {
+        self.manifest.as_ref().map(|m| m.lineage)
+    }
+
+    /// The newest checkpoint durable here, applied or not: the manifest's, or that of a pending
+    /// `.cpt` newer than it (one that could not be applied yet), as of this handle's open or
+    /// last apply. A persister that makes streams durable tracks the tip itself from then on
+    /// (`Tip::from(&summary.begin)` after each [`ImageDir::persist_wal`]).
+    pub fn tip(&self) -> Option<Tip> {
+        self.pending
+            .clone()
+            .or_else(|| self.manifest.as_ref().map(Tip::from))
+    }
+
     /// Path of the data file of a range.
     pub fn data_path(&self, addr: u64, len: u64) -> PathBuf {
         self.root
@@ -252,6 +454,10 @@ impl ImageDir {
         self.root.join("wal").join(format!("{seq:020}.{ext}"))
     }
 
+    fn marker_path(&self) -> PathBuf {
+        self.root.join("wal").join("applying")
+    }
+
     /// Creates `wal/<seq>.tmp` for a new checkpoint stream.
     pub fn create_wal(&self, seq: u64) -> Result<(PathBuf, File), ImageError> {
         ImageDir::create_wal_at(&self.root, seq)
@@ -265,36 +471,93 @@ impl ImageDir {
         Ok((p, f))
     }
 
-    /// Makes a fully written `wal/<seq>.tmp` durable and applies it; on success the image is at
-    /// `seq`. The stream is validated before anything is applied; a bad stream is deleted and the
-    /// image is unchanged.
+    /// Removes the spool `wal/<seq>.tmp` of a stream that will not be completed (its
+    /// connection died, its writer failed). Nothing to remove is not an error.
+    pub fn remove_spool(&self, seq: u64) -> Result<(), ImageError> {
+        let p = self.wal_path(seq, "tmp");
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ImageError::Io {
+                path: p,
+                what: "remove",
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes a fully written `wal/<seq>.tmp` durable and applies it (the primary's local
+    /// path); on success the image is at `seq`. The stream is validated before anything is
+    /// applied ([`check_applies`] against the image, another lineage refused). A stream that
+    /// fails before any of its pages is written (bad, or no disk space) is deleted and the
+    /// image is unchanged; the checkpoint is reported failed and the writer's next one is full.
+    /// One that fails while its pages are written (an I/O error) stays `.cpt` and is finished
+    /// by the next apply or open.
     pub fn commit_wal(
         &mut self,
         seq: u64,
         this_exe: Option<&ExeId>,
     ) -> Result<Summary, ImageError> {
-        let done = self.make_durable(seq)?;
-        let res = self.apply_file(&done, this_exe);
-        if let Err(e) = &res {
-            // A bad stream is dropped; after an I/O error the durable stream stays and is
-            // replayed by the next open (the data files may hold part of it until then).
-            if e.is_bad_stream() {
-                let _ = fs::remove_file(&done);
+        if !self.ahead {
+            // Streams left pending by an earlier incarnation that could not apply them (they
+            // never touched the data files): this writer continues from the manifest, so they
+            // are superseded and must not be applied after its own.
+            for p in self.pending_files()? {
+                if p != self.wal_path(seq, "cpt") {
+                    let _ = fs::remove_file(p);
+                }
             }
         }
-        res
+        // The mark that pages may be written, made durable by make_durable's fsync of wal/.
+        let fresh_marker = !self.marker_durable && open_private(&self.marker_path()).is_ok();
+        let done = match self.make_durable(seq) {
+            Ok(d) => d,
+            Err(e) => {
+                if fresh_marker && !self.ahead {
+                    let _ = fs::remove_file(self.marker_path());
+                }
+                return Err(e);
+            }
+        };
+        self.marker_durable |= fresh_marker;
+        let pending = self.pending_files()?;
+        let (done_list, failure) =
+            self.apply_batch(&pending, this_exe, LineagePolicy::RefuseNew, true)?;
+        if let Some(f) = failure {
+            if f.path == done {
+                if f.error.is_bad_stream() || !f.wrote {
+                    let _ = fs::remove_file(&done);
+                }
+            } else if f.error.is_bad_stream() {
+                let _ = fs::rename(&f.path, f.path.with_extension("bad"));
+            }
+            self.pending = self.pending_tip();
+            return Err(f.error);
+        }
+        done_list
+            .into_iter()
+            .find(|s| s.begin.seq == seq)
+            .ok_or_else(|| ImageError::NotNewer {
+                path: done,
+                seq,
+                have: self.seq(),
+            })
     }
 
-    /// Validates the stream in `path` and applies it all or nothing. The file is deleted once
-    /// the new manifest is durable.
+    /// Validates the stream in `path` and applies it all or nothing (another lineage refused).
+    /// The file is deleted once the new manifest is durable.
     pub fn apply_file(
         &mut self,
         path: &Path,
         this_exe: Option<&ExeId>,
     ) -> Result<Summary, ImageError> {
-        let (mut done, failure) = self.apply_batch(&[path.to_path_buf()], this_exe)?;
+        let (mut done, failure) = self.apply_batch(
+            &[path.to_path_buf()],
+            this_exe,
+            LineagePolicy::RefuseNew,
+            false,
+        )?;
         match failure {
-            Some((_, e)) => Err(e),
+            Some(f) => Err(f.error),
             None => done.pop().ok_or_else(|| ImageError::Io {
                 path: path.to_path_buf(),
                 what: "apply",
@@ -307,32 +570,55 @@ impl ImageDir {
     /// (a spare that fell behind catches up in one step). Stops at the first stream that
     /// cannot be applied and returns it with its error; everything before it is applied and
     /// durable. WAL files are deleted only once the manifest that covers them is durable.
+    /// `all_pending`: `paths` are every pending stream, so once they are applied no stream
+    /// can have pages in the data files beyond the manifest.
     fn apply_batch(
         &mut self,
         paths: &[PathBuf],
         this_exe: Option<&ExeId>,
+        policy: LineagePolicy,
+        all_pending: bool,
     ) -> Result<Batch, ImageError> {
         let before = self.manifest.clone();
+        let ahead_before = self.ahead;
         let mut touched: Vec<(PathBuf, File)> = Vec::new();
+        let mut created = false;
         let (mut done, mut finished, mut failure) = (Vec::new(), Vec::new(), None);
         for p in paths {
-            match self.stage(p, this_exe, &mut touched) {
+            let mut wrote = false;
+            match self.stage(p, this_exe, policy, &mut touched, &mut created, &mut wrote) {
                 Ok(Some(summary)) => {
                     done.push(summary);
                     finished.push(p.clone());
                 }
                 Ok(None) => finished.push(p.clone()),
-                Err(e) => {
-                    failure = Some((p.clone(), e));
+                Err(error) => {
+                    failure = Some(Failure {
+                        path: p.clone(),
+                        error,
+                        wrote,
+                    });
                     break;
                 }
             }
         }
         if !done.is_empty() {
-            for (p, f) in &touched {
-                f.sync_all().map_err(io_err(p, "fsync"))?;
+            let durable = (|| {
+                for (p, f) in &touched {
+                    f.sync_all().map_err(io_err(p, "fsync"))?;
+                }
+                if created {
+                    fsync_dir(&self.root.join("data"))?;
+                }
+                write_manifest(&self.root, self.manifest.as_ref().expect("set by stage"))
+            })();
+            if let Err(e) = durable {
+                // The manifest on disk is still the old one (or not known to be the new one);
+                // the data files may be ahead of it: the mark stays, the streams stay.
+                self.manifest = before;
+                self.pending = self.pending_tip();
+                return Err(e);
             }
-            write_manifest(&self.root, self.manifest.as_ref().expect("set by stage"))?;
             // Ranges that are gone: their files are no longer referenced.
             let now = self.manifest.as_ref().expect("set by stage");
             for r in before.iter().flat_map(|m| &m.ranges) {
@@ -349,16 +635,46 @@ impl ImageDir {
         for p in finished {
             let _ = fs::remove_file(p);
         }
+        // The data files match the manifest again when every stream that may have pages in
+        // them is applied, or when the one that failed wrote none and none did before.
+        let clean = match &failure {
+            None => all_pending || !ahead_before,
+            Some(f) => !f.wrote && !ahead_before,
+        };
+        if clean {
+            let _ = fs::remove_file(self.marker_path());
+            self.ahead = false;
+            self.marker_durable = false;
+        }
+        self.pending = self.pending_tip();
         Ok((done, failure))
     }
 
-    /// Validates one stream against the image as staged so far and writes its pages (no
-    /// `fsync`); updates the in-memory manifest. `Ok(None)`: already applied before a crash.
+    /// Marks, durably, that the data files are about to receive pages the manifest does not
+    /// cover yet.
+    fn begin_writing(&mut self) -> Result<(), ImageError> {
+        if !self.marker_durable {
+            let m = self.marker_path();
+            open_private(&m).map_err(io_err(&m, "create"))?;
+            fsync_dir(&self.root.join("wal"))?;
+            self.marker_durable = true;
+        }
+        self.ahead = true;
+        Ok(())
+    }
+
+    /// Validates one stream against the image as staged so far, reserves the disk space its
+    /// writes need and writes its pages (no `fsync`); updates the in-memory manifest.
+    /// `Ok(None)`: already applied before a crash. `wrote` is set once pages may have been
+    /// written; every failure before that leaves the data files as they were.
     fn stage(
         &mut self,
         path: &Path,
         this_exe: Option<&ExeId>,
+        policy: LineagePolicy,
         touched: &mut Vec<(PathBuf, File)>,
+        created: &mut bool,
+        wrote: &mut bool,
     ) -> Result<Option<Summary>, ImageError> {
         let fmt = |source: FormatError| ImageError::Format {
             path: path.to_path_buf(),
@@ -369,8 +685,19 @@ impl ImageDir {
                 .map(BufReader::new)
                 .map_err(io_err(path, "open"))
         };
-        // Pass 1: everything checked, nothing written.
-        let summary = format::scan_stream(open()?, |_| Ok(())).map_err(fmt)?;
+        // Pass 1: everything checked, nothing written; the page runs noted (contiguous ones
+        // merged) to reserve their space.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let summary = format::scan_stream(open()?, |run| {
+            if let Run::Data(a, d) = run {
+                match runs.last_mut() {
+                    Some((ra, rl)) if *ra + *rl == a => *rl += d.len() as u64,
+                    _ => runs.push((a, d.len() as u64)),
+                }
+            }
+            Ok(())
+        })
+        .map_err(fmt)?;
         let b = &summary.begin;
         if let Some(id) = this_exe {
             if b.exe_id != id.0 {
@@ -382,166 +709,225 @@ impl ImageDir {
             }
         }
         if let Some(m) = &self.manifest {
-            if b.seq <= m.seq {
+            if m.lineage == b.lineage && b.seq <= m.seq {
                 return Ok(None);
             }
-            if b.exe_id != m.exe_id {
-                return Err(ImageError::OtherExecutable {
-                    path: path.to_path_buf(),
-                    image: ExeId(m.exe_id).to_string(),
-                    this: ExeId(b.exe_id).to_string(),
-                });
-            }
         }
-        let have = self.seq();
-        if !b.is_full() && b.base_seq != have {
-            return Err(ImageError::Chain {
-                path: self.root.clone(),
-                seq: b.seq,
-                base: b.base_seq,
-                have,
-            });
+        let tip = self.manifest.as_ref().map(Tip::from);
+        check_applies(b, tip.as_ref(), policy).map_err(|e| e.at(path))?;
+        let mut manifest = summary.begin.clone();
+        for r in &mut manifest.ranges {
+            r.complete = true;
         }
-        let known = |addr, len| {
-            self.manifest.as_ref().is_some_and(|m| {
-                !b.is_full() && m.ranges.iter().any(|r| r.addr == addr && r.len == len)
-            })
-        };
-        let mut files = Vec::with_capacity(b.ranges.len());
-        for r in &b.ranges {
-            if !known(r.addr, r.len) && !r.complete {
-                return Err(ImageError::IncompleteRange {
-                    path: self.root.clone(),
+        let page = u64::from(b.page_size);
+        let mut files: Vec<RangeFiles> = Vec::with_capacity(b.ranges.len());
+        let mut new_files: Vec<PathBuf> = Vec::new();
+        let prepared = (|| {
+            for r in &b.ranges {
+                let data_path = self.data_path(r.addr, r.len);
+                let (data, new_data) = open_sized(&data_path, r.len)?;
+                let crc_path = self.crc_path(r.addr, r.len);
+                let (crc, new_crc) = open_sized(&crc_path, r.len / page * 4)?;
+                if new_data {
+                    new_files.push(data_path.clone());
+                }
+                if new_crc {
+                    new_files.push(crc_path.clone());
+                }
+                files.push(RangeFiles {
                     addr: r.addr,
                     len: r.len,
+                    data_path,
+                    data,
+                    crc_path,
+                    crc,
                 });
             }
-            let p = self.data_path(r.addr, r.len);
-            let f = open_sized(&p, r.len)?;
-            let cp = self.crc_path(r.addr, r.len);
-            let c = open_sized(&cp, r.len / u64::from(b.page_size) * 4)?;
-            files.push((r.addr, r.len, p, f, cp, c));
+            files.sort_by_key(|f| f.addr);
+            // Every write below lands in space allocated here: a full disk fails now, before
+            // the data files change.
+            for f in &files {
+                reserve(&f.crc, 0, f.len / page * 4).map_err(io_err(&f.crc_path, "reserve space"))?;
+            }
+            for &(mut a, mut l) in &runs {
+                while l > 0 {
+                    let f = range_of(&files, a).expect("validated: every run lies in a range");
+                    let n = l.min(f.addr + f.len - a);
+                    reserve(&f.data, a - f.addr, n)
+                        .map_err(io_err(&f.data_path, "reserve space"))?;
+                    (a, l) = (a + n, l - n);
+                }
+            }
+            reserve_manifest(&self.root, format::encode_begin(&manifest).len() as u64)?;
+            self.begin_writing()
+        })();
+        if let Err(e) = prepared {
+            // Files made for ranges new in this stream are referenced by nothing.
+            for p in new_files {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e);
         }
+        *created |= !new_files.is_empty();
+        *wrote = true;
         // Pass 2: write the pages (the stream was fully validated above).
-        let page = b.page_size as usize;
+        let page = page as usize;
         let mut crcs = Vec::new();
         format::scan_stream(open()?, |run| {
             let addr = match run {
                 Run::Data(a, _) | Run::Zero(a, _) => a,
             };
-            let (base, _, p, f, _, c) = files
-                .iter()
-                .find(|(a, l, ..)| addr >= *a && addr < a + l)
-                .expect("validated: every run lies in a listed range");
+            let f = range_of(&files, addr).expect("validated: every run lies in a listed range");
             let io = |e: std::io::Error| FormatError::Io {
                 offset: 0,
-                source: std::io::Error::new(e.kind(), format!("{}: {e}", p.display())),
+                source: std::io::Error::new(e.kind(), format!("{}: {e}", f.data_path.display())),
             };
             crcs.clear();
             match run {
                 Run::Data(_, data) => {
-                    f.write_all_at(data, addr - base).map_err(io)?;
+                    f.data.write_all_at(data, addr - f.addr).map_err(io)?;
                     for pg in data.chunks(page) {
                         crcs.extend_from_slice(&page_crc(pg).to_le_bytes());
                     }
                 }
                 Run::Zero(_, len) => {
-                    punch_hole(f, addr - base, len).map_err(io)?;
+                    punch_hole(&f.data, addr - f.addr, len).map_err(io)?;
                     crcs.resize((len / page as u64 * 4) as usize, 0);
                 }
             }
-            c.write_all_at(&crcs, (addr - base) / page as u64 * 4)
+            f.crc
+                .write_all_at(&crcs, (addr - f.addr) / page as u64 * 4)
                 .map_err(io)
         })
-        .map_err(fmt)?;
-        for (_, _, p, f, cp, c) in files {
-            if !touched.iter().any(|(t, _)| *t == p) {
-                touched.push((p, f));
-                touched.push((cp, c));
+        .map_err(|e| match e {
+            FormatError::Io { .. } => fmt(e),
+            // Validated a moment ago: the file changed under us. Not the stream's fault.
+            other => ImageError::Damaged {
+                path: path.to_path_buf(),
+                what: format!("changed while being applied: {other}"),
+            },
+        })?;
+        for f in files {
+            if !touched.iter().any(|(t, _)| *t == f.data_path) {
+                touched.push((f.data_path, f.data));
+                touched.push((f.crc_path, f.crc));
             }
-        }
-        let mut manifest = summary.begin.clone();
-        for r in &mut manifest.ranges {
-            r.complete = true;
         }
         self.manifest = Some(manifest);
         Ok(Some(summary))
     }
 
     fn recover(&mut self) -> Result<(), ImageError> {
-        self.apply_pending()?;
+        // Torn streams and half-written manifests are never used: they only take space.
         for p in self.wal_files()? {
             if p.extension().is_some_and(|e| e == "tmp") {
                 let _ = fs::remove_file(&p);
             }
         }
-        Ok(())
+        let _ = fs::remove_file(self.root.join("manifest.tmp"));
+        match self.apply_pending() {
+            Ok(_) => Ok(()),
+            Err(e) if self.ahead => Err(ImageError::Unfinished {
+                path: self.root.clone(),
+                source: Box::new(e),
+            }),
+            Err(e) => {
+                // Nothing of it reached the data files: the image is good at its manifest,
+                // and the stream stays pending, to be applied once it can be.
+                eprintln!(
+                    "hotspare: {}: image stays at checkpoint {}; a newer one is durable but cannot be applied yet: {e}",
+                    self.root.display(),
+                    self.seq()
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Applies every complete (`.cpt`) WAL file, in sequence order; returns the image's
-    /// sequence. A stream that is damaged or does not chain cannot be applied: the image stays
-    /// as it is and the file is renamed `.bad` (never retried) for `hotspare inspect`. Streams
-    /// being written (`.tmp`) are left alone, so this may run while another thread receives.
+    /// sequence. A stream that is damaged or does not apply ([`check_applies`]; a full stream
+    /// of another lineage replaces the image) is renamed `.bad` (never retried) for
+    /// `hotspare inspect`, and the ones after it are tried. Streams being written (`.tmp`) are
+    /// left alone, so this may run while another thread receives. On an I/O error (a full
+    /// disk) the stream stays `.cpt` to be retried and the error is returned.
     pub fn apply_pending(&mut self) -> Result<u64, ImageError> {
-        let pending: Vec<PathBuf> = self
-            .wal_files()?
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "cpt"))
-            .collect();
-        let (_, failure) = self.apply_batch(&pending, None)?;
-        if let Some((p, e)) = failure {
-            if e.is_bad_stream() {
-                let _ = fs::rename(&p, p.with_extension("bad"));
-                eprintln!("hotspare: not applying {}: {e}", p.display());
-            } else {
-                return Err(e);
+        loop {
+            let pending = self.pending_files()?;
+            let (_, failure) =
+                self.apply_batch(&pending, None, LineagePolicy::ReplaceOld, true)?;
+            match failure {
+                None => return Ok(self.seq()),
+                Some(f) if f.error.is_bad_stream() => {
+                    let _ = fs::rename(&f.path, f.path.with_extension("bad"));
+                    eprintln!("hotspare: not applying {}: {}", f.path.display(), f.error);
+                }
+                Some(f) => return Err(f.error),
             }
         }
-        Ok(self.seq())
     }
 
     /// Makes a fully received `wal/<seq>.tmp` durable *without applying it*, after validating
-    /// it whole: every CRC and count, the executable (if given), the term (not below
-    /// `min_term`), and that it applies on top of `durable_seq` (the latest checkpoint already
-    /// durable here, applied or not). Once this returns the checkpoint survives any crash and
-    /// is applied by [`ImageDir::apply_pending`] (or the next open). A bad stream is deleted.
+    /// it whole: every CRC and count, that it is checkpoint `seq`, that it applies on top of
+    /// `tip` (the newest checkpoint durable here, applied or not: [`check_applies`] with
+    /// `policy`, the same rule the applier uses, so a stream acknowledged here is never refused
+    /// there) and that its term is not below `min_term`. Once this returns the checkpoint
+    /// survives any crash and is applied by [`ImageDir::apply_pending`] (or the next open). A
+    /// full stream of another lineage (accepted by `policy`) supersedes the pending streams of
+    /// the old one, which are deleted. On any failure the spool is deleted.
     pub fn persist_wal(
         &self,
         seq: u64,
-        this_exe: Option<&ExeId>,
-        durable_seq: u64,
+        tip: Option<&Tip>,
+        policy: LineagePolicy,
         min_term: u64,
     ) -> Result<Summary, ImageError> {
         let tmp = self.wal_path(seq, "tmp");
-        let res = self.check_stream(&tmp, this_exe, durable_seq, min_term);
-        let summary = match res {
+        let summary = match self.check_stream(&tmp, seq, tip, policy, min_term) {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
         };
+        if tip.is_some_and(|t| t.lineage != summary.begin.lineage) {
+            for p in self.pending_files()? {
+                let other = read_begin_file(&p).is_ok_and(|b| b.lineage != summary.begin.lineage);
+                if other && p != self.wal_path(seq, "cpt") {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
         self.make_durable(seq)?;
         Ok(summary)
     }
 
     /// `wal/<seq>.tmp` → `wal/<seq>.cpt`, with the file and the directory `fsync`ed: from here
-    /// on the stream survives a crash and will be applied. Returns the new path.
+    /// on the stream survives a crash and will be applied. Returns the new path. On failure
+    /// the stream is removed (under either name) and the error returned.
     fn make_durable(&self, seq: u64) -> Result<PathBuf, ImageError> {
         let (tmp, done) = (self.wal_path(seq, "tmp"), self.wal_path(seq, "cpt"));
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp, "fsync"))?;
-        fs::rename(&tmp, &done).map_err(io_err(&tmp, "rename"))?;
-        fsync_dir(&self.root.join("wal"))?;
+        let mut renamed = false;
+        let res = (|| {
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&tmp, "fsync"))?;
+            fs::rename(&tmp, &done).map_err(io_err(&tmp, "rename"))?;
+            renamed = true;
+            fsync_dir(&self.root.join("wal"))
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(if renamed { &done } else { &tmp });
+            return Err(e);
+        }
         Ok(done)
     }
 
     fn check_stream(
         &self,
         path: &Path,
-        this_exe: Option<&ExeId>,
-        durable_seq: u64,
+        seq: u64,
+        tip: Option<&Tip>,
+        policy: LineagePolicy,
         min_term: u64,
     ) -> Result<Summary, ImageError> {
         let fmt = |source: FormatError| ImageError::Format {
@@ -553,31 +939,18 @@ impl ImageDir {
             .map_err(io_err(path, "open"))?;
         let summary = format::scan_stream(f, |_| Ok(())).map_err(fmt)?;
         let b = &summary.begin;
-        let expected = this_exe
-            .map(|e| e.0)
-            .or(self.manifest.as_ref().map(|m| m.exe_id));
-        if let Some(id) = expected {
-            if b.exe_id != id {
-                return Err(ImageError::OtherExecutable {
-                    path: path.to_path_buf(),
-                    image: ExeId(b.exe_id).to_string(),
-                    this: ExeId(id).to_string(),
-                });
-            }
+        if b.seq != seq {
+            return Err(fmt(FormatError::Malformed {
+                offset: 0,
+                what: format!("stream is checkpoint {} but was received as {seq}", b.seq),
+            }));
         }
+        check_applies(b, tip, policy).map_err(|e| e.at(path))?;
         if b.term < min_term {
             return Err(ImageError::StaleTerm {
                 path: path.to_path_buf(),
                 term: b.term,
                 current: min_term,
-            });
-        }
-        if !b.is_full() && b.base_seq != durable_seq {
-            return Err(ImageError::Chain {
-                path: self.root.clone(),
-                seq: b.seq,
-                base: b.base_seq,
-                have: durable_seq,
             });
         }
         Ok(summary)
@@ -613,19 +986,51 @@ fn read_manifest(root: &Path) -> Result<Option<Begin>, ImageError> {
             what: "manifest is not one BEGIN frame".into(),
         }));
     }
+    // decode_begin validates it (validate_begin): a manifest is untrusted input too.
     format::decode_begin(&frame.payload, 0)
         .map(Some)
         .map_err(fmt)
 }
 
+/// Allocates `manifest.tmp` at `len` bytes ahead of the page writes, so that writing the new
+/// manifest after them cannot fail for lack of space.
+fn reserve_manifest(root: &Path, len: u64) -> Result<(), ImageError> {
+    let tmp = root.join("manifest.tmp");
+    let f = open_private(&tmp).map_err(io_err(&tmp, "create"))?;
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            let _ = fs::remove_file(&tmp);
+            return Err(ImageError::Io {
+                path: tmp,
+                what: "reserve space",
+                source: e,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the manifest by `fsync` + rename over the old one, into the space that
+/// `reserve_manifest` allocated (never truncated first). On failure `manifest.tmp` is removed
+/// and the old manifest stays.
 fn write_manifest(root: &Path, m: &Begin) -> Result<(), ImageError> {
     let tmp = root.join("manifest.tmp");
-    let mut f = create_private(&tmp)?;
-    f.write_all(&format::encode_begin(m))
-        .map_err(io_err(&tmp, "write"))?;
-    f.sync_all().map_err(io_err(&tmp, "fsync"))?;
-    let dst = root.join("manifest");
-    fs::rename(&tmp, &dst).map_err(io_err(&tmp, "rename"))?;
+    let bytes = format::encode_begin(m);
+    let res = (|| {
+        let f = open_private(&tmp).map_err(io_err(&tmp, "create"))?;
+        f.write_all_at(&bytes, 0).map_err(io_err(&tmp, "write"))?;
+        f.set_len(bytes.len() as u64)
+            .map_err(io_err(&tmp, "set size"))?;
+        f.sync_all().map_err(io_err(&tmp, "fsync"))?;
+        fs::rename(&tmp, root.join("manifest")).map_err(io_err(&tmp, "rename"))
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fsync_dir(root)
 }
 

@@ -7,7 +7,7 @@
 //! header  = magic "HSPF" | kind u8 | flags u8 (0) | reserved u16 (0) | len u32 | crc u32
 //! crc     = CRC32C(header[0..12] ++ payload)
 //! stream  = BEGIN (PAGES | ZERO)* END
-//! BEGIN   = postcard(Begin)                        (format version, term, seq, base, exe, ranges, metadata)
+//! BEGIN   = postcard(Begin)                        (format version, lineage, term, seq, base, exe, ranges, metadata)
 //! PAGES   = addr u64 | bytes (a whole number of pages, at most PAGES_PER_FRAME)
 //! ZERO    = addr u64 | len u64 (whole pages that read as zeros: never-touched memory)
 //! END     = seq u64 | page_frames u64 | pages u64 | digest u32 | zero u32
@@ -24,7 +24,7 @@ use std::io::Read;
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HSPF";
 /// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 16;
 /// Largest page run in one PAGES frame (bounds a reader's buffer to 1 MiB with 4 KiB pages).
@@ -33,6 +33,16 @@ pub const PAGES_PER_FRAME: usize = 256;
 pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// Bytes in an END payload.
 pub const END_LEN: usize = 32;
+/// Smallest page size a BEGIN may declare.
+pub const MIN_PAGE_SIZE: u32 = 4096;
+/// Largest page size a BEGIN may declare.
+pub const MAX_PAGE_SIZE: u32 = 1 << 20;
+/// Most ranges one checkpoint may list (applying a range keeps two files open).
+pub const MAX_RANGES: usize = 1024;
+/// First address above x86-64 user space: every range must end at or below it.
+pub const USER_SPACE_END: u64 = 0x0000_8000_0000_0000;
+/// Largest total length of the ranges of one checkpoint (1 TiB).
+pub const MAX_TOTAL_LEN: u64 = 1 << 40;
 
 /// What a frame holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +86,9 @@ pub struct RangeEntry {
 pub struct Begin {
     /// [`FORMAT_VERSION`] of the writer.
     pub format_version: u32,
+    /// The program run this checkpoint belongs to: 16 random bytes chosen at a fresh start
+    /// and kept by every resume, so that checkpoints of two unrelated runs are never chained.
+    pub lineage: [u8; 16],
     /// Fencing term (raised by a spare that takes over; issue 4).
     pub term: u64,
     /// Sequence number of this checkpoint, from 1.
@@ -293,14 +306,9 @@ pub fn scan_stream<R: Read>(
             what: "stream does not start with BEGIN".into(),
         });
     }
+    // decode_begin validates it: page size, ranges aligned, inside user space, disjoint.
     let begin = decode_begin(&first.payload, 0)?;
     let page = u64::from(begin.page_size);
-    if page == 0 || !page.is_power_of_two() {
-        return Err(FormatError::Malformed {
-            offset: 0,
-            what: format!("page size {page}"),
-        });
-    }
     let (mut frames, mut pages, mut digest) = (0u64, 0u64, 0u32);
     loop {
         let f = fr
@@ -335,7 +343,8 @@ pub fn scan_stream<R: Read>(
                     Run::Zero(_, l) => l,
                 };
                 let inside = begin.ranges.iter().any(|r| {
-                    addr >= r.addr && addr.checked_add(len).is_some_and(|e| e <= r.addr + r.len)
+                    let (end, r_end) = (addr.checked_add(len), r.addr.checked_add(r.len));
+                    addr >= r.addr && end.zip(r_end).is_some_and(|(e, re)| e <= re)
                 });
                 if len == 0 || !len.is_multiple_of(page) || !addr.is_multiple_of(page) || !inside {
                     return Err(FormatError::Malformed {
@@ -380,7 +389,86 @@ pub fn scan_stream<R: Read>(
     }
 }
 
-/// Decodes a BEGIN payload, refusing other format versions with a clear error.
+/// Checks that a BEGIN describes something an applier can act on without harm: a page size
+/// that is a power of two in [`MIN_PAGE_SIZE`]..=[`MAX_PAGE_SIZE`]; at most [`MAX_RANGES`]
+/// ranges, each non-empty, page-aligned, ending at or below [`USER_SPACE_END`] without
+/// overflow, no two overlapping, together at most [`MAX_TOTAL_LEN`] bytes; a sequence number
+/// from 1 on, above its base; a lineage that is not all zeros. (`meta` is bounded by
+/// [`MAX_PAYLOAD`] already.) Pure: it looks at nothing but `b`.
+pub fn validate_begin(b: &Begin) -> Result<(), FormatError> {
+    let bad = |what: String| {
+        Err(FormatError::InvalidBegin {
+            offset: 0,
+            what,
+        })
+    };
+    if b.lineage == [0; 16] {
+        return bad("lineage is all zeros".into());
+    }
+    if b.seq == 0 {
+        return bad("sequence number 0 (checkpoints count from 1)".into());
+    }
+    if b.base_seq >= b.seq {
+        return bad(format!(
+            "checkpoint {} names base {}, which is not older",
+            b.seq, b.base_seq
+        ));
+    }
+    let page = b.page_size;
+    if !page.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page) {
+        return bad(format!(
+            "page size {page} is not a power of two between {MIN_PAGE_SIZE} and {MAX_PAGE_SIZE}"
+        ));
+    }
+    if b.ranges.len() > MAX_RANGES {
+        return bad(format!(
+            "{} ranges, more than the {MAX_RANGES} allowed",
+            b.ranges.len()
+        ));
+    }
+    let page = u64::from(page);
+    let mut total: u64 = 0;
+    for r in &b.ranges {
+        let name = format!("range {:#x}+{:#x}", r.addr, r.len);
+        if r.len == 0 {
+            return bad(format!("{name} is empty"));
+        }
+        if !r.addr.is_multiple_of(page) || !r.len.is_multiple_of(page) {
+            return bad(format!("{name} is not page-aligned (page size {page})"));
+        }
+        match r.addr.checked_add(r.len) {
+            None => return bad(format!("{name} overflows the address space")),
+            Some(end) if end > USER_SPACE_END => {
+                return bad(format!(
+                    "{name} ends beyond user space ({USER_SPACE_END:#x})"
+                ))
+            }
+            Some(_) => {}
+        }
+        // Each length is below 2^47 and there are at most 1024: no overflow.
+        total += r.len;
+    }
+    if total > MAX_TOTAL_LEN {
+        return bad(format!(
+            "ranges total {total:#x} bytes, more than the {MAX_TOTAL_LEN:#x} (1 TiB) allowed"
+        ));
+    }
+    let mut sorted: Vec<&RangeEntry> = b.ranges.iter().collect();
+    sorted.sort_by_key(|r| r.addr);
+    for w in sorted.windows(2) {
+        // Both end below USER_SPACE_END (checked above): no overflow.
+        if w[0].addr + w[0].len > w[1].addr {
+            return bad(format!(
+                "range {:#x}+{:#x} overlaps range {:#x}+{:#x}",
+                w[0].addr, w[0].len, w[1].addr, w[1].len
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a BEGIN payload, refusing other format versions with a clear error, and validates
+/// it ([`validate_begin`]): no caller ever sees a BEGIN that has not passed.
 pub fn decode_begin(payload: &[u8], offset: u64) -> Result<Begin, FormatError> {
     // The version is the first field; read it alone first so a future layout still gets a clear
     // "version" error rather than a decode error.
@@ -395,8 +483,13 @@ pub fn decode_begin(payload: &[u8], offset: u64) -> Result<Begin, FormatError> {
             supported: FORMAT_VERSION,
         });
     }
-    postcard::from_bytes(payload).map_err(|e| FormatError::Malformed {
+    let begin: Begin = postcard::from_bytes(payload).map_err(|e| FormatError::Malformed {
         offset,
         what: format!("BEGIN: {e}"),
-    })
+    })?;
+    validate_begin(&begin).map_err(|e| match e {
+        FormatError::InvalidBegin { what, .. } => FormatError::InvalidBegin { offset, what },
+        other => other,
+    })?;
+    Ok(begin)
 }

@@ -3,10 +3,12 @@
 
 pub mod dir;
 pub mod format;
+pub mod lineage;
 mod writer;
 
 pub use dir::ImageDir;
-pub use format::{Begin, End, RangeEntry, Run, Summary, FORMAT_VERSION};
+pub use format::{validate_begin, Begin, End, RangeEntry, Run, Summary, FORMAT_VERSION};
+pub use lineage::{check_applies, lineage_hex, new_lineage, LineagePolicy, Tip};
 pub use writer::write_stream;
 
 use std::path::PathBuf;
@@ -50,6 +52,15 @@ pub enum FormatError {
         /// What is wrong.
         what: String,
     },
+    /// A well-formed BEGIN that describes something no applier may act on (bad page size,
+    /// ranges misaligned, overlapping, outside user space, too many or too large, ...).
+    #[error("at byte {offset}: BEGIN refused: {what}")]
+    InvalidBegin {
+        /// Offset of the BEGIN frame.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
     /// The underlying read failed.
     #[error("at byte {offset}: read failed: {source}")]
     Io {
@@ -70,8 +81,50 @@ impl ImageError {
             ImageError::OtherExecutable { .. }
             | ImageError::Chain { .. }
             | ImageError::IncompleteRange { .. }
-            | ImageError::StaleTerm { .. } => true,
+            | ImageError::StaleTerm { .. }
+            | ImageError::OtherLineage { .. }
+            | ImageError::NotNewer { .. }
+            | ImageError::PageSize { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The same error naming `path` as the stream it is about (errors of
+    /// [`check_applies`] name no file until their caller does this).
+    pub fn at(self, path: impl Into<PathBuf>) -> ImageError {
+        let path = path.into();
+        match self {
+            ImageError::OtherExecutable { image, this, .. } => {
+                ImageError::OtherExecutable { path, image, this }
+            }
+            ImageError::Chain {
+                seq, base, have, ..
+            } => ImageError::Chain {
+                path,
+                seq,
+                base,
+                have,
+            },
+            ImageError::IncompleteRange { addr, len, .. } => {
+                ImageError::IncompleteRange { path, addr, len }
+            }
+            ImageError::StaleTerm { term, current, .. } => ImageError::StaleTerm {
+                path,
+                term,
+                current,
+            },
+            ImageError::OtherLineage { image, stream, .. } => ImageError::OtherLineage {
+                path,
+                image,
+                stream,
+            },
+            ImageError::NotNewer { seq, have, .. } => ImageError::NotNewer { path, seq, have },
+            ImageError::PageSize { stream, image, .. } => ImageError::PageSize {
+                path,
+                stream,
+                image,
+            },
+            other => other,
         }
     }
 }
@@ -140,6 +193,55 @@ pub enum ImageError {
         term: u64,
         /// The current term.
         current: u64,
+    },
+    /// The stream belongs to another run of the program than the image (another lineage), and
+    /// replacing the image was not asked for.
+    #[error("{}: checkpoint is of lineage {stream} but the image here is of lineage {image} (another run of the program); to replace the image with it deliberately, start hotspare-resume with --accept-new-lineage, or resume the primary from this image", path.display())]
+    OtherLineage {
+        /// The stream.
+        path: PathBuf,
+        /// Lineage of the image (hex).
+        image: String,
+        /// Lineage of the stream (hex).
+        stream: String,
+    },
+    /// A checkpoint of the image's lineage that is not newer than what is already durable.
+    #[error("{}: checkpoint {seq} is not newer than checkpoint {have}, already durable here", path.display())]
+    NotNewer {
+        /// The stream.
+        path: PathBuf,
+        /// Its sequence.
+        seq: u64,
+        /// The newest durable sequence.
+        have: u64,
+    },
+    /// An incremental checkpoint written with another page size than the image's.
+    #[error("{}: incremental checkpoint has page size {stream} but the image has {image}", path.display())]
+    PageSize {
+        /// The stream.
+        path: PathBuf,
+        /// Its page size.
+        stream: u32,
+        /// The image's.
+        image: u32,
+    },
+    /// Another process (or another open in this one) holds the directory's lock.
+    #[error("image directory {} is in use by {}", path.display(), holder.map_or("another process (no pid recorded)".to_owned(), |p| format!("pid {p}")))]
+    Locked {
+        /// The image directory.
+        path: PathBuf,
+        /// The pid recorded in its lock file.
+        holder: Option<u32>,
+    },
+    /// The data files hold part of a checkpoint that could not be finished: the image is not
+    /// usable until it is (the stream is kept as `wal/<seq>.cpt`).
+    #[error("{}: a checkpoint is partly written into the data files and could not be finished ({source}); free space or repair the disk, then open the directory again", path.display())]
+    Unfinished {
+        /// The image directory.
+        path: PathBuf,
+        /// Why it could not be finished.
+        #[source]
+        source: Box<ImageError>,
     },
     /// A data file does not match its checksums.
     #[error("{}: damaged: {what}", path.display())]

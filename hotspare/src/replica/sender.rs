@@ -241,6 +241,8 @@ struct LinkLoop {
     waiting: HashMap<u64, mpsc::Sender<Result<(), String>>>,
     last_status: Instant,
     lease_logged: bool,
+    /// Why the last connection attempt failed (reported with checkpoints that cannot go).
+    last_error: Option<String>,
 }
 
 impl LinkLoop {
@@ -271,6 +273,7 @@ impl LinkLoop {
             waiting: HashMap::new(),
             last_status: Instant::now() - Duration::from_secs(1),
             lease_logged: false,
+            last_error: None,
         }
     }
 
@@ -334,6 +337,7 @@ impl LinkLoop {
                 log(format!("spare {} unreachable: {why}", self.cfg.addr));
             }
         }
+        self.last_error = Some(why.to_string());
         self.link.handle_disconnected(now(), why);
     }
 
@@ -359,7 +363,11 @@ impl LinkLoop {
                 })
             }
             Err(why) => {
-                let _ = reply.send(Err(format!("spare {}: {why}", self.cfg.addr)));
+                let last = self
+                    .last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (last attempt: {e})"));
+                let _ = reply.send(Err(format!("spare {}: {why}{last}", self.cfg.addr)));
             }
         }
     }
@@ -518,11 +526,14 @@ impl LinkLoop {
                     self.disconnect(&why);
                 }
             }
-            Event::Ready { spare_seq } => log(format!(
+            Event::Ready { spare_seq } => {
+                self.last_error = None;
+                log(format!(
                 "connected to spare {} (its image: checkpoint {spare_seq}); lease {} ms",
                 self.cfg.addr,
                 self.link.lease().as_millis()
-            )),
+            ))
+            }
             Event::Done { seq, result } => {
                 if let Some(r) = self.waiting.remove(&seq) {
                     let _ = r.send(result);

@@ -381,7 +381,12 @@ fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
         for (tok, why) in closed {
             if let Some(mut c) = conns.remove(&tok) {
                 let _ = poll.registry().deregister(&mut c.stream);
-                if matches!(c.phase, Phase::Handshake(..)) {
+                if let Phase::Handshake(hs, _) = &c.phase {
+                    let why = if hs.replied() && why == "closed by the peer" {
+                        "authentication failed: the peer hung up on our proof (it does not know the shared key)".to_string()
+                    } else {
+                        why
+                    };
                     log(format!("refused connection from {}: {why}", c.peer));
                 } else {
                     core.handle_closed(now(), ConnId(tok.0 as u64), &why);
