@@ -155,6 +155,8 @@ pub(crate) struct Engine {
     jobs: Sender<Job>,
     shared: Arc<Shared>,
     image_path: std::path::PathBuf,
+    /// The image directory's lock descriptor, which a `cptfork` child closes (-1: none).
+    lock_fd: i32,
     /// The link to the spare, when checkpoints go there.
     pub remote: Option<Remote>,
 }
@@ -178,6 +180,7 @@ impl Engine {
             0
         };
         let image_path = sink.dir().path().to_path_buf();
+        let lock_fd = sink.dir().lock_fd().unwrap_or(-1);
         let remote = match &sink {
             Sink::Remote { remote, .. } => Some(remote.clone()),
             Sink::Local(_) => None,
@@ -204,6 +207,7 @@ impl Engine {
             jobs,
             shared,
             image_path,
+            lock_fd,
             remote,
         }
     }
@@ -267,7 +271,7 @@ impl Engine {
                 let (path, file) = ImageDir::create_wal_at(&self.image_path, seq)?;
                 let _ = path;
                 let fd: OwnedFd = file.into();
-                let job = WriteStream::new(fd, encode_begin(&begin), &runs, seq);
+                let job = WriteStream::new(fd, encode_begin(&begin), &runs, seq, self.lock_fd);
                 // The QUERY above is this checkpoint's: fork without a second one.
                 let snapshot = self.shim.fork_with(dirty, job)?;
                 return Ok((strategy, bytes, Some(snapshot), Vec::new()));
@@ -553,6 +557,10 @@ fn writer(
                 (seq, r, None)
             }
         };
+        if result.is_err() {
+            // A stream that failed before it was delivered is never completed: drop its spool.
+            let _ = sink.dir().remove_spool(seq);
+        }
         {
             let mut d = shared.durable.lock().unwrap_or_else(|p| p.into_inner());
             match result {
@@ -604,16 +612,20 @@ pub(crate) struct WriteStream {
     begin: Vec<u8>,
     runs: Vec<Piece>,
     seq: u64,
+    /// The image directory's lock, inherited by the child: closed there first, so that a
+    /// child that outlives a killed parent does not keep the directory locked (-1: none).
+    lock_fd: i32,
 }
 
 impl WriteStream {
-    fn new(fd: OwnedFd, begin: Vec<u8>, runs: &[Piece], seq: u64) -> WriteStream {
+    fn new(fd: OwnedFd, begin: Vec<u8>, runs: &[Piece], seq: u64, lock_fd: i32) -> WriteStream {
         WriteStream {
             raw: fd.as_raw_fd(),
             fd: Some(fd),
             begin,
             runs: runs.to_vec(),
             seq,
+            lock_fd,
         }
     }
 }
@@ -661,6 +673,10 @@ fn write_all_v(fd: i32, parts: &[&[u8]]) -> Result<(), i32> {
 // async-signal-safe; everything it needs was allocated by the parent before the fork.
 unsafe impl ChildJob for WriteStream {
     fn run(&self) -> i32 {
+        if self.lock_fd >= 0 {
+            // SAFETY: close is async-signal-safe; the descriptor is this child's copy.
+            unsafe { libc::close(self.lock_fd) };
+        }
         let page = page_size();
         if let Err(e) = write_all_v(self.raw, &[&self.begin]) {
             return e.clamp(1, 255);

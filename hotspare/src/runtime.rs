@@ -155,12 +155,19 @@ fn fresh(b: Builder) -> Result<HotSpare> {
         what: "executable identity".into(),
         source: e,
     })?;
+    // An image already there is named as such, also while its program runs (and so holds the
+    // directory's lock); recovery may still make one appear.
+    let exists = |seq| Error::ImageExists {
+        path: b.config.image_dir.clone(),
+        seq,
+    };
+    match ImageDir::open_read_only(&b.config.image_dir).map_or(0, |i| i.seq()) {
+        0 => {}
+        seq => return Err(exists(seq)),
+    }
     let image = ImageDir::open(&b.config.image_dir)?;
     if image.seq() != 0 {
-        return Err(Error::ImageExists {
-            path: b.config.image_dir.clone(),
-            seq: image.seq(),
-        });
+        return Err(exists(image.seq()));
     }
     let mut shim = open_shim(&b.config)?;
     let heap = Heap::reserve_with(b.config.heap_base, b.config.heap_size, |r| {

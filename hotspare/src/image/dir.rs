@@ -168,14 +168,30 @@ fn fsync_dir(dir: &Path) -> Result<(), ImageError> {
 
 /// Takes `DIR/lock` (`flock(LOCK_EX | LOCK_NB)`; the lock belongs to this open file
 /// description, so even a second open in the same process conflicts) and records our pid in it.
+/// A conflict is retried for up to 100 ms: a child being forked holds a copy of the holder's
+/// descriptor until its `exec` closes it (`O_CLOEXEC`), which must not count as a holder.
 fn take_lock(root: &Path) -> Result<File, ImageError> {
     let p = root.join("lock");
     let f = open_private(&p).map_err(io_err(&p, "open"))?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(ImageError::Io {
+                path: p,
+                what: "lock",
+                source: e,
+            });
+        }
+        if std::time::Instant::now() >= deadline {
             let holder = fs::read_to_string(&p)
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
@@ -184,11 +200,7 @@ fn take_lock(root: &Path) -> Result<File, ImageError> {
                 holder,
             });
         }
-        return Err(ImageError::Io {
-            path: p,
-            what: "lock",
-            source: e,
-        });
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     // Written over the old pid, then cut to length: a reader never sees an empty file.
     let pid = format!("{}\n", std::process::id());
@@ -747,7 +759,8 @@ impl ImageDir {
             // Every write below lands in space allocated here: a full disk fails now, before
             // the data files change.
             for f in &files {
-                reserve(&f.crc, 0, f.len / page * 4).map_err(io_err(&f.crc_path, "reserve space"))?;
+                reserve(&f.crc, 0, f.len / page * 4)
+                    .map_err(io_err(&f.crc_path, "reserve space"))?;
             }
             for &(mut a, mut l) in &runs {
                 while l > 0 {
@@ -853,8 +866,7 @@ impl ImageDir {
     pub fn apply_pending(&mut self) -> Result<u64, ImageError> {
         loop {
             let pending = self.pending_files()?;
-            let (_, failure) =
-                self.apply_batch(&pending, None, LineagePolicy::ReplaceOld, true)?;
+            let (_, failure) = self.apply_batch(&pending, None, LineagePolicy::ReplaceOld, true)?;
             match failure {
                 None => return Ok(self.seq()),
                 Some(f) if f.error.is_bad_stream() => {

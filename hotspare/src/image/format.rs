@@ -396,12 +396,7 @@ pub fn scan_stream<R: Read>(
 /// from 1 on, above its base; a lineage that is not all zeros. (`meta` is bounded by
 /// [`MAX_PAYLOAD`] already.) Pure: it looks at nothing but `b`.
 pub fn validate_begin(b: &Begin) -> Result<(), FormatError> {
-    let bad = |what: String| {
-        Err(FormatError::InvalidBegin {
-            offset: 0,
-            what,
-        })
-    };
+    let bad = |what: String| Err(FormatError::InvalidBegin { offset: 0, what });
     if b.lineage == [0; 16] {
         return bad("lineage is all zeros".into());
     }

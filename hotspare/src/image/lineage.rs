@@ -167,7 +167,11 @@ pub fn check_applies(
         });
     }
     for r in b.ranges.iter().filter(|r| !r.complete) {
-        if !tip.ranges.iter().any(|t| t.addr == r.addr && t.len == r.len) {
+        if !tip
+            .ranges
+            .iter()
+            .any(|t| t.addr == r.addr && t.len == r.len)
+        {
             return Err(ImageError::IncompleteRange {
                 path: stream_path(),
                 addr: r.addr,
