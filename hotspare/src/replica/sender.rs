@@ -123,7 +123,10 @@ impl Remote {
             waker,
         };
         let t = Instant::now();
-        while !r.may_serve() && !r.shared.fenced.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(1) {
+        while !r.may_serve()
+            && !r.shared.fenced.load(Ordering::SeqCst)
+            && t.elapsed() < Duration::from_secs(1)
+        {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(r)
@@ -246,7 +249,12 @@ struct LinkLoop {
 }
 
 impl LinkLoop {
-    fn new(cfg: RemoteConfig, poll: Poll, shared: Arc<Shared>, cmds: mpsc::Receiver<Cmd>) -> LinkLoop {
+    fn new(
+        cfg: RemoteConfig,
+        poll: Poll,
+        shared: Arc<Shared>,
+        cmds: mpsc::Receiver<Cmd>,
+    ) -> LinkLoop {
         let link = Link::new(
             LinkConfig {
                 heartbeat: cfg.heartbeat,
@@ -436,14 +444,17 @@ impl LinkLoop {
             // Data unacknowledged this long: the path is gone; liveness at the heartbeat's pace
             // is the lease's job, so this only has to be well above TCP's retransmission timer.
             sock.set_tcp_user_timeout(Some(Duration::from_secs(10)))?;
-            self.poll
-                .registry()
-                .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
+            self.poll.registry().register(
+                &mut stream,
+                SOCKET,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(stream)
         });
         match r {
             Ok(stream) => {
-                let deadline = Instant::now() + (self.cfg.heartbeat * 20).max(Duration::from_millis(200));
+                let deadline =
+                    Instant::now() + (self.cfg.heartbeat * 20).max(Duration::from_millis(200));
                 self.sock = Some(Sock {
                     stream,
                     phase: Phase::Connecting(deadline),
@@ -467,7 +478,9 @@ impl LinkLoop {
                 self.event(ev);
             }
             // Feed the next chunk only when nothing is queued, so heartbeats stay in front.
-            if self.link.data_queued() == 0 && self.sock.as_ref().is_some_and(|s| s.out.len() < CHUNK) {
+            if self.link.data_queued() == 0
+                && self.sock.as_ref().is_some_and(|s| s.out.len() < CHUNK)
+            {
                 if let Some(snd) = self.sending.as_mut() {
                     let mut chunk = vec![0u8; CHUNK];
                     match read_full(&mut snd.file, &mut chunk) {
@@ -492,7 +505,12 @@ impl LinkLoop {
                 if let Phase::Session(_, sealer) = &mut s.phase {
                     while let Some(m) = self.link.poll_transmit() {
                         let n = sealer.seal(self.link.term(), &m, &mut s.out);
-                        if matches!(m, hotspare_proto::Msg::Chunk { .. } | hotspare_proto::Msg::StreamStart(_) | hotspare_proto::Msg::EndStream { .. }) {
+                        if matches!(
+                            m,
+                            hotspare_proto::Msg::Chunk { .. }
+                                | hotspare_proto::Msg::StreamStart(_)
+                                | hotspare_proto::Msg::EndStream { .. }
+                        ) {
                             self.shared.wire_bytes.fetch_add(n as u64, Ordering::SeqCst);
                         }
                         progressed = true;
@@ -529,10 +547,10 @@ impl LinkLoop {
             Event::Ready { spare_seq } => {
                 self.last_error = None;
                 log(format!(
-                "connected to spare {} (its image: checkpoint {spare_seq}); lease {} ms",
-                self.cfg.addr,
-                self.link.lease().as_millis()
-            ))
+                    "connected to spare {} (its image: checkpoint {spare_seq}); lease {} ms",
+                    self.cfg.addr,
+                    self.link.lease().as_millis()
+                ))
             }
             Event::Done { seq, result } => {
                 if let Some(r) = self.waiting.remove(&seq) {
@@ -573,7 +591,9 @@ impl LinkLoop {
 
     fn write_status(&self) {
         use std::os::unix::fs::OpenOptionsExt;
-        let Some(path) = &self.cfg.status_file else { return };
+        let Some(path) = &self.cfg.status_file else {
+            return;
+        };
         let (sent, acked) = self.link.seqs();
         let connected = self.link.is_up();
         let until = self.link.serving_until();

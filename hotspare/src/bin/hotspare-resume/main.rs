@@ -112,10 +112,14 @@ fn config(a: Args) -> Result<SpareConfig> {
         key: wire::load_key(&key_file)?,
         heartbeat: Duration::from_millis(a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(10).max(1)),
         missed,
-        startup_grace: Duration::from_millis(a.startup_grace_ms.or(f.startup_grace_ms).unwrap_or(1000)),
+        startup_grace: Duration::from_millis(
+            a.startup_grace_ms.or(f.startup_grace_ms).unwrap_or(1000),
+        ),
         accept_new_lineage: a.accept_new_lineage || f.accept_new_lineage.unwrap_or(false),
         on_takeover: a.on_takeover.or(f.on_takeover),
-        hook_timeout: Duration::from_millis(a.hook_timeout_ms.or(f.hook_timeout_ms).unwrap_or(10_000)),
+        hook_timeout: Duration::from_millis(
+            a.hook_timeout_ms.or(f.hook_timeout_ms).unwrap_or(10_000),
+        ),
         exec,
     })
 }

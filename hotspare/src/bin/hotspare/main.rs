@@ -178,7 +178,8 @@ fn status(dir: Option<PathBuf>, spare: Option<String>, key_file: Option<PathBuf>
     use hotspare::replica::wire::{self, Msg};
     if let Some(addr) = spare {
         let key = wire::load_key(&key_file.context("--spare needs --key-file")?)?;
-        let answer = wire::request_status(&addr, &key).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+        let answer =
+            wire::request_status(&addr, &key).map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
         match answer.1 {
             Msg::Status {
                 term,

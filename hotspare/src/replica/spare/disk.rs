@@ -208,7 +208,11 @@ impl Persister {
     fn drop_spool(&mut self) {
         if let Some(s) = self.spool.take() {
             drop(s.file);
-            let _ = std::fs::remove_file(self.root.join("wal").join(format!("{:020}.tmp", s.header.seq)));
+            let _ = std::fs::remove_file(
+                self.root
+                    .join("wal")
+                    .join(format!("{:020}.tmp", s.header.seq)),
+            );
         }
     }
 
@@ -263,7 +267,11 @@ impl Persister {
         };
         drop(guard);
         let b = &summary.begin;
-        if b.seq != header.seq || b.base_seq != header.base_seq || b.lineage != lineage || b.term != term {
+        if b.seq != header.seq
+            || b.base_seq != header.base_seq
+            || b.lineage != lineage
+            || b.term != term
+        {
             // Durable already, but it is not what was declared: the applier must not see it.
             let _ = std::fs::remove_file(self.root.join("wal").join(format!("{seq:020}.cpt")));
             let _ = File::open(self.root.join("wal")).and_then(|d| d.sync_all());

@@ -187,14 +187,12 @@ fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
         recovered,
         now(),
     );
-    let addr = cfg
-        .listen
-        .parse()
-        .map_err(|e| SpareError::Setup {
-            what: format!("listen address {}", cfg.listen),
-            source: std::io::Error::new(ErrorKind::InvalidInput, e),
-        })?;
-    let mut listener = TcpListener::bind(addr).map_err(setup(format!("listen on {}", cfg.listen)))?;
+    let addr = cfg.listen.parse().map_err(|e| SpareError::Setup {
+        what: format!("listen address {}", cfg.listen),
+        source: std::io::Error::new(ErrorKind::InvalidInput, e),
+    })?;
+    let mut listener =
+        TcpListener::bind(addr).map_err(setup(format!("listen on {}", cfg.listen)))?;
     let mut poll = Poll::new().map_err(setup("epoll".into()))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
@@ -202,9 +200,13 @@ fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("waker".into()))?);
     let (done_tx, done_rx) = mpsc::channel::<DiskDone>();
     let w = waker.clone();
-    let disk = disk::start(image, done_tx, Arc::new(move || {
-        let _ = w.wake();
-    }))
+    let disk = disk::start(
+        image,
+        done_tx,
+        Arc::new(move || {
+            let _ = w.wake();
+        }),
+    )
     .map_err(setup("starting the disk threads".into()))?;
     log(format!(
         "listening on {}, image {} at checkpoint {}, term {}; primary declared dead after {} x {} ms (after a restart: {} ms){}",
@@ -338,7 +340,9 @@ fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
             }
         }
         for tok in to_read {
-            let Some(c) = conns.get_mut(&tok) else { continue };
+            let Some(c) = conns.get_mut(&tok) else {
+                continue;
+            };
             if backpressure && matches!(c.phase, Phase::Session(..)) {
                 continue;
             }
@@ -374,7 +378,10 @@ fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
         for (tok, c) in &conns {
             if let Phase::Handshake(_, deadline) = &c.phase {
                 if Instant::now() >= *deadline {
-                    closed.push((*tok, format!("no handshake within {} s", HANDSHAKE_DEADLINE.as_secs())));
+                    closed.push((
+                        *tok,
+                        format!("no handshake within {} s", HANDSHAKE_DEADLINE.as_secs()),
+                    ));
                 }
             }
         }
@@ -448,7 +455,9 @@ fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
         if last_status.elapsed() >= Duration::from_millis(100) {
             last_status = Instant::now();
             let tip = core.tip();
-            let grant = core.last_grant().map_or(-1, |g| now().since(g).as_millis() as i64);
+            let grant = core
+                .last_grant()
+                .map_or(-1, |g| now().since(g).as_millis() as i64);
             *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = format!(
                 "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"listen\":\"{}\"}}\n",
                 std::process::id(),

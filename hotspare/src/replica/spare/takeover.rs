@@ -12,9 +12,14 @@ pub(super) fn become_program(cfg: &SpareConfig, term: u64) -> SpareError {
     if let Some(cmd) = &cfg.on_takeover {
         let t = Instant::now();
         match run_hook(cmd, term, dir, cfg.hook_timeout) {
-            Ok(()) => log(format!("takeover hook done in {} ms", t.elapsed().as_millis())),
+            Ok(()) => log(format!(
+                "takeover hook done in {} ms",
+                t.elapsed().as_millis()
+            )),
             Err(why) => {
-                log(format!("takeover hook failed: {why}; NOT starting the program (fail closed)"));
+                log(format!(
+                    "takeover hook failed: {why}; NOT starting the program (fail closed)"
+                ));
                 return SpareError::Hook(why);
             }
         }
@@ -46,7 +51,10 @@ fn run_hook(cmd: &str, term: u64, dir: &std::path::Path, limit: Duration) -> Res
                 // SAFETY: kill(2) on the hook's own process group (it was made its leader).
                 unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
                 let _ = child.wait();
-                return Err(format!("still running after {} ms; killed", limit.as_millis()));
+                return Err(format!(
+                    "still running after {} ms; killed",
+                    limit.as_millis()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => return Err(e.to_string()),
