@@ -1,0 +1,199 @@
+//! Helpers shared by the fuzz targets and the seed-corpus generator (`examples/gen_corpus.rs`):
+//! a byte reader that never fails (missing bytes read as zero), checksum repair for checkpoint
+//! streams (so that mutations get past the CRC32C checks and reach the code behind them), and
+//! the layout of an `image_dir_recovery` input.
+
+use hotspare::image::format::{FrameKind, HEADER_LEN, MAGIC};
+use hotspare::image::Begin;
+
+/// Reads fields from fuzz input; past the end every read yields zeros / empty slices.
+#[derive(Debug)]
+pub struct Bytes<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Bytes<'a> {
+    /// A reader over `data`.
+    pub fn new(data: &'a [u8]) -> Self {
+        Bytes { data }
+    }
+
+    /// Whether everything was read.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Bytes not read yet.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The next `n` bytes (fewer at the end).
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.data.len());
+        let (a, b) = self.data.split_at(n);
+        self.data = b;
+        a
+    }
+
+    /// Everything left.
+    pub fn rest(&mut self) -> &'a [u8] {
+        self.take(self.data.len())
+    }
+
+    /// One byte.
+    pub fn u8(&mut self) -> u8 {
+        self.take(1).first().copied().unwrap_or(0)
+    }
+
+    /// A little-endian u16.
+    pub fn u16(&mut self) -> u16 {
+        let mut b = [0u8; 2];
+        let s = self.take(2);
+        b[..s.len()].copy_from_slice(s);
+        u16::from_le_bytes(b)
+    }
+
+    /// A little-endian u32.
+    pub fn u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        let s = self.take(4);
+        b[..s.len()].copy_from_slice(s);
+        u32::from_le_bytes(b)
+    }
+
+    /// A little-endian u64.
+    pub fn u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        let s = self.take(8);
+        b[..s.len()].copy_from_slice(s);
+        u64::from_le_bytes(b)
+    }
+
+    /// A length-prefixed (u32 LE) slice.
+    pub fn chunk(&mut self) -> &'a [u8] {
+        let n = self.u32() as usize;
+        self.take(n)
+    }
+}
+
+/// Appends a length-prefixed (u32 LE) slice.
+pub fn put_chunk(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Rewrites the CRC32C of every frame of `stream` whose header is complete and whose payload
+/// fits (stopping at the first that does not); with `fix_end`, also rewrites each END payload
+/// to the sequence of the preceding BEGIN and the counts and digest of the PAGES/ZERO frames
+/// since it, so that a mutated stream can be *valid* and reach the appliers.
+pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
+    let mut off = 0usize;
+    let (mut seq, mut page) = (0u64, 0u64);
+    let (mut frames, mut pages, mut digest) = (0u64, 0u64, 0u32);
+    while stream.len() - off >= HEADER_LEN {
+        let h = off;
+        let len = u32::from_le_bytes(stream[h + 8..h + 12].try_into().expect("4")) as usize;
+        let p = h + HEADER_LEN;
+        if len > stream.len() - p || stream[h..h + 4] != MAGIC {
+            break;
+        }
+        let kind = stream[h + 4];
+        if kind == FrameKind::Begin as u8 {
+            if let Ok(b) = postcard::from_bytes::<Begin>(&stream[p..p + len]) {
+                seq = b.seq;
+                page = u64::from(b.page_size);
+            }
+            (frames, pages, digest) = (0, 0, 0);
+        } else if kind == FrameKind::Pages as u8 || kind == FrameKind::Zero as u8 {
+            let payload = &stream[p..p + len];
+            let n = if kind == FrameKind::Zero as u8 && len >= 16 {
+                u64::from_le_bytes(payload[8..16].try_into().expect("8"))
+            } else {
+                len.saturating_sub(8) as u64
+            };
+            digest = crc32c::crc32c_append(digest, payload);
+            frames += 1;
+            pages = pages.wrapping_add(n.checked_div(page).unwrap_or(0));
+        } else if kind == FrameKind::End as u8 && fix_end && len == 32 {
+            let e = &mut stream[p..p + 32];
+            e[0..8].copy_from_slice(&seq.to_le_bytes());
+            e[8..16].copy_from_slice(&frames.to_le_bytes());
+            e[16..24].copy_from_slice(&pages.to_le_bytes());
+            e[24..28].copy_from_slice(&digest.to_le_bytes());
+            e[28..32].copy_from_slice(&[0; 4]);
+        }
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&stream[h..h + 12]), &stream[p..p + len]);
+        stream[h + 12..h + 16].copy_from_slice(&crc.to_le_bytes());
+        off = p + len;
+    }
+}
+
+/// `image_dir_recovery` input flags.
+pub mod flags {
+    /// Repair the CRCs of the manifest and every WAL file ([`super::fix_stream`]).
+    pub const FIX_CRC: u8 = 1;
+    /// Repair the END frames too.
+    pub const FIX_END: u8 = 2;
+    /// Create `wal/applying` (the data files may be ahead of the manifest).
+    pub const APPLYING: u8 = 4;
+    /// Write no data files for the manifest (a directory that lost them): the image then need
+    /// not verify, only never panic.
+    pub const NO_DATA: u8 = 8;
+    /// Open the directory a second time after the first open succeeded.
+    pub const REOPEN: u8 = 16;
+}
+
+/// Extensions a WAL file of the input may have.
+pub const WAL_EXTS: [&str; 3] = ["cpt", "tmp", "bad"];
+
+/// An `image_dir_recovery` input: flags, the raw manifest (`None`: none), and 0–3 WAL files
+/// (sequence, index into [`WAL_EXTS`], bytes).
+#[derive(Debug, Default, Clone)]
+pub struct ImageInput {
+    /// [`flags`].
+    pub flags: u8,
+    /// `DIR/manifest`.
+    pub manifest: Option<Vec<u8>>,
+    /// `DIR/wal/<seq>.<ext>`.
+    pub wals: Vec<(u64, u8, Vec<u8>)>,
+}
+
+impl ImageInput {
+    /// Parses fuzz bytes (never fails).
+    pub fn parse(data: &[u8]) -> ImageInput {
+        let mut b = Bytes::new(data);
+        let flags = b.u8();
+        let head = b.u8();
+        let manifest = (head & 1 == 1).then(|| b.chunk().to_vec());
+        let n = usize::from(head >> 1) % 4;
+        let wals = (0..n)
+            .map(|_| {
+                let seq = u64::from(b.u8());
+                let ext = b.u8() % 3;
+                (seq, ext, b.chunk().to_vec())
+            })
+            .collect();
+        ImageInput {
+            flags,
+            manifest,
+            wals,
+        }
+    }
+
+    /// The bytes [`ImageInput::parse`] reads back as `self`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![self.flags];
+        let n = self.wals.len().min(3) as u8;
+        out.push(u8::from(self.manifest.is_some()) | (n << 1));
+        if let Some(m) = &self.manifest {
+            put_chunk(&mut out, m);
+        }
+        for (seq, ext, bytes) in self.wals.iter().take(3) {
+            out.push(*seq as u8);
+            out.push(*ext);
+            put_chunk(&mut out, bytes);
+        }
+        out
+    }
+}
