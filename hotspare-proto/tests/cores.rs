@@ -778,6 +778,38 @@ fn d_a_term_whose_save_failed_is_not_admitted_on_reconnect() {
     );
 }
 
+/// Guards against a second door to the same defect: while a newer primary's term is being
+/// saved, another connection with that same term must not be admitted at once (its term is
+/// equal to the one in memory, but not yet on disk).
+#[test]
+fn d_a_second_hello_of_a_term_being_saved_waits_for_the_save() {
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, 5, at(0));
+    let (c1, c2) = (ConnId(1), ConnId(2));
+    let out = connect(&mut s, at(1), c1, 6, OLD);
+    assert_eq!(disk_ops(&out), vec![DiskOp::SaveTerm(6)]);
+    let out = connect(&mut s, at(2), c2, 6, OLD);
+    assert!(
+        !matches!(&sent(&out, c2)[..], [(_, Msg::Status { .. })]),
+        "admitted on term 6 while its save is outstanding: {out:?}"
+    );
+    s.handle_msg(at(3), c2, 6, Msg::Heartbeat { id: 1, seq: 5 });
+    let out = drain(&mut s);
+    assert!(
+        sent(&out, c2).is_empty() && s.last_grant().is_none(),
+        "a lease granted on term 6 before it is on disk: {out:?}"
+    );
+    // Once a save of term 6 succeeds, the connection waiting for it is admitted.
+    let mut ops = disk_ops(&out);
+    ops.insert(0, DiskOp::SaveTerm(6));
+    let out = complete_all(&mut s, at(4), ops, OLD, 6);
+    assert!(
+        sent(&out, c2)
+            .iter()
+            .any(|(t, m)| *t == 6 && matches!(m, Msg::Status { .. })),
+        "{out:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // e. Takeover
 // ---------------------------------------------------------------------------------------------
