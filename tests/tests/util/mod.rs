@@ -142,3 +142,358 @@ pub fn next_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
     rx.recv_timeout(Duration::from_secs(20))
         .unwrap_or_else(|_| panic!("no '{what}' line within 20 s"))
 }
+
+// ---- Helpers of the real-process fault suite (tests/tests/faults.rs) ----
+
+/// Nanoseconds of the realtime clock (what `date +%s%N` prints, so a takeover hook's time stamp
+/// and the test's own can be compared).
+pub fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+…`
+    Simple(String),
+    /// `-…`
+    Error(String),
+    /// `:…`
+    Int(i64),
+    /// `$…` (`None`: the null bulk string)
+    Bulk(Option<Vec<u8>>),
+    /// `*…`
+    Array(Option<Vec<Reply>>),
+}
+
+/// Parses one reply from the start of `b`: `Ok(Some((reply, bytes used)))`, `Ok(None)` if
+/// incomplete.
+fn parse_reply(b: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+    let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    if eol == 0 {
+        return Err("empty reply line".into());
+    }
+    let line = String::from_utf8_lossy(&b[1..eol]).into_owned();
+    let used = eol + 2;
+    let num = || {
+        line.parse::<i64>()
+            .map_err(|_| format!("bad number {line:?}"))
+    };
+    match b[0] {
+        b'+' => Ok(Some((Reply::Simple(line), used))),
+        b'-' => Ok(Some((Reply::Error(line), used))),
+        b':' => Ok(Some((Reply::Int(num()?), used))),
+        b'$' => {
+            let n = num()?;
+            if n < 0 {
+                return Ok(Some((Reply::Bulk(None), used)));
+            }
+            let end = used + n as usize;
+            if b.len() < end + 2 {
+                return Ok(None);
+            }
+            Ok(Some((Reply::Bulk(Some(b[used..end].to_vec())), end + 2)))
+        }
+        b'*' => {
+            let n = num()?;
+            if n < 0 {
+                return Ok(Some((Reply::Array(None), used)));
+            }
+            let mut at = used;
+            let mut items = Vec::new();
+            for _ in 0..n {
+                match parse_reply(&b[at..])? {
+                    Some((r, k)) => {
+                        items.push(r);
+                        at += k;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(Some(items)), at)))
+        }
+        c => Err(format!("unknown reply type {:?}", c as char)),
+    }
+}
+
+/// A blocking RESP2 client on one TCP connection (every read bounded by a timeout).
+pub struct RespConn {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RespConn {
+    /// Connects (within `timeout`); replies must come within `read_timeout`.
+    pub fn connect(
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+        read_timeout: Duration,
+    ) -> std::io::Result<RespConn> {
+        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(read_timeout))?;
+        stream.set_write_timeout(Some(read_timeout))?;
+        Ok(RespConn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The socket.
+    pub fn stream(&self) -> &std::net::TcpStream {
+        &self.stream
+    }
+
+    /// Sends one command (as an array of bulk strings) without waiting for its reply.
+    pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&out)
+    }
+
+    /// The next reply (`UnexpectedEof` if the server closed the connection).
+    pub fn read(&mut self) -> std::io::Result<Reply> {
+        use std::io::Read;
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((r, n))) => {
+                    self.buf.drain(..n);
+                    return Ok(r);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+            let mut chunk = [0u8; 16 << 10];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a command and reads its reply.
+    pub fn cmd(&mut self, args: &[&str]) -> std::io::Result<Reply> {
+        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+        self.send(&a)?;
+        self.read()
+    }
+
+    /// The pid of the server process answering this connection (`INFO server`'s `process_id`).
+    pub fn server_pid(&mut self) -> std::io::Result<i32> {
+        let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+        match self.cmd(&["INFO", "server"])? {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b)
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| bad("INFO server has no process_id".into())),
+            other => Err(bad(format!("INFO server answered {other:?}"))),
+        }
+    }
+}
+
+/// A tmpfs mounted for a test, unmounted (lazily if it is still busy) when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `8m`) on `path` (created if missing).
+    pub fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let o = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "mount -t tmpfs on {} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Test hosts in network namespaces of our own: `A` at `NET.1`, `B` at `NET.2`, and `C` at
+/// `NET.3` holding the bridge they are all on (the client's host). Deleted when dropped.
+pub struct Lab {
+    prefix: String,
+    /// The /24 network's first three octets, e.g. `10.79.0`.
+    pub net: String,
+    files: std::collections::HashMap<&'static str, std::fs::File>,
+}
+
+fn run_ok(args: &[&str]) -> Result<(), String> {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("cannot run {args:?}: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+impl Lab {
+    /// The namespace name of host `h`.
+    pub fn ns(&self, h: &str) -> String {
+        format!("{}{h}", self.prefix)
+    }
+
+    /// Host `h`'s interface (unique per run: a leftover of a crashed run cannot collide).
+    fn dev(&self, h: &str) -> String {
+        format!("v{h}{}", &self.prefix[1..])
+    }
+
+    /// Host `h`'s address.
+    pub fn ip(&self, h: &str) -> String {
+        let n = match h {
+            "A" => 1,
+            "B" => 2,
+            _ => 3,
+        };
+        format!("{}.{n}", self.net)
+    }
+
+    /// Runs a command inside host `h` (`ip netns exec`).
+    pub fn exec(&self, h: &str, cmd: &[&str]) -> Result<(), String> {
+        let ns = self.ns(h);
+        let mut v = vec!["ip", "netns", "exec", ns.as_str()];
+        v.extend_from_slice(cmd);
+        run_ok(&v)
+    }
+
+    /// Creates the three hosts. `Err` says why namespaces cannot be used here.
+    pub fn setup(tag: &str, net: &str) -> Result<Lab, String> {
+        let mut lab = Lab {
+            prefix: format!("h{tag}{}", std::process::id() % 10_000),
+            net: net.into(),
+            files: Default::default(),
+        };
+        run_ok(&["ip", "netns", "add", &lab.ns("A")]).map_err(|e| {
+            format!("NETWORK NAMESPACES UNAVAILABLE (needs root and iproute2): {e}")
+        })?;
+        for n in ["B", "C"] {
+            run_ok(&["ip", "netns", "add", &lab.ns(n)])?;
+        }
+        lab.exec("C", &["ip", "link", "add", "br0", "type", "bridge"])?;
+        for n in ["A", "B"] {
+            let (dev, peer) = (lab.dev(n), format!("{}b", lab.dev(n)));
+            run_ok(&[
+                "ip", "link", "add", &dev, "type", "veth", "peer", "name", &peer,
+            ])?;
+            run_ok(&["ip", "link", "set", &dev, "netns", &lab.ns(n)])?;
+            run_ok(&["ip", "link", "set", &peer, "netns", &lab.ns("C")])?;
+            lab.exec("C", &["ip", "link", "set", &peer, "master", "br0", "up"])?;
+            lab.exec(
+                n,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", lab.ip(n)),
+                    "dev",
+                    &dev,
+                ],
+            )?;
+            lab.exec(n, &["ip", "link", "set", &dev, "up"])?;
+            lab.exec(n, &["ip", "link", "set", "lo", "up"])?;
+        }
+        lab.exec(
+            "C",
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", lab.ip("C")),
+                "dev",
+                "br0",
+            ],
+        )?;
+        lab.exec("C", &["ip", "link", "set", "br0", "up"])?;
+        lab.exec("C", &["ip", "link", "set", "lo", "up"])?;
+        for h in ["A", "B", "C"] {
+            let p = format!("/run/netns/{}", lab.ns(h));
+            let f = std::fs::File::open(&p).map_err(|e| format!("{p}: {e}"))?;
+            lab.files.insert(h, f);
+        }
+        Ok(lab)
+    }
+
+    /// A descriptor of host `h`'s network namespace, valid while the lab lives (for
+    /// [`enter_netns`] on another thread).
+    pub fn fd(&self, h: &str) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.files[h].as_raw_fd()
+    }
+
+    /// Makes `cmd` start inside host `h` (its pid is the program's: no wrapper process).
+    pub fn place(&self, h: &str, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let fd = self.fd(h);
+        // SAFETY: between fork and exec only setns(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Moves the calling thread into the network namespace `fd` refers to (its later sockets are
+/// there; other threads are not affected).
+pub fn enter_netns(fd: i32) -> std::io::Result<()> {
+    // SAFETY: setns(2) on a descriptor the caller holds open; affects only this thread.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.files.clear();
+        for n in ["A", "B", "C"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(n)])
+                .output();
+        }
+    }
+}
