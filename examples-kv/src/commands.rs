@@ -19,6 +19,12 @@ pub trait Durability: Send + Sync {
     fn cpt_now(&self, mode: CptMode) -> Result<String, String>;
     /// `CONFIG RESETSTAT`.
     fn reset_stats(&self);
+    /// Whether this server may answer data commands now (Hot Spare: it holds its lease and is
+    /// not fenced). Asked before every data command, so a primary that was paused or cut off
+    /// from its spare answers nothing a spare that took over could contradict.
+    fn may_serve(&self) -> bool {
+        true
+    }
     /// The `# Hotspare` section of `INFO`, and `rdb_*` style persistence lines.
     fn info(&self, out: &mut String);
 }
@@ -43,6 +49,9 @@ pub struct Client {
     pub name: Option<Vec<u8>>,
     /// Set by `QUIT`: close once the reply is written.
     pub quit: bool,
+    /// A data command was answered since the last complete write of replies: releasing them
+    /// needs the right to serve at that moment, not only when the command ran.
+    pub answered_data: bool,
 }
 
 /// Server-wide counters for `INFO`.
@@ -116,6 +125,20 @@ pub fn execute<A: Allocator + Clone>(
     };
     let name = String::from_utf8_lossy(first).to_ascii_lowercase();
     let a = &args[1..];
+    let admin = matches!(
+        name.as_str(),
+        "ping" | "info" | "quit" | "hello" | "command" | "client" | "config" | "time"
+    );
+    if !admin {
+        client.answered_data = true;
+    }
+    if !admin && !ctx.dur.may_serve() {
+        reply::error(
+            out,
+            "TRYAGAIN this server may not serve now: no lease from its spare, or fenced by a newer primary",
+        );
+        return Effect::Read;
+    }
     // (min args, max args or usize::MAX) after the name.
     let arity = |min: usize, max: usize| a.len() >= min && a.len() <= max;
     let ok_arity = match name.as_str() {

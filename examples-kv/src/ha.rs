@@ -138,6 +138,10 @@ impl Durability for HotSpareDurability {
         self.every_write
     }
 
+    fn may_serve(&self) -> bool {
+        self.hs.may_serve()
+    }
+
     fn commit(&self) -> Result<(), String> {
         let (st, _) = self.checkpoint(Kind::Commit)?;
         self.hs.wait_durable(st.seq).map_err(|e| e.to_string())

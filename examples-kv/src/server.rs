@@ -6,7 +6,7 @@
 //! If that checkpoint fails, the held connections are closed unanswered: a client is never told
 //! OK for a write that is not durable.
 
-use crate::commands::{execute, Client, Ctx, Effect};
+use crate::commands::{execute, Client, Ctx, Durability, Effect};
 use crate::resp;
 use allocator_api2::alloc::Allocator;
 use mio::net::{TcpListener, TcpStream};
@@ -67,7 +67,7 @@ pub fn serve<A: Allocator + Clone>(
                 }
             }
             if !c.held {
-                flush(&poll, t, c);
+                flush(ctx.dur, &poll, t, c);
             }
             if c.closing && c.wbuf.is_empty() && !c.held {
                 close(ctx, &poll, &mut conns, t);
@@ -90,7 +90,7 @@ pub fn serve<A: Allocator + Clone>(
                 close(ctx, &poll, &mut conns, t);
                 continue;
             }
-            flush(&poll, t, c);
+            flush(ctx.dur, &poll, t, c);
             if c.closing && c.wbuf.is_empty() {
                 close(ctx, &poll, &mut conns, t);
             }
@@ -192,7 +192,16 @@ fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) -> boo
     wrote
 }
 
-fn flush(poll: &Poll, t: usize, c: &mut Conn) {
+/// Writes what the socket takes. Replies to data commands leave only while this server may
+/// serve: a primary stopped between running a command and writing its reply (or cut off from
+/// its spare meanwhile) closes the connection unanswered instead — the client retries against
+/// whoever serves now.
+fn flush(dur: &dyn Durability, poll: &Poll, t: usize, c: &mut Conn) {
+    if c.client.answered_data && !c.wbuf.is_empty() && !dur.may_serve() {
+        c.wbuf.clear();
+        c.closing = true;
+        return;
+    }
     let mut done = 0;
     while done < c.wbuf.len() {
         match c.stream.write(&c.wbuf[done..]) {
@@ -208,6 +217,9 @@ fn flush(poll: &Poll, t: usize, c: &mut Conn) {
         }
     }
     c.wbuf.drain(..done);
+    if c.wbuf.is_empty() {
+        c.client.answered_data = false;
+    }
     let want_write = !c.wbuf.is_empty();
     if want_write != c.want_write {
         let interest = if want_write {

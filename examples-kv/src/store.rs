@@ -135,7 +135,11 @@ impl<A: Allocator + Clone> Store<A> {
     pub fn new_in(alloc: A, cpt_ms: u64) -> Store<A> {
         Store {
             shards: std::array::from_fn(|_| {
-                Mutex::new(Map::with_hasher_in(StableHasher::default(), alloc.clone()))
+                Mutex::new(Map::with_capacity_and_hasher_in(
+                    1,
+                    StableHasher::default(),
+                    alloc.clone(),
+                ))
             }),
             alloc,
             cpt_ms: AtomicU64::new(cpt_ms),
@@ -220,7 +224,9 @@ impl<A: Allocator + Clone> Store<A> {
 
     /// An empty map for shard replacement (FLUSHALL frees the old table's memory).
     pub fn empty_map(&self) -> Map<A> {
-        Map::with_hasher_in(StableHasher::default(), self.alloc.clone())
+        // Never an empty map: hashbrown's empty map points into the executable (a static
+        // control group), which is elsewhere after a resume (docs/library.md).
+        Map::with_capacity_and_hasher_in(1, StableHasher::default(), self.alloc.clone())
     }
 }
 

@@ -24,7 +24,7 @@
 //! fn main() -> Result<(), hotspare::Error> {
 //!     // On resume, start() maps the image back and calls `worker` itself.
 //!     let hs = HotSpare::builder()?.worker("main", worker).start()?;
-//!     let map = Map::with_hasher_in(StableHasher::default(), hs.heap().alloc());
+//!     let map = Map::with_capacity_and_hasher_in(1, StableHasher::default(), hs.heap().alloc());
 //!     hs.heap().set_root(Mutex::new(map))?;
 //!     hs.run();
 //!     Ok(())

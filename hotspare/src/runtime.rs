@@ -43,6 +43,8 @@ struct Inner {
     workers: Vec<(String, WorkerFn)>,
     resumed: Option<ResumeInfo>,
     engine: Mutex<Engine>,
+    /// The link to the spare, outside the engine's lock (asked on every request).
+    remote: Option<crate::replica::sender::Remote>,
     shared: Arc<Shared>,
     blobs: Mutex<Vec<(String, Vec<u8>)>>,
     fds: Mutex<Vec<fds::Entry>>,
@@ -197,6 +199,7 @@ fn fresh(b: Builder) -> Result<HotSpare> {
             heap,
             workers: b.workers,
             resumed: None,
+            remote: engine.remote.clone(),
             engine: Mutex::new(engine),
             shared,
             blobs: Mutex::new(Vec::new()),
@@ -281,6 +284,7 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
             heap,
             workers: b.workers,
             resumed: Some(info),
+            remote: engine.remote.clone(),
             engine: Mutex::new(engine),
             shared,
             blobs: Mutex::new(meta.blobs),
@@ -313,11 +317,20 @@ impl HotSpare {
         self.inner.resumed.as_ref()
     }
 
-    /// Whether the spare told us a newer term exists, or our lease ran out: a fenced primary
-    /// must stop serving (worker loops should check this; with `on_fence = "exit"` the library
-    /// ends the process itself).
+    /// The negation of [`HotSpare::may_serve`]: fenced by a newer term, or holding no lease (with
+    /// `on_fence = "exit"` the library ends the process itself, but only from its own thread:
+    /// a server must still check before it replies).
     pub fn is_fenced(&self) -> bool {
-        self.engine().remote.as_ref().is_some_and(|r| r.fenced())
+        !self.may_serve()
+    }
+
+    /// Whether this process may serve now — answer a client, acknowledge a write. Without a
+    /// spare: always. With one: only while it holds a lease (a heartbeat sent less than the lease
+    /// ago was answered) and no newer term has fenced it. Computed from the clock at each call,
+    /// without locks, so a server can ask before every reply it releases; a reply released
+    /// after `false` may contradict a spare that has taken over (`docs/replication.md`).
+    pub fn may_serve(&self) -> bool {
+        self.inner.remote.as_ref().is_none_or(|r| r.may_serve())
     }
 
     /// Bytes of checkpoint streams sent to the spare so far, framing and authentication

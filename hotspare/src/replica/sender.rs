@@ -144,11 +144,6 @@ impl Remote {
         !self.shared.fenced.load(Ordering::SeqCst) && until != 0 && now().as_nanos() < until
     }
 
-    /// Whether the spare fenced us or we hold no lease.
-    pub fn fenced(&self) -> bool {
-        !self.may_serve()
-    }
-
     /// Sends the stream in `path` as checkpoint `seq` and waits until the spare has it durably
     /// (or it failed: refused, lost with the connection, or not acknowledged in time).
     pub fn send_file(&self, path: &Path, seq: u64) -> Result<(), String> {

@@ -91,7 +91,7 @@ fn real_main() -> anyhow::Result<()> {
         anyhow::bail!("usage: kvmodel SEED TOTAL_OPS K")
     };
     let hs = HotSpare::builder()?.worker("main", worker).start()?;
-    let map = Map::with_hasher_in(StableHasher::default(), hs.heap().alloc());
+    let map = Map::with_capacity_and_hasher_in(1, StableHasher::default(), hs.heap().alloc());
     hs.heap().set_root(Mutex::new(State {
         map,
         ops: 0,
