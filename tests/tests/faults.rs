@@ -20,8 +20,7 @@
 //! ```
 //! Needs root (tmpfs, namespaces, iptables; `.ci/run` installs iptables). A scenario whose
 //! fault cannot be injected FAILS with the reason; none passes without having run. The
-//! scenarios (s1…s9) and their figures are described in `docs/reliability.md`; the ones marked
-//! A defect found by a scenario is pinned by marking it `#[ignore = "BUG: …"]` until fixed
+//! scenarios (s1…s9) and their figures are described in `docs/reliability.md`. A defect found by a scenario is pinned by marking it `#[ignore = "BUG: …"]` until fixed
 //! (none are today).
 
 mod util;
