@@ -13,18 +13,20 @@
 //! A peer that sends one byte a second costs one slot and one small buffer until its
 //! deadline; it can never delay a heartbeat answer.
 
+mod conn;
 mod disk;
 mod takeover;
 
 use super::wire::{self, Key};
 use crate::image::ImageDir;
-use hotspare_proto::codec::{Opener, Sealer, ServerHandshake, ServerStep};
+use conn::{Conn, Phase};
 use hotspare_proto::spare::{ConnId, DiskDone, Output, Recovered, Spare, SpareConfig as Rules};
 use hotspare_proto::Time;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
@@ -97,40 +99,11 @@ const WAKER: Token = Token(1);
 const MAX_HANDSHAKES: usize = 16;
 /// Time a connection has to complete the handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
-
-enum Phase {
-    Handshake(ServerHandshake, Instant),
-    Session(Opener, Sealer),
-}
-
-struct Conn {
-    stream: TcpStream,
-    peer: String,
-    phase: Phase,
-    out: Vec<u8>,
-    sent: usize,
-    closing: bool,
-}
-
-impl Conn {
-    /// Writes what is buffered; `Err` if the connection is broken.
-    fn flush(&mut self) -> std::io::Result<()> {
-        while self.sent < self.out.len() {
-            match self.stream.write(&self.out[self.sent..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-        }
-        Ok(())
-    }
-}
+/// Reads per connection per round, so that no peer starves another.
+const READS_PER_ROUND: usize = 64;
+/// Bytes a peer may leave unread on its socket before it is dropped (a peer that stops reading
+/// our answers must not make us buffer without bound).
+const MAX_UNSENT: usize = 4 << 20;
 
 /// The status file, for `hotspare status DIR`, rewritten by a thread of its own (file creation
 /// can block behind `fsync`s).
@@ -157,358 +130,366 @@ fn start_status_writer(dir: PathBuf, snapshot: Arc<Mutex<String>>) {
 /// Runs the spare until it takes over (then the process becomes the program, so this returns
 /// only on error).
 pub fn run(cfg: SpareConfig) -> SpareError {
-    match serve(&cfg) {
+    match Daemon::start(&cfg).and_then(|d| d.run()) {
         Ok(term) => takeover::become_program(&cfg, term),
         Err(e) => e,
     }
 }
 
-/// The event loop; returns the takeover term.
-fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
-    let setup = |what: String| move |source| SpareError::Setup { what, source };
-    let image = ImageDir::open(&cfg.image_dir)?;
-    let saved_term = disk::read_term(&cfg.image_dir).map_err(SpareError::Term)?;
-    let tip = image.tip();
-    let recovered = Recovered {
-        term: saved_term,
-        tip: tip.as_ref().map(disk::proto_tip),
-        applied: image.seq(),
-    };
-    let origin = Instant::now();
-    let now = || Time::from_nanos(origin.elapsed().as_nanos() as u64);
-    let detection = cfg.heartbeat * cfg.missed;
-    let mut core = Spare::new(
-        Rules {
-            detection,
-            startup_grace: cfg.startup_grace,
-            accept_new_lineage: cfg.accept_new_lineage,
-            apply_retry: Duration::from_millis(100),
-        },
-        recovered,
-        now(),
-    );
-    let addr = cfg.listen.parse().map_err(|e| SpareError::Setup {
-        what: format!("listen address {}", cfg.listen),
-        source: std::io::Error::new(ErrorKind::InvalidInput, e),
-    })?;
-    let mut listener =
-        TcpListener::bind(addr).map_err(setup(format!("listen on {}", cfg.listen)))?;
-    let mut poll = Poll::new().map_err(setup("epoll".into()))?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(setup("epoll".into()))?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("waker".into()))?);
-    let (done_tx, done_rx) = mpsc::channel::<DiskDone>();
-    let w = waker.clone();
-    let disk = disk::start(
-        image,
-        done_tx,
-        Arc::new(move || {
-            let _ = w.wake();
-        }),
-    )
-    .map_err(setup("starting the disk threads".into()))?;
-    log(format!(
-        "listening on {}, image {} at checkpoint {}, term {}; primary declared dead after {} x {} ms (after a restart: {} ms){}",
-        cfg.listen,
-        cfg.image_dir.display(),
-        recovered.tip.map_or(0, |t| t.seq),
-        core.term(),
-        cfg.missed,
-        cfg.heartbeat.as_millis(),
-        cfg.startup_grace.as_millis(),
-        if cfg.accept_new_lineage { "; a new lineage may replace the image" } else { "" }
-    ));
-    log("two-machine mode: the spare decides alone, which is safe only because the primary's lease runs out first (docs/replication.md)");
-    let snapshot = Arc::new(Mutex::new(String::new()));
-    start_status_writer(cfg.image_dir.clone(), snapshot.clone());
-    let mut conns: HashMap<Token, Conn> = HashMap::new();
-    let mut next_token = 2usize;
-    let mut events = Events::with_capacity(256);
-    let mut last_status = Instant::now() - Duration::from_secs(1);
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        // Sleep until the core's next timer or the nearest handshake deadline.
-        let t_now = now();
-        let mut timeout = core
-            .poll_timeout()
-            .map_or(Duration::from_millis(100), |t| t.since(t_now))
-            .min(Duration::from_millis(100));
-        for c in conns.values() {
-            if let Phase::Handshake(_, deadline) = &c.phase {
-                timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+fn setup(what: &str) -> impl FnOnce(std::io::Error) -> SpareError + '_ {
+    move |source| SpareError::Setup {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// The event loop's state: the protocol core, the connections, the disk workers.
+struct Daemon<'a> {
+    cfg: &'a SpareConfig,
+    core: Spare,
+    origin: Instant,
+    poll: Poll,
+    listener: TcpListener,
+    disk: disk::Disk,
+    disk_done: mpsc::Receiver<DiskDone>,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    status: Arc<Mutex<String>>,
+    last_status: Instant,
+}
+
+impl<'a> Daemon<'a> {
+    /// Opens (and locks) the image, reads the term, listens, starts the disk workers.
+    fn start(cfg: &'a SpareConfig) -> Result<Daemon<'a>, SpareError> {
+        let image = ImageDir::open(&cfg.image_dir)?;
+        let saved_term = disk::read_term(&cfg.image_dir).map_err(SpareError::Term)?;
+        let recovered = Recovered {
+            term: saved_term,
+            tip: image.tip().as_ref().map(disk::proto_tip),
+            applied: image.seq(),
+        };
+        let origin = Instant::now();
+        let core = Spare::new(
+            Rules {
+                detection: cfg.heartbeat * cfg.missed,
+                startup_grace: cfg.startup_grace,
+                accept_new_lineage: cfg.accept_new_lineage,
+                apply_retry: Duration::from_millis(100),
+            },
+            recovered,
+            Time::ZERO,
+        );
+        let listen = format!("listen on {}", cfg.listen);
+        let addr = cfg
+            .listen
+            .to_socket_addrs()
+            .map_err(setup(&listen))?
+            .next()
+            .ok_or_else(|| setup(&listen)(ErrorKind::NotFound.into()))?;
+        let mut listener = TcpListener::bind(addr).map_err(setup(&listen))?;
+        let poll = Poll::new().map_err(setup("epoll"))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(setup("epoll"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("waker"))?);
+        let (done_tx, disk_done) = mpsc::channel::<DiskDone>();
+        let wake = Arc::new(move || {
+            let _ = waker.wake();
+        });
+        let disk = disk::start(image, done_tx, wake).map_err(setup("starting the disk threads"))?;
+        log(format!(
+            "listening on {}, image {} at checkpoint {}, term {}; primary declared dead after {} x {} ms (after a restart: {} ms){}",
+            cfg.listen,
+            cfg.image_dir.display(),
+            recovered.tip.map_or(0, |t| t.seq),
+            core.term(),
+            cfg.missed,
+            cfg.heartbeat.as_millis(),
+            cfg.startup_grace.as_millis(),
+            if cfg.accept_new_lineage {
+                "; a new lineage may replace the image"
+            } else {
+                ""
             }
-        }
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(SpareError::Setup {
-                    what: "epoll".into(),
-                    source: e,
-                });
+        ));
+        log("two-machine mode: the spare decides alone, which is safe only because the primary's lease runs out first (docs/replication.md)");
+        let status = Arc::new(Mutex::new(String::new()));
+        start_status_writer(cfg.image_dir.clone(), status.clone());
+        Ok(Daemon {
+            cfg,
+            core,
+            origin,
+            poll,
+            listener,
+            disk,
+            disk_done,
+            conns: HashMap::new(),
+            next_token: 2,
+            status,
+            last_status: Instant::now() - Duration::from_secs(1),
+        })
+    }
+
+    fn now(&self) -> Time {
+        Time::from_nanos(self.origin.elapsed().as_nanos() as u64)
+    }
+
+    /// One round after another until the core says take over; returns the takeover term.
+    fn run(mut self) -> Result<u64, SpareError> {
+        let mut events = Events::with_capacity(256);
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match self.poll.poll(&mut events, Some(self.sleep_time())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(setup("epoll")(e)),
             }
-        }
-        let backpressure = disk.queued.load(Ordering::SeqCst) > disk::QUEUE_LIMIT;
-        let mut readable: Vec<Token> = Vec::new();
-        for ev in events.iter() {
-            match ev.token() {
-                LISTENER => loop {
-                    match listener.accept() {
-                        Ok((mut stream, peer)) => {
-                            let handshakes = conns
-                                .values()
-                                .filter(|c| matches!(c.phase, Phase::Handshake(..)))
-                                .count();
-                            if handshakes >= MAX_HANDSHAKES {
-                                log(format!("refused connection from {peer}: {MAX_HANDSHAKES} handshakes already in progress"));
-                                continue;
-                            }
-                            let nonce = match wire::nonce() {
-                                Ok(n) => n,
-                                Err(e) => {
-                                    log(format!("refused connection from {peer}: no nonce: {e}"));
-                                    continue;
-                                }
-                            };
-                            let _ = stream.set_nodelay(true);
-                            let tok = Token(next_token);
-                            next_token += 1;
-                            if poll
-                                .registry()
-                                .register(&mut stream, tok, Interest::READABLE | Interest::WRITABLE)
-                                .is_ok()
-                            {
-                                conns.insert(
-                                    tok,
-                                    Conn {
-                                        stream,
-                                        peer: peer.to_string(),
-                                        phase: Phase::Handshake(
-                                            ServerHandshake::new(&cfg.key, nonce),
-                                            Instant::now() + HANDSHAKE_DEADLINE,
-                                        ),
-                                        out: Vec::new(),
-                                        sent: 0,
-                                        closing: false,
-                                    },
-                                );
-                                readable.push(tok);
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            log(format!("accept: {e}"));
-                            break;
-                        }
-                    }
-                },
-                WAKER => {}
-                tok => {
-                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            let mut readable = Vec::new();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => readable.extend(self.accept_all()),
+                    WAKER => {}
+                    tok => {
                         readable.push(tok);
-                    }
-                    if ev.is_writable() {
-                        if let Some(c) = conns.get_mut(&tok) {
-                            if c.flush().is_err() {
-                                c.closing = true;
-                                c.out.clear();
+                        if ev.is_writable() {
+                            if let Some(c) = self.conns.get_mut(&tok) {
+                                if c.flush().is_err() {
+                                    c.broken();
+                                }
                             }
                         }
                     }
                 }
             }
+            // Disk results first, then input, then timers: input that waited while we were
+            // stopped is read before the primary's silence is judged.
+            while let Ok(d) = self.disk_done.try_recv() {
+                let now = self.now();
+                self.core.handle_disk(now, d);
+            }
+            self.read(readable, &mut buf);
+            self.expire_handshakes();
+            let now = self.now();
+            self.core.handle_timeout(now);
+            if let Some(term) = self.drain_outputs() {
+                return Ok(term);
+            }
+            self.close_finished();
+            self.publish_status();
         }
-        // Disk results first: an acknowledgement must not wait behind new input.
-        while let Ok(d) = done_rx.try_recv() {
-            core.handle_disk(now(), d);
+    }
+
+    /// Until the core's next timer or the nearest handshake deadline (at most 100 ms).
+    fn sleep_time(&self) -> Duration {
+        let now = self.now();
+        let mut t = self
+            .core
+            .poll_timeout()
+            .map_or(Duration::from_millis(100), |t| t.since(now))
+            .min(Duration::from_millis(100));
+        for c in self.conns.values() {
+            if let Phase::Handshake(_, deadline) = &c.phase {
+                t = t.min(deadline.saturating_duration_since(Instant::now()));
+            }
         }
-        // Input, then timers (input that waited while we were stopped is read before the
-        // silence is judged). Under back-pressure the primary's stream is left in the socket,
-        // except that a connection still handshaking is always served.
-        let mut closed: Vec<(Token, String)> = Vec::new();
-        let primary_tokens: Vec<Token> = conns
-            .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::Session(..)))
-            .map(|(t, _)| *t)
-            .collect();
-        let mut to_read = readable;
+        t
+    }
+
+    /// Accepts every waiting connection (refusing past the handshake cap); their tokens.
+    fn accept_all(&mut self) -> Vec<Token> {
+        let mut new = Vec::new();
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return new,
+                Err(e) => {
+                    log(format!("accept: {e}"));
+                    return new;
+                }
+            };
+            let handshakes = self.conns.values().filter(|c| c.in_handshake()).count();
+            if handshakes >= MAX_HANDSHAKES {
+                log(format!(
+                    "refused connection from {peer}: {MAX_HANDSHAKES} handshakes already in progress"
+                ));
+                continue;
+            }
+            let nonce = match wire::nonce() {
+                Ok(n) => n,
+                Err(e) => {
+                    log(format!("refused connection from {peer}: no nonce: {e}"));
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let tok = Token(self.next_token);
+            self.next_token += 1;
+            let registered = self.poll.registry().register(
+                &mut stream,
+                tok,
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if registered.is_ok() {
+                let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+                let c = Conn::new(stream, peer.to_string(), &self.cfg.key, nonce, deadline);
+                self.conns.insert(tok, c);
+                new.push(tok);
+            }
+        }
+    }
+
+    /// Reads every connection that has input. Under back-pressure (the disk queue is full)
+    /// sessions are left unread — TCP pushes back on the primary — but handshakes go on.
+    fn read(&mut self, mut tokens: Vec<Token>, buf: &mut [u8]) {
+        let backpressure = self.disk.queued.load(Ordering::SeqCst) > disk::QUEUE_LIMIT;
         if !backpressure {
-            // Sessions may hold more input than one read took: always try them.
-            for t in primary_tokens {
-                if !to_read.contains(&t) {
-                    to_read.push(t);
+            // A session may hold more input than one round read (edge-triggered events).
+            for (t, c) in &self.conns {
+                if !c.in_handshake() && !tokens.contains(t) {
+                    tokens.push(*t);
                 }
             }
         }
-        for tok in to_read {
-            let Some(c) = conns.get_mut(&tok) else {
+        let mut dropped = Vec::new();
+        for tok in tokens {
+            let now = self.now();
+            let Some(c) = self.conns.get_mut(&tok) else {
                 continue;
             };
-            if backpressure && matches!(c.phase, Phase::Session(..)) {
+            if backpressure && !c.in_handshake() {
                 continue;
             }
-            let mut budget = 64usize; // reads per connection per round, so no peer starves another
-            loop {
-                if budget == 0 {
-                    break;
-                }
-                budget -= 1;
-                let n = match c.stream.read(&mut buf) {
+            for _ in 0..READS_PER_ROUND {
+                let n = match c.stream.read(buf) {
                     Ok(0) => {
-                        closed.push((tok, "closed by the peer".into()));
+                        dropped.push((tok, "closed by the peer".to_string()));
                         break;
                     }
                     Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        closed.push((tok, e.to_string()));
+                        dropped.push((tok, e.to_string()));
                         break;
                     }
                 };
-                if let Err(why) = feed(&mut core, &now, tok, c, &buf[..n], &cfg.key) {
-                    closed.push((tok, why));
+                if let Err(why) = c.feed(&mut self.core, now, ConnId(tok.0 as u64), &buf[..n]) {
+                    dropped.push((tok, why));
                     break;
                 }
-                if disk.queued.load(Ordering::SeqCst) > disk::QUEUE_LIMIT {
+                if self.disk.queued.load(Ordering::SeqCst) > disk::QUEUE_LIMIT {
                     break;
                 }
             }
-        }
-        // Handshake deadlines.
-        for (tok, c) in &conns {
-            if let Phase::Handshake(_, deadline) = &c.phase {
-                if Instant::now() >= *deadline {
-                    closed.push((
-                        *tok,
-                        format!("no handshake within {} s", HANDSHAKE_DEADLINE.as_secs()),
-                    ));
-                }
+            if c.unsent() > MAX_UNSENT {
+                dropped.push((
+                    tok,
+                    format!("the peer left {} bytes of answers unread", c.unsent()),
+                ));
             }
         }
-        for (tok, why) in closed {
-            if let Some(mut c) = conns.remove(&tok) {
-                let _ = poll.registry().deregister(&mut c.stream);
-                if let Phase::Handshake(hs, _) = &c.phase {
-                    let why = if hs.replied() && why == "closed by the peer" {
-                        "authentication failed: the peer hung up on our proof (it does not know the shared key)".to_string()
-                    } else {
-                        why
-                    };
-                    log(format!("refused connection from {}: {why}", c.peer));
-                } else {
-                    core.handle_closed(now(), ConnId(tok.0 as u64), &why);
-                }
+        for (tok, why) in dropped {
+            self.drop_conn(tok, why);
+        }
+    }
+
+    fn expire_handshakes(&mut self) {
+        let late: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.phase, Phase::Handshake(_, d) if Instant::now() >= *d))
+            .map(|(t, _)| *t)
+            .collect();
+        for tok in late {
+            let why = format!("no handshake within {} s", HANDSHAKE_DEADLINE.as_secs());
+            self.drop_conn(tok, why);
+        }
+    }
+
+    /// Drops a connection now, telling the core if it had a session.
+    fn drop_conn(&mut self, tok: Token, why: String) {
+        if let Some(mut c) = self.conns.remove(&tok) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            if c.in_handshake() {
+                log(format!(
+                    "refused connection from {}: {}",
+                    c.peer,
+                    c.refusal(why)
+                ));
+            } else {
+                let now = self.now();
+                self.core.handle_closed(now, ConnId(tok.0 as u64), &why);
             }
         }
-        core.handle_timeout(now());
-        while let Some(o) = core.poll_output() {
+    }
+
+    /// Carries out what the core asked for; `Some(term)` when it says take over.
+    fn drain_outputs(&mut self) -> Option<u64> {
+        while let Some(o) = self.core.poll_output() {
             match o {
                 Output::Send(id, term, msg) => {
-                    if let Some(c) = conns.get_mut(&Token(id.0 as usize)) {
-                        if let Phase::Session(_, sealer) = &mut c.phase {
-                            sealer.seal(term, &msg, &mut c.out);
-                            if c.flush().is_err() {
-                                c.closing = true;
-                                c.out.clear();
-                            }
-                        }
+                    if let Some(c) = self.conns.get_mut(&Token(id.0 as usize)) {
+                        c.send(term, &msg);
                     }
                 }
                 Output::Close(id, why) => {
-                    if let Some(c) = conns.get_mut(&Token(id.0 as usize)) {
-                        if !why.starts_with("status answered") {
+                    if let Some(c) = self.conns.get_mut(&Token(id.0 as usize)) {
+                        if why != "status answered" {
                             log(format!("closing connection from {}: {why}", c.peer));
                         }
                         c.closing = true;
                     }
                 }
-                Output::Disk(op) => disk.submit(op),
+                Output::Disk(op) => self.disk.submit(op),
                 Output::TakeOver { term, seq, silent } => {
                     log(format!(
                         "primary silent for {} ms: took over at checkpoint {seq} with term {term}",
                         silent.as_millis()
                     ));
-                    return Ok(term);
+                    return Some(term);
                 }
                 Output::Log(l) => log(l),
             }
         }
-        // Connections closing: once their last bytes are out (or they broke).
-        let finished: Vec<Token> = conns
+        None
+    }
+
+    /// Connections closing: dropped once their last bytes are out (or they broke).
+    fn close_finished(&mut self) {
+        let finished: Vec<Token> = self
+            .conns
             .iter_mut()
-            .filter_map(|(t, c)| {
-                if c.closing {
-                    let _ = c.flush();
-                    (c.out.is_empty() || c.flush().is_err()).then_some(*t)
-                } else {
-                    None
-                }
-            })
+            .filter(|(_, c)| c.closing)
+            .filter_map(|(t, c)| (c.flush().is_err() || c.unsent() == 0).then_some(*t))
             .collect();
         for t in finished {
-            if let Some(mut c) = conns.remove(&t) {
-                let _ = poll.registry().deregister(&mut c.stream);
+            if let Some(mut c) = self.conns.remove(&t) {
+                let _ = self.poll.registry().deregister(&mut c.stream);
                 let _ = c.stream.shutdown(std::net::Shutdown::Both);
-                core.handle_closed(now(), ConnId(t.0 as u64), "closed");
+                let now = self.now();
+                self.core.handle_closed(now, ConnId(t.0 as u64), "closed");
             }
         }
-        if last_status.elapsed() >= Duration::from_millis(100) {
-            last_status = Instant::now();
-            let tip = core.tip();
-            let grant = core
-                .last_grant()
-                .map_or(-1, |g| now().since(g).as_millis() as i64);
-            *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = format!(
-                "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"listen\":\"{}\"}}\n",
-                std::process::id(),
-                core.term(),
-                tip.map_or(0, |t| t.seq),
-                core.applied(),
-                core.has_primary(),
-                cfg.listen
-            );
-        }
     }
-}
 
-/// Feeds bytes from a connection: through the handshake, then as messages into the core.
-fn feed(
-    core: &mut Spare,
-    now: &dyn Fn() -> Time,
-    tok: Token,
-    c: &mut Conn,
-    bytes: &[u8],
-    _key: &Key,
-) -> Result<(), String> {
-    if c.closing {
-        return Ok(());
-    }
-    let id = ConnId(tok.0 as u64);
-    let rest = match &mut c.phase {
-        Phase::Handshake(hs, _) => match hs.feed(bytes).map_err(|e| e.to_string())? {
-            ServerStep::More => return Ok(()),
-            ServerStep::Reply(r) => {
-                c.out.extend_from_slice(&r);
-                c.flush().map_err(|e| e.to_string())?;
-                return Ok(());
-            }
-            ServerStep::Done(session, rest) => {
-                c.phase = Phase::Session(session.opener, session.sealer);
-                core.handle_open(now(), id);
-                rest
-            }
-        },
-        Phase::Session(..) => bytes.to_vec(),
-    };
-    let Phase::Session(opener, _) = &mut c.phase else {
-        unreachable!("set above")
-    };
-    opener.push(&rest);
-    loop {
-        match opener.next_msg() {
-            Ok(Some((term, msg))) => core.handle_msg(now(), id, term, msg),
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+    fn publish_status(&mut self) {
+        if self.last_status.elapsed() < Duration::from_millis(100) {
+            return;
         }
+        self.last_status = Instant::now();
+        let now = self.now();
+        let grant = self
+            .core
+            .last_grant()
+            .map_or(-1, |g| now.since(g).as_millis() as i64);
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = format!(
+            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"listen\":\"{}\"}}\n",
+            std::process::id(),
+            self.core.term(),
+            self.core.tip().map_or(0, |t| t.seq),
+            self.core.applied(),
+            self.core.has_primary(),
+            self.cfg.listen
+        );
     }
 }
