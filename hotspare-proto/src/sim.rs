@@ -1,8 +1,9 @@
 //! The deterministic simulator: the *real* [`Link`] and [`Spare`] state machines, a simulated
 //! network (delays, stalls, resets, one-way and two-way partitions), simulated processes
 //! (pauses, crashes, restarts of either side or both, a fresh primary against an old image), a
-//! simulated disk (unsynced work lost on crash, `ENOSPC`, `EIO`, slow `fsync`) and clocks that
-//! drift. Every fault is drawn from one seed, so a failure replays exactly:
+//! simulated disk (unsynced work lost on crash; a persist cut by a crash lost, torn — recovery
+//! sets it aside — or durable with its answer lost; `ENOSPC`, `EIO`, slow `fsync`) and clocks
+//! that drift. Every fault is drawn from one seed, so a failure replays exactly:
 //! `cargo run --release -p hotspare-proto --bin hotspare-sim -- --seed N`.
 //!
 //! After every step it checks:
@@ -170,6 +171,8 @@ struct Disk {
     spool: Option<(StreamHeader, Lineage, u64, Option<Img>, bool)>,
     queue: VecDeque<DiskOp>,
     busy: bool,
+    /// Torn WAL files left by crashes (recovery finds them damaged and sets them aside).
+    torn: u32,
 }
 
 impl Disk {
@@ -363,7 +366,15 @@ impl World {
 
     fn start_spare(&mut self) {
         self.s_inc += 1;
-        // What ImageDir::open does: complete WAL files are applied, the spool is gone.
+        // What ImageDir::open does: complete WAL files are applied, torn ones set aside (their
+        // CRCs fail), the spool is gone.
+        if self.disk.torn > 0 {
+            self.trace(format!(
+                "recovery sets aside {} torn WAL file(s)",
+                self.disk.torn
+            ));
+            self.disk.torn = 0;
+        }
         self.disk.spool = None;
         self.disk.queue.clear();
         self.disk.busy = false;
@@ -420,6 +431,28 @@ impl World {
                 self.trace("spare crashes (unsynced disk work lost)".into());
                 self.s = None;
                 self.s_inc += 1;
+                // A persist that was running when the process died either never became
+                // durable, became durable without anyone hearing of it (fsync and rename done,
+                // the answer lost), or left a torn WAL file that recovery finds damaged.
+                if self.disk.busy {
+                    if let Some(DiskOp::Persist {
+                        seq,
+                        replace_lineage,
+                    }) = self.disk.queue.front().cloned()
+                    {
+                        match self.rng.u32(0..3) {
+                            0 => {
+                                if self.sim_persist(seq, replace_lineage).is_ok() {
+                                    self.trace(format!(
+                                        "checkpoint {seq} became durable unannounced"
+                                    ));
+                                }
+                            }
+                            1 => self.disk.torn += 1,
+                            _ => {}
+                        }
+                    }
+                }
                 self.disk.queue.clear();
                 self.disk.busy = false;
                 self.disk.spool = None;
