@@ -441,12 +441,8 @@ impl World {
                     }) = self.disk.queue.front().cloned()
                     {
                         match self.rng.u32(0..3) {
-                            0 => {
-                                if self.sim_persist(seq, replace_lineage).is_ok() {
-                                    self.trace(format!(
-                                        "checkpoint {seq} became durable unannounced"
-                                    ));
-                                }
+                            0 if self.sim_persist(seq, replace_lineage).is_ok() => {
+                                self.trace(format!("checkpoint {seq} became durable unannounced"));
                             }
                             1 => self.disk.torn += 1,
                             _ => {}

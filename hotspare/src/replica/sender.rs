@@ -15,6 +15,7 @@
 //!             └── serving_until (an atomic instant) ◀── Link::serving_until ┘
 //! ```
 
+use super::io::{write_status_file, OutBuf};
 use super::wire::{self, Key};
 use crate::image::format::{self, FrameKind, FrameReader};
 use hotspare_proto::codec::{ClientHandshake, Opener, Sealer};
@@ -23,7 +24,7 @@ use hotspare_proto::{StreamHeader, Time};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -199,26 +200,12 @@ enum Phase {
 struct Sock {
     stream: TcpStream,
     phase: Phase,
-    out: Vec<u8>,
-    sent: usize,
+    out: OutBuf,
 }
 
 impl Sock {
     fn flush(&mut self) -> std::io::Result<()> {
-        while self.sent < self.out.len() {
-            match self.stream.write(&self.out[self.sent..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-        }
-        Ok(())
+        self.out.flush(&mut self.stream)
     }
 }
 
@@ -394,7 +381,7 @@ impl LinkLoop {
             }
             let nonce = wire::nonce().map_err(|e| e.to_string())?;
             let (hs, hello) = ClientHandshake::new(&self.cfg.key, nonce);
-            s.out.extend_from_slice(&hello);
+            s.out.vec().extend_from_slice(&hello);
             s.phase = Phase::Handshake(hs, Instant::now() + Duration::from_secs(2));
         }
         s.flush().map_err(|e| e.to_string())?;
@@ -412,7 +399,7 @@ impl LinkLoop {
                 match hs.feed(bytes).map_err(|e| e.to_string())? {
                     None => continue,
                     Some((proof, session, r)) => {
-                        s.out.extend_from_slice(&proof);
+                        s.out.vec().extend_from_slice(&proof);
                         s.phase = Phase::Session(session.opener, session.sealer);
                         rest = r;
                         bytes = &rest;
@@ -453,8 +440,7 @@ impl LinkLoop {
                 self.sock = Some(Sock {
                     stream,
                     phase: Phase::Connecting(deadline),
-                    out: Vec::new(),
-                    sent: 0,
+                    out: OutBuf::default(),
                 });
             }
             Err(e) => {
@@ -474,7 +460,7 @@ impl LinkLoop {
             }
             // Feed the next chunk only when nothing is queued, so heartbeats stay in front.
             if self.link.data_queued() == 0
-                && self.sock.as_ref().is_some_and(|s| s.out.len() < CHUNK)
+                && self.sock.as_ref().is_some_and(|s| s.out.unsent() < CHUNK)
             {
                 if let Some(snd) = self.sending.as_mut() {
                     let mut chunk = vec![0u8; CHUNK];
@@ -499,7 +485,7 @@ impl LinkLoop {
             if let Some(s) = self.sock.as_mut() {
                 if let Phase::Session(_, sealer) = &mut s.phase {
                     while let Some(m) = self.link.poll_transmit() {
-                        let n = sealer.seal(self.link.term(), &m, &mut s.out);
+                        let n = sealer.seal(self.link.term(), &m, s.out.vec());
                         if matches!(
                             m,
                             hotspare_proto::Msg::Chunk { .. }
@@ -585,7 +571,6 @@ impl LinkLoop {
     }
 
     fn write_status(&self) {
-        use std::os::unix::fs::OpenOptionsExt;
         let Some(path) = &self.cfg.status_file else {
             return;
         };
@@ -601,17 +586,7 @@ impl LinkLoop {
             until.map_or(-1, |u| u.as_nanos().saturating_sub(now().as_nanos()) as i64 / 1_000_000),
             !self.link.may_serve(now()),
         );
-        let tmp = path.with_extension("tmp");
-        let w = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()));
-        if w.is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+        write_status_file(path, &text);
     }
 }
 

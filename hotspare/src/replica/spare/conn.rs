@@ -2,12 +2,12 @@
 //! authenticated session whose messages go to the protocol core. Non-blocking throughout: bytes
 //! are fed as they arrive, however few.
 
+use super::super::io::OutBuf;
 use super::super::wire::Key;
 use hotspare_proto::codec::{Opener, Sealer, ServerHandshake, ServerStep};
 use hotspare_proto::spare::{ConnId, Spare};
 use hotspare_proto::Time;
 use mio::net::TcpStream;
-use std::io::{ErrorKind, Write};
 use std::time::Instant;
 
 /// Where a connection is.
@@ -23,8 +23,7 @@ pub(super) struct Conn {
     pub(super) peer: String,
     pub(super) phase: Phase,
     /// Bytes sealed and not yet written (the socket took less).
-    out: Vec<u8>,
-    sent: usize,
+    out: OutBuf,
     /// Close once `out` is written.
     pub(super) closing: bool,
 }
@@ -42,8 +41,7 @@ impl Conn {
             stream,
             peer,
             phase: Phase::Handshake(ServerHandshake::new(key, nonce), deadline),
-            out: Vec::new(),
-            sent: 0,
+            out: OutBuf::default(),
             closing: false,
         }
     }
@@ -54,31 +52,18 @@ impl Conn {
 
     /// Bytes waiting to be written.
     pub(super) fn unsent(&self) -> usize {
-        self.out.len() - self.sent
+        self.out.unsent()
     }
 
     /// Writes what is buffered, as far as the socket takes it; `Err` if the connection broke.
     pub(super) fn flush(&mut self) -> std::io::Result<()> {
-        while self.sent < self.out.len() {
-            match self.stream.write(&self.out[self.sent..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-        }
-        Ok(())
+        self.out.flush(&mut self.stream)
     }
 
     /// Seals `msg` for the peer and writes what the socket takes (only in a session).
     pub(super) fn send(&mut self, term: u64, msg: &hotspare_proto::Msg) {
         if let Phase::Session(_, sealer) = &mut self.phase {
-            sealer.seal(term, msg, &mut self.out);
+            sealer.seal(term, msg, self.out.vec());
             if self.flush().is_err() {
                 self.broken();
             }
@@ -89,7 +74,6 @@ impl Conn {
     pub(super) fn broken(&mut self) {
         self.closing = true;
         self.out.clear();
-        self.sent = 0;
     }
 
     /// Feeds received bytes: through the handshake, then as messages into the core.
@@ -108,7 +92,7 @@ impl Conn {
             Phase::Handshake(hs, _) => match hs.feed(bytes).map_err(|e| e.to_string())? {
                 ServerStep::More => return Ok(()),
                 ServerStep::Reply(r) => {
-                    self.out.extend_from_slice(&r);
+                    self.out.vec().extend_from_slice(&r);
                     return self.flush().map_err(|e| e.to_string());
                 }
                 ServerStep::Done(session, rest) => {

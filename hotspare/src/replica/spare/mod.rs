@@ -25,7 +25,7 @@ use hotspare_proto::Time;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -110,19 +110,7 @@ const MAX_UNSENT: usize = 4 << 20;
 fn start_status_writer(dir: PathBuf, snapshot: Arc<Mutex<String>>) {
     std::thread::spawn(move || loop {
         let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let path = dir.join("status");
-        let tmp = path.with_extension("tmp");
-        use std::os::unix::fs::OpenOptionsExt;
-        let w = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()));
-        if w.is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+        super::io::write_status_file(&dir.join("status"), &text);
         std::thread::sleep(Duration::from_millis(100));
     });
 }
