@@ -188,28 +188,3 @@ fn apply_answered_once_keeps_the_takeover_behind_the_running_persist() {
     s.handle_timeout(at(403));
     assert!(disk_ops(&drain(&mut s)).contains(&DiskOp::SaveTerm(2)));
 }
-
-/// The driver answers `DiskOp::Apply` twice (persister `Discarded` + applier `Applied`), so
-/// the core's count of outstanding disk work runs one short per apply that overlaps other
-/// work: here it reads 0 while the Persist of checkpoint 3 is still running, and the spare
-/// decides a takeover (saves term 2) with disk work outstanding — which the core's rule ("a
-/// takeover waits for the disk to be idle") and docs/replication.md ("no takeover is judged
-/// while disk work is outstanding") exclude. What follows in the real driver: the Persist
-/// lands (tip 3, a new Apply handed to the applier thread), TermSaved, `Output::TakeOver { seq:
-/// 2 }`, and `serve` returns to run the hook and `exec` while the applier thread is writing
-/// checkpoint 3 into the data files (killed mid-apply by the exec; the resumed program's
-/// recovery must finish it, and resumes 3, not the 2 the log announced).
-#[test]
-#[ignore = "BUG: spare/disk.rs answers DiskOp::Apply twice (Discarded + Applied): disk_outstanding undercounts, takeover judged with a Persist running"]
-fn the_drivers_answers_keep_the_takeover_behind_the_running_persist() {
-    let (mut s, outstanding) = scenario(true);
-    assert_eq!(outstanding.len(), 1);
-    let counted = s.disk_outstanding();
-    s.handle_timeout(at(400));
-    let out = drain(&mut s);
-    let took_over = disk_ops(&out).contains(&DiskOp::SaveTerm(2));
-    assert!(
-        counted == 1 && !took_over,
-        "one Persist outstanding, the core counts {counted}; takeover decided: {took_over} ({out:?})"
-    );
-}

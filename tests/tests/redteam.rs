@@ -190,13 +190,12 @@ fn squatter(port: u16, stop: Arc<AtomicBool>) {
 }
 
 /// An attacker without the key opens 16 connections that send nothing and reopens each one
-/// the moment the spare drops it at its 2 s handshake deadline. `MAX_HANDSHAKES` (16) slots
-/// are then always taken, and every other connection is refused at `accept`
-/// (`hotspare/src/replica/spare/mod.rs`, "handshakes already in progress") — the real
-/// primary's included: it never gets a lease, so it serves nothing (and a spare with an image
-/// would take that image over after its start-up grace, for an attacker who knows no key).
+/// the moment the spare drops it. Before the fix the `MAX_HANDSHAKES` (16) slots were then
+/// always taken and every other connection was refused at `accept` — the real primary's
+/// included: it never got a lease and served nothing. Now a full table makes room by dropping
+/// the handshake that has shown least (no valid hello yet, oldest first), and the primary,
+/// whose hello comes with its connect, gets through.
 #[test]
-#[ignore = "BUG: 16 idle unauthenticated connections hold every handshake slot of the spare: the real primary cannot connect (no lease, serves nothing)"]
 fn r1_handshake_slots_held_by_unauthenticated_peers_lock_out_the_primary() {
     let _serial = serial();
     let t = workdir();
@@ -233,16 +232,8 @@ fn r1_handshake_slots_held_by_unauthenticated_peers_lock_out_the_primary() {
     for th in threads {
         th.join().unwrap();
     }
-    // Good side: without the attackers the same kind of primary gets its lease at once.
-    let kp2 = free_port();
-    let _primary2 = start_primary_in(dir, "spool2", sp, kp2);
-    let after = wait_set_ok(kp2, Duration::from_secs(10));
-    assert!(
-        after.is_ok(),
-        "setup: the primary does not serve even without the attackers: {after:?}\n{}\n{}",
-        log(dir, "spare.log"),
-        log(dir, "primary.log")
-    );
+    // (The `refused` count says how hard the slots were contended; the fix makes room by
+    // dropping the handshake that has shown least, so the primary's completes.)
     assert!(
         under_attack.is_ok(),
         "while 16 unauthenticated peers sat in the handshake slots the primary never got a lease \
@@ -262,7 +253,6 @@ fn r1_handshake_slots_held_by_unauthenticated_peers_lock_out_the_primary() {
 /// and the spare (blocked too) never takes over — the service is down until the pipe drains,
 /// caused by peers that know no key.
 #[test]
-#[ignore = "BUG: the spare's event loop logs with eprintln!: junk connections fill a stderr pipe nobody drains and the loop blocks (heartbeats unanswered, primary loses its lease)"]
 fn r2_log_lines_on_the_event_loop_let_junk_connections_stall_the_spare() {
     let _serial = serial();
     let t = workdir();
@@ -330,7 +320,6 @@ fn r2_log_lines_on_the_event_loop_let_junk_connections_stall_the_spare() {
 /// socket buffers are full: the spare's memory is the peer's to fill (about 50 bytes per
 /// 50-byte heartbeat; here a million of them).
 #[test]
-#[ignore = "BUG (at 595939c): spare Conn.out is unbounded: a peer that sends heartbeats and never reads grows the spare memory without limit (passes with the uncommitted MAX_UNSENT change in spare/conn.rs)"]
 fn r3_a_peer_that_never_reads_grows_the_spares_memory_without_bound() {
     let _serial = serial();
     let t = workdir();
@@ -414,7 +403,6 @@ fn r3_a_peer_that_never_reads_grows_the_spares_memory_without_bound() {
 /// `open` that blocks — stood in for here, deterministically, by a FIFO at `status.tmp` —
 /// stops the heartbeats of a live, healthy primary: the spare takes it over.
 #[test]
-#[ignore = "BUG: the primary's link thread writes its status file between heartbeats: a blocking open() stops heartbeats and the live primary is taken over"]
 fn r4_a_blocking_status_file_write_on_the_link_thread_gets_a_live_primary_taken_over() {
     let _serial = serial();
     let t = workdir();

@@ -1,7 +1,9 @@
 //! Small pieces both drivers use: a non-blocking write buffer and the status file.
 
 use std::io::{ErrorKind, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Bytes sealed for a peer and not yet taken by its non-blocking socket.
 #[derive(Debug, Default)]
@@ -60,4 +62,18 @@ pub(crate) fn write_status_file(path: &Path, text: &str) {
     if w.is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
+}
+
+/// Rewrites `path` from `snapshot` every 100 ms on a thread of its own: file creation and rename
+/// can block behind `fsync`s, and neither event loop may wait for them.
+pub(crate) fn start_status_writer(path: PathBuf, snapshot: Arc<Mutex<String>>) {
+    let _ = std::thread::Builder::new()
+        .name("hotspare-status".into())
+        .spawn(move || loop {
+            let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if !text.is_empty() {
+                write_status_file(&path, &text);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        });
 }

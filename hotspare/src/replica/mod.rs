@@ -2,6 +2,7 @@
 //! sender ([`sender`]) and the spare daemon ([`spare`], run by the `hotspare-resume` binary).
 
 mod io;
+mod log;
 pub(crate) mod sender;
 pub mod spare;
 pub mod wire;

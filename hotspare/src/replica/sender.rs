@@ -15,7 +15,7 @@
 //!             └── serving_until (an atomic instant) ◀── Link::serving_until ┘
 //! ```
 
-use super::io::{write_status_file, OutBuf};
+use super::io::{start_status_writer, OutBuf};
 use super::wire::{self, Key};
 use crate::image::format::{self, FrameKind, FrameReader};
 use hotspare_proto::codec::{ClientHandshake, Opener, Sealer};
@@ -28,7 +28,7 @@ use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How the primary reaches its spare.
@@ -57,7 +57,13 @@ pub struct RemoteConfig {
 }
 
 fn log(msg: impl std::fmt::Display) {
-    eprintln!("hotspare: {msg}");
+    super::log::line("hotspare", msg);
+}
+
+/// Ends the process (fenced, `on_fence = exit`) once the reason is in the log.
+fn exit_fenced() -> ! {
+    super::log::flush(Duration::from_millis(200));
+    std::process::exit(75);
 }
 
 /// The clock both threads read: nanoseconds since the first use.
@@ -115,9 +121,15 @@ impl Remote {
         });
         let (cmds, rx) = mpsc::channel();
         let s = shared.clone();
+        // Resolved once, here: a name lookup must not stall the link thread at a reconnect.
+        let addr = resolve(&cfg.addr)?;
+        let status = Arc::new(Mutex::new(String::new()));
+        if let Some(path) = &cfg.status_file {
+            start_status_writer(path.clone(), status.clone());
+        }
         std::thread::Builder::new()
             .name("hotspare-link".into())
-            .spawn(move || LinkLoop::new(cfg, poll, s, rx).run())?;
+            .spawn(move || LinkLoop::new(cfg, addr, status, poll, s, rx).run())?;
         let r = Remote {
             shared,
             cmds,
@@ -228,11 +240,17 @@ struct LinkLoop {
     lease_logged: bool,
     /// Why the last connection attempt failed (reported with checkpoints that cannot go).
     last_error: Option<String>,
+    /// The spare's address, resolved at start.
+    addr: SocketAddr,
+    /// What the status thread writes.
+    status: Arc<Mutex<String>>,
 }
 
 impl LinkLoop {
     fn new(
         cfg: RemoteConfig,
+        addr: SocketAddr,
+        status: Arc<Mutex<String>>,
         poll: Poll,
         shared: Arc<Shared>,
         cmds: mpsc::Receiver<Cmd>,
@@ -254,6 +272,8 @@ impl LinkLoop {
         );
         LinkLoop {
             cfg,
+            addr,
+            status,
             poll,
             shared,
             cmds,
@@ -418,7 +438,8 @@ impl LinkLoop {
     }
 
     fn connect(&mut self) {
-        let r = resolve(&self.cfg.addr).and_then(|addr| {
+        let addr = self.addr;
+        let r = (|| {
             let mut stream = TcpStream::connect(addr)?;
             stream.set_nodelay(true)?;
             let sock = socket2::SockRef::from(&stream);
@@ -431,8 +452,8 @@ impl LinkLoop {
                 SOCKET,
                 Interest::READABLE | Interest::WRITABLE,
             )?;
-            Ok(stream)
-        });
+            Ok::<_, std::io::Error>(stream)
+        })();
         match r {
             Ok(stream) => {
                 let deadline =
@@ -546,7 +567,7 @@ impl LinkLoop {
                 self.shared.serving_until.store(0, Ordering::SeqCst);
                 log(format!("FENCED: {why}; this primary must stop serving"));
                 if self.cfg.exit_when_fenced {
-                    std::process::exit(75);
+                    exit_fenced();
                 }
             }
             Event::LeaseLost => {
@@ -564,16 +585,16 @@ impl LinkLoop {
                 self.lease_logged = true;
                 if self.cfg.exit_when_fenced {
                     log("FENCED: lease lost; exiting so that two primaries never both serve");
-                    std::process::exit(75);
+                    exit_fenced();
                 }
             }
         }
     }
 
     fn write_status(&self) {
-        let Some(path) = &self.cfg.status_file else {
+        if self.cfg.status_file.is_none() {
             return;
-        };
+        }
         let (sent, acked) = self.link.seqs();
         let connected = self.link.is_up();
         let until = self.link.serving_until();
@@ -586,7 +607,7 @@ impl LinkLoop {
             until.map_or(-1, |u| u.as_nanos().saturating_sub(now().as_nanos()) as i64 / 1_000_000),
             !self.link.may_serve(now()),
         );
-        write_status_file(path, &text);
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = text;
     }
 }
 

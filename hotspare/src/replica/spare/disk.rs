@@ -102,8 +102,9 @@ pub(super) fn start(
         std::thread::Builder::new()
             .name("hotspare-applier".into())
             .spawn(move || {
+                // One answer per Apply asked for: the core counts them (it asks for one at a
+                // time, so nothing is coalesced here).
                 while apply_rx.recv().is_ok() {
-                    while apply_rx.try_recv().is_ok() {}
                     let r = dir
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -192,8 +193,9 @@ impl Persister {
                     Some(DiskDone::Discarded)
                 }
                 DiskOp::Apply => {
+                    // The applier answers it.
                     let _ = apply.send(());
-                    None
+                    continue;
                 }
             };
             // Operations that succeed silently still end: the core counts them.
@@ -229,18 +231,35 @@ impl Persister {
         }
     }
 
-    /// Validates the whole spooled stream against the durable tip and makes it durable.
+    /// Validates the whole spooled stream against the durable tip and makes it durable. What
+    /// the stream's BEGIN says must be what the primary declared (sequence, base, lineage,
+    /// term) — checked before anything is made durable, so a refused stream never is.
     fn persist(&mut self, seq: u64, replace_lineage: bool) -> Result<Tip, String> {
         let Some(s) = self.spool.take().filter(|s| s.header.seq == seq) else {
             return Err(format!("checkpoint {seq} was not spooled"));
         };
         let (header, lineage, term) = (s.header, s.lineage, s.term);
-        let remove = |root: &Path| {
-            let _ = std::fs::remove_file(root.join("wal").join(format!("{seq:020}.tmp")));
+        let tmp = self.root.join("wal").join(format!("{seq:020}.tmp"));
+        let refuse = |why: String| {
+            let _ = std::fs::remove_file(&tmp);
+            Err(why)
         };
         if let Err(why) = s.file {
-            remove(&self.root);
-            return Err(why);
+            return refuse(why);
+        }
+        drop(s.file);
+        match declared_begin(&tmp) {
+            Ok(b) if b.seq == header.seq
+                && b.base_seq == header.base_seq
+                && b.lineage == lineage
+                && b.term == term => {}
+            Ok(b) => {
+                return refuse(format!(
+                    "checkpoint {seq}: the stream's BEGIN (seq {}, base {}, term {}) differs from what the primary declared (seq {}, base {}, term {term}, its lineage)",
+                    b.seq, b.base_seq, b.term, header.seq, header.base_seq
+                ))
+            }
+            Err(why) => return refuse(why),
         }
         let policy = if replace_lineage {
             LineagePolicy::ReplaceOld
@@ -248,41 +267,44 @@ impl Persister {
             LineagePolicy::RefuseNew
         };
         // A new lineage replaces the image: everything durable before it is applied first, so
-        // the WAL never holds two lineages (their sequence numbers do not order them).
+        // the WAL never holds two lineages (their sequence numbers do not order them). The
+        // applier's lock is held until the new stream is durable.
         let other_lineage = self.tip.as_ref().is_some_and(|t| t.lineage != lineage);
-        let guard = if other_lineage {
+        let _guard = if other_lineage {
             let mut g = self.applier_dir.lock().unwrap_or_else(|p| p.into_inner());
-            g.apply_pending().map_err(|e| e.to_string())?;
+            if let Err(e) = g.apply_pending() {
+                return refuse(e.to_string());
+            }
             Some(g)
         } else {
             None
         };
         let dir = ImageDir::attach(&self.root).map_err(|e| e.to_string())?;
-        let summary = match dir.persist_wal(seq, self.tip.as_ref(), policy, 0) {
+        let summary = match dir.persist_wal(seq, self.tip.as_ref(), policy, term) {
             Ok(s) => s,
-            Err(e) => {
-                remove(&self.root);
-                return Err(e.to_string());
-            }
+            Err(e) => return refuse(e.to_string()),
         };
-        drop(guard);
-        let b = &summary.begin;
-        if b.seq != header.seq
-            || b.base_seq != header.base_seq
-            || b.lineage != lineage
-            || b.term != term
-        {
-            // Durable already, but it is not what was declared: the applier must not see it.
-            let _ = std::fs::remove_file(self.root.join("wal").join(format!("{seq:020}.cpt")));
-            let _ = File::open(self.root.join("wal")).and_then(|d| d.sync_all());
-            return Err(format!(
-                "checkpoint {seq}: the stream's BEGIN (seq {}, base {}, term {}) differs from what the primary declared (seq {}, base {}, term {term})",
-                b.seq, b.base_seq, b.term, header.seq, header.base_seq
-            ));
-        }
-        let tip = ImageTip::from(b);
+        let tip = ImageTip::from(&summary.begin);
         let out = proto_tip(&tip);
         self.tip = Some(tip);
         Ok(out)
+    }
+}
+
+/// The BEGIN of a spooled stream (only its first frame is read; the whole stream is validated
+/// by `persist_wal`).
+fn declared_begin(path: &Path) -> Result<crate::image::Begin, String> {
+    use crate::image::format::{self, FrameKind, FrameReader};
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut fr = FrameReader::new(std::io::BufReader::with_capacity(64 << 10, f));
+    match fr.next_frame() {
+        Ok(Some(frame)) if frame.kind == FrameKind::Begin => {
+            format::decode_begin(&frame.payload, 0).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Ok(_) => Err(format!(
+            "{}: the stream does not start with BEGIN",
+            path.display()
+        )),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!            ┌──────────── event loop (this thread, never blocks on the disk) ───────────┐
-//! listener ─▶│ accept → handshake (non-blocking, 2 s deadline, ≤ 16 at once) → session    │
+//! listener ─▶│ accept → handshake (non-blocking, 1 s deadline, ≤ 16 at once) → session    │
 //! sockets  ─▶│ bytes → Opener → Msg → Spare::handle_msg ─▶ Output::Send → Sealer → socket │
 //!            │ timers ─▶ Spare::handle_timeout             Output::Disk ─▶ persister ─┐    │
 //!   waker  ─▶│ DiskDone ─▶ Spare::handle_disk ◀───────────────────────────────────────┘    │
@@ -20,7 +20,9 @@ mod takeover;
 use super::wire::{self, Key};
 use crate::image::ImageDir;
 use conn::{Conn, Phase};
-use hotspare_proto::spare::{ConnId, DiskDone, Output, Recovered, Spare, SpareConfig as Rules};
+use hotspare_proto::spare::{
+    ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig as Rules,
+};
 use hotspare_proto::Time;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -90,7 +92,7 @@ pub enum SpareError {
 }
 
 fn log(msg: impl std::fmt::Display) {
-    eprintln!("hotspare-resume: {msg}");
+    super::log::line("hotspare-resume", msg);
 }
 
 const LISTENER: Token = Token(0);
@@ -98,30 +100,22 @@ const WAKER: Token = Token(1);
 /// Connections still proving they know the key, at most.
 const MAX_HANDSHAKES: usize = 16;
 /// Time a connection has to complete the handshake.
-const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(1);
 /// Reads per connection per round, so that no peer starves another.
 const READS_PER_ROUND: usize = 64;
 /// Bytes a peer may leave unread on its socket before it is dropped (a peer that stops reading
 /// our answers must not make us buffer without bound).
 const MAX_UNSENT: usize = 4 << 20;
 
-/// The status file, for `hotspare status DIR`, rewritten by a thread of its own (file creation
-/// can block behind `fsync`s).
-fn start_status_writer(dir: PathBuf, snapshot: Arc<Mutex<String>>) {
-    std::thread::spawn(move || loop {
-        let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        super::io::write_status_file(&dir.join("status"), &text);
-        std::thread::sleep(Duration::from_millis(100));
-    });
-}
-
 /// Runs the spare until it takes over (then the process becomes the program, so this returns
 /// only on error).
 pub fn run(cfg: SpareConfig) -> SpareError {
-    match Daemon::start(&cfg).and_then(|d| d.run()) {
+    let e = match Daemon::start(&cfg).and_then(|d| d.run()) {
         Ok(term) => takeover::become_program(&cfg, term),
         Err(e) => e,
-    }
+    };
+    super::log::flush(Duration::from_millis(200));
+    e
 }
 
 fn setup(what: &str) -> impl FnOnce(std::io::Error) -> SpareError + '_ {
@@ -144,6 +138,8 @@ struct Daemon<'a> {
     next_token: usize,
     status: Arc<Mutex<String>>,
     last_status: Instant,
+    /// Set when the core said take over while input was being read.
+    taking_over: Option<u64>,
 }
 
 impl<'a> Daemon<'a> {
@@ -202,7 +198,7 @@ impl<'a> Daemon<'a> {
         ));
         log("two-machine mode: the spare decides alone, which is safe only because the primary's lease runs out first (docs/replication.md)");
         let status = Arc::new(Mutex::new(String::new()));
-        start_status_writer(cfg.image_dir.clone(), status.clone());
+        super::io::start_status_writer(cfg.image_dir.join("status"), status.clone());
         Ok(Daemon {
             cfg,
             core,
@@ -215,6 +211,7 @@ impl<'a> Daemon<'a> {
             next_token: 2,
             status,
             last_status: Instant::now() - Duration::from_secs(1),
+            taking_over: None,
         })
     }
 
@@ -256,6 +253,9 @@ impl<'a> Daemon<'a> {
                 self.core.handle_disk(now, d);
             }
             self.read(readable, &mut buf);
+            if let Some(term) = self.taking_over {
+                return Ok(term);
+            }
             self.expire_handshakes();
             let now = self.now();
             self.core.handle_timeout(now);
@@ -297,10 +297,20 @@ impl<'a> Daemon<'a> {
             };
             let handshakes = self.conns.values().filter(|c| c.in_handshake()).count();
             if handshakes >= MAX_HANDSHAKES {
-                log(format!(
-                    "refused connection from {peer}: {MAX_HANDSHAKES} handshakes already in progress"
-                ));
-                continue;
+                // Full: make room by dropping the handshake that has shown least — one that has
+                // not even sent a valid hello, the oldest first — so idle or dribbling peers
+                // cannot lock the real primary (whose hello comes with its connect) out.
+                let victim = self
+                    .conns
+                    .iter()
+                    .filter_map(|(t, c)| match &c.phase {
+                        Phase::Handshake(hs, deadline) => Some((hs.replied(), *deadline, *t)),
+                        Phase::Session(..) => None,
+                    })
+                    .min();
+                if let Some((_, _, t)) = victim {
+                    self.drop_conn(t, format!("{MAX_HANDSHAKES} handshakes in progress: the one that had shown least is dropped"));
+                }
             }
             let nonce = match wire::nonce() {
                 Ok(n) => n,
@@ -326,28 +336,23 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    /// Reads every connection that has input. Under back-pressure (the disk queue is full)
-    /// sessions are left unread — TCP pushes back on the primary — but handshakes go on.
+    /// Reads every connection that has input — always, so heartbeats are answered however far
+    /// behind the disk is (a stream that would overfill the disk queue is refused instead, see
+    /// [`Daemon::drain_outputs`]).
     fn read(&mut self, mut tokens: Vec<Token>, buf: &mut [u8]) {
-        let backpressure = self.disk.queued.load(Ordering::SeqCst) > disk::QUEUE_LIMIT;
-        if !backpressure {
-            // A session may hold more input than one round read (edge-triggered events).
-            for (t, c) in &self.conns {
-                if !c.in_handshake() && !tokens.contains(t) {
-                    tokens.push(*t);
-                }
+        // A session may hold more input than one round read (edge-triggered events).
+        for (t, c) in &self.conns {
+            if !c.in_handshake() && !tokens.contains(t) {
+                tokens.push(*t);
             }
         }
         let mut dropped = Vec::new();
         for tok in tokens {
-            let now = self.now();
-            let Some(c) = self.conns.get_mut(&tok) else {
-                continue;
-            };
-            if backpressure && !c.in_handshake() {
-                continue;
-            }
             for _ in 0..READS_PER_ROUND {
+                let now = self.now();
+                let Some(c) = self.conns.get_mut(&tok) else {
+                    break;
+                };
                 let n = match c.stream.read(buf) {
                     Ok(0) => {
                         dropped.push((tok, "closed by the peer".to_string()));
@@ -365,15 +370,18 @@ impl<'a> Daemon<'a> {
                     dropped.push((tok, why));
                     break;
                 }
-                if self.disk.queued.load(Ordering::SeqCst) > disk::QUEUE_LIMIT {
-                    break;
+                // Carry out what this input asked for before reading more (the disk queue's
+                // size decides whether the next chunk may be spooled).
+                if let Some(term) = self.drain_outputs() {
+                    self.taking_over = Some(term);
+                    return;
                 }
             }
-            if c.unsent() > MAX_UNSENT {
-                dropped.push((
-                    tok,
-                    format!("the peer left {} bytes of answers unread", c.unsent()),
-                ));
+            if let Some(c) = self.conns.get(&tok) {
+                if c.unsent() > MAX_UNSENT {
+                    let why = format!("the peer left {} bytes of answers unread", c.unsent());
+                    dropped.push((tok, why));
+                }
             }
         }
         for (tok, why) in dropped {
@@ -389,7 +397,7 @@ impl<'a> Daemon<'a> {
             .map(|(t, _)| *t)
             .collect();
         for tok in late {
-            let why = format!("no handshake within {} s", HANDSHAKE_DEADLINE.as_secs());
+            let why = format!("no handshake within {} ms", HANDSHAKE_DEADLINE.as_millis());
             self.drop_conn(tok, why);
         }
     }
@@ -427,6 +435,20 @@ impl<'a> Daemon<'a> {
                         }
                         c.closing = true;
                     }
+                }
+                Output::Disk(DiskOp::Spool { seq, .. })
+                    if self.disk.queued.load(Ordering::SeqCst) > disk::QUEUE_LIMIT =>
+                {
+                    // The disk is too far behind: refuse this stream rather than stop reading
+                    // (which would leave heartbeats unanswered). Answered at once, as the core
+                    // counts every operation; its end is Nacked and the primary tries again.
+                    let why = format!(
+                        "the spare's disk is behind ({} MiB queued): checkpoint refused",
+                        disk::QUEUE_LIMIT >> 20
+                    );
+                    let now = self.now();
+                    self.core
+                        .handle_disk(now, DiskDone::SpoolFailed { seq, why });
                 }
                 Output::Disk(op) => self.disk.submit(op),
                 Output::TakeOver { term, seq, silent } => {

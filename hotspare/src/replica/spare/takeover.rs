@@ -24,6 +24,7 @@ pub(super) fn become_program(cfg: &SpareConfig, term: u64) -> SpareError {
             }
         }
     }
+    super::super::log::flush(Duration::from_millis(200));
     let program = cfg.exec[0].clone();
     let e = std::process::Command::new(&program)
         .args(&cfg.exec[1..])

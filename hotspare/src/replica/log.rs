@@ -1,0 +1,57 @@
+//! Log lines from the replication threads, written by a thread of their own: an event loop
+//! must never block on its stderr (a log pipe nobody drains) or die of it (a closed one —
+//! `eprintln!` panics). Lines beyond a bounded backlog are dropped and counted.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static LINES: OnceLock<SyncSender<String>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+
+fn sender() -> &'static SyncSender<String> {
+    LINES.get_or_init(|| {
+        let (tx, rx) = sync_channel::<String>(4096);
+        let _ = std::thread::Builder::new()
+            .name("hotspare-log".into())
+            .spawn(move || {
+                let mut err = std::io::stderr();
+                for line in rx {
+                    let _ = err.write_all(line.as_bytes());
+                    QUEUED.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        tx
+    })
+}
+
+/// Queues `prefix: msg` for stderr; never blocks.
+pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
+    let dropped = DROPPED.swap(0, Ordering::SeqCst);
+    let mut text = String::new();
+    if dropped > 0 {
+        text.push_str(&format!(
+            "{prefix}: ({dropped} log lines dropped: stderr is not keeping up)\n"
+        ));
+    }
+    text.push_str(&format!("{prefix}: {msg}\n"));
+    QUEUED.fetch_add(1, Ordering::SeqCst);
+    match sender().try_send(text) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            QUEUED.fetch_sub(1, Ordering::SeqCst);
+            DROPPED.fetch_add(1 + dropped, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Waits (at most `limit`) for queued lines to be written — before `exec` or `exit`.
+pub(crate) fn flush(limit: Duration) {
+    let t = Instant::now();
+    while QUEUED.load(Ordering::SeqCst) > 0 && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
