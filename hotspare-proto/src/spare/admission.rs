@@ -1,0 +1,159 @@
+//! Who may be the primary: connections opened and closed, the first message, and the
+//! admission of a primary by term (saved before it counts), lineage and executable.
+
+use super::*;
+
+impl Spare {
+    /// An authenticated connection opened.
+    pub fn handle_open(&mut self, _now: Time, c: ConnId) {
+        if self.taken_over {
+            self.out.push_back(Output::Close(c, "taken over".into()));
+            return;
+        }
+        self.opened.push(c);
+    }
+
+    /// A connection closed or failed.
+    pub fn handle_closed(&mut self, _now: Time, c: ConnId, why: &str) {
+        self.opened.retain(|x| *x != c);
+        if self.admitting.as_ref().is_some_and(|a| a.conn == c) {
+            self.admitting = None;
+        }
+        if self.primary.as_ref().is_some_and(|p| p.conn == c) {
+            let p = self.primary.take().expect("checked");
+            self.log(format!("primary pid {} disconnected: {why}", p.pid));
+            if let Some(inc) = p.incoming {
+                if inc.refused.is_none() {
+                    self.disk(DiskOp::Discard { seq: inc.seq });
+                }
+            }
+        }
+    }
+
+    pub(super) fn refuse(&mut self, c: ConnId, m: Msg, why: String) {
+        self.send(c, m);
+        self.out.push_back(Output::Close(c, why));
+    }
+
+    pub(super) fn first_msg(&mut self, now: Time, c: ConnId, term: u64, msg: Msg) {
+        match msg {
+            Msg::StatusRequest => {
+                let s = self.status(now);
+                self.send(c, s);
+                self.out
+                    .push_back(Output::Close(c, "status answered".into()));
+            }
+            Msg::Hello {
+                exe_id,
+                pid,
+                lineage,
+            } => self.hello(now, c, term, exe_id, pid, lineage),
+            other => {
+                let why = format!("unexpected first message {other:?}");
+                self.out.push_back(Output::Close(c, why));
+            }
+        }
+    }
+
+    pub(super) fn hello(
+        &mut self,
+        now: Time,
+        c: ConnId,
+        term: u64,
+        exe_id: [u8; 32],
+        pid: u32,
+        lineage: Lineage,
+    ) {
+        if term < self.term {
+            let why = format!(
+                "primary pid {pid} has term {term}, older than ours ({}): fenced",
+                self.term
+            );
+            return self.refuse(c, Msg::Fenced { term: self.term }, why);
+        }
+        if let Some(tip) = self.tip {
+            if tip.exe_id != exe_id {
+                let reason = "the image belongs to another executable".to_string();
+                return self.refuse(
+                    c,
+                    Msg::Refused {
+                        reason: reason.clone(),
+                    },
+                    format!("primary pid {pid}: {reason}"),
+                );
+            }
+            if tip.lineage != lineage {
+                if !self.cfg.accept_new_lineage {
+                    let reason = format!(
+                        "the image holds lineage {} at checkpoint {}, the primary is lineage {} (resume the primary from this image, or start hotspare-resume with --accept-new-lineage to replace it)",
+                        hex(&tip.lineage),
+                        tip.seq,
+                        hex(&lineage)
+                    );
+                    return self.refuse(
+                        c,
+                        Msg::Refused {
+                            reason: reason.clone(),
+                        },
+                        format!("primary pid {pid}: {reason}"),
+                    );
+                }
+                if self.adopting != Some(lineage) {
+                    self.log(format!(
+                        "REPLACING the image of lineage {} (checkpoint {}) with lineage {} of primary pid {pid} (--accept-new-lineage): the old image is taken over no more",
+                        hex(&tip.lineage),
+                        tip.seq,
+                        hex(&lineage)
+                    ));
+                    self.adopting = Some(lineage);
+                }
+            }
+        }
+        if let Some(a) = self.admitting.take() {
+            self.out
+                .push_back(Output::Close(a.conn, "another primary connected".into()));
+        }
+        let a = Admission {
+            conn: c,
+            term,
+            lineage,
+            pid,
+        };
+        if term > self.saved_term {
+            // Saved before it counts (again, if an earlier save of it failed).
+            self.term = self.term.max(term);
+            self.disk(DiskOp::SaveTerm(term));
+            self.admitting = Some(a);
+        } else {
+            self.admit(now, a);
+        }
+    }
+
+    pub(super) fn admit(&mut self, now: Time, a: Admission) {
+        if let Some(old) = self.primary.take() {
+            self.out.push_back(Output::Close(
+                old.conn,
+                format!("primary pid {} replaced by a new connection", old.pid),
+            ));
+            if let Some(inc) = old.incoming {
+                if inc.refused.is_none() {
+                    self.disk(DiskOp::Discard { seq: inc.seq });
+                }
+            }
+        }
+        self.log(format!(
+            "primary pid {} (term {}, lineage {}) admitted",
+            a.pid,
+            a.term,
+            hex(&a.lineage)
+        ));
+        let s = self.status(now);
+        self.send(a.conn, s);
+        self.primary = Some(Primary {
+            conn: a.conn,
+            lineage: a.lineage,
+            pid: a.pid,
+            incoming: None,
+        });
+    }
+}

@@ -1,0 +1,330 @@
+//! The spare's side of the protocol: admission of primaries (term, lineage, executable),
+//! the checkpoint pipeline (spool → persist → acknowledge → apply) driven through disk
+//! operations it asks for, heartbeat answers (each one a lease granted), and the decision to
+//! take over. Sans-IO, in the shape of `str0m`: the driver feeds `handle_*` with what happened
+//! and the time, and drains [`Spare::poll_output`] and [`Spare::poll_timeout`].
+//!
+//! Rules this machine keeps (the simulator checks the properties they give):
+//! * **Never acknowledge what will not be applied.** A checkpoint is acknowledged only after
+//!   the disk worker validated the whole stream against the durable tip and made it durable
+//!   ([`DiskOp::Persist`]); a stream that cannot chain is refused before a byte is spooled.
+//! * **Terms only go up, and are on disk before they count.** A primary with an older term than
+//!   any this spare has seen is fenced; a newer one is admitted only once its term is saved; the
+//!   takeover term is saved before the takeover happens.
+//! * **No takeover within `detection` of a lease granted**, and none within `startup_grace` of
+//!   starting (a restarted spare may have granted one just before it died). See
+//!   [`crate::lease`] for why this, with the primary's lease anchored to heartbeat send times,
+//!   means the two never both serve.
+//! * **A new lineage replaces an image only when allowed, and only by a full checkpoint**;
+//!   until that checkpoint is durable the old image is not taken over for it.
+
+mod admission;
+mod stream;
+mod takeover;
+
+use crate::msg::{Lineage, Msg, StreamHeader};
+use crate::time::Time;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// A connection, as numbered by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// How the spare decides.
+#[derive(Debug, Clone)]
+pub struct SpareConfig {
+    /// Silence after the last lease granted before the primary is declared dead (N × H).
+    pub detection: Duration,
+    /// After starting, no takeover before this (a primary that is alive reconnects well
+    /// within it; one that is dead is taken over after it).
+    pub startup_grace: Duration,
+    /// Let a primary of another lineage replace the image (its first full checkpoint does).
+    pub accept_new_lineage: bool,
+    /// Wait before retrying a failed apply.
+    pub apply_retry: Duration,
+}
+
+/// The newest checkpoint durable in the image directory (applied or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tip {
+    /// Its lineage.
+    pub lineage: Lineage,
+    /// Its sequence.
+    pub seq: u64,
+    /// The term it was written in.
+    pub term: u64,
+    /// The executable it belongs to.
+    pub exe_id: [u8; 32],
+}
+
+/// What the spare found on disk when it started.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered {
+    /// The saved term (the highest this spare has known).
+    pub term: u64,
+    /// The durable tip.
+    pub tip: Option<Tip>,
+    /// The sequence applied to the data files.
+    pub applied: u64,
+}
+
+/// Disk work, executed by the driver one at a time in the order asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Save `term` durably (before anything relies on it).
+    SaveTerm(u64),
+    /// Start spooling checkpoint `header.seq` (from a primary of `lineage` in `term`).
+    SpoolStart {
+        /// What the stream declared.
+        header: StreamHeader,
+        /// The primary's lineage.
+        lineage: Lineage,
+        /// The primary's term.
+        term: u64,
+    },
+    /// Append bytes to the spool of `seq`.
+    Spool {
+        /// The checkpoint.
+        seq: u64,
+        /// Its next bytes.
+        bytes: Vec<u8>,
+    },
+    /// Validate the whole spooled stream against the durable tip (every CRC, counts, chain,
+    /// executable, lineage, term, declared header) and make it durable, or delete it. Answer
+    /// with [`DiskDone::Persisted`].
+    Persist {
+        /// The checkpoint.
+        seq: u64,
+        /// A full checkpoint of another lineage may replace the tip.
+        replace_lineage: bool,
+    },
+    /// Delete the spool of an abandoned stream.
+    Discard {
+        /// The checkpoint.
+        seq: u64,
+    },
+    /// Apply every durable, unapplied checkpoint to the data files. Answer
+    /// [`DiskDone::Applied`].
+    Apply,
+}
+
+/// What a disk operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskDone {
+    /// [`DiskOp::SaveTerm`].
+    TermSaved {
+        /// The term.
+        term: u64,
+        /// Whether it is on disk.
+        result: Result<(), String>,
+    },
+    /// [`DiskOp::SpoolStart`] or [`DiskOp::Spool`] failed (the stream is poisoned). Every
+    /// operation is answered exactly once (the core counts them: a takeover waits for the disk
+    /// to be idle); a spool operation that succeeded is answered [`DiskDone::Discarded`].
+    SpoolFailed {
+        /// The checkpoint.
+        seq: u64,
+        /// Why.
+        why: String,
+    },
+    /// [`DiskOp::Persist`].
+    Persisted {
+        /// The checkpoint.
+        seq: u64,
+        /// The new tip, or why the stream was refused.
+        result: Result<Tip, String>,
+    },
+    /// [`DiskOp::Apply`]: the sequence now applied, or why not.
+    Applied(Result<u64, String>),
+    /// [`DiskOp::Discard`], or a spool operation that succeeded: nothing to report, but it ends
+    /// the operation.
+    Discarded,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send `msg`, sealed with `term`, on a connection.
+    Send(ConnId, u64, Msg),
+    /// Close a connection (after sending what was queued for it), logging why.
+    Close(ConnId, String),
+    /// Start a disk operation.
+    Disk(DiskOp),
+    /// Take over: the term is saved, the image is applied at `seq`. Run the hook, become the
+    /// program. Nothing else will be asked of the driver.
+    TakeOver {
+        /// The new term (the fencing token).
+        term: u64,
+        /// The checkpoint resumed.
+        seq: u64,
+        /// Silence of the primary before it was declared dead.
+        silent: Duration,
+    },
+    /// A line for the log.
+    Log(String),
+}
+
+#[derive(Debug)]
+struct Incoming {
+    seq: u64,
+    refused: Option<String>,
+}
+
+#[derive(Debug)]
+struct Primary {
+    conn: ConnId,
+    lineage: Lineage,
+    pid: u32,
+    incoming: Option<Incoming>,
+}
+
+#[derive(Debug)]
+struct Admission {
+    conn: ConnId,
+    term: u64,
+    lineage: Lineage,
+    pid: u32,
+}
+
+/// The spare.
+#[derive(Debug)]
+pub struct Spare {
+    cfg: SpareConfig,
+    /// The highest term known (saved, or being saved before anything relies on it).
+    term: u64,
+    /// The highest term known to be on disk.
+    saved_term: u64,
+    tip: Option<Tip>,
+    /// (lineage, seq) the tip will have once the queued persists succeed.
+    queued_tip: Option<(Lineage, u64)>,
+    applied: u64,
+    /// Checkpoints made durable, and how many of them an Apply has covered: a takeover waits
+    /// until they are equal (sequence numbers alone cannot tell two lineages apart).
+    persisted: u64,
+    applied_upto: u64,
+    apply_covers: u64,
+    apply_queued: bool,
+    apply_retry_at: Option<Time>,
+    primary: Option<Primary>,
+    admitting: Option<Admission>,
+    /// Connections that have not sent their first message.
+    opened: Vec<ConnId>,
+    /// Where to send the answer of each queued persist.
+    persist_waiters: VecDeque<(u64, ConnId)>,
+    last_grant: Option<Time>,
+    hold_until: Time,
+    disk_outstanding: usize,
+    adopting: Option<Lineage>,
+    taking_over: Option<u64>,
+    taken_over: bool,
+    out: VecDeque<Output>,
+}
+
+fn hex(l: &Lineage) -> String {
+    l.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Spare {
+    /// A spare starting at `now` on what it recovered from disk.
+    pub fn new(cfg: SpareConfig, recovered: Recovered, now: Time) -> Spare {
+        let term = recovered.term.max(recovered.tip.map_or(0, |t| t.term));
+        Spare {
+            hold_until: now + cfg.startup_grace,
+            cfg,
+            term,
+            saved_term: recovered.term,
+            tip: recovered.tip,
+            queued_tip: recovered.tip.map(|t| (t.lineage, t.seq)),
+            applied: recovered.applied,
+            persisted: u64::from(recovered.tip.is_some_and(|t| t.seq != recovered.applied)),
+            applied_upto: 0,
+            apply_covers: 0,
+            apply_queued: false,
+            apply_retry_at: recovered
+                .tip
+                .filter(|t| t.seq != recovered.applied)
+                .map(|_| now),
+            primary: None,
+            admitting: None,
+            opened: Vec::new(),
+            persist_waiters: VecDeque::new(),
+            last_grant: None,
+            disk_outstanding: 0,
+            adopting: None,
+            taking_over: None,
+            taken_over: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The highest term known.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The durable tip.
+    pub fn tip(&self) -> Option<Tip> {
+        self.tip
+    }
+
+    /// The sequence applied to the data files.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// When the last lease was granted.
+    pub fn last_grant(&self) -> Option<Time> {
+        self.last_grant
+    }
+
+    /// Whether a primary is connected and admitted.
+    pub fn has_primary(&self) -> bool {
+        self.primary.is_some()
+    }
+
+    /// Disk operations asked for and not finished.
+    pub fn disk_outstanding(&self) -> usize {
+        self.disk_outstanding
+    }
+
+    /// Whether the spare has decided to take over (its term is being saved) or has.
+    pub fn taking_over(&self) -> bool {
+        self.taking_over.is_some() || self.taken_over
+    }
+
+    /// Whether the spare has taken over (it is the program now).
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
+    }
+
+    pub(super) fn send(&mut self, c: ConnId, m: Msg) {
+        self.out.push_back(Output::Send(c, self.term, m));
+    }
+
+    pub(super) fn disk(&mut self, op: DiskOp) {
+        self.disk_outstanding += 1;
+        self.out.push_back(Output::Disk(op));
+    }
+
+    pub(super) fn log(&mut self, s: String) {
+        self.out.push_back(Output::Log(s));
+    }
+
+    pub(super) fn status(&self, now: Time) -> Msg {
+        Msg::Status {
+            term: self.term,
+            seq: self.tip.map_or(0, |t| t.seq),
+            applied: self.applied,
+            since_grant_ms: self
+                .last_grant
+                .map_or(u64::MAX, |g| now.since(g).as_millis() as u64),
+            detection_us: self.cfg.detection.as_micros() as u64,
+        }
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+}

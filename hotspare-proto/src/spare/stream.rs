@@ -1,0 +1,220 @@
+//! The admitted primary's messages: heartbeats answered (each a lease granted), checkpoint
+//! streams checked before a byte is spooled, made durable by the disk, then acknowledged and
+//! applied; and the answers of the disk.
+
+use super::*;
+
+impl Spare {
+    /// A message on connection `c`, stamped with the sender's term.
+    pub fn handle_msg(&mut self, now: Time, c: ConnId, term: u64, msg: Msg) {
+        if self.taken_over || self.taking_over.is_some() {
+            self.out
+                .push_back(Output::Close(c, "this spare is taking over".into()));
+            return;
+        }
+        if let Some(i) = self.opened.iter().position(|x| *x == c) {
+            self.opened.remove(i);
+            return self.first_msg(now, c, term, msg);
+        }
+        if self.primary.as_ref().is_none_or(|p| p.conn != c) {
+            if self.admitting.as_ref().is_some_and(|a| a.conn == c) {
+                return; // waiting for its term to be saved; heartbeats earn nothing yet
+            }
+            self.out.push_back(Output::Close(
+                c,
+                "message on a connection that is not the primary's".into(),
+            ));
+            return;
+        }
+        if term < self.term {
+            let why = format!(
+                "message with term {term}, older than ours ({}): fenced",
+                self.term
+            );
+            return self.refuse(c, Msg::Fenced { term: self.term }, why);
+        }
+        match msg {
+            Msg::Heartbeat { id, .. } => {
+                self.last_grant = Some(now);
+                let seq = self.tip.map_or(0, |t| t.seq);
+                self.send(c, Msg::HeartbeatAck { id, seq });
+            }
+            Msg::StatusRequest => {
+                let s = self.status(now);
+                self.send(c, s);
+            }
+            Msg::StreamStart(h) => self.stream_start(c, term, h),
+            Msg::Chunk { seq, bytes } => {
+                let p = self.primary.as_mut().expect("checked");
+                match &p.incoming {
+                    Some(inc) if inc.seq == seq => {
+                        if inc.refused.is_none() {
+                            self.disk(DiskOp::Spool { seq, bytes });
+                        }
+                    }
+                    _ => {
+                        let why = format!("data of checkpoint {seq} without its start");
+                        self.protocol_error(c, why);
+                    }
+                }
+            }
+            Msg::EndStream { seq } => {
+                let p = self.primary.as_mut().expect("checked");
+                let (lineage, replace) = (p.lineage, self.adopting == Some(p.lineage));
+                match p.incoming.take() {
+                    Some(inc) if inc.seq == seq => match inc.refused {
+                        Some(reason) => self.send(c, Msg::Nack { seq, reason }),
+                        None => {
+                            self.disk(DiskOp::Persist {
+                                seq,
+                                replace_lineage: replace,
+                            });
+                            self.persist_waiters.push_back((seq, c));
+                            self.queued_tip = Some((lineage, seq));
+                        }
+                    },
+                    _ => {
+                        let why = format!("end of checkpoint {seq} without its start");
+                        self.protocol_error(c, why);
+                    }
+                }
+            }
+            other => {
+                let why = format!("unexpected message {other:?}");
+                self.protocol_error(c, why);
+            }
+        }
+    }
+
+    pub(super) fn protocol_error(&mut self, c: ConnId, why: String) {
+        self.out.push_back(Output::Close(c, why.clone()));
+        self.handle_closed(Time::ZERO, c, &why);
+    }
+
+    pub(super) fn stream_start(&mut self, c: ConnId, term: u64, h: StreamHeader) {
+        let p = self.primary.as_mut().expect("checked");
+        if let Some(old) = p.incoming.take() {
+            if old.refused.is_none() {
+                self.disk(DiskOp::Discard { seq: old.seq });
+            }
+        }
+        let p = self.primary.as_ref().expect("checked");
+        let lineage = p.lineage;
+        let same = self.queued_tip.filter(|(l, _)| *l == lineage);
+        let refused = if h.seq == 0 || (h.base_seq != 0 && h.base_seq >= h.seq) {
+            Some(format!(
+                "checkpoint {} on base {} is impossible",
+                h.seq, h.base_seq
+            ))
+        } else if h.base_seq == 0 {
+            match same {
+                Some((_, s)) if h.seq <= s => Some(format!(
+                    "checkpoint {} is not newer than this lineage's checkpoint {s} here",
+                    h.seq
+                )),
+                _ => None,
+            }
+        } else {
+            match same {
+                Some((_, s)) if s == h.base_seq => None,
+                Some((_, s)) => Some(format!(
+                    "checkpoint {} applies on top of {} but the image is at {s}",
+                    h.seq, h.base_seq
+                )),
+                None => Some(format!(
+                    "incremental checkpoint {} but the image holds no checkpoint of this lineage",
+                    h.seq
+                )),
+            }
+        };
+        if refused.is_none() {
+            self.disk(DiskOp::SpoolStart {
+                header: h,
+                lineage,
+                term,
+            });
+        }
+        let p = self.primary.as_mut().expect("checked");
+        p.incoming = Some(Incoming {
+            seq: h.seq,
+            refused,
+        });
+        let _ = c;
+    }
+
+    /// A disk operation finished.
+    pub fn handle_disk(&mut self, now: Time, done: DiskDone) {
+        self.disk_outstanding = self.disk_outstanding.saturating_sub(1);
+        match done {
+            DiskDone::TermSaved { term, result } => self.term_saved(now, term, result),
+            DiskDone::SpoolFailed { seq, why } => {
+                if let Some(inc) = self
+                    .primary
+                    .as_mut()
+                    .and_then(|p| p.incoming.as_mut())
+                    .filter(|i| i.seq == seq)
+                {
+                    inc.refused = Some(why.clone());
+                }
+                self.log(format!("spooling checkpoint {seq}: {why}"));
+            }
+            DiskDone::Persisted { seq, result } => {
+                let waiter = match self.persist_waiters.iter().position(|(s, _)| *s == seq) {
+                    Some(i) => self.persist_waiters.remove(i).map(|(_, c)| c),
+                    None => None,
+                };
+                let current = self.primary.as_ref().map(|p| p.conn);
+                match result {
+                    Ok(tip) => {
+                        self.tip = Some(tip);
+                        self.persisted += 1;
+                        if self.adopting == Some(tip.lineage) {
+                            self.adopting = None;
+                            self.log(format!("the image is now lineage {}", hex(&tip.lineage)));
+                        }
+                        if let Some(c) = waiter.filter(|c| Some(*c) == current) {
+                            self.send(c, Msg::Ack { seq });
+                        }
+                        self.schedule_apply();
+                    }
+                    Err(reason) => {
+                        self.log(format!("checkpoint {seq} refused: {reason}"));
+                        self.queued_tip = self.tip.map(|t| (t.lineage, t.seq));
+                        if let Some(c) = waiter.filter(|c| Some(*c) == current) {
+                            self.send(c, Msg::Nack { seq, reason });
+                        }
+                    }
+                }
+            }
+            DiskDone::Applied(r) => {
+                self.apply_queued = false;
+                match r {
+                    Ok(seq) => {
+                        self.applied = seq;
+                        self.applied_upto = self.apply_covers;
+                        if self.applied_upto < self.persisted {
+                            self.schedule_apply();
+                        }
+                    }
+                    Err(why) => {
+                        self.log(format!(
+                            "applying checkpoints: {why} (retrying in {} ms)",
+                            self.cfg.apply_retry.as_millis()
+                        ));
+                        self.apply_retry_at = Some(now + self.cfg.apply_retry);
+                    }
+                }
+            }
+            DiskDone::Discarded => {}
+        }
+    }
+
+    pub(super) fn schedule_apply(&mut self) {
+        if !self.apply_queued {
+            self.apply_queued = true;
+            self.apply_covers = self.persisted;
+            self.apply_retry_at = None;
+            self.disk(DiskOp::Apply);
+        }
+    }
+}

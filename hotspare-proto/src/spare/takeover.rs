@@ -1,0 +1,100 @@
+//! The decision to take over: no lease granted for the detection time, none within the
+//! start-up grace, the disk idle and every durable checkpoint applied; the new term saved first.
+
+use super::*;
+
+impl Spare {
+    pub(super) fn term_saved(&mut self, now: Time, term: u64, result: Result<(), String>) {
+        if let Err(why) = result {
+            self.log(format!("saving term {term} failed: {why}"));
+            if let Some(a) = self.admitting.take().filter(|a| a.term == term) {
+                let reason = format!("the spare cannot save its term: {why}");
+                self.refuse(
+                    a.conn,
+                    Msg::Refused {
+                        reason: reason.clone(),
+                    },
+                    reason,
+                );
+            }
+            if self.taking_over == Some(term) {
+                // Fail closed: no takeover on a term that is not on disk. Try again later.
+                self.taking_over = None;
+                self.hold_until = now + self.cfg.detection;
+            }
+            return;
+        }
+        self.saved_term = self.saved_term.max(term);
+        if let Some(a) = self.admitting.take() {
+            if a.term == term {
+                self.admit(now, a);
+            } else {
+                self.admitting = Some(a);
+            }
+        }
+        if self.taking_over == Some(term) {
+            self.taken_over = true;
+            let silent = self.last_grant.map_or(Duration::ZERO, |g| now.since(g));
+            self.out.push_back(Output::TakeOver {
+                term,
+                seq: self.applied,
+                silent,
+            });
+        }
+    }
+
+    /// Timers: apply retries, and the takeover decision.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.taken_over {
+            return;
+        }
+        if self.apply_retry_at.is_some_and(|t| now >= t) {
+            self.apply_retry_at = None;
+            self.schedule_apply();
+        }
+        if self.taking_over.is_some() {
+            return;
+        }
+        let Some(tip) = self.tip else { return };
+        let quiet_enough = self
+            .last_grant
+            .is_none_or(|g| now >= g + self.cfg.detection);
+        if quiet_enough
+            && now >= self.hold_until
+            && self.adopting.is_none()
+            && self.admitting.is_none()
+            && self.disk_outstanding == 0
+            && self.applied_upto == self.persisted
+        {
+            let term = self.term + 1;
+            self.term = term;
+            self.taking_over = Some(term);
+            let silent = self.last_grant.map_or(Duration::ZERO, |g| now.since(g));
+            self.log(format!(
+                "primary silent for {} ms: taking over at checkpoint {} with term {term}",
+                silent.as_millis(),
+                tip.seq
+            ));
+            if let Some(p) = self.primary.take() {
+                self.out
+                    .push_back(Output::Close(p.conn, "declared dead: taking over".into()));
+            }
+            self.disk(DiskOp::SaveTerm(term));
+        }
+    }
+
+    /// When [`Spare::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if self.taken_over {
+            return None;
+        }
+        let mut t = self.apply_retry_at;
+        if self.tip.is_some() && self.taking_over.is_none() {
+            let due = self.last_grant.map_or(self.hold_until, |g| {
+                (g + self.cfg.detection).max(self.hold_until)
+            });
+            t = Some(t.map_or(due, |x| x.min(due)));
+        }
+        t
+    }
+}
