@@ -24,6 +24,12 @@ TARGETS="${FUZZ_TARGETS:-$ALL_TARGETS}"
 export RUSTC_BOOTSTRAP=1
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# libfuzzer-sys compiles libFuzzer itself (C++).
+if ! command -v c++ >/dev/null && ! command -v g++ >/dev/null && ! command -v clang++ >/dev/null; then
+    echo "fuzz.sh: a C++ compiler is needed to build libFuzzer (apt-get install g++)" >&2
+    exit 2
+fi
+
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"
     nice -n 19 cargo install --locked cargo-fuzz
