@@ -1329,3 +1329,42 @@ fn e_poll_timeout_is_the_takeover_deadline() {
     drain(&mut s);
     assert_eq!(s.poll_timeout(), Some(at_us(300_123) + ms(DETECTION_MS)));
 }
+
+/// Guards against a second takeover (or anything acted on after one) when the disk reports a
+/// completion twice: the first `TermSaved` of the takeover term is the last thing that counts.
+#[test]
+fn e_a_duplicated_term_saved_does_not_take_over_twice() {
+    let term = 3;
+    let mut s = spare_with_image(spare_cfg(false), OLD, 9, term, at(0));
+    s.handle_timeout(at(GRACE_MS));
+    assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::SaveTerm(term + 1)]);
+    let saved = DiskDone::TermSaved {
+        term: term + 1,
+        result: Ok(()),
+    };
+    s.handle_disk(at(GRACE_MS + 1), saved.clone());
+    assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 9)));
+    s.handle_disk(at(GRACE_MS + 2), saved);
+    s.handle_disk(at(GRACE_MS + 2), DiskDone::Applied(Ok(9)));
+    let out = drain(&mut s);
+    assert!(out.is_empty(), "acted after the takeover: {out:?}");
+}
+
+/// Guards against leases granted on a term the primary was not admitted with (a primary's term
+/// never changes on a connection; one that does is not the primary that was admitted).
+#[test]
+fn d_a_term_that_changes_on_a_connection_closes_it() {
+    let (c, term) = (ConnId(1), 3);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 9, term, at(0));
+    let out = connect(&mut s, at(1), c, term, OLD);
+    assert!(!closed(&out, c), "{out:?}");
+    s.handle_msg(at(2), c, term + 5, Msg::Heartbeat { id: 1, seq: 9 });
+    let out = drain(&mut s);
+    assert!(closed(&out, c), "{out:?}");
+    assert!(
+        !sent(&out, c)
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::HeartbeatAck { .. })),
+        "a lease was granted on the changed term: {out:?}"
+    );
+}

@@ -151,6 +151,7 @@ impl Spare {
         self.send(a.conn, s);
         self.primary = Some(Primary {
             conn: a.conn,
+            term: a.term,
             lineage: a.lineage,
             pid: a.pid,
             incoming: None,

@@ -174,6 +174,8 @@ struct Incoming {
 #[derive(Debug)]
 struct Primary {
     conn: ConnId,
+    /// The term it was admitted with (a primary's term never changes).
+    term: u64,
     lineage: Lineage,
     pid: u32,
     incoming: Option<Incoming>,

@@ -33,6 +33,11 @@ impl Spare {
             );
             return self.refuse(c, Msg::Fenced { term: self.term }, why);
         }
+        let admitted = self.primary.as_ref().map_or(term, |p| p.term);
+        if term != admitted {
+            let why = format!("its term changed from {admitted} to {term} on one connection");
+            return self.protocol_error(c, why);
+        }
         match msg {
             Msg::Heartbeat { id, .. } => {
                 self.last_grant = Some(now);
@@ -144,6 +149,9 @@ impl Spare {
 
     /// A disk operation finished.
     pub fn handle_disk(&mut self, now: Time, done: DiskDone) {
+        if self.taken_over {
+            return; // the program is taking over; nothing here matters any more
+        }
         self.disk_outstanding = self.disk_outstanding.saturating_sub(1);
         match done {
             DiskDone::TermSaved { term, result } => self.term_saved(now, term, result),

@@ -5,6 +5,9 @@ use super::*;
 
 impl Spare {
     pub(super) fn term_saved(&mut self, now: Time, term: u64, result: Result<(), String>) {
+        if self.taken_over {
+            return;
+        }
         if let Err(why) = result {
             self.log(format!("saving term {term} failed: {why}"));
             if let Some(a) = self.admitting.take().filter(|a| a.term == term) {
