@@ -1231,6 +1231,84 @@ fn s4_fresh_primary_against_a_restarted_spare() {
     f.print("fresh_primary_after_restart");
 }
 
+/// The other order: both killed, the FRESH primary restarted first — with no spare to give it
+/// a lease it must acknowledge nothing — and the spare only then, on its old image: the fresh
+/// primary (another lineage) is refused, the spare takes the old image over after its
+/// start-up grace, and every write acknowledged before both died is there.
+#[test]
+fn s4c_fresh_primary_first_then_the_spare() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let mut early_acks = 0usize;
+    for _trial in 0..trials(1) {
+        let (t, _key) = workdir();
+        let dir = t.path();
+        let (sp, kp) = (free_port(), free_port());
+        let args = kv_args(kp, true, "127.0.0.1");
+        let first = image_with_acked_writes(dir, sp, kp);
+        let mut fresh = start_primary(
+            dir,
+            "spool2",
+            &format!("127.0.0.1:{sp}"),
+            &args,
+            &[],
+            "primary2.log",
+            At::Loopback,
+        );
+        let fresh_pid = fresh.pid();
+        // No spare yet: nothing the fresh primary answers may be +OK.
+        let (acks, _) = set_each(lo(kp), None, "early", 5, Duration::from_secs(2));
+        let by_fresh = acks.iter().filter(|a| a.pid == fresh_pid).count();
+        early_acks += by_fresh;
+        assert_eq!(
+            by_fresh,
+            0,
+            "a fresh primary with no spare acknowledged writes{}",
+            logs(dir)
+        );
+        let mut spare = start_spare(
+            dir,
+            &dir.join("spare"),
+            &format!("127.0.0.1:{sp}"),
+            &args,
+            &[],
+            At::Loopback,
+        );
+        f.trials += 1;
+        // Whatever the fresh primary does now (it is refused, or has already given up), the
+        // spare must take over the old image with everything acknowledged.
+        std::thread::sleep(Duration::from_millis(300));
+        let still = fresh.0.try_wait().unwrap().is_none();
+        drop(fresh);
+        let took = wait_takeover(dir, Duration::from_secs(20)).unwrap_or_else(|| {
+            panic!(
+                "no takeover of the old image (fresh primary alive: {still}){}",
+                logs(dir)
+            )
+        });
+        wait_serving(lo(kp), None, spare.pid(), Duration::from_secs(20)).unwrap_or_else(|e| {
+            panic!(
+                "{e}; the resumed program: {:?}{}",
+                spare.0.try_wait(),
+                logs(dir)
+            )
+        });
+        let (lost_n, _, ex) = lost(lo(kp), None, spare.pid(), &first);
+        f.acked += first.len();
+        f.lost += lost_n;
+        f.windows += windows(&first, took);
+        assert_eq!(
+            lost_n,
+            0,
+            "writes acknowledged before both died were lost: {ex:?}{}",
+            logs(dir)
+        );
+        drop(spare);
+    }
+    f.add("fresh_primary_acks_without_a_spare", early_acks);
+    f.print("fresh_primary_first_then_spare");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. An older term after a newer one was admitted.
 
