@@ -22,24 +22,14 @@ impl World {
                 }
                 self.trace(format!("partition {:?} for {} ms", self.blocked, len / MS));
                 self.after(len, Ev::Heal { epoch });
-                let ids: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.open)
-                    .map(|(k, _)| *k)
-                    .collect();
+                let ids = self.open_conns();
                 for id in ids {
                     let t = self.rng.u64(300 * MS..2000 * MS);
                     self.after(t, Ev::PartitionCheck { conn: id, epoch });
                 }
             }
             15..=22 => {
-                let ids: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.open)
-                    .map(|(k, _)| *k)
-                    .collect();
+                let ids = self.open_conns();
                 for id in ids {
                     self.trace(format!("connection {id} reset"));
                     self.close_conn(id, Side::P);

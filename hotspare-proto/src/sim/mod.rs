@@ -195,7 +195,8 @@ struct World {
     s_inc: u64,
     disk: Disk,
     disk_mode: DiskMode,
-    conns: HashMap<u64, SimConn>,
+    /// Ordered, so iterating it (and drawing from the seed in that order) replays exactly.
+    conns: BTreeMap<u64, SimConn>,
     next_conn: u64,
     /// Directions blocked: [primary→spare, spare→primary].
     blocked: [bool; 2],
@@ -640,7 +641,7 @@ pub fn run(seed: u64) -> Report {
         s_inc: 0,
         disk: Disk::default(),
         disk_mode: DiskMode::Healthy,
-        conns: HashMap::new(),
+        conns: BTreeMap::new(),
         next_conn: 0,
         blocked: [false, false],
         partition_epoch: 0,

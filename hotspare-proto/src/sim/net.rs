@@ -4,6 +4,15 @@
 use super::*;
 
 impl World {
+    /// The connections still open, in order.
+    pub(super) fn open_conns(&self) -> Vec<u64> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.open)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     pub(super) fn dir(from: Side) -> usize {
         match from {
             Side::P => 0,
