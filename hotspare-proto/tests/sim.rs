@@ -39,3 +39,13 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
     );
     assert!(takeovers > n / 2, "most scenarios must end in a takeover");
 }
+
+/// Seeds that once failed, kept as regressions: a late hello of a dead primary's lineage made
+/// the spare "adopt" it again after the image had moved on, and no takeover ever followed.
+#[test]
+fn seeds_that_once_failed() {
+    for seed in [1_152_808, 1_253_665, 1_263_698] {
+        let r = hotspare_proto::sim::run(seed);
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+    }
+}

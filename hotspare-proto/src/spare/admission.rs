@@ -107,6 +107,10 @@ impl Spare {
                     ));
                     self.adopting = Some(lineage);
                 }
+            } else {
+                // A primary of the image's own lineage: any replacement asked for earlier (by a
+                // primary that has since gone, or a late hello of a dead one) is abandoned.
+                self.adopting = None;
             }
         }
         if let Some(a) = self.admitting.take() {
