@@ -18,7 +18,7 @@
 //! cargo build --release --workspace
 //! cargo test --release -p hotspare-tests --test faults -- --test-threads=1 --nocapture
 //! ```
-//! Needs root (tmpfs, namespaces, iptables; `.ci/run` installs iptables). A scenario whose
+//! Needs root (tmpfs, a loop device, namespaces, iptables; `.ci/run` installs iptables). A scenario whose
 //! fault cannot be injected FAILS with the reason; none passes without having run. The
 //! scenarios (s1…s9) and their figures are described in `docs/reliability.md`. A defect found by a scenario is pinned by marking it `#[ignore = "BUG: …"]` until fixed
 //! (none are today).
@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use util::{enter_netns, free_port, now_ns, Killed, Lab, Reply, RespConn, Tmpfs};
+use util::{enter_netns, free_port, now_ns, Killed, Lab, LoopExt4, Reply, RespConn, Tmpfs};
 
 const MS: u128 = 1_000_000;
 const KEY: &str = "fault suite shared secret, 0600";
@@ -1437,20 +1437,105 @@ fn fill(path: &Path) -> u64 {
     n
 }
 
-#[test]
-fn s6_full_disk_on_the_spare_fails_writes_instead_of_losing_them() {
+/// What goes wrong with the spare's disk in [`disk_fault`].
+#[derive(Clone, Copy, PartialEq)]
+enum DiskFault {
+    /// A small tmpfs filled until `ENOSPC`, and kept full.
+    Full,
+    /// An ext4 on a loop device, frozen: every write and `fsync` on it blocks (a disk that stops
+    /// answering), reads go on.
+    Hung,
+}
+
+/// The spare's file system, with the fault of [`DiskFault`] it can suffer.
+enum SpareDisk {
+    Full { _mount: Tmpfs, filler: PathBuf },
+    Hung(LoopExt4),
+}
+
+impl SpareDisk {
+    fn mount(fault: DiskFault, dir: &Path) -> SpareDisk {
+        let fs = dir.join("fs");
+        match fault {
+            DiskFault::Full => SpareDisk::Full {
+                _mount: Tmpfs::mount(&fs, "8m")
+                    .unwrap_or_else(|e| panic!("FULL DISK SCENARIO CANNOT RUN: {e} (needs root)")),
+                filler: fs.join("filler"),
+            },
+            DiskFault::Hung => SpareDisk::Hung(
+                LoopExt4::mount(&dir.join("disk.img"), &fs, 64).unwrap_or_else(|e| {
+                    panic!("HUNG DISK SCENARIO CANNOT RUN: {e} (needs root, losetup, mkfs.ext4)")
+                }),
+            ),
+        }
+    }
+
+    /// Starts the fault; what it did.
+    fn inject(&self) -> String {
+        match self {
+            SpareDisk::Full { filler, .. } => format!("{} bytes filled", fill(filler)),
+            SpareDisk::Hung(d) => {
+                d.freeze()
+                    .unwrap_or_else(|e| panic!("HUNG DISK SCENARIO CANNOT RUN: {e}"));
+                "frozen".into()
+            }
+        }
+    }
+
+    /// Keeps the fault up (whatever the spare freed is taken again).
+    fn sustain(&self) {
+        if let SpareDisk::Full { filler, .. } = self {
+            fill(filler);
+        }
+    }
+
+    /// Ends the fault.
+    fn clear(&self) {
+        match self {
+            SpareDisk::Full { filler, .. } => std::fs::remove_file(filler).unwrap(),
+            SpareDisk::Hung(d) => d.thaw().unwrap(),
+        }
+    }
+}
+
+/// Ends a disk fault when dropped. Declared after the spare, it is dropped before it: a process
+/// blocked on a frozen file system cannot be reaped until the file system is thawed.
+struct ClearOnDrop<'a>(&'a SpareDisk);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        if let SpareDisk::Hung(d) = self.0 {
+            let _ = d.thaw();
+        }
+    }
+}
+
+/// The spare's disk fails (full, or hung) under an every-write load, for 1.5 s (2 s hung):
+/// writes must fail rather than be acknowledged undurable; the primary must keep its lease (a
+/// hung disk must not stop the spare's event loop from answering heartbeats, checked by GETs
+/// served during the fault); replication must resume once the fault ends; and a primary killed
+/// during the fault must be taken over, with every acknowledged write, only after it ends.
+fn disk_fault(scenario: &str, fault: DiskFault) {
     let _serial = serial();
     let mut f = Figures::default();
-    let (mut acked_full, mut failed_full, mut resume_ms) = (0usize, 0u64, 0f64);
-    let mut killed_full = String::new();
+    let (mut acked_during, mut failed_during, mut resume_ms, mut gets) = (0usize, 0u64, 0f64, 0u64);
+    let mut killed_during = String::new();
+    let hold = match fault {
+        DiskFault::Full => Duration::from_millis(1500),
+        DiskFault::Hung => Duration::from_millis(2000),
+    };
+    // A hung disk answers nothing: only the acknowledgement deadline fails the writes.
+    let env: &[(&str, &str)] = match fault {
+        DiskFault::Full => &[],
+        DiskFault::Hung => &[("HOTSPARE_ACK_TIMEOUT_MS", "500")],
+    };
     for trial in 0..trials(1) {
-        // Second variant: the primary dies while the spare's disk is still full.
-        for kill_while_full in [false, true] {
+        // Second variant: the primary dies while the fault is still on.
+        for kill_during in [false, true] {
             let (t, _key) = workdir();
             let dir = t.path();
+            let disk = SpareDisk::mount(fault, dir);
             let fs = dir.join("fs");
-            let mnt = Tmpfs::mount(&fs, "8m")
-                .unwrap_or_else(|e| panic!("FULL DISK SCENARIO CANNOT RUN: {e} (needs root)"));
             let (sp, kp) = (free_port(), free_port());
             let args = kv_args(kp, true, "127.0.0.1");
             let spare = start_spare(
@@ -1461,12 +1546,13 @@ fn s6_full_disk_on_the_spare_fails_writes_instead_of_losing_them() {
                 &[],
                 At::Loopback,
             );
+            let _clear = ClearOnDrop(&disk);
             let primary = start_primary(
                 dir,
                 "spool",
                 &format!("127.0.0.1:{sp}"),
                 &args,
-                &[],
+                env,
                 "primary.log",
                 At::Loopback,
             );
@@ -1478,45 +1564,53 @@ fn s6_full_disk_on_the_spare_fails_writes_instead_of_losing_them() {
                 "no load{}",
                 logs(dir)
             );
-            let filler = fs.join("filler");
-            let (errs0, full_at) = {
+            let known = load.acks()[0].key.clone();
+            let (errs0, fault_at) = {
                 let t = load.tally.lock().unwrap();
                 (t.errors + t.broken, now_ns())
             };
-            let filled = fill(&filler);
-            // Keep it full for 1.5 s (whatever the spare frees is taken again).
+            let what = disk.inject();
+            let mut reader =
+                RespConn::connect(lo(kp), Duration::from_secs(1), Duration::from_secs(2)).ok();
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_millis(1500) {
-                fill(&filler);
+            while t0.elapsed() < hold {
+                disk.sustain();
+                // A primary that lost its lease answers GET with -TRYAGAIN too.
+                if let Some(Ok(Reply::Bulk(Some(_)))) =
+                    reader.as_mut().map(|c| c.cmd(&["GET", &known]))
+                {
+                    gets += 1;
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let (errs1, freed_at) = {
+            let (errs1, cleared_at) = {
                 let t = load.tally.lock().unwrap();
                 (t.errors + t.broken, now_ns())
             };
             let acks = load.acks();
-            acked_full += acks
+            acked_during += acks
                 .iter()
-                .filter(|a| a.got > full_at && a.sent < freed_at)
+                .filter(|a| a.got > fault_at && a.sent < cleared_at)
                 .count();
-            failed_full += errs1 - errs0;
+            failed_during += errs1 - errs0;
             assert!(
                 errs1 > errs0,
-                "trial {trial}: no write failed while the spare's disk was full ({filled} bytes filled){}",
+                "trial {trial}: no write failed during the fault ({what}){}",
                 logs(dir)
             );
             f.trials += 1;
-            if kill_while_full {
-                // The takeover may not happen before its term is on disk; once the space is
+            if kill_during {
+                // The takeover may not happen before its term is on disk; once the disk is
                 // back it must, with every acknowledged write.
                 drop(primary);
                 std::thread::sleep(Duration::from_millis(1000));
-                fill(&filler);
+                disk.sustain();
                 let early = wait_takeover(dir, Duration::ZERO).is_some();
-                std::fs::remove_file(&filler).unwrap();
+                disk.clear();
                 let freed = now_ns();
-                let took = wait_takeover(dir, Duration::from_secs(20))
-                    .unwrap_or_else(|| panic!("no takeover after the disk was freed{}", logs(dir)));
+                let took = wait_takeover(dir, Duration::from_secs(20)).unwrap_or_else(|| {
+                    panic!("no takeover after the disk fault ended{}", logs(dir))
+                });
                 let served = wait_serving(lo(kp), None, spare.pid(), Duration::from_secs(20))
                     .unwrap_or_else(|e| panic!("{e}{}", logs(dir)));
                 let n = load.tally.lock().unwrap().acks.len();
@@ -1526,32 +1620,35 @@ fn s6_full_disk_on_the_spare_fails_writes_instead_of_losing_them() {
                 f.acked += tally.acks.len();
                 f.lost += lost_n;
                 f.windows += windows(&tally.acks, took);
-                killed_full = format!(
-                    "takeover while full: {early}; resumed {} ms after the space was freed",
+                killed_during = format!(
+                    "takeover during the fault: {early}; resumed {} ms after it ended",
                     (served.max(freed) - freed) / MS
                 );
+                if fault == DiskFault::Hung {
+                    assert!(!early, "took over with its disk hung{}", logs(dir));
+                }
                 assert_eq!(
                     lost_n,
                     0,
-                    "killed while full: acknowledged writes lost: {ex:?}{}",
+                    "killed during the fault: acknowledged writes lost: {ex:?}{}",
                     logs(dir)
                 );
             } else {
-                std::fs::remove_file(&filler).unwrap();
+                disk.clear();
                 // Replication resumes.
                 let t1 = Instant::now();
                 let resumed = loop {
-                    if let Some(a) = load.acks().iter().find(|a| a.sent > freed_at) {
+                    if let Some(a) = load.acks().iter().find(|a| a.sent > cleared_at) {
                         break a.got;
                     }
                     assert!(
                         t1.elapsed() < Duration::from_secs(10),
-                        "trial {trial}: no write acknowledged within 10 s of freeing the spare's disk{}",
+                        "trial {trial}: no write acknowledged within 10 s of the fault's end{}",
                         logs(dir)
                     );
                     std::thread::sleep(Duration::from_millis(10));
                 };
-                resume_ms = resume_ms.max((resumed - freed_at) as f64 / MS as f64);
+                resume_ms = resume_ms.max((resumed - cleared_at) as f64 / MS as f64);
                 std::thread::sleep(Duration::from_millis(500));
                 fail_over_and_check(
                     dir,
@@ -1561,19 +1658,33 @@ fn s6_full_disk_on_the_spare_fails_writes_instead_of_losing_them() {
                     None,
                     load,
                     &mut f,
-                    "full disk",
+                    scenario,
                 );
-                f.add_max("bytes_filled", filled as f64);
             }
+            f.add("fault", &what);
+            drop(_clear);
             drop(spare);
-            drop(mnt);
+            drop(disk);
         }
     }
-    f.add("acked_while_full", acked_full);
-    f.add("failed_while_full", failed_full);
-    f.add("resumed_after_free_ms", format!("{resume_ms:.0}"));
-    f.add("primary_killed_while_full", killed_full);
-    f.print("full_disk");
+    // Reads go on during the fault only if the spare kept answering heartbeats.
+    assert!(gets > 0, "{scenario}: no GET was served during the fault");
+    f.add("acked_during_fault", acked_during);
+    f.add("failed_during_fault", failed_during);
+    f.add("gets_served_during_fault", gets);
+    f.add("resumed_after_fault_ms", format!("{resume_ms:.0}"));
+    f.add("primary_killed_during_fault", killed_during);
+    f.print(scenario);
+}
+
+#[test]
+fn s6_full_disk_on_the_spare_fails_writes_instead_of_losing_them() {
+    disk_fault("full_disk", DiskFault::Full);
+}
+
+#[test]
+fn s6b_hung_disk_on_the_spare_fails_writes_and_keeps_the_lease() {
+    disk_fault("hung_disk", DiskFault::Hung);
 }
 
 // ---------------------------------------------------------------------------------------------

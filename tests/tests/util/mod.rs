@@ -344,6 +344,66 @@ impl Drop for Tmpfs {
     }
 }
 
+/// An ext4 file system on a loop device over a sparse file, mounted on `mnt`: a disk of our own
+/// that [`LoopExt4::freeze`] can make hang (`fsfreeze`: every write and `fsync` on it blocks
+/// until [`LoopExt4::thaw`], reads go on). Thawed, unmounted and detached when dropped.
+pub struct LoopExt4 {
+    pub mnt: PathBuf,
+    dev: String,
+}
+
+impl LoopExt4 {
+    /// A `size_mib` MiB file system backed by `backing` (created), mounted on `mnt` (created).
+    pub fn mount(backing: &Path, mnt: &Path, size_mib: u64) -> Result<LoopExt4, String> {
+        let f =
+            std::fs::File::create(backing).map_err(|e| format!("{}: {e}", backing.display()))?;
+        f.set_len(size_mib << 20)
+            .map_err(|e| format!("{}: {e}", backing.display()))?;
+        drop(f);
+        let o = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing)
+            .output()
+            .map_err(|e| format!("cannot run losetup: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "losetup failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let disk = LoopExt4 {
+            mnt: mnt.to_path_buf(),
+            dev,
+        };
+        std::fs::create_dir_all(mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
+        run_ok(&["mkfs.ext4", "-q", "-F", &disk.dev])?;
+        run_ok(&["mount", &disk.dev, &mnt.to_string_lossy()])?;
+        Ok(disk)
+    }
+
+    /// Makes every write to the file system block (`fsfreeze -f`).
+    pub fn freeze(&self) -> Result<(), String> {
+        run_ok(&["fsfreeze", "-f", &self.mnt.to_string_lossy()])
+    }
+
+    /// Lets blocked writes go on (`fsfreeze -u`).
+    pub fn thaw(&self) -> Result<(), String> {
+        run_ok(&["fsfreeze", "-u", &self.mnt.to_string_lossy()])
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = self.thaw();
+        let m = self.mnt.to_string_lossy().into_owned();
+        if run_ok(&["umount", &m]).is_err() {
+            let _ = run_ok(&["umount", "-l", &m]);
+        }
+        let _ = run_ok(&["losetup", "-d", &self.dev]);
+    }
+}
+
 /// Test hosts in network namespaces of our own: `A` at `NET.1`, `B` at `NET.2`, and `C` at
 /// `NET.3` holding the bridge they are all on (the client's host). Deleted when dropped.
 pub struct Lab {
