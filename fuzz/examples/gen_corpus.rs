@@ -110,6 +110,7 @@ fn wire(dir: &Path) {
             exe_id: [7; 32],
             pid: 42,
             lineage: LINEAGE_A,
+            ack: hotspare_proto::AckLevel::Received,
         },
         Msg::Status {
             term: 3,

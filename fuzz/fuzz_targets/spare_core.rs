@@ -3,24 +3,33 @@
 //! any term stamp (also arbitrary postcard bytes decoded as `Msg`), disk operations completed
 //! or failed, time advanced, timers fired. After every step the harness checks:
 //!
-//! * `Ack { seq }` is sent only for a `seq` whose `DiskDone::Persisted { Ok }` was fed, never
-//!   more often than it was fed, and only on a connection that sent that checkpoint's end;
+//! * `Ack { seq }` is sent only for a `seq` whose `DiskDone::Persisted { Ok }` or
+//!   `DiskDone::Verified` was fed, never more often than they were fed, and only on a
+//!   connection that sent that checkpoint's end;
 //! * `TakeOver` comes at most once, only for a term whose `TermSaved { Ok }` was fed;
 //! * the spare's term, and the term stamped on what it sends, never decrease.
 //!
 //! In the well-behaved mode (input flag bit 1 clear) the harness is a faithful driver: it
 //! completes disk operations one at a time in the order asked, with a model disk that
-//! validates chains as `hotspare::image` does, and closes connections when told to. Then it
-//! also checks what a correct spare guarantees a correct driver:
+//! validates chains as `hotspare::image` does, and closes connections when told to (a Persist
+//! whose stream validates is reported `Verified` first, as an intermediate report that leaves
+//! it at the head of the queue; a failure injected on its completion after that is a failure
+//! to make it durable). Then it also checks what a correct spare guarantees a correct driver:
 //!
+//! * an `Ack` is for a checkpoint durable on the model disk (of the connection's lineage), or
+//!   — only for a connection whose hello asked for `AckLevel::Received` — the one the running
+//!   Persist reported `Verified`;
 //! * the takeover is decided no sooner than `detection` after the last `HeartbeatAck` sent and
 //!   `startup_grace` after the start, with no disk operation outstanding and the data files at
 //!   the durable tip; it resumes that tip, and every checkpoint acknowledged since the image's
-//!   lineage last changed is in it; a lineage changes only with `accept_new_lineage`;
+//!   lineage last changed is in it (also those acknowledged on receipt whose persist then
+//!   failed: the spare must wait for a later checkpoint to cover them); a lineage changes only
+//!   with `accept_new_lineage`;
 //! * nothing is asked of the driver after `TakeOver` but closes;
 //! * every `HeartbeatAck` (a lease) is stamped with a term that is on disk;
 //! * liveness: once everything is healed, a spare with an image and no primary takes over
-//!   (unless it waits for a new lineage's first checkpoint, as it must) — also one recovered
+//!   (unless it waits for a new lineage's first checkpoint, or owes a checkpoint acknowledged
+//!   on receipt that failed to become durable, as it must) — also one recovered
 //!   with data files of another lineage than its tip.
 //!
 //! In the chaos mode (bit 1 set) the harness also feeds completions nobody asked for and keeps
@@ -36,7 +45,7 @@
 
 use hotspare_fuzz::Bytes;
 use hotspare_proto::spare::{ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig, Tip};
-use hotspare_proto::{Lineage, Msg, StreamHeader, Time};
+use hotspare_proto::{AckLevel, Lineage, Msg, StreamHeader, Time};
 use libfuzzer_sys::fuzz_target;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::OnceLock;
@@ -61,6 +70,8 @@ struct ModelDisk {
     applied: Option<(Lineage, u64)>,
     /// (header, lineage, term, still good)
     spool: Option<(StreamHeader, Lineage, u64, bool)>,
+    /// The Persist at the head of the queue was reported `Verified`: (seq, lineage).
+    verified: Option<(u64, Lineage)>,
 }
 
 impl ModelDisk {
@@ -91,6 +102,15 @@ struct World {
     queue: VecDeque<DiskOp>,
     disk: ModelDisk,
     persisted_ok: HashMap<u64, u32>,
+    /// How many times `Verified` was fed, per seq.
+    verified_fed: HashMap<u64, u32>,
+    /// The durability level each connection's hello asked for.
+    conn_ack: HashMap<ConnId, AckLevel>,
+    /// The running Persist was acknowledged on receipt: (lineage, seq).
+    receipt_acked: Option<(Lineage, u64)>,
+    /// Mirrors the spare's rule: acknowledged on receipt, then not made durable (per lineage,
+    /// the newest, oldest lineage first); no takeover until durable checkpoints cover them all.
+    owed: Vec<(Lineage, u64)>,
     acks: HashMap<u64, u32>,
     ends_sent: HashMap<(ConnId, u64), u32>,
     acks_on: HashMap<(ConnId, u64), u32>,
@@ -182,10 +202,11 @@ impl World {
                             *a += 1;
                             *a
                         };
-                        let ok = self.persisted_ok.get(&seq).copied().unwrap_or(0);
+                        let ok = self.persisted_ok.get(&seq).copied().unwrap_or(0)
+                            + self.verified_fed.get(&seq).copied().unwrap_or(0);
                         if a > ok {
                             self.fail(format!(
-                                "Ack {{ seq: {seq} }} #{a} but Persisted Ok fed {ok} times"
+                                "Ack {{ seq: {seq} }} #{a} but Persisted Ok or Verified fed {ok} times"
                             ));
                         }
                         let on = {
@@ -203,11 +224,24 @@ impl World {
                             let Some(&l) = self.conn_lineage.get(&c) else {
                                 self.fail(format!("Ack on {c:?}, which sent no hello"));
                             };
-                            let tip = self.disk.tip.expect("acked: persisted");
-                            if tip.lineage != l || tip.seq < seq {
-                                self.fail(format!(
-                                    "Ack {{ seq: {seq} }} of lineage {l:?}, the disk holds {tip:?}"
-                                ));
+                            let durable = self
+                                .disk
+                                .tip
+                                .is_some_and(|t| t.lineage == l && t.seq >= seq);
+                            if !durable {
+                                let level = self.conn_ack.get(&c).copied();
+                                if self.disk.verified != Some((seq, l)) {
+                                    self.fail(format!(
+                                        "Ack {{ seq: {seq} }} of lineage {l:?}, neither durable (the disk holds {:?}) nor verified ({:?})",
+                                        self.disk.tip, self.disk.verified
+                                    ));
+                                }
+                                if level != Some(AckLevel::Received) {
+                                    self.fail(format!(
+                                        "Ack {{ seq: {seq} }} before it was durable, on {c:?} which asked for {level:?}"
+                                    ));
+                                }
+                                self.receipt_acked = Some((l, seq));
                             }
                             self.acked.push((l, seq));
                         }
@@ -322,6 +356,27 @@ impl World {
 
     /// Completes the oldest disk operation as a faithful driver on the model disk would.
     fn complete(&mut self, fail: bool) {
+        // A Persist whose stream validates is reported `Verified` first (it stays at the head
+        // of the queue: the report does not end it); unless the injected failure hits the
+        // validation itself.
+        if let Some(DiskOp::Persist {
+            seq,
+            replace_lineage,
+        }) = self.queue.front().cloned()
+        {
+            let valid = self
+                .disk
+                .spool
+                .filter(|s| s.0.seq == seq)
+                .filter(|&(h, l, t, good)| good && self.disk.chains(h, l, t, replace_lineage));
+            if let Some((_, lineage, _, _)) =
+                valid.filter(|_| !fail && self.disk.verified.is_none())
+            {
+                self.disk.verified = Some((seq, lineage));
+                *self.verified_fed.entry(seq).or_default() += 1;
+                return self.feed_disk(DiskDone::Verified { seq });
+            }
+        }
         let Some(op) = self.queue.pop_front() else {
             return;
         };
@@ -372,6 +427,8 @@ impl World {
                 replace_lineage,
             } => {
                 let sp = self.disk.spool.take().filter(|s| s.0.seq == seq);
+                self.disk.verified = None;
+                let receipt = self.receipt_acked.take();
                 let ok = !fail
                     && sp.is_some_and(|(h, l, t, good)| {
                         good && self.disk.chains(h, l, t, replace_lineage)
@@ -384,19 +441,43 @@ impl World {
                             term,
                             exe_id: EXE,
                         };
-                        if self.disk.tip.is_some_and(|t| t.lineage != lineage) {
+                        // The lineage the spare protects (its tip's, or on an empty image the one
+                        // it owes a checkpoint) is replaced: deliberately (the harness checks
+                        // `replace_lineage` is only asked with `accept_new_lineage`).
+                        let protected = self
+                            .disk
+                            .tip
+                            .map(|t| t.lineage)
+                            .or(self.owed.last().map(|o| o.0));
+                        if protected.is_some_and(|l| l != lineage) {
                             self.acked.clear();
                         }
                         self.disk.tip = Some(tip);
+                        // Covered by a checkpoint of its lineage, or deliberately replaced.
+                        self.owed.retain(|&(l, s)| {
+                            if l == lineage {
+                                seq < s
+                            } else {
+                                !replace_lineage
+                            }
+                        });
                         DiskDone::Persisted {
                             seq,
                             result: Ok(tip),
                         }
                     }
-                    None => DiskDone::Persisted {
-                        seq,
-                        result: Err("refused by the disk".into()),
-                    },
+                    None => {
+                        if let Some((l, s)) = receipt.filter(|r| r.1 == seq) {
+                            match self.owed.iter_mut().find(|o| o.0 == l) {
+                                Some(o) => o.1 = o.1.max(s),
+                                None => self.owed.push((l, s)),
+                            }
+                        }
+                        DiskDone::Persisted {
+                            seq,
+                            result: Err("refused by the disk".into()),
+                        }
+                    }
                 }
             }
             DiskOp::Discard { seq } => {
@@ -459,16 +540,26 @@ impl World {
         match &m {
             Msg::EndStream { seq } => *self.ends_sent.entry((c, *seq)).or_default() += 1,
             Msg::Hello {
-                lineage, exe_id, ..
+                lineage,
+                exe_id,
+                ack,
+                ..
             } if first => {
                 self.conn_lineage.insert(c, *lineage);
+                self.conn_ack.insert(c, *ack);
                 // The spare's rule for the lineage it waits for: set by a hello it neither
-                // fences (older term) nor refuses (another executable).
-                if self.accept && term >= self.spare.term() && *exe_id == EXE {
-                    if let Some(t) = self.spare.tip() {
-                        if t.lineage != *lineage {
-                            self.adopting = Some(*lineage);
-                        }
+                // fences (older term) nor refuses (another executable than its tip's; with no
+                // tip any executable is admitted), of another lineage than the one it protects
+                // (its tip's, or the one it owes a checkpoint).
+                let same_exe = self.spare.tip().is_none_or(|t| t.exe_id == *exe_id);
+                if self.accept && term >= self.spare.term() && same_exe {
+                    let protected = self
+                        .spare
+                        .tip()
+                        .map(|t| t.lineage)
+                        .or(self.owed.last().map(|o| o.0));
+                    if protected.is_some_and(|p| p != *lineage) {
+                        self.adopting = Some(*lineage);
                     }
                 }
             }
@@ -580,8 +671,13 @@ fuzz_target!(|data: &[u8]| {
             tip,
             applied: tip.map(|_| (applied_lineage, applied)),
             spool: None,
+            verified: None,
         },
         persisted_ok: HashMap::new(),
+        verified_fed: HashMap::new(),
+        conn_ack: HashMap::new(),
+        receipt_acked: None,
+        owed: Vec::new(),
         acks: HashMap::new(),
         ends_sent: HashMap::new(),
         acks_on: HashMap::new(),
@@ -627,6 +723,11 @@ fuzz_target!(|data: &[u8]| {
                     exe_id: if x & 0x80 == 0 { EXE } else { [8; 32] },
                     pid: 1,
                     lineage: lineage(x),
+                    ack: if x & 0x40 == 0 {
+                        AckLevel::Fsynced
+                    } else {
+                        AckLevel::Received
+                    },
                 };
                 w.msg(c, term, m);
             }
@@ -709,7 +810,7 @@ fuzz_target!(|data: &[u8]| {
             14 => {
                 if w.chaos {
                     let seq = u64::from(b.u8());
-                    let done = match b.u8() % 8 {
+                    let done = match b.u8() % 9 {
                         0 => DiskDone::TermSaved {
                             term: u64::from(b.u8() % 10),
                             result: Ok(()),
@@ -737,6 +838,10 @@ fuzz_target!(|data: &[u8]| {
                         },
                         5 => DiskDone::Applied(Ok(seq)),
                         6 => DiskDone::Applied(Err("x".into())),
+                        7 => {
+                            *w.verified_fed.entry(seq).or_default() += 1;
+                            DiskDone::Verified { seq }
+                        }
                         _ => DiskDone::Discarded,
                     };
                     w.feed_disk(done);
@@ -772,14 +877,15 @@ fuzz_target!(|data: &[u8]| {
     while !w.queue.is_empty() {
         w.complete(false);
     }
-    let expect = w.disk.tip.is_some() && w.adopting.is_none();
+    let expect = w.disk.tip.is_some() && w.adopting.is_none() && w.owed.is_empty();
     if expect && w.takeovers == 0 {
         w.fail(format!(
-            "no takeover of a dead primary: tip {:?}, applied {:?}, spare outstanding {}, adopting {:?}",
+            "no takeover of a dead primary: tip {:?}, applied {:?}, spare outstanding {}, adopting {:?}, owed {:?}",
             w.disk.tip,
             w.disk.applied,
             w.spare.disk_outstanding(),
-            w.adopting
+            w.adopting,
+            w.owed
         ));
     }
 });

@@ -23,8 +23,10 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: [u8; 4] = *b"HSRP";
-/// Protocol version (2: lineage, heartbeat ids, stream headers).
-pub const VERSION: u8 = 2;
+/// Protocol version (2: lineage, heartbeat ids, stream headers; 3: the durability level in
+/// `Hello`, so a primary of version 2 is refused at its first bytes instead of failing to
+/// decode its hello).
+pub const VERSION: u8 = 3;
 /// Largest message accepted (stream chunks are at most 1 MiB + framing).
 pub const MAX_MESSAGE: u32 = 4 << 20;
 /// Bytes the primary sends first.

@@ -23,5 +23,5 @@ pub mod sim;
 pub mod spare;
 pub mod time;
 
-pub use msg::{Lineage, Msg, StreamHeader};
+pub use msg::{AckLevel, Lineage, Msg, StreamHeader, UnknownAckLevel};
 pub use time::Time;

@@ -18,6 +18,56 @@ pub struct StreamHeader {
     pub base_seq: u64,
 }
 
+/// When the spare acknowledges a checkpoint: the primary's choice of durability, stated in its
+/// [`Msg::Hello`]. Either way the spare first validates the whole stream (every CRC, the chain
+/// onto its durable or queued tip, the declared header, executable, lineage and term), so it
+/// never acknowledges what it will not apply; the levels differ in what the acknowledgement
+/// survives (`docs/replication.md`, "Durability levels").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckLevel {
+    /// On receipt: as soon as the spare holds the whole stream validated, before its `fsync`.
+    /// Survives the death of either machine, not of both at once (nor a spare crash followed
+    /// by the primary's death before the next full checkpoint reached the restarted spare).
+    Received,
+    /// After `fsync`: once the stream is durable on the spare's disk. Also survives both
+    /// machines losing power.
+    #[default]
+    Fsynced,
+}
+
+impl AckLevel {
+    /// The name used in configuration and status files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckLevel::Received => "received",
+            AckLevel::Fsynced => "fsynced",
+        }
+    }
+}
+
+impl std::fmt::Display for AckLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A durability level that is neither `received` nor `fsynced`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown durability level '{0}' (received, fsynced)")]
+pub struct UnknownAckLevel(pub String);
+
+impl std::str::FromStr for AckLevel {
+    type Err = UnknownAckLevel;
+    fn from_str(s: &str) -> Result<AckLevel, UnknownAckLevel> {
+        match s {
+            "received" => Ok(AckLevel::Received),
+            "fsynced" => Ok(AckLevel::Fsynced),
+            other => Err(UnknownAckLevel(other.to_string())),
+        }
+    }
+}
+
 /// The messages of the replication protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
@@ -29,6 +79,8 @@ pub enum Msg {
         pid: u32,
         /// Its lineage.
         lineage: Lineage,
+        /// When it wants its checkpoints acknowledged.
+        ack: AckLevel,
     },
     /// Spare → primary: the spare's image (reply to Hello and to StatusRequest).
     Status {
@@ -59,7 +111,8 @@ pub enum Msg {
         /// The checkpoint.
         seq: u64,
     },
-    /// Spare → primary: checkpoint `seq` is durable on the spare.
+    /// Spare → primary: checkpoint `seq` is validated on the spare and, at the primary's
+    /// [`AckLevel`], either held by it (`Received`) or durable on its disk (`Fsynced`).
     Ack {
         /// The checkpoint.
         seq: u64,

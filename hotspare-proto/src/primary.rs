@@ -13,7 +13,7 @@
 //! clear it, so a thread that is blocked (or a process that is stopped) cannot leave it set.
 
 use crate::lease;
-use crate::msg::{Lineage, Msg, StreamHeader};
+use crate::msg::{AckLevel, Lineage, Msg, StreamHeader};
 use crate::time::Time;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -42,6 +42,8 @@ pub struct LinkConfig {
     pub exe_id: [u8; 32],
     /// Our pid.
     pub pid: u32,
+    /// When the spare is to acknowledge our checkpoints (stated in every hello).
+    pub ack: AckLevel,
 }
 
 /// What the driver or the application must learn.
@@ -58,7 +60,7 @@ pub enum Event {
         /// The spare's durable sequence.
         spare_seq: u64,
     },
-    /// A checkpoint is durable on the spare, or failed.
+    /// A checkpoint is acknowledged by the spare (at the configured [`AckLevel`]), or failed.
     Done {
         /// The checkpoint.
         seq: u64,
@@ -181,6 +183,7 @@ impl Link {
             exe_id: self.cfg.exe_id,
             pid: self.cfg.pid,
             lineage: self.cfg.lineage,
+            ack: self.cfg.ack,
         });
     }
 
@@ -425,5 +428,10 @@ impl Link {
     /// Our term.
     pub fn term(&self) -> u64 {
         self.cfg.term
+    }
+
+    /// The durability level our hello asks for.
+    pub fn ack_level(&self) -> AckLevel {
+        self.cfg.ack
     }
 }

@@ -8,7 +8,7 @@ use hotspare_proto::codec::{
 };
 use hotspare_proto::primary::{Event, Link, LinkConfig};
 use hotspare_proto::spare::{ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig, Tip};
-use hotspare_proto::{Lineage, Msg, StreamHeader, Time};
+use hotspare_proto::{AckLevel, Lineage, Msg, StreamHeader, Time};
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
@@ -45,6 +45,7 @@ fn link_cfg(term: u64, lineage: Lineage) -> LinkConfig {
         lineage,
         exe_id: EXE,
         pid: 4242,
+        ack: AckLevel::Fsynced,
     }
 }
 
@@ -120,10 +121,15 @@ fn takeover(out: &[Output]) -> Option<(u64, u64)> {
 }
 
 fn hello(lineage: Lineage) -> Msg {
+    hello_at(lineage, AckLevel::Fsynced)
+}
+
+fn hello_at(lineage: Lineage, ack: AckLevel) -> Msg {
     Msg::Hello {
         exe_id: EXE,
         pid: 4242,
         lineage,
+        ack,
     }
 }
 
@@ -225,6 +231,11 @@ fn complete_all(
                 }
                 DiskOp::Persist { seq, .. } => {
                     applied = applied.max(seq);
+                    // As a driver does: validated first, then durable.
+                    s.handle_disk(now, DiskDone::Verified { seq });
+                    let out = drain(s);
+                    ops.extend(disk_ops(&out));
+                    all.extend(out);
                     DiskDone::Persisted {
                         seq,
                         result: Ok(tip(lineage, seq, term)),
@@ -1244,7 +1255,9 @@ fn g_garbage_magic_is_refused_after_five_bytes() {
         &b"GET / HTTP/1.1\r\n"[..],
         &b"HSRQ\x02"[..],
         &[b'H', b'S', b'R', b'P', 1][..],
-        &[b'H', b'S', b'R', b'P', 3][..],
+        // The previous version (its hello has no durability level) and the next one.
+        &[b'H', b'S', b'R', b'P', hotspare_proto::codec::VERSION - 1][..],
+        &[b'H', b'S', b'R', b'P', hotspare_proto::codec::VERSION + 1][..],
         &[0u8; 8][..],
     ] {
         let mut s = ServerHandshake::new(&key(), [2; 32]);
@@ -1366,5 +1379,436 @@ fn d_a_term_that_changes_on_a_connection_closes_it() {
             .iter()
             .any(|(_, m)| matches!(m, Msg::HeartbeatAck { .. })),
         "a lease was granted on the changed term: {out:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// h. Durability levels
+// ---------------------------------------------------------------------------------------------
+
+/// A spare with an image of OLD at 5 (term 1), a primary of `ack` admitted on `c`, and
+/// checkpoint 6 on 5 streamed with its spool operations answered: only the Persist is left.
+fn spare_with_persist_running(ack: AckLevel, c: ConnId) -> Spare {
+    let term = 1;
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    s.handle_open(at(0), c);
+    s.handle_msg(at(0), c, term, hello_at(OLD, ack));
+    drain(&mut s);
+    assert_eq!(s.primary_ack(), Some(ack));
+    let out = stream(&mut s, at(1), c, term, header(6, 5));
+    assert!(sent(&out, c).is_empty(), "answered before the disk spoke");
+    for op in disk_ops(&out) {
+        if !matches!(op, DiskOp::Persist { .. }) {
+            s.handle_disk(at(2), DiskDone::Discarded);
+        }
+    }
+    assert!(sent(&drain(&mut s), c).is_empty());
+    assert_eq!(s.disk_outstanding(), 1, "the Persist is running");
+    s
+}
+
+fn acks(out: &[Output], c: ConnId) -> Vec<u64> {
+    sent(out, c)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Msg::Ack { seq } => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The primary states its level in its hello.
+#[test]
+fn h_the_hello_carries_the_durability_level() {
+    for ack in [AckLevel::Received, AckLevel::Fsynced] {
+        let mut cfg = link_cfg(1, OLD);
+        cfg.ack = ack;
+        let mut l = Link::new(cfg, at(0));
+        l.handle_timeout(at(0));
+        assert_eq!(events(&mut l), vec![Event::Connect]);
+        l.handle_connected(at(0));
+        assert_eq!(transmit(&mut l), vec![hello_at(OLD, ack)]);
+    }
+    assert_eq!("received".parse(), Ok(AckLevel::Received));
+    assert_eq!("fsynced".parse(), Ok(AckLevel::Fsynced));
+    assert!("fsync".parse::<AckLevel>().is_err());
+    assert_eq!(AckLevel::default(), AckLevel::Fsynced);
+}
+
+/// Guards against an acknowledgement on receipt that waits for the fsync anyway (or that does
+/// not come at all): with `Received` the Ack comes on `Verified`, before `Persisted`, exactly
+/// once; `Verified` does not end the operation, so no takeover is judged until `Persisted`.
+#[test]
+fn h_received_is_acknowledged_on_verified_before_persisted() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_persist_running(AckLevel::Received, c);
+    s.handle_disk(at(3), DiskDone::Verified { seq: 6 });
+    let out = drain(&mut s);
+    assert_eq!(acks(&out, c), vec![6], "{out:?}");
+    assert_eq!(s.disk_outstanding(), 1, "Verified ended the Persist");
+    assert_eq!(s.tip(), Some(tip(OLD, 5, term)), "not durable yet");
+    // A duplicated report acknowledges nothing more.
+    s.handle_disk(at(3), DiskDone::Verified { seq: 6 });
+    assert!(acks(&drain(&mut s), c).is_empty());
+    // The primary dies between Verified and Persisted: no takeover while the Persist runs,
+    // however long it takes (the acknowledged checkpoint would not be in the image).
+    s.handle_closed(at(4), c, "primary died");
+    drain(&mut s);
+    for t in [GRACE_MS, 1_000, 10_000] {
+        s.handle_timeout(at(t));
+        assert!(disk_ops(&drain(&mut s)).is_empty(), "takeover at {t} ms");
+    }
+    // Durable: the tip moves, no second Ack, then the apply and the takeover at 6.
+    s.handle_disk(
+        at(10_001),
+        DiskDone::Persisted {
+            seq: 6,
+            result: Ok(tip(OLD, 6, term)),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(acks(&out, c).is_empty(), "acknowledged twice: {out:?}");
+    assert_eq!(s.tip(), Some(tip(OLD, 6, term)));
+    assert_eq!(disk_ops(&out), vec![DiskOp::Apply]);
+    s.handle_disk(at(10_002), DiskDone::Applied(Ok(6)));
+    drain(&mut s);
+    s.handle_timeout(at(10_003));
+    let ops = disk_ops(&drain(&mut s));
+    assert_eq!(ops, vec![DiskOp::SaveTerm(term + 1)]);
+    let out = complete_all(&mut s, at(10_004), ops, OLD, term);
+    assert_eq!(takeover(&out), Some((term + 1, 6)));
+
+    // And the primary counts the Ack as its checkpoint done.
+    let mut cfg = link_cfg(term, OLD);
+    cfg.ack = AckLevel::Received;
+    let mut l = link_up(cfg, at(0), term, ms(DETECTION_MS));
+    l.start_checkpoint(at(1), header(1, 0)).expect("up");
+    l.end_checkpoint(at(1), 1);
+    transmit(&mut l);
+    l.handle_msg(at(2), term, Msg::Ack { seq: 1 });
+    assert_eq!(
+        events(&mut l),
+        vec![Event::Done {
+            seq: 1,
+            result: Ok(())
+        }]
+    );
+}
+
+/// Guards against `Fsynced` (the default) degrading to acknowledgement on receipt: `Verified`
+/// acknowledges nothing; the Ack comes with `Persisted { Ok }`.
+#[test]
+fn h_fsynced_is_acknowledged_only_after_persisted() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_persist_running(AckLevel::Fsynced, c);
+    s.handle_disk(at(3), DiskDone::Verified { seq: 6 });
+    let out = drain(&mut s);
+    assert!(acks(&out, c).is_empty(), "acked before the fsync: {out:?}");
+    assert_eq!(s.disk_outstanding(), 1);
+    s.handle_disk(
+        at(4),
+        DiskDone::Persisted {
+            seq: 6,
+            result: Ok(tip(OLD, 6, term)),
+        },
+    );
+    assert_eq!(acks(&drain(&mut s), c), vec![6]);
+    assert_eq!(s.disk_outstanding(), 1, "the Apply asked for");
+}
+
+/// Guards against a receipt Ack whose stream then fails to become durable being forgotten:
+/// the spare must close the primary's connection (so the primary fails what is in flight and
+/// sends a full checkpoint when it reconnects), must not Nack what it acknowledged, and must
+/// not take over an image lacking it while it is alive — until a later checkpoint of that
+/// lineage is durable.
+#[test]
+fn h_a_failed_fsync_after_a_receipt_ack_closes_the_connection_and_holds_the_takeover() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_persist_running(AckLevel::Received, c);
+    s.handle_disk(at(3), DiskDone::Verified { seq: 6 });
+    assert_eq!(acks(&drain(&mut s), c), vec![6]);
+    s.handle_disk(
+        at(4),
+        DiskDone::Persisted {
+            seq: 6,
+            result: Err("Input/output error (os error 5)".into()),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(closed(&out, c), "connection kept: {out:?}");
+    assert!(!s.has_primary());
+    assert!(
+        sent(&out, c).is_empty(),
+        "a Nack or Ack after a receipt Ack: {out:?}"
+    );
+    // One clear line: the reason the driver logs with the close (no second line saying the
+    // same thing).
+    let lines: Vec<&String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Log(l) | Output::Close(_, l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("checkpoint 6 was acknowledged on receipt but could not be made durable")
+            && lines[0].contains("Input/output error"),
+        "{lines:?}"
+    );
+    assert_eq!(s.acked_not_durable(), Some(6));
+    assert_eq!(s.disk_outstanding(), 0);
+    // The primary's side: the Ack counted; the close fails the next checkpoint in flight and
+    // the checkpoint after the reconnect is full.
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert!(l.take_needs_full());
+    l.start_checkpoint(at(1), header(6, 5)).expect("up");
+    l.end_checkpoint(at(1), 6);
+    l.start_checkpoint(at(1), header(7, 6)).expect("up");
+    transmit(&mut l);
+    l.handle_msg(at(2), term, Msg::Ack { seq: 6 });
+    l.handle_disconnected(at(3), "closed by the spare");
+    let ev = events(&mut l);
+    assert!(
+        ev.contains(&Event::Done {
+            seq: 6,
+            result: Ok(())
+        }) && ev.iter().any(|e| matches!(
+            e,
+            Event::Done {
+                seq: 7,
+                result: Err(_)
+            }
+        )),
+        "{ev:?}"
+    );
+    assert!(l.take_needs_full());
+
+    // No takeover however long the primary is silent (its checkpoint 6 is not here), and no
+    // timer left that would make the driver spin on it.
+    for t in [GRACE_MS, 1_000, 10_000] {
+        s.handle_timeout(at(t));
+        let out = drain(&mut s);
+        assert!(disk_ops(&out).is_empty(), "took over without 6: {out:?}");
+        assert!(s.poll_timeout().is_none_or(|x| x > at(t)));
+    }
+    // On the still empty-of-6 image, a primary of another lineage is refused as usual.
+    let other = ConnId(2);
+    let out = connect(&mut s, at(10_001), other, term, NEW);
+    assert!(closed(&out, other) && !s.has_primary());
+    // The primary reconnects and sends a full checkpoint 7: durable, the hold is released,
+    // and a takeover of the dead primary follows.
+    let c2 = ConnId(3);
+    s.handle_open(at(10_002), c2);
+    s.handle_msg(at(10_002), c2, term, hello_at(OLD, AckLevel::Received));
+    drain(&mut s);
+    let out = stream(&mut s, at(10_003), c2, term, header(7, 0));
+    let done = complete_all(&mut s, at(10_004), disk_ops(&out), OLD, term);
+    assert_eq!(acks(&done, c2), vec![7]);
+    assert_eq!(s.acked_not_durable(), None);
+    s.handle_closed(at(10_005), c2, "primary died");
+    drain(&mut s);
+    s.handle_timeout(at(20_000));
+    let ops = disk_ops(&drain(&mut s));
+    assert_eq!(ops, vec![DiskOp::SaveTerm(term + 1)]);
+    let out = complete_all(&mut s, at(20_001), ops, OLD, term);
+    assert_eq!(takeover(&out), Some((term + 1, 7)));
+}
+
+/// Guards against acknowledging on receipt what will not be applied: a stream that fails
+/// validation gets no `Verified`, so no Ack — a Nack — and the connection stays; a stream that
+/// cannot chain is refused before the disk is asked, whatever the level.
+#[test]
+fn h_no_receipt_ack_for_a_stream_that_fails_validation() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_persist_running(AckLevel::Received, c);
+    s.handle_disk(
+        at(3),
+        DiskDone::Persisted {
+            seq: 6,
+            result: Err("wal/6.tmp: CRC mismatch at offset 4096".into()),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(acks(&out, c).is_empty(), "{out:?}");
+    assert!(matches!(
+        &sent(&out, c)[..],
+        [(_, Msg::Nack { seq: 6, .. })]
+    ));
+    assert!(!closed(&out, c) && s.has_primary());
+    assert_eq!(s.acked_not_durable(), None, "nothing was acknowledged");
+    // Refused at its start (base 6 was never durable): no disk work, a Nack, no Ack.
+    let out = stream(&mut s, at(4), c, term, header(7, 6));
+    assert!(!disk_ops(&out)
+        .iter()
+        .any(|o| matches!(o, DiskOp::Persist { .. })));
+    assert!(matches!(
+        &sent(&out, c)[..],
+        [(_, Msg::Nack { seq: 7, .. })]
+    ));
+    // A Verified nobody asked for (no such Persist) acknowledges nothing either.
+    s.handle_disk(at(5), DiskDone::Verified { seq: 7 });
+    assert!(acks(&drain(&mut s), c).is_empty());
+    // Positive control: the next stream that validates is acknowledged on Verified.
+    let out = stream(&mut s, at(6), c, term, header(7, 5));
+    for op in disk_ops(&out) {
+        if !matches!(op, DiskOp::Persist { .. }) {
+            s.handle_disk(at(7), DiskDone::Discarded);
+        }
+    }
+    s.handle_disk(at(8), DiskDone::Verified { seq: 7 });
+    assert_eq!(acks(&drain(&mut s), c), vec![7]);
+}
+
+/// Guards against a receipt Ack reaching a connection that is no longer the primary's (a
+/// reconnect replaced it): the new session starts with a full checkpoint anyway.
+#[test]
+fn h_no_receipt_ack_on_a_replaced_connection() {
+    let (c, term) = (ConnId(1), 1);
+    let mut s = spare_with_persist_running(AckLevel::Received, c);
+    let c2 = ConnId(2);
+    s.handle_open(at(3), c2);
+    s.handle_msg(at(3), c2, term, hello_at(OLD, AckLevel::Received));
+    drain(&mut s);
+    s.handle_disk(at(4), DiskDone::Verified { seq: 6 });
+    let out = drain(&mut s);
+    assert!(
+        acks(&out, c).is_empty() && acks(&out, c2).is_empty(),
+        "{out:?}"
+    );
+    // It fails to become durable: nothing was acknowledged, so nothing is owed or closed.
+    s.handle_disk(
+        at(5),
+        DiskDone::Persisted {
+            seq: 6,
+            result: Err("No space left on device (os error 28)".into()),
+        },
+    );
+    let out = drain(&mut s);
+    assert!(!closed(&out, c2) && s.has_primary(), "{out:?}");
+    assert_eq!(s.acked_not_durable(), None);
+}
+
+/// Guards against forgetting a receipt Ack of a new lineage when the old lineage's primary
+/// comes back (found by the `spare_core` fuzzer): the replacement is abandoned and the image
+/// moves on in its old lineage, but the new lineage's primary was told its checkpoint is safe.
+/// A live spare must not take over without it; only a deliberate replacement of the lineage it
+/// is owed to (or a checkpoint of that lineage) releases the hold.
+#[test]
+fn h_a_receipt_ack_of_a_new_lineage_is_not_forgotten_when_the_old_lineage_returns() {
+    let term = 1;
+    let mut s = spare_with_image(spare_cfg(true), OLD, 5, term, at(0));
+    // The new lineage's primary: full checkpoint 1 (a replacement), acknowledged on receipt,
+    // then its fsync fails.
+    let (n, o) = (ConnId(1), ConnId(2));
+    s.handle_open(at(0), n);
+    s.handle_msg(at(0), n, term, hello_at(NEW, AckLevel::Received));
+    drain(&mut s);
+    let out = stream(&mut s, at(1), n, term, header(1, 0));
+    assert!(disk_ops(&out).contains(&DiskOp::Persist {
+        seq: 1,
+        replace_lineage: true
+    }));
+    for op in disk_ops(&out) {
+        if !matches!(op, DiskOp::Persist { .. }) {
+            s.handle_disk(at(2), DiskDone::Discarded);
+        }
+    }
+    s.handle_disk(at(3), DiskDone::Verified { seq: 1 });
+    assert_eq!(acks(&drain(&mut s), n), vec![1]);
+    s.handle_disk(
+        at(4),
+        DiskDone::Persisted {
+            seq: 1,
+            result: Err("Input/output error (os error 5)".into()),
+        },
+    );
+    drain(&mut s);
+    assert_eq!(s.acked_not_durable(), Some(1));
+    // The old lineage's primary returns and checkpoints 6 on 5: durable, but it does not cover
+    // the new lineage's checkpoint.
+    s.handle_open(at(5), o);
+    s.handle_msg(at(5), o, term, hello_at(OLD, AckLevel::Fsynced));
+    drain(&mut s);
+    let out = stream(&mut s, at(6), o, term, header(6, 5));
+    let done = complete_all(&mut s, at(7), disk_ops(&out), OLD, term);
+    assert_eq!(acks(&done, o), vec![6]);
+    assert_eq!(s.tip(), Some(tip(OLD, 6, term)));
+    assert_eq!(s.acked_not_durable(), Some(1), "forgotten");
+    s.handle_closed(at(8), o, "both primaries died");
+    drain(&mut s);
+    for t in [GRACE_MS, 1_000, 10_000] {
+        s.handle_timeout(at(t));
+        let out = drain(&mut s);
+        assert!(disk_ops(&out).is_empty(), "took over without it: {out:?}");
+    }
+    // The new lineage's primary reconnects and its full checkpoint 2 replaces the image: the
+    // hold is released and the takeover follows, at that checkpoint.
+    let n2 = ConnId(3);
+    s.handle_open(at(10_001), n2);
+    s.handle_msg(at(10_001), n2, term, hello_at(NEW, AckLevel::Received));
+    drain(&mut s);
+    let out = stream(&mut s, at(10_002), n2, term, header(2, 0));
+    let done = complete_all(&mut s, at(10_003), disk_ops(&out), NEW, term);
+    assert_eq!(acks(&done, n2), vec![2]);
+    assert_eq!(s.acked_not_durable(), None);
+    s.handle_closed(at(10_004), n2, "primary died");
+    drain(&mut s);
+    s.handle_timeout(at(20_000));
+    let ops = disk_ops(&drain(&mut s));
+    assert_eq!(ops, vec![DiskOp::SaveTerm(term + 1)]);
+    let out = complete_all(&mut s, at(20_001), ops, NEW, term);
+    assert_eq!(takeover(&out), Some((term + 1, 2)));
+}
+
+/// Guards against one owed checkpoint overwriting another (found by the `spare_core` fuzzer):
+/// a new lineage's receipt-acked checkpoint fails to become durable, then so does one of the old
+/// lineage's; the old lineage's next checkpoint covers its own loss, not the new lineage's.
+#[test]
+fn h_owed_checkpoints_of_two_lineages_are_both_kept() {
+    let term = 1;
+    let mut s = spare_with_image(spare_cfg(true), OLD, 5, term, at(0));
+    // Streams `h` from a Received primary of `lineage` on `c` and fails its fsync after the
+    // receipt Ack.
+    let fail_after_ack = |s: &mut Spare, c: ConnId, lineage: Lineage, h: StreamHeader, t: u64| {
+        s.handle_open(at(t), c);
+        s.handle_msg(at(t), c, term, hello_at(lineage, AckLevel::Received));
+        drain(s);
+        let out = stream(s, at(t), c, term, h);
+        for op in disk_ops(&out) {
+            if !matches!(op, DiskOp::Persist { .. }) {
+                s.handle_disk(at(t), DiskDone::Discarded);
+            }
+        }
+        s.handle_disk(at(t), DiskDone::Verified { seq: h.seq });
+        assert_eq!(acks(&drain(s), c), vec![h.seq]);
+        s.handle_disk(
+            at(t),
+            DiskDone::Persisted {
+                seq: h.seq,
+                result: Err("No space left on device (os error 28)".into()),
+            },
+        );
+        assert!(closed(&drain(s), c));
+    };
+    fail_after_ack(&mut s, ConnId(1), NEW, header(9, 0), 1);
+    fail_after_ack(&mut s, ConnId(2), OLD, header(6, 5), 2);
+    assert_eq!(s.acked_not_durable(), Some(9));
+    // The old lineage's full checkpoint 7 is durable: its own loss is covered, not NEW's 9.
+    let c = ConnId(3);
+    s.handle_open(at(3), c);
+    s.handle_msg(at(3), c, term, hello_at(OLD, AckLevel::Received));
+    drain(&mut s);
+    let out = stream(&mut s, at(3), c, term, header(7, 0));
+    complete_all(&mut s, at(3), disk_ops(&out), OLD, term);
+    assert_eq!(s.tip(), Some(tip(OLD, 7, term)));
+    assert_eq!(s.acked_not_durable(), Some(9));
+    s.handle_closed(at(4), c, "primary died");
+    drain(&mut s);
+    s.handle_timeout(at(10_000));
+    let out = drain(&mut s);
+    assert!(
+        disk_ops(&out).is_empty(),
+        "took over without NEW's 9: {out:?}"
     );
 }

@@ -1,6 +1,8 @@
 //! The deterministic simulator over a bounded number of seeds (CI). More:
 //! `cargo run --release -p hotspare-proto --bin hotspare-sim -- --seeds 1000000`.
 
+use hotspare_proto::AckLevel;
+
 #[test]
 fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
     let n: u64 = std::env::var("HOTSPARE_SIM_SEEDS")
@@ -13,12 +15,17 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
         .map_or(0, |d| d.as_secs() / 86_400 * n);
     let mut failed = Vec::new();
     let (mut acked, mut takeovers) = (0u64, 0u64);
+    // Per durability level: scenarios, and checkpoints acknowledged.
+    let mut per_level = [(0u64, 0u64); 2];
     for seed in from..from + n {
         let r = hotspare_proto::sim::run(seed);
         acked += r.acked;
         takeovers += u64::from(r.takeovers);
+        let l = &mut per_level[usize::from(r.ack == AckLevel::Received)];
+        l.0 += 1;
+        l.1 += r.acked;
         if !r.violations.is_empty() {
-            eprintln!("--- seed {seed}: last steps ---");
+            eprintln!("--- seed {seed} ({}): last steps ---", r.ack);
             for l in r.trace.iter().rev().take(30).rev() {
                 eprintln!("{l}");
             }
@@ -26,7 +33,8 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
         }
     }
     eprintln!(
-        "{n} scenarios from seed {from}: {acked} checkpoints acknowledged, {takeovers} takeovers"
+        "{n} scenarios from seed {from}: {acked} checkpoints acknowledged, {takeovers} takeovers; fsynced {:?}, received {:?} (scenarios, acknowledged)",
+        per_level[0], per_level[1]
     );
     assert!(
         failed.is_empty(),
@@ -38,14 +46,27 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
         "the scenarios must acknowledge checkpoints to test anything"
     );
     assert!(takeovers > n / 2, "most scenarios must end in a takeover");
+    for (name, (scenarios, acks)) in ["fsynced", "received"].iter().zip(per_level) {
+        assert!(
+            scenarios > n / 4 && acks > scenarios,
+            "the {name} level must be exercised: {scenarios} scenarios, {acks} acknowledged"
+        );
+    }
 }
 
 /// Seeds that once failed, kept as regressions: a late hello of a dead primary's lineage made
 /// the spare "adopt" it again after the image had moved on, and no takeover ever followed.
+/// Both durability levels run them (a seed's own draws were made before levels existed).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [1_152_808, 1_253_665, 1_263_698] {
-        let r = hotspare_proto::sim::run(seed);
-        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        for level in [AckLevel::Fsynced, AckLevel::Received] {
+            let r = hotspare_proto::sim::run_with(seed, level);
+            assert!(
+                r.violations.is_empty(),
+                "seed {seed} ({level}): {:?}",
+                r.violations
+            );
+        }
     }
 }

@@ -497,6 +497,7 @@ impl Sink {
             term: config.term,
             exe_id: exe.0,
             status_file: Some(image.path().join("status")),
+            ack: config.durability,
         })
         .map_err(|e| Error::Config(format!("starting the link to the spare: {e}")))?;
         Ok(Sink::Remote {

@@ -15,6 +15,7 @@
 //! | `lease_ms` | `HOTSPARE_LEASE_MS` | `40` (below the spare's default 5 × 10 ms detection) |
 //! | `on_fence` | `HOTSPARE_ON_FENCE` | `report` (`exit`: stop serving when fenced) |
 //! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails) |
+//! | `durability` | `HOTSPARE_DURABILITY` | `fsynced`: the spare acknowledges after its `fsync`; `received`: as soon as it holds the stream validated (survives either machine dying, not both; `docs/replication.md`). Without `spare` the level is `local` |
 //!
 //! Resume is chosen by `HOTSPARE_RESUME=<image dir>` (see [`crate::HotSpare`]).
 
@@ -79,6 +80,12 @@ pub struct Config {
     /// A checkpoint the spare has not acknowledged this long after its last byte fails (a
     /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever).
     pub ack_timeout_ms: u64,
+    /// When the spare acknowledges a checkpoint (so when `wait_durable` returns): after its
+    /// `fsync` (`fsynced`, the default: the checkpoint survives both machines losing power) or
+    /// as soon as it holds the whole stream validated (`received`: one network round trip and
+    /// no disk wait; survives the death of either machine, not of both). Only used with
+    /// `spare`; see [`Config::durability_level`].
+    pub durability: hotspare_proto::AckLevel,
 }
 
 impl Default for Config {
@@ -96,6 +103,7 @@ impl Default for Config {
             lease_ms: 40,
             on_fence: "report".into(),
             ack_timeout_ms: 5000,
+            durability: hotspare_proto::AckLevel::Fsynced,
         }
     }
 }
@@ -119,7 +127,24 @@ pub fn parse_size(s: &str) -> Result<usize> {
         .ok_or_else(bad)
 }
 
+/// Parses a durability level (`received`, `fsynced`) as `HOTSPARE_DURABILITY` gives it.
+pub fn parse_durability(s: &str) -> Result<hotspare_proto::AckLevel> {
+    s.trim()
+        .parse()
+        .map_err(|e| Error::Config(format!("HOTSPARE_DURABILITY: {e}")))
+}
+
 impl Config {
+    /// The durability a checkpoint has once `wait_durable` returns, by name: `fsynced` or
+    /// `received` (acknowledged by the spare, see [`Config::durability`]), or `local` when no
+    /// spare is configured (applied to `image_dir` and `fsync`ed here).
+    pub fn durability_level(&self) -> &'static str {
+        match self.spare {
+            Some(_) => self.durability.as_str(),
+            None => "local",
+        }
+    }
+
     /// Defaults, then the TOML file named by `HOTSPARE_CONFIG` (if set), then the environment.
     pub fn load() -> Result<Config> {
         let base = match std::env::var_os("HOTSPARE_CONFIG") {
@@ -176,6 +201,9 @@ impl Config {
                 .parse()
                 .map_err(|_| Error::Config(format!("bad HOTSPARE_ACK_TIMEOUT_MS '{v}'")))?;
         }
+        if let Some(v) = var("HOTSPARE_DURABILITY") {
+            self.durability = parse_durability(&v)?;
+        }
         if let Some(v) = var("HOTSPARE_ON_FENCE") {
             self.on_fence = v;
         }
@@ -185,5 +213,40 @@ impl Config {
                 .map_err(|_| Error::Config(format!("bad HOTSPARE_TERM '{v}'")))?;
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotspare_proto::AckLevel;
+
+    #[test]
+    fn durability_defaults_to_fsynced_and_is_local_without_a_spare() {
+        let c = Config::default();
+        assert_eq!(c.durability, AckLevel::Fsynced);
+        assert_eq!(c.durability_level(), "local");
+        let c = Config {
+            spare: Some("10.0.0.2:7070".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.durability_level(), "fsynced");
+    }
+
+    #[test]
+    fn durability_from_toml_and_environment_values() {
+        let c: Config =
+            toml::from_str("durability = \"received\"\nspare = \"s:1\"").expect("valid");
+        assert_eq!(c.durability, AckLevel::Received);
+        assert_eq!(c.durability_level(), "received");
+        let c: Config = toml::from_str("durability = \"fsynced\"").expect("valid");
+        assert_eq!(c.durability, AckLevel::Fsynced);
+        assert!(toml::from_str::<Config>("durability = \"fsync\"").is_err());
+        assert_eq!(parse_durability("received").ok(), Some(AckLevel::Received));
+        assert_eq!(parse_durability(" fsynced ").ok(), Some(AckLevel::Fsynced));
+        match parse_durability("local") {
+            Err(Error::Config(m)) => assert!(m.contains("local") && m.contains("received"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

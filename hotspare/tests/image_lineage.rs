@@ -342,3 +342,52 @@ fn the_persister_accepts_exactly_what_the_applier_applies() {
         "{accepted} accepted, {refused} refused"
     );
 }
+
+/// Guards against an acknowledgement on receipt of a stream that will not be applied, or one
+/// that only comes once the stream is durable: `persist_wal_notify` calls back after the whole
+/// stream is validated and before anything is made durable (the spool is still `.tmp`), and
+/// never for a stream it refuses.
+#[test]
+fn persist_wal_notify_reports_between_validation_and_durability() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = ImageDir::open(t.path()).unwrap();
+    spool(&dir, 1, &full_stream(&begin(1, 0), 0));
+    let mut seen = None;
+    let s1 = dir
+        .persist_wal_notify(1, None, LineagePolicy::RefuseNew, 0, |s| {
+            seen = Some((
+                s.begin.seq,
+                dir.wal_path(1, "tmp").exists(),
+                dir.wal_path(1, "cpt").exists(),
+            ))
+        })
+        .unwrap();
+    assert_eq!(seen, Some((1, true, false)), "called before durability");
+    assert!(dir.wal_path(1, "cpt").exists(), "durable after it");
+    let tip = Tip::from(&s1.begin);
+    // Refused by validation (does not chain on 1): no call, spool deleted.
+    spool(&dir, 3, &stream(&begin(3, 2), &[(ADDR, page_of(3))]));
+    let mut called = false;
+    let r = dir.persist_wal_notify(3, Some(&tip), LineagePolicy::RefuseNew, 0, |_| {
+        called = true
+    });
+    assert!(r.is_err());
+    assert!(!called, "a refused stream was reported verified");
+    assert!(!dir.wal_path(3, "tmp").exists());
+    // A damaged stream (one byte of its pages flipped): no call either.
+    let mut bytes = stream(&begin(2, 1), &[(ADDR, page_of(2))]);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    spool(&dir, 2, &bytes);
+    let r = dir.persist_wal_notify(2, Some(&tip), LineagePolicy::RefuseNew, 0, |_| {
+        called = true
+    });
+    assert!(r.is_err() && !called);
+    // Positive control: the same stream undamaged is reported and made durable.
+    spool(&dir, 2, &stream(&begin(2, 1), &[(ADDR, page_of(2))]));
+    dir.persist_wal_notify(2, Some(&tip), LineagePolicy::RefuseNew, 0, |_| {
+        called = true
+    })
+    .unwrap();
+    assert!(called);
+}

@@ -98,6 +98,7 @@ fn scenario(apply_answered_twice: bool) -> (Spare, Vec<DiskOp>) {
             exe_id: EXE,
             pid: 1,
             lineage: LIN,
+            ack: hotspare_proto::AckLevel::Fsynced,
         },
     );
     drain(&mut s);

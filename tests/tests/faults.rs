@@ -1860,6 +1860,7 @@ fn s7_authenticated_peer_with_malformed_streams_is_refused_and_changes_nothing()
             exe_id,
             pid: 4242,
             lineage: l,
+            ack: hotspare_proto::AckLevel::Fsynced,
         };
         let start = |seq, base_seq| Msg::StreamStart(StreamHeader { seq, base_seq });
         let chunk = |seq, n| Msg::Chunk {

@@ -353,6 +353,7 @@ fn r3_a_peer_that_never_reads_grows_the_spares_memory_without_bound() {
             exe_id: [1; 32],
             pid: 1,
             lineage: [1; 16],
+            ack: hotspare_proto::AckLevel::Fsynced,
         },
         &mut out,
     );

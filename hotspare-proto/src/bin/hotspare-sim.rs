@@ -3,6 +3,8 @@
 //! ```text
 //! hotspare-sim [--seeds N] [--from S]      # N scenarios from seed S; one JSON line at the end
 //! hotspare-sim --seed S                    # replay one scenario and print its trace
+//! ... --level received|fsynced             # every scenario at that durability level (default:
+//!                                          # drawn from each seed, half and half)
 //! ```
 
 use std::time::Instant;
@@ -18,18 +20,32 @@ fn main() {
                     .unwrap_or_else(|_| panic!("{name} takes a number"))
             })
     };
+    let level: Option<hotspare_proto::AckLevel> =
+        args.iter().position(|a| a == "--level").map(|i| {
+            match args.get(i + 1).map(|v| v.parse()) {
+                Some(Ok(l)) => l,
+                Some(Err(e)) => panic!("--level: {e}"),
+                None => panic!("--level takes received or fsynced"),
+            }
+        });
+    let run = |seed: u64| match level {
+        Some(l) => hotspare_proto::sim::run_with(seed, l),
+        None => hotspare_proto::sim::run(seed),
+    };
     if let Some(seed) = get("--seed") {
-        let r = hotspare_proto::sim::run(seed);
+        let r = run(seed);
         for l in &r.trace {
             println!("{l}");
         }
         println!(
-            "seed {seed}: {} events, {:.0} ms simulated, {} acknowledged, {} faults, {} takeovers, violations: {:?}",
+            "seed {seed} ({}): {} events, {:.0} ms simulated, {} acknowledged, {} faults, {} takeovers, {} lost as the level allows, violations: {:?}",
+            r.ack,
             r.events,
             r.sim_nanos as f64 / 1e6,
             r.acked,
             r.faults,
             r.takeovers,
+            r.exempted,
             r.violations
         );
         std::process::exit(i32::from(!r.violations.is_empty()));
@@ -39,8 +55,11 @@ fn main() {
     let t = Instant::now();
     let (mut sim, mut failed, mut acked, mut takeovers, mut events) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut received, mut exempted) = (0u64, 0u64);
     for seed in from..from + n {
-        let r = hotspare_proto::sim::run(seed);
+        let r = run(seed);
+        received += u64::from(r.ack == hotspare_proto::AckLevel::Received);
+        exempted += r.exempted;
         sim += r.sim_nanos;
         acked += r.acked;
         events += r.events;
@@ -55,7 +74,7 @@ fn main() {
     }
     let real = t.elapsed().as_secs_f64();
     println!(
-        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers}}}",
+        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted}}}",
         n as f64 / real,
         sim as f64 / 1e9 / real
     );

@@ -23,7 +23,25 @@ impl World {
             )),
         }
         let pos = |l: &Lineage, w: &World| w.lineages.iter().position(|x| x == l);
-        for (l, n) in self.acked.clone() {
+        for (l, seqs) in self.acked.clone() {
+            let replaced_deliberately = l != img.lineage
+                && self.spare_cfg.accept_new_lineage
+                && pos(&l, self) < pos(&img.lineage, self);
+            // What the image must hold of this lineage: the newest acknowledgement the level
+            // covers. The exempt ones it lacks are counted (in the report), not passed silently.
+            let lacks = |s: u64| l != img.lineage || s > img.seq;
+            if !replaced_deliberately {
+                self.report.exempted += seqs
+                    .iter()
+                    .filter(|s| lacks(**s) && self.exempt.contains(&(l, **s)))
+                    .count() as u64;
+            }
+            let covered = seqs
+                .iter()
+                .copied()
+                .filter(|s| !self.exempt.contains(&(l, *s)))
+                .max();
+            let Some(n) = covered else { continue };
             if l == img.lineage {
                 if img.seq < n {
                     self.violation(format!(
@@ -31,12 +49,8 @@ impl World {
                         img.seq
                     ));
                 }
-            } else {
-                let replaced_deliberately =
-                    self.spare_cfg.accept_new_lineage && pos(&l, self) < pos(&img.lineage, self);
-                if !replaced_deliberately {
-                    self.violation(format!("acknowledged checkpoint {n} of another lineage lost: resumed lineage {:02x}{:02x} at {}", img.lineage[0], img.lineage[1], img.seq));
-                }
+            } else if !replaced_deliberately {
+                self.violation(format!("acknowledged checkpoint {n} of another lineage lost: resumed lineage {:02x}{:02x} at {}", img.lineage[0], img.lineage[1], img.seq));
             }
         }
         if let Some(k) = self.killed_for_liveness {
@@ -58,6 +72,31 @@ impl World {
                 .is_some_and(|p| !p.exited && p.paused_until.is_none());
             if alive {
                 self.violation("a live primary was taken over with no fault in force".into());
+            }
+        }
+    }
+
+    /// An `Ack` the spare sends for checkpoint `seq` on connection `conn`: at `fsynced` it
+    /// must be durable on the disk; at `received` at least validated by this spare process
+    /// (then it is remembered as not yet durable until it is).
+    pub(super) fn check_ack(&mut self, conn: u64, seq: u64) {
+        let Some(l) = self.conns.get(&conn).map(|c| c.lineage) else {
+            return self.violation(format!("Ack {seq} on unknown connection {conn}"));
+        };
+        if self.disk.durable.contains(&(l, seq)) {
+            return;
+        }
+        if !self.disk.verified.contains(&(l, seq)) {
+            return self.violation(format!(
+                "checkpoint {seq} acknowledged that the disk neither validated nor made durable"
+            ));
+        }
+        match self.ack {
+            AckLevel::Fsynced => self.violation(format!(
+                "checkpoint {seq} acknowledged before it was durable (level fsynced)"
+            )),
+            AckLevel::Received => {
+                self.receipt_unsynced.insert((l, seq));
             }
         }
     }

@@ -1,5 +1,8 @@
 //! The simulated disk of the spare: the protocol's disk operations executed one at a time,
-//! with latencies and faults; what survives a crash; the validation `ImageDir::persist_wal` does.
+//! with latencies and faults; what survives a crash; the validation `ImageDir::check_wal` does.
+//! A Persist runs in two steps, as the persister does: validation (then
+//! [`DiskDone::Verified`]), then making it durable (then [`DiskDone::Persisted`]); a failure of
+//! the disk hits one or the other.
 
 use super::*;
 
@@ -32,6 +35,14 @@ pub(super) struct Disk {
     pub(super) busy: bool,
     /// Torn WAL files left by crashes (recovery finds them damaged and sets them aside).
     pub(super) torn: u32,
+    /// Every checkpoint ever made durable here (lineage, seq).
+    pub(super) durable: HashSet<(Lineage, u64)>,
+    /// Streams this spare process has validated (reported `Verified`): the only ones it may
+    /// acknowledge before they are durable.
+    pub(super) verified: HashSet<(Lineage, u64)>,
+    /// The running Persist between its two steps: its final answer (as `disk_exec` decided
+    /// it), whether a failure hits validation, and the latency left after validation.
+    pub(super) step: Option<(DiskDone, bool, u64)>,
 }
 
 impl Disk {
@@ -74,9 +85,50 @@ impl World {
             _ => self.rng.u64(20_000..3 * MS),
         };
         let op = self.disk.queue.front().cloned().expect("not empty");
+        let persist = matches!(op, DiskOp::Persist { .. });
         let done = self.disk_exec(op);
         let inc = self.s_inc;
-        self.after(lat, Ev::DiskDone { inc, done });
+        if persist {
+            // A full disk fails the rename/fsync (validation only reads); EIO can hit either.
+            let failed =
+                matches!(&done, DiskDone::Persisted { result: Err(e), .. } if !e.is_empty());
+            let at_validation = failed && self.disk_mode != DiskMode::Full && self.rng2.bool();
+            let first = lat / 2;
+            self.disk.step = Some((done, at_validation, lat - first));
+            self.after(first, Ev::DiskStep { inc });
+        } else {
+            self.after(lat, Ev::DiskDone { inc, done });
+        }
+    }
+
+    /// The validation step of the running Persist: reports `Verified` if the stream passes
+    /// (and no disk failure hits the validation), then lets the durability step run.
+    pub(super) fn disk_step(&mut self, inc: u64) {
+        if inc != self.s_inc || !self.disk.busy {
+            return;
+        }
+        let Some((done, at_validation, rest)) = self.disk.step.take() else {
+            self.violation("simulator bug: a Persist step with no Persist running".into());
+            return;
+        };
+        let Some(DiskOp::Persist {
+            seq,
+            replace_lineage,
+        }) = self.disk.queue.front().cloned()
+        else {
+            self.violation("simulator bug: a Persist step for another operation".into());
+            return;
+        };
+        if !at_validation {
+            if let Ok(img) = self.sim_check(seq, replace_lineage) {
+                self.disk.verified.insert((img.lineage, img.seq));
+                self.deliver(Ev::DiskDone {
+                    inc,
+                    done: DiskDone::Verified { seq },
+                });
+            }
+        }
+        self.after(rest, Ev::DiskDone { inc, done });
     }
 
     /// Decides the outcome of the disk operation now; it becomes durable when it completes
@@ -193,8 +245,18 @@ impl World {
         done
     }
 
-    /// The validation `ImageDir::persist_wal` does, against the durable tip.
+    /// Validates the spool and makes it durable (`ImageDir::check_wal`, then
+    /// `make_wal_durable`).
     pub(super) fn sim_persist(&mut self, seq: u64, replace: bool) -> Result<Img, String> {
+        let img = self.sim_check(seq, replace)?;
+        self.disk.wal.push(img);
+        self.disk.durable.insert((img.lineage, img.seq));
+        self.receipt_unsynced.remove(&(img.lineage, img.seq));
+        Ok(img)
+    }
+
+    /// The validation `ImageDir::check_wal` does, against the durable tip.
+    pub(super) fn sim_check(&self, seq: u64, replace: bool) -> Result<Img, String> {
         let Some((h, lineage, _term, Some(img), true)) = self.disk.spool else {
             return Err("stream torn or incomplete".into());
         };
@@ -218,7 +280,6 @@ impl World {
         } else if img.base != 0 {
             return Err("incremental on an empty image".into());
         }
-        self.disk.wal.push(img);
         Ok(img)
     }
 }

@@ -11,7 +11,13 @@
 //!   clock while the spare has taken over;
 //! * **nothing acknowledged is lost** — every checkpoint acknowledged to the primary's
 //!   application is in (or superseded within its lineage by) the image a takeover resumes; a
-//!   lineage is only replaced where the spare was told to allow it;
+//!   lineage is only replaced where the spare was told to allow it. Each scenario's primary
+//!   asks for one durability level (drawn from the seed): with `fsynced` there is no
+//!   exception, and an `Ack` for a checkpoint not durable on the simulated disk is itself a
+//!   violation; with `received` an `Ack` must follow the disk's validation of that stream, and
+//!   the only checkpoints allowed to be lost are those acknowledged on receipt and still not
+//!   durable at the moment the spare crashed (the second failure that level does not cover);
+//!   a live spare must still take over with all of them;
 //! * **only real images** — the resumed image is one the primary produced (lineage, sequence
 //!   and contents), never a mix of two runs;
 //! * **liveness** — with the faults healed, a live primary is not taken over, and a dead one is
@@ -21,11 +27,11 @@
 //! directory, whose validation rules the simulated disk applies as `hotspare::image` does
 //! (the real one is tested, and fuzzed, in its crate).
 
-use crate::msg::{Lineage, Msg, StreamHeader};
+use crate::msg::{AckLevel, Lineage, Msg, StreamHeader};
 use crate::primary::{Event, Link, LinkConfig};
 use crate::spare::{ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig, Tip};
 use crate::time::Time;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 mod checks;
@@ -49,6 +55,11 @@ pub struct Report {
     pub sim_nanos: u64,
     /// Checkpoints acknowledged to the primary's application.
     pub acked: u64,
+    /// The durability level the scenario's primaries asked for.
+    pub ack: AckLevel,
+    /// Acknowledged checkpoints a takeover resumed without because the level allows it
+    /// (acknowledged on receipt, the spare crashed before they were durable).
+    pub exempted: u64,
     /// Takeovers (0 or 1).
     pub takeovers: u32,
     /// Faults injected.
@@ -90,6 +101,10 @@ enum Ev {
     DiskDone {
         inc: u64,
         done: DiskDone,
+    },
+    /// A Persist's validation is over (the disk runs whether or not the process does).
+    DiskStep {
+        inc: u64,
     },
     AppTick {
         inc: u64,
@@ -176,6 +191,8 @@ struct SNode {
 }
 
 struct SimConn {
+    /// The lineage of the primary that opened it.
+    lineage: Lineage,
     p_inc: u64,
     s_inc: u64,
     open: bool,
@@ -186,6 +203,15 @@ struct SimConn {
 /// One simulated pair and its faults.
 struct World {
     rng: fastrand::Rng,
+    /// Draws added with the durability levels, apart from `rng`, so that the draws of `rng`
+    /// (and so an `fsynced` scenario) are what they were before.
+    rng2: fastrand::Rng,
+    /// The level the primaries ask for.
+    ack: AckLevel,
+    /// Acknowledged by the spare on receipt and not (yet) durable on its disk.
+    receipt_unsynced: BTreeSet<(Lineage, u64)>,
+    /// Acknowledged on receipt, and not durable when the spare crashed: allowed to be lost.
+    exempt: HashSet<(Lineage, u64)>,
     now: u64,
     n: u64,
     q: BinaryHeap<Queued>,
@@ -211,7 +237,8 @@ struct World {
     produced: HashMap<(Lineage, u64), u64>,
     /// Lineages in creation order.
     lineages: Vec<Lineage>,
-    acked: BTreeMap<Lineage, u64>,
+    /// Every checkpoint acknowledged to a primary's application, by lineage.
+    acked: BTreeMap<Lineage, BTreeSet<u64>>,
     acked_count: u64,
     taken_over_at: Option<u64>,
     decided_at: Option<u64>,
@@ -299,8 +326,13 @@ impl World {
             // Disk work completes while the process is stopped; its result waits.
             if let Ev::DiskDone { inc, done } = ev {
                 if inc == self.s_inc {
-                    let d = self.finish_disk(done);
-                    self.disk_kick();
+                    let d = if matches!(done, DiskDone::Verified { .. }) {
+                        done // a report on the way, not the end of the operation
+                    } else {
+                        let d = self.finish_disk(done);
+                        self.disk_kick();
+                        d
+                    };
                     if let Some(s) = self.s.as_mut() {
                         s.deferred.push_back(Ev::DiskDone { inc, done: d });
                     }
@@ -451,7 +483,7 @@ impl World {
                 if inc != self.s_inc {
                     return;
                 }
-                let d = if already_finished {
+                let d = if already_finished || matches!(done, DiskDone::Verified { .. }) {
                     done
                 } else {
                     let d = self.finish_disk(done);
@@ -552,6 +584,7 @@ impl World {
                 _ => {}
             },
             Ev::Unpause { side, inc } => self.unpause(side, inc),
+            Ev::DiskStep { inc } => self.disk_step(inc),
             Ev::Liveness => {
                 self.faults_on = false;
                 self.disk_mode = DiskMode::Healthy;
@@ -594,8 +627,23 @@ impl World {
     }
 }
 
-/// Runs one scenario.
+/// The durability level scenario `seed` runs with (half of the seeds each, drawn apart from
+/// the scenario's other draws).
+pub fn level_of(seed: u64) -> AckLevel {
+    if fastrand::Rng::with_seed(seed ^ 0xac4e_1e7e_1000_0000).bool() {
+        AckLevel::Received
+    } else {
+        AckLevel::Fsynced
+    }
+}
+
+/// Runs one scenario, at the durability level drawn from its seed.
 pub fn run(seed: u64) -> Report {
+    run_with(seed, level_of(seed))
+}
+
+/// Runs one scenario with its primaries asking for `ack`.
+pub fn run_with(seed: u64, ack: AckLevel) -> Report {
     let mut rng = fastrand::Rng::with_seed(seed);
     let ppm = |r: &mut fastrand::Rng| r.i64(-4_000..=4_000);
     let (pc, sc) = (
@@ -621,6 +669,7 @@ pub fn run(seed: u64) -> Report {
         lineage: [0; 16],
         exe_id: [7; 32],
         pid: 1,
+        ack,
     };
     let spare_cfg = SpareConfig {
         detection: heartbeat * missed,
@@ -632,6 +681,10 @@ pub fn run(seed: u64) -> Report {
     let mut w = World {
         exit_on_lease_loss: rng.bool(),
         rng,
+        rng2: fastrand::Rng::with_seed(seed ^ 0x2d15_c5a1_7e00_0000),
+        ack,
+        receipt_unsynced: BTreeSet::new(),
+        exempt: HashSet::new(),
         now: 0,
         n: 0,
         q: BinaryHeap::new(),
@@ -663,10 +716,12 @@ pub fn run(seed: u64) -> Report {
         end: 0,
         report: Report {
             seed,
+            ack,
             ..Report::default()
         },
         trace: VecDeque::new(),
     };
+    w.trace(format!("durability level: {ack}"));
     w.start_spare();
     w.start_primary();
     w.after(20 * MS, Ev::Fault);

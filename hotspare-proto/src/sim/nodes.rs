@@ -49,6 +49,8 @@ impl World {
         self.disk.spool = None;
         self.disk.queue.clear();
         self.disk.busy = false;
+        self.disk.step = None;
+        self.disk.verified.clear();
         if let Err(w) = self.disk.apply() {
             self.violation(format!(
                 "a durable checkpoint does not apply at recovery: {w:?}"
@@ -123,6 +125,17 @@ impl World {
                 self.disk.queue.clear();
                 self.disk.busy = false;
                 self.disk.spool = None;
+                self.disk.step = None;
+                self.disk.verified.clear();
+                // What was acknowledged on receipt and is not durable now is lost with this
+                // process: the second failure `received` does not cover. Nothing else is.
+                let lost = std::mem::take(&mut self.receipt_unsynced);
+                if !lost.is_empty() {
+                    self.trace(format!(
+                        "acknowledged on receipt, not durable, lost with the spare: {lost:?}"
+                    ));
+                }
+                self.exempt.extend(lost);
             }
         }
         for c in conns {
@@ -182,9 +195,11 @@ impl World {
                 if spare_listening && reachable {
                     self.next_conn += 1;
                     let id = self.next_conn;
+                    let lineage = self.p.as_ref().map_or([0; 16], |p| p.lineage);
                     self.conns.insert(
                         id,
                         SimConn {
+                            lineage,
                             p_inc: self.p_inc,
                             s_inc: self.s_inc,
                             open: true,
@@ -217,8 +232,7 @@ impl World {
                 match result {
                     Ok(()) => {
                         let l = p.lineage;
-                        let e = self.acked.entry(l).or_insert(0);
-                        *e = (*e).max(seq);
+                        self.acked.entry(l).or_default().insert(seq);
                         self.acked_count += 1;
                     }
                     Err(why) => {
@@ -291,6 +305,9 @@ impl World {
             let Some(o) = s.core.poll_output() else { break };
             match o {
                 Output::Send(c, term, msg) => {
+                    if let Msg::Ack { seq } = msg {
+                        self.check_ack(c.0, seq);
+                    }
                     let open = self.conns.get(&c.0).is_some_and(|k| k.open);
                     if open {
                         self.net_send(

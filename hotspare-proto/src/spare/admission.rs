@@ -47,7 +47,17 @@ impl Spare {
                 exe_id,
                 pid,
                 lineage,
-            } => self.hello(now, c, term, exe_id, pid, lineage),
+                ack,
+            } => {
+                let a = Admission {
+                    conn: c,
+                    term,
+                    lineage,
+                    pid,
+                    ack,
+                };
+                self.hello(now, a, exe_id)
+            }
             other => {
                 let why = format!("unexpected first message {other:?}");
                 self.out.push_back(Output::Close(c, why));
@@ -55,15 +65,8 @@ impl Spare {
         }
     }
 
-    pub(super) fn hello(
-        &mut self,
-        now: Time,
-        c: ConnId,
-        term: u64,
-        exe_id: [u8; 32],
-        pid: u32,
-        lineage: Lineage,
-    ) {
+    pub(super) fn hello(&mut self, now: Time, a: Admission, exe_id: [u8; 32]) {
+        let (c, term, pid, lineage) = (a.conn, a.term, a.pid, a.lineage);
         if term < self.term {
             let why = format!(
                 "primary pid {pid} has term {term}, older than ours ({}): fenced",
@@ -71,23 +74,29 @@ impl Spare {
             );
             return self.refuse(c, Msg::Fenced { term: self.term }, why);
         }
-        if let Some(tip) = self.tip {
-            if tip.exe_id != exe_id {
-                let reason = "the image belongs to another executable".to_string();
-                return self.refuse(
-                    c,
-                    Msg::Refused {
-                        reason: reason.clone(),
-                    },
-                    format!("primary pid {pid}: {reason}"),
-                );
-            }
-            if tip.lineage != lineage {
+        if self.tip.is_some_and(|t| t.exe_id != exe_id) {
+            let reason = "the image belongs to another executable".to_string();
+            return self.refuse(
+                c,
+                Msg::Refused {
+                    reason: reason.clone(),
+                },
+                format!("primary pid {pid}: {reason}"),
+            );
+        }
+        // The lineage this spare protects: its tip's, or — on an image still empty — that of a
+        // checkpoint it acknowledged on receipt and could not make durable (it is owed to that
+        // lineage as much as a durable one would be).
+        let protected = self
+            .tip
+            .map(|t| (t.lineage, t.seq))
+            .or(self.owed.last().copied());
+        if let Some((image_lineage, image_seq)) = protected {
+            if image_lineage != lineage {
                 if !self.cfg.accept_new_lineage {
                     let reason = format!(
-                        "the image holds lineage {} at checkpoint {}, the primary is lineage {} (resume the primary from this image, or start hotspare-resume with --accept-new-lineage to replace it)",
-                        hex(&tip.lineage),
-                        tip.seq,
+                        "the image holds lineage {} at checkpoint {image_seq}, the primary is lineage {} (resume the primary from this image, or start hotspare-resume with --accept-new-lineage to replace it)",
+                        hex(&image_lineage),
                         hex(&lineage)
                     );
                     return self.refuse(
@@ -100,9 +109,8 @@ impl Spare {
                 }
                 if self.adopting != Some(lineage) {
                     self.log(format!(
-                        "REPLACING the image of lineage {} (checkpoint {}) with lineage {} of primary pid {pid} (--accept-new-lineage): the old image is taken over no more",
-                        hex(&tip.lineage),
-                        tip.seq,
+                        "REPLACING the image of lineage {} (checkpoint {image_seq}) with lineage {} of primary pid {pid} (--accept-new-lineage): the old image is taken over no more",
+                        hex(&image_lineage),
                         hex(&lineage)
                     ));
                     self.adopting = Some(lineage);
@@ -113,16 +121,10 @@ impl Spare {
                 self.adopting = None;
             }
         }
-        if let Some(a) = self.admitting.take() {
+        if let Some(old) = self.admitting.take() {
             self.out
-                .push_back(Output::Close(a.conn, "another primary connected".into()));
+                .push_back(Output::Close(old.conn, "another primary connected".into()));
         }
-        let a = Admission {
-            conn: c,
-            term,
-            lineage,
-            pid,
-        };
         if term > self.saved_term {
             // Saved before it counts (again, if an earlier save of it failed).
             self.term = self.term.max(term);
@@ -146,10 +148,11 @@ impl Spare {
             }
         }
         self.log(format!(
-            "primary pid {} (term {}, lineage {}) admitted",
+            "primary pid {} (term {}, lineage {}, durability {}) admitted",
             a.pid,
             a.term,
-            hex(&a.lineage)
+            hex(&a.lineage),
+            a.ack
         ));
         let s = self.status(now);
         self.send(a.conn, s);
@@ -158,6 +161,7 @@ impl Spare {
             term: a.term,
             lineage: a.lineage,
             pid: a.pid,
+            ack: a.ack,
             incoming: None,
         });
     }

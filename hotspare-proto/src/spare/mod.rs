@@ -6,8 +6,16 @@
 //!
 //! Rules this machine keeps (the simulator checks the properties they give):
 //! * **Never acknowledge what will not be applied.** A checkpoint is acknowledged only after
-//!   the disk worker validated the whole stream against the durable tip and made it durable
-//!   ([`DiskOp::Persist`]); a stream that cannot chain is refused before a byte is spooled.
+//!   the disk worker validated the whole stream against the durable tip
+//!   ([`DiskDone::Verified`]) and — at the primary's default [`AckLevel::Fsynced`] — made it
+//!   durable ([`DiskDone::Persisted`]); a stream that cannot chain is refused before a byte is
+//!   spooled.
+//! * **A live spare does not take over without what it acknowledged.** With
+//!   [`AckLevel::Received`] the acknowledgement precedes the `fsync`; if making the stream
+//!   durable then fails, the primary's connection is closed (its next checkpoint is full) and
+//!   no takeover happens until a checkpoint at or after the lost one is durable. Only a crash
+//!   of the spare (which forgets this) loses such a checkpoint — the failure that level does
+//!   not cover.
 //! * **Terms only go up, and are on disk before they count.** A primary with an older term than
 //!   any this spare has seen is fenced; a newer one is admitted only once its term is saved; the
 //!   takeover term is saved before the takeover happens.
@@ -22,7 +30,7 @@ mod admission;
 mod stream;
 mod takeover;
 
-use crate::msg::{Lineage, Msg, StreamHeader};
+use crate::msg::{AckLevel, Lineage, Msg, StreamHeader};
 use crate::time::Time;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -70,6 +78,14 @@ pub struct Recovered {
 }
 
 /// Disk work, executed by the driver one at a time in the order asked.
+///
+/// **Counting.** Every operation is answered by exactly one *final* [`DiskDone`] (the core
+/// counts outstanding operations, and a takeover waits until there are none). A
+/// [`DiskOp::Persist`] may in addition get one *intermediate* [`DiskDone::Verified`] before its
+/// final [`DiskDone::Persisted`]; `Verified` does not end the operation. So a driver sends, per
+/// operation: `SaveTerm` → `TermSaved`; `SpoolStart`/`Spool` → `SpoolFailed` or `Discarded`;
+/// `Persist` → (`Verified` if the stream passed validation) then `Persisted`; `Discard` →
+/// `Discarded`; `Apply` → `Applied`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskOp {
     /// Save `term` durably (before anything relies on it).
@@ -91,8 +107,11 @@ pub enum DiskOp {
         bytes: Vec<u8>,
     },
     /// Validate the whole spooled stream against the durable tip (every CRC, counts, chain,
-    /// executable, lineage, term, declared header) and make it durable, or delete it. Answer
-    /// with [`DiskDone::Persisted`].
+    /// executable, lineage, term, declared header) and make it durable, or delete it. Report
+    /// [`DiskDone::Verified`] once validation has passed and before anything is made durable
+    /// (always, whatever the primary's [`AckLevel`]: it is how an acknowledgement on receipt
+    /// can come at all), then answer with [`DiskDone::Persisted`]. A stream refused by
+    /// validation gets no `Verified`, only `Persisted` with the error.
     Persist {
         /// The checkpoint.
         seq: u64,
@@ -128,7 +147,17 @@ pub enum DiskDone {
         /// Why.
         why: String,
     },
-    /// [`DiskOp::Persist`].
+    /// Intermediate report of a [`DiskOp::Persist`]: the whole spooled stream `seq` passed
+    /// validation (what `Persisted { Ok }` would have checked) and is about to be made durable
+    /// (`fsync`, rename, directory `fsync`). It does **not** end the operation — its
+    /// `Persisted` follows — and is sent at most once, before that `Persisted`. A primary that
+    /// asked for [`AckLevel::Received`] is acknowledged here.
+    Verified {
+        /// The checkpoint.
+        seq: u64,
+    },
+    /// [`DiskOp::Persist`] finished: durable, or refused (by validation, or by a failure to
+    /// make it durable after `Verified`).
     Persisted {
         /// The checkpoint.
         seq: u64,
@@ -178,6 +207,8 @@ struct Primary {
     term: u64,
     lineage: Lineage,
     pid: u32,
+    /// When it wants its checkpoints acknowledged.
+    ack: AckLevel,
     incoming: Option<Incoming>,
 }
 
@@ -187,6 +218,22 @@ struct Admission {
     term: u64,
     lineage: Lineage,
     pid: u32,
+    ack: AckLevel,
+}
+
+/// A queued persist, and who is waiting for its answer.
+#[derive(Debug)]
+struct Waiter {
+    seq: u64,
+    conn: ConnId,
+    lineage: Lineage,
+    /// The level of the primary that sent it (fixed for its connection).
+    ack: AckLevel,
+    /// It was asked to replace the image's lineage (a deliberate replacement, allowed by
+    /// `accept_new_lineage`).
+    replace: bool,
+    /// Acknowledged already, on receipt ([`DiskDone::Verified`]), before it was durable.
+    acked_on_receipt: bool,
 }
 
 /// The spare.
@@ -213,7 +260,17 @@ pub struct Spare {
     /// Connections that have not sent their first message.
     opened: Vec<ConnId>,
     /// Where to send the answer of each queued persist.
-    persist_waiters: VecDeque<(u64, ConnId)>,
+    persist_waiters: VecDeque<Waiter>,
+    /// Checkpoints acknowledged on receipt that could not then be made durable here: (lineage,
+    /// newest such sequence), one entry per lineage (a lineage being adopted and the image's own
+    /// can both be owed), oldest first. No takeover while any is (the image lacks something a
+    /// primary was told is safe). An entry is cleared once a checkpoint of its lineage at or
+    /// after it is durable (the primary's next full one), or another lineage deliberately
+    /// replaces the image (a persist asked to replace it, with `accept_new_lineage`) — not when
+    /// the image merely moves on in another lineage.
+    owed: Vec<(Lineage, u64)>,
+    /// Whether the takeover held back by `owed` has been logged.
+    owed_logged: bool,
     last_grant: Option<Time>,
     hold_until: Time,
     disk_outstanding: usize,
@@ -251,6 +308,8 @@ impl Spare {
             admitting: None,
             opened: Vec::new(),
             persist_waiters: VecDeque::new(),
+            owed: Vec::new(),
+            owed_logged: false,
             last_grant: None,
             disk_outstanding: 0,
             adopting: None,
@@ -283,6 +342,18 @@ impl Spare {
     /// Whether a primary is connected and admitted.
     pub fn has_primary(&self) -> bool {
         self.primary.is_some()
+    }
+
+    /// The durability level of the admitted primary, if one is.
+    pub fn primary_ack(&self) -> Option<AckLevel> {
+        self.primary.as_ref().map(|p| p.ack)
+    }
+
+    /// A checkpoint acknowledged on receipt that this spare then failed to make durable (it
+    /// holds back the takeover until a later checkpoint of its lineage is durable); the newest,
+    /// if several lineages are owed one.
+    pub fn acked_not_durable(&self) -> Option<u64> {
+        self.owed.iter().map(|(_, seq)| *seq).max()
     }
 
     /// Disk operations asked for and not finished.

@@ -1,6 +1,7 @@
 //! The admitted primary's messages: heartbeats answered (each a lease granted), checkpoint
-//! streams checked before a byte is spooled, made durable by the disk, then acknowledged and
-//! applied; and the answers of the disk.
+//! streams checked before a byte is spooled, validated and made durable by the disk,
+//! acknowledged (on validation or on durability, as the primary asked) and applied; and the
+//! answers of the disk.
 
 use super::*;
 
@@ -65,7 +66,8 @@ impl Spare {
             }
             Msg::EndStream { seq } => {
                 let p = self.primary.as_mut().expect("checked");
-                let (lineage, replace) = (p.lineage, self.adopting == Some(p.lineage));
+                let (lineage, ack) = (p.lineage, p.ack);
+                let replace = self.adopting == Some(lineage);
                 match p.incoming.take() {
                     Some(inc) if inc.seq == seq => match inc.refused {
                         Some(reason) => self.send(c, Msg::Nack { seq, reason }),
@@ -74,7 +76,14 @@ impl Spare {
                                 seq,
                                 replace_lineage: replace,
                             });
-                            self.persist_waiters.push_back((seq, c));
+                            self.persist_waiters.push_back(Waiter {
+                                seq,
+                                conn: c,
+                                lineage,
+                                ack,
+                                replace,
+                                acked_on_receipt: false,
+                            });
                             self.queued_tip = Some((lineage, seq));
                         }
                     },
@@ -152,8 +161,12 @@ impl Spare {
         if self.taken_over {
             return; // the program is taking over; nothing here matters any more
         }
-        self.disk_outstanding = self.disk_outstanding.saturating_sub(1);
+        // `Verified` is an intermediate report: its Persist is still running.
+        if !matches!(done, DiskDone::Verified { .. }) {
+            self.disk_outstanding = self.disk_outstanding.saturating_sub(1);
+        }
         match done {
+            DiskDone::Verified { seq } => self.verified(seq),
             DiskDone::TermSaved { term, result } => self.term_saved(now, term, result),
             DiskDone::SpoolFailed { seq, why } => {
                 if let Some(inc) = self
@@ -166,34 +179,7 @@ impl Spare {
                 }
                 self.log(format!("spooling checkpoint {seq}: {why}"));
             }
-            DiskDone::Persisted { seq, result } => {
-                let waiter = match self.persist_waiters.iter().position(|(s, _)| *s == seq) {
-                    Some(i) => self.persist_waiters.remove(i).map(|(_, c)| c),
-                    None => None,
-                };
-                let current = self.primary.as_ref().map(|p| p.conn);
-                match result {
-                    Ok(tip) => {
-                        self.tip = Some(tip);
-                        self.persisted += 1;
-                        if self.adopting == Some(tip.lineage) {
-                            self.adopting = None;
-                            self.log(format!("the image is now lineage {}", hex(&tip.lineage)));
-                        }
-                        if let Some(c) = waiter.filter(|c| Some(*c) == current) {
-                            self.send(c, Msg::Ack { seq });
-                        }
-                        self.schedule_apply();
-                    }
-                    Err(reason) => {
-                        self.log(format!("checkpoint {seq} refused: {reason}"));
-                        self.queued_tip = self.tip.map(|t| (t.lineage, t.seq));
-                        if let Some(c) = waiter.filter(|c| Some(*c) == current) {
-                            self.send(c, Msg::Nack { seq, reason });
-                        }
-                    }
-                }
-            }
+            DiskDone::Persisted { seq, result } => self.persisted(seq, result),
             DiskDone::Applied(r) => {
                 self.apply_queued = false;
                 match r {
@@ -214,6 +200,106 @@ impl Spare {
                 }
             }
             DiskDone::Discarded => {}
+        }
+    }
+
+    /// The stream of `seq` is validated (not yet durable): a primary that asked for
+    /// [`AckLevel::Received`] is acknowledged now, on the connection that sent it if that is
+    /// still the primary's.
+    fn verified(&mut self, seq: u64) {
+        let current = self.primary.as_ref().map(|p| p.conn);
+        let Some(w) = self.persist_waiters.iter_mut().find(|w| w.seq == seq) else {
+            return;
+        };
+        if w.ack != AckLevel::Received || w.acked_on_receipt || Some(w.conn) != current {
+            return;
+        }
+        w.acked_on_receipt = true;
+        let c = w.conn;
+        self.send(c, Msg::Ack { seq });
+    }
+
+    /// The persist of `seq` finished: durable (acknowledged now unless it was on receipt), or
+    /// refused. A refusal after an acknowledgement on receipt means something the primary was
+    /// told is safe is not here: its connection is closed (it fails what is in flight and sends
+    /// a full checkpoint when it reconnects) and the takeover waits for that checkpoint.
+    fn persisted(&mut self, seq: u64, result: Result<Tip, String>) {
+        let waiter = match self.persist_waiters.iter().position(|w| w.seq == seq) {
+            Some(i) => self.persist_waiters.remove(i),
+            None => None,
+        };
+        let current = self.primary.as_ref().map(|p| p.conn);
+        match result {
+            Ok(tip) => {
+                let replaced = waiter
+                    .as_ref()
+                    .map_or(self.adopting == Some(tip.lineage), |w| w.replace);
+                self.tip = Some(tip);
+                self.persisted += 1;
+                if self.adopting == Some(tip.lineage) {
+                    self.adopting = None;
+                    self.log(format!("the image is now lineage {}", hex(&tip.lineage)));
+                }
+                // What this checkpoint covers of what was owed: a checkpoint of the same lineage
+                // at or after it; everything of other lineages if it deliberately replaces them.
+                let (covered, still): (Vec<_>, Vec<_>) =
+                    self.owed.iter().partition(|&&(l, owed)| {
+                        if l == tip.lineage {
+                            tip.seq >= owed
+                        } else {
+                            replaced
+                        }
+                    });
+                self.owed = still;
+                for (_, owed) in covered {
+                    self.owed_logged = false;
+                    self.log(format!(
+                        "checkpoint {} is durable: checkpoint {owed}, acknowledged on receipt and lost to the disk, is covered",
+                        tip.seq
+                    ));
+                }
+                if let Some(w) = waiter.filter(|w| !w.acked_on_receipt && Some(w.conn) == current) {
+                    self.send(w.conn, Msg::Ack { seq });
+                }
+                self.schedule_apply();
+            }
+            Err(reason) => {
+                self.queued_tip = self.tip.map(|t| (t.lineage, t.seq));
+                match waiter {
+                    Some(w) if w.acked_on_receipt => {
+                        let live = Some(w.conn) == current;
+                        let why = format!(
+                            "checkpoint {seq} was acknowledged on receipt but could not be made durable ({reason}): {}; no takeover until one is durable",
+                            if live {
+                                "closing the primary's connection so that it resends a full checkpoint"
+                            } else {
+                                "its connection is gone already, the primary resends a full checkpoint on its next one"
+                            }
+                        );
+                        match self.owed.iter_mut().find(|(l, _)| *l == w.lineage) {
+                            Some(e) => e.1 = e.1.max(seq),
+                            None => self.owed.push((w.lineage, seq)),
+                        }
+                        self.owed_logged = false;
+                        if live {
+                            // One line: the driver logs the reason of the close.
+                            let p = self.primary.take().expect("current");
+                            if let Some(inc) = p.incoming.filter(|i| i.refused.is_none()) {
+                                self.disk(DiskOp::Discard { seq: inc.seq });
+                            }
+                            self.out.push_back(Output::Close(w.conn, why));
+                        } else {
+                            self.log(why);
+                        }
+                    }
+                    w => {
+                        self.log(format!("checkpoint {seq} refused: {reason}"));
+                        if let Some(w) = w.filter(|w| Some(w.conn) == current) {
+                            self.send(w.conn, Msg::Nack { seq, reason });
+                        }
+                    }
+                }
+            }
         }
     }
 

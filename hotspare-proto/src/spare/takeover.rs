@@ -1,5 +1,6 @@
 //! The decision to take over: no lease granted for the detection time, none within the
-//! start-up grace, the disk idle and every durable checkpoint applied; the new term saved first.
+//! start-up grace, the disk idle, every durable checkpoint applied and nothing acknowledged on
+//! receipt that failed to become durable; the new term saved first.
 
 use super::*;
 
@@ -62,28 +63,42 @@ impl Spare {
         let quiet_enough = self
             .last_grant
             .is_none_or(|g| now >= g + self.cfg.detection);
-        if quiet_enough
+        let ready = quiet_enough
             && now >= self.hold_until
             && self.adopting.is_none()
             && self.admitting.is_none()
             && self.disk_outstanding == 0
-            && self.applied_upto == self.persisted
-        {
-            let term = self.term + 1;
-            self.term = term;
-            self.taking_over = Some(term);
-            let silent = self.last_grant.map_or(Duration::ZERO, |g| now.since(g));
-            self.log(format!(
-                "primary silent for {} ms: taking over at checkpoint {} with term {term}",
-                silent.as_millis(),
-                tip.seq
-            ));
-            if let Some(p) = self.primary.take() {
-                self.out
-                    .push_back(Output::Close(p.conn, "declared dead: taking over".into()));
-            }
-            self.disk(DiskOp::SaveTerm(term));
+            && self.applied_upto == self.persisted;
+        if !ready {
+            return;
         }
+        if let Some(owed) = self.acked_not_durable() {
+            // Taking over now would resume an image without a checkpoint the primary was
+            // told is safe. Fail closed; restarting the spare (which forgets this) is the
+            // operator's way of accepting the loss.
+            if !self.owed_logged {
+                self.owed_logged = true;
+                self.log(format!(
+                    "primary silent, but NOT taking over: checkpoint {owed} was acknowledged on receipt and could not be made durable here, so the image at {} lacks it (restart this spare to take over without it)",
+                    tip.seq
+                ));
+            }
+            return;
+        }
+        let term = self.term + 1;
+        self.term = term;
+        self.taking_over = Some(term);
+        let silent = self.last_grant.map_or(Duration::ZERO, |g| now.since(g));
+        self.log(format!(
+            "primary silent for {} ms: taking over at checkpoint {} with term {term}",
+            silent.as_millis(),
+            tip.seq
+        ));
+        if let Some(p) = self.primary.take() {
+            self.out
+                .push_back(Output::Close(p.conn, "declared dead: taking over".into()));
+        }
+        self.disk(DiskOp::SaveTerm(term));
     }
 
     /// When [`Spare::handle_timeout`] must next be called.
@@ -92,7 +107,9 @@ impl Spare {
             return None;
         }
         let mut t = self.apply_retry_at;
-        if self.tip.is_some() && self.taking_over.is_none() {
+        // While a checkpoint acknowledged on receipt is owed, no timer can lead to a takeover
+        // (a past deadline here would have the driver spin); only a disk answer can clear it.
+        if self.tip.is_some() && self.taking_over.is_none() && self.owed.is_empty() {
             let due = self.last_grant.map_or(self.hold_until, |g| {
                 (g + self.cfg.detection).max(self.hold_until)
             });

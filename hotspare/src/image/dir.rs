@@ -893,6 +893,22 @@ impl ImageDir {
         policy: LineagePolicy,
         min_term: u64,
     ) -> Result<Summary, ImageError> {
+        self.persist_wal_notify(seq, tip, policy, min_term, |_| {})
+    }
+
+    /// [`ImageDir::persist_wal`], calling `verified` between its two halves: once the whole
+    /// stream has passed validation (so it will be applied if it becomes durable) and before
+    /// anything is made durable (`fsync`, rename, directory `fsync`). The spare acknowledges a
+    /// primary that asked for acknowledgement on receipt from there. `verified` is not called
+    /// for a stream that fails validation; making it durable can still fail after it.
+    pub fn persist_wal_notify(
+        &self,
+        seq: u64,
+        tip: Option<&Tip>,
+        policy: LineagePolicy,
+        min_term: u64,
+        verified: impl FnOnce(&Summary),
+    ) -> Result<Summary, ImageError> {
         let tmp = self.wal_path(seq, "tmp");
         let summary = match self.check_stream(&tmp, seq, tip, policy, min_term) {
             Ok(s) => s,
@@ -901,6 +917,7 @@ impl ImageDir {
                 return Err(e);
             }
         };
+        verified(&summary);
         if tip.is_some_and(|t| t.lineage != summary.begin.lineage) {
             for p in self.pending_files()? {
                 let other = read_begin_file(&p).is_ok_and(|b| b.lineage != summary.begin.lineage);

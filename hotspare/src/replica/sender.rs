@@ -54,6 +54,9 @@ pub struct RemoteConfig {
     pub exe_id: [u8; 32],
     /// Where to keep a status file for `hotspare status` (rewritten every ~100 ms).
     pub status_file: Option<PathBuf>,
+    /// When the spare acknowledges a checkpoint: on receipt (validated, not yet `fsync`ed) or
+    /// after its `fsync` (`docs/replication.md`, "Durability levels").
+    pub ack: hotspare_proto::AckLevel,
 }
 
 fn log(msg: impl std::fmt::Display) {
@@ -267,6 +270,7 @@ impl LinkLoop {
                 lineage: cfg.lineage,
                 exe_id: cfg.exe_id,
                 pid: std::process::id(),
+                ack: cfg.ack,
             },
             now(),
         );
@@ -602,10 +606,11 @@ impl LinkLoop {
         let connected = self.link.is_up();
         let until = self.link.serving_until();
         let text = format!(
-            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"lag\":{},\"lease_left_ms\":{},\"fenced\":{}}}\n",
+            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"durability\":\"{}\",\"lag\":{},\"lease_left_ms\":{},\"fenced\":{}}}\n",
             std::process::id(),
             self.cfg.term,
             self.cfg.addr,
+            self.cfg.ack,
             sent.saturating_sub(acked),
             until.map_or(-1, |u| u.as_nanos().saturating_sub(now().as_nanos()) as i64 / 1_000_000),
             !self.link.may_serve(now()),

@@ -1,5 +1,6 @@
 //! The spare's disk work, off the event loop: a **persister** thread runs the protocol's disk
-//! operations in the order asked (term, spool, validate + make durable, discard) and an
+//! operations in the order asked (term, spool, validate — reported as `DiskDone::Verified`, so
+//! a primary that asked for it is acknowledged on receipt — then make durable, discard) and an
 //! **applier** thread writes durable checkpoints into the data files, so an acknowledgement
 //! never waits for a large apply. The queue to the persister is bounded in bytes: when it is
 //! full the event loop stops reading the primary's connection (back-pressure reaches the
@@ -182,10 +183,19 @@ impl Persister {
                 DiskOp::Persist {
                     seq,
                     replace_lineage,
-                } => Some(DiskDone::Persisted {
-                    seq,
-                    result: self.persist(seq, replace_lineage),
-                }),
+                } => {
+                    // The intermediate report, between validation and durability; the core
+                    // does not count it as the end of the operation.
+                    let verified = || {
+                        if done.send(DiskDone::Verified { seq }).is_ok() {
+                            wake();
+                        }
+                    };
+                    Some(DiskDone::Persisted {
+                        seq,
+                        result: self.persist(seq, replace_lineage, verified),
+                    })
+                }
                 DiskOp::Discard { seq } => {
                     if self.spool.as_ref().is_some_and(|s| s.header.seq == seq) {
                         self.drop_spool();
@@ -231,10 +241,16 @@ impl Persister {
         }
     }
 
-    /// Validates the whole spooled stream against the durable tip and makes it durable. What
-    /// the stream's BEGIN says must be what the primary declared (sequence, base, lineage,
-    /// term) — checked before anything is made durable, so a refused stream never is.
-    fn persist(&mut self, seq: u64, replace_lineage: bool) -> Result<Tip, String> {
+    /// Validates the whole spooled stream against the durable tip, calls `verified` (only if it
+    /// passed), and makes it durable. What the stream's BEGIN says must be what the primary
+    /// declared (sequence, base, lineage, term) — checked before anything is made durable, so
+    /// a refused stream never is, and before `verified`, so it is never acknowledged either.
+    fn persist(
+        &mut self,
+        seq: u64,
+        replace_lineage: bool,
+        verified: impl FnOnce(),
+    ) -> Result<Tip, String> {
         let Some(s) = self.spool.take().filter(|s| s.header.seq == seq) else {
             return Err(format!("checkpoint {seq} was not spooled"));
         };
@@ -280,10 +296,11 @@ impl Persister {
             None
         };
         let dir = ImageDir::attach(&self.root).map_err(|e| e.to_string())?;
-        let summary = match dir.persist_wal(seq, self.tip.as_ref(), policy, term) {
-            Ok(s) => s,
-            Err(e) => return refuse(e.to_string()),
-        };
+        let summary =
+            match dir.persist_wal_notify(seq, self.tip.as_ref(), policy, term, |_| verified()) {
+                Ok(s) => s,
+                Err(e) => return refuse(e.to_string()),
+            };
         let tip = ImageTip::from(&summary.begin);
         let out = proto_tip(&tip);
         self.tip = Some(tip);
@@ -292,7 +309,7 @@ impl Persister {
 }
 
 /// The BEGIN of a spooled stream (only its first frame is read; the whole stream is validated
-/// by `persist_wal`).
+/// by `persist_wal_notify`).
 fn declared_begin(path: &Path) -> Result<crate::image::Begin, String> {
     use crate::image::format::{self, FrameKind, FrameReader};
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -306,5 +323,124 @@ fn declared_begin(path: &Path) -> Result<crate::image::Begin, String> {
             path.display()
         )),
         Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{write_stream, Begin, RangeEntry, Run, FORMAT_VERSION};
+    use std::time::Duration;
+
+    const ADDR: u64 = 0x7000_0000_0000;
+    const PAGE: usize = 4096;
+
+    fn stream(seq: u64, base_seq: u64, fill: u8) -> Vec<u8> {
+        let b = Begin {
+            format_version: FORMAT_VERSION,
+            lineage: [0x11; 16],
+            term: 1,
+            seq,
+            base_seq,
+            exe_id: [7; 32],
+            page_size: PAGE as u32,
+            ranges: vec![RangeEntry {
+                addr: ADDR,
+                len: PAGE as u64,
+                complete: base_seq == 0,
+            }],
+            meta: Vec::new(),
+        };
+        let page = vec![fill; PAGE];
+        let mut out = Vec::new();
+        write_stream(&mut out, &b, [Run::Data(ADDR, &page)]).expect("to memory");
+        out
+    }
+
+    /// Runs the persister on a fresh directory over the spool operations and the Persist of
+    /// each stream; returns every report, in order.
+    fn run(streams: &[(u64, u64, Vec<u8>)]) -> Vec<DiskDone> {
+        let t = tempfile::tempdir().expect("tempdir");
+        let image = ImageDir::open(t.path()).expect("image");
+        let (tx, rx) = mpsc::channel();
+        let disk = start(image, tx, Arc::new(|| {})).expect("threads");
+        let mut expect = 0;
+        for (seq, base_seq, bytes) in streams {
+            let header = StreamHeader {
+                seq: *seq,
+                base_seq: *base_seq,
+            };
+            disk.submit(DiskOp::SpoolStart {
+                header,
+                lineage: [0x11; 16],
+                term: 1,
+            });
+            disk.submit(DiskOp::Spool {
+                seq: *seq,
+                bytes: bytes.clone(),
+            });
+            disk.submit(DiskOp::Persist {
+                seq: *seq,
+                replace_lineage: false,
+            });
+            expect += 3;
+        }
+        let mut got = Vec::new();
+        let mut finals = 0;
+        while finals < expect {
+            let d = rx.recv_timeout(Duration::from_secs(10)).expect("an answer");
+            if !matches!(d, DiskDone::Verified { .. }) {
+                finals += 1;
+            }
+            got.push(d);
+        }
+        got
+    }
+
+    /// Guards against the persister acknowledging-on-receipt what it then refuses, or not
+    /// reporting validation at all: `Verified` comes between the spool answers and
+    /// `Persisted { Ok }` for a good stream, never for a refused one, and every operation
+    /// still gets exactly one final answer.
+    #[test]
+    fn verified_comes_between_validation_and_persisted_and_only_for_valid_streams() {
+        let mut bad = stream(2, 1, 2);
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        let got = run(&[
+            (1, 0, stream(1, 0, 1)),
+            (2, 1, bad),
+            (3, 1, stream(3, 1, 3)),
+        ]);
+        let shape: Vec<String> = got
+            .iter()
+            .map(|d| match d {
+                DiskDone::Verified { seq } => format!("verified {seq}"),
+                DiskDone::Persisted { seq, result } => {
+                    format!(
+                        "persisted {seq} {}",
+                        if result.is_ok() { "ok" } else { "err" }
+                    )
+                }
+                DiskDone::Discarded => "answered".into(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "answered",
+                "answered",
+                "verified 1",
+                "persisted 1 ok",
+                "answered",
+                "answered",
+                "persisted 2 err",
+                "answered",
+                "answered",
+                "verified 3",
+                "persisted 3 ok",
+            ],
+            "{got:?}"
+        );
     }
 }

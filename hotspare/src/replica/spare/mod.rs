@@ -492,13 +492,21 @@ impl<'a> Daemon<'a> {
             .core
             .last_grant()
             .map_or(-1, |g| now.since(g).as_millis() as i64);
+        // The admitted primary's durability level (null: none admitted), and a checkpoint
+        // acknowledged on receipt that this spare failed to make durable (0: none; while set it
+        // will not take over).
+        let durability = self
+            .core
+            .primary_ack()
+            .map_or("null".to_string(), |a| format!("\"{a}\""));
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = format!(
-            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"listen\":\"{}\"}}\n",
+            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"durability\":{durability},\"acked_not_durable\":{},\"listen\":\"{}\"}}\n",
             std::process::id(),
             self.core.term(),
             self.core.tip().map_or(0, |t| t.seq),
             self.core.applied(),
             self.core.has_primary(),
+            self.core.acked_not_durable().unwrap_or(0),
             self.cfg.listen
         );
     }
