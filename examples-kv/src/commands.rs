@@ -11,8 +11,24 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub trait Durability: Send + Sync {
     /// Whether a write must be durable before it is answered (`--cpt-every-write`).
     fn every_write(&self) -> bool;
-    /// Makes every write done so far durable (group commit for `--cpt-every-write`).
-    fn commit(&self) -> Result<(), String>;
+    /// Brackets one request for Remus's rule (`None`: nothing to track).
+    fn begin_op(&self) -> Option<hotspare::Op<'_>> {
+        None
+    }
+    /// With `--cpt-every-write`, at the end of an event-loop round: what the replies it
+    /// produced must wait for (`None`: nothing, release them; a ticket: its durability —
+    /// taking the checkpoint first if they may reveal writes not captured yet).
+    fn round_ticket(&self) -> Result<Option<hotspare::Ticket>, String> {
+        Ok(None)
+    }
+    /// Where a ticket from [`Durability::round_ticket`] stands.
+    fn ticket_state(&self, _t: hotspare::Ticket) -> hotspare::TicketState {
+        hotspare::TicketState::Durable
+    }
+    /// A descriptor readable when tickets may have changed state (one per event loop).
+    fn notifier(&self) -> Option<hotspare::CommitNotifier> {
+        None
+    }
     /// `HOTSPARE.CPT [FULL|NOWAIT]`: a checkpoint now; its statistics as JSON. Durable before
     /// the reply, except with NOWAIT (then it is taken as the interval timer takes them: the
     /// caller is stopped only for the capture).

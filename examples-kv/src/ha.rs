@@ -5,7 +5,9 @@
 
 use crate::commands::{CptMode, Durability};
 use crate::store::Store;
-use hotspare::{CptStats, HeapAlloc, HotSpare};
+use hotspare::{
+    CommitNotifier, CptStats, HeapAlloc, HotSpare, Op, OutputGate, RoundNeed, Ticket, TicketState,
+};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ pub struct HotSpareDurability {
     hs: HotSpare,
     store: &'static HaStore,
     every_write: bool,
+    /// Remus's rule across the serving threads (which replies wait for which checkpoint).
+    gate: OutputGate,
     stats: Mutex<Stats>,
 }
 
@@ -53,6 +57,7 @@ impl HotSpareDurability {
             hs,
             store,
             every_write,
+            gate: OutputGate::new(),
             stats: Mutex::new(Stats::default()),
         }
     }
@@ -62,18 +67,23 @@ impl HotSpareDurability {
     }
 
     /// Stops the store (every shard lock), checkpoints, lets it go. The stop time recorded is
-    /// what clients see: from asking for the first lock to releasing the last.
+    /// what clients see: from asking for the first lock to releasing the last. The capture's
+    /// ticket is given to the output gate while the locks are held.
     fn checkpoint(&self, kind: Kind) -> Result<(CptStats, Duration), String> {
         if self.hs.is_fenced() {
             return Err("fenced: a newer primary exists or the lease ran out".into());
         }
         let t = Instant::now();
         let guards = self.store.lock_all();
+        let writes = self.gate.writes_now();
         let r = match kind {
             Kind::Interval => self.hs.cpt_or_coalesce(),
             Kind::Commit => self.hs.cpt(),
             Kind::Full => self.hs.cpt_full(),
         };
+        if r.as_ref().is_ok_and(|st| !st.coalesced) {
+            self.gate.captured(writes, self.hs.latest_ticket());
+        }
         drop(guards);
         let stopped = t.elapsed();
         let mut s = self.stats();
@@ -142,9 +152,36 @@ impl Durability for HotSpareDurability {
         self.hs.may_serve()
     }
 
-    fn commit(&self) -> Result<(), String> {
-        let (st, _) = self.checkpoint(Kind::Commit)?;
-        self.hs.wait_durable(st.seq).map_err(|e| e.to_string())
+    fn begin_op(&self) -> Option<Op<'_>> {
+        self.every_write.then(|| self.gate.begin())
+    }
+
+    fn round_ticket(&self) -> Result<Option<Ticket>, String> {
+        match self.gate.round(self.hs.durable_seq()) {
+            RoundNeed::Nothing => Ok(None),
+            RoundNeed::Wait(t) => Ok(Some(t)),
+            RoundNeed::Commit => {
+                self.checkpoint(Kind::Commit)?;
+                Ok(Some(self.hs.latest_ticket()))
+            }
+        }
+    }
+
+    fn ticket_state(&self, t: Ticket) -> TicketState {
+        self.hs.ticket_state(t)
+    }
+
+    fn notifier(&self) -> Option<CommitNotifier> {
+        if !self.every_write {
+            return None;
+        }
+        match self.hs.commit_notifier() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                eprintln!("hotspare-kv: {e}");
+                std::process::exit(1);
+            }
+        }
     }
 
     fn cpt_now(&self, mode: CptMode) -> Result<String, String> {

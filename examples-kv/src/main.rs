@@ -176,9 +176,6 @@ impl Durability for Plain {
     fn every_write(&self) -> bool {
         false
     }
-    fn commit(&self) -> Result<(), String> {
-        Ok(())
-    }
     fn cpt_now(&self, _mode: CptMode) -> Result<String, String> {
         Err("this server runs without Hot Spare (--plain)".into())
     }

@@ -1,33 +1,79 @@
 //! The event loop: one `mio` poll per serving thread (each polls a clone of the listening socket),
 //! connections read and parsed incrementally, replies buffered and written as the socket allows.
 //!
-//! With `--cpt-every-write` the loop is a group commit: the replies to every write read in one
-//! poll round are held, one checkpoint makes all of them durable, and only then are they sent.
-//! If that checkpoint fails, the held connections are closed unanswered: a client is never told
-//! OK for a write that is not durable.
+//! With `--cpt-every-write` replies leave only once durable, through the library's output
+//! commit: at the end of each poll round the replies it produced are tagged with a ticket
+//! (the checkpoint taken for them, or an earlier one that already holds everything they could
+//! reveal — Remus's rule, `hotspare::OutputGate`), and the loop goes on serving while that
+//! checkpoint is in flight. The library's commit notifier wakes the loop when checkpoints
+//! end; tagged bytes are then written in order. If a checkpoint fails, the connections whose
+//! replies waited for it are closed unanswered: a client is never told OK for a write that is
+//! not durable.
 
 use crate::commands::{execute, Client, Ctx, Durability, Effect};
 use crate::resp;
 use allocator_api2::alloc::Allocator;
+use hotspare::{Ticket, TicketState};
 use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const LISTENER: Token = Token(usize::MAX);
+const COMMITS: Token = Token(usize::MAX - 1);
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 struct Conn {
     stream: TcpStream,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
-    /// Replies to writes are in `wbuf`, waiting for the group commit.
-    held: bool,
+    /// Bytes at the front of `wbuf` that may be written now.
+    released: usize,
+    /// Replies waiting for durability: (end offset in `wbuf`, ticket), in order.
+    pending: VecDeque<(usize, Ticket)>,
+    /// Replies were added in this round and are not tagged yet.
+    untagged: bool,
     /// Interested in WRITABLE (the last flush was incomplete).
     want_write: bool,
     client: Client,
     closing: bool,
+}
+
+impl Conn {
+    /// Everything is sent and nothing waits.
+    fn drained(&self) -> bool {
+        self.wbuf.is_empty() && self.pending.is_empty()
+    }
+
+    /// Releases the replies whose tickets are durable; `false` if one failed (the connection
+    /// must then be closed unanswered).
+    fn release(&mut self, dur: &dyn Durability) -> bool {
+        while let Some(&(end, t)) = self.pending.front() {
+            match dur.ticket_state(t) {
+                TicketState::Durable => {
+                    self.released = self.released.max(end);
+                    self.pending.pop_front();
+                }
+                TicketState::Pending => break,
+                TicketState::Failed(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Tags the replies of this round: with `ticket`, or (`None`) as free to go once the
+    /// replies before them are.
+    fn tag(&mut self, ticket: Option<Ticket>) {
+        self.untagged = false;
+        let end = self.wbuf.len();
+        match (ticket, self.pending.back().map(|p| p.1)) {
+            (Some(t), _) | (None, Some(t)) => self.pending.push_back((end, t)),
+            (None, None) => self.released = end,
+        }
+    }
 }
 
 /// Serves connections from `listener` until the process ends.
@@ -40,10 +86,17 @@ pub fn serve<A: Allocator + Clone>(
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let every_write = ctx.dur.every_write();
+    let notifier = ctx.dur.notifier();
+    if let Some(n) = &notifier {
+        poll.registry()
+            .register(&mut SourceFd(&n.as_raw_fd()), COMMITS, Interest::READABLE)?;
+    }
     let mut events = Events::with_capacity(256);
     let mut conns: HashMap<usize, Conn> = HashMap::new();
     let mut next_token = 0usize;
-    let every_write = ctx.dur.every_write();
+    // Connections with replies waiting for a ticket.
+    let mut waiting: Vec<usize> = Vec::new();
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == ErrorKind::Interrupted {
@@ -51,49 +104,85 @@ pub fn serve<A: Allocator + Clone>(
             }
             return Err(e);
         }
-        let mut held = Vec::new();
+        let mut touched = Vec::new();
+        let mut commits_ended = false;
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 accept(ctx, &poll, &mut listener, &mut conns, &mut next_token);
                 continue;
             }
+            if ev.token() == COMMITS {
+                commits_ended = true;
+                continue;
+            }
             let t = ev.token().0;
             let Some(c) = conns.get_mut(&t) else { continue };
             if ev.is_readable() && !c.closing {
-                let wrote = read_and_execute(ctx, c);
-                if wrote && every_write && !c.held {
-                    c.held = true;
-                    held.push(t);
+                read_and_execute(ctx, c);
+                if every_write && c.untagged {
+                    touched.push(t);
+                    continue;
                 }
             }
-            if !c.held {
-                flush(ctx.dur, &poll, t, c);
-            }
-            if c.closing && c.wbuf.is_empty() && !c.held {
-                close(ctx, &poll, &mut conns, t);
-            }
-        }
-        if held.is_empty() {
-            continue;
-        }
-        let committed = ctx.dur.commit();
-        if let Err(e) = &committed {
-            eprintln!(
-                "hotspare-kv: checkpoint failed, closing {} unanswered clients: {e}",
-                held.len()
-            );
-        }
-        for t in held {
-            let Some(c) = conns.get_mut(&t) else { continue };
-            c.held = false;
-            if committed.is_err() {
-                close(ctx, &poll, &mut conns, t);
-                continue;
+            if !every_write {
+                c.released = c.wbuf.len();
             }
             flush(ctx.dur, &poll, t, c);
-            if c.closing && c.wbuf.is_empty() {
+            if c.closing && c.drained() {
                 close(ctx, &poll, &mut conns, t);
             }
+        }
+        if !touched.is_empty() {
+            let ticket = ctx.dur.round_ticket();
+            if let Err(e) = &ticket {
+                eprintln!(
+                    "hotspare-kv: checkpoint failed, closing {} unanswered clients: {e}",
+                    touched.len()
+                );
+            }
+            for t in touched {
+                let Some(c) = conns.get_mut(&t) else { continue };
+                match &ticket {
+                    Ok(tk) => c.tag(*tk),
+                    Err(_) => {
+                        close(ctx, &poll, &mut conns, t);
+                        continue;
+                    }
+                }
+                if c.pending.is_empty() {
+                    // Nothing to wait for: out now.
+                    flush(ctx.dur, &poll, t, c);
+                    if c.closing && c.drained() {
+                        close(ctx, &poll, &mut conns, t);
+                    }
+                } else {
+                    waiting.push(t);
+                    // A checkpoint may have ended meanwhile: look now, not at the next wake.
+                    commits_ended = true;
+                }
+            }
+        }
+        if commits_ended {
+            if let Some(n) = &notifier {
+                n.clear();
+            }
+            waiting.sort_unstable();
+            waiting.dedup();
+            waiting.retain(|&t| {
+                let Some(c) = conns.get_mut(&t) else {
+                    return false;
+                };
+                if !c.release(ctx.dur) {
+                    close(ctx, &poll, &mut conns, t);
+                    return false;
+                }
+                flush(ctx.dur, &poll, t, c);
+                if c.closing && c.drained() {
+                    close(ctx, &poll, &mut conns, t);
+                    return false;
+                }
+                !c.pending.is_empty()
+            });
         }
     }
 }
@@ -126,7 +215,9 @@ fn accept<A: Allocator + Clone>(
                         stream,
                         rbuf: Vec::new(),
                         wbuf: Vec::new(),
-                        held: false,
+                        released: 0,
+                        pending: VecDeque::new(),
+                        untagged: false,
                         want_write: false,
                         client: Client {
                             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
@@ -148,8 +239,8 @@ fn accept<A: Allocator + Clone>(
     }
 }
 
-/// Reads everything available and runs every complete request; whether any of them wrote.
-fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) -> bool {
+/// Reads everything available and runs every complete request.
+fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         match c.stream.read(&mut chunk) {
@@ -164,17 +255,23 @@ fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) -> boo
             Err(_) => {
                 c.closing = true;
                 c.wbuf.clear();
-                return false;
+                c.pending.clear();
+                c.released = 0;
+                return;
             }
         }
     }
-    let mut wrote = false;
     let mut used = 0;
     while !c.client.quit {
         match resp::parse(&c.rbuf[used..]) {
             Ok(Some((args, n))) => {
                 used += n;
-                wrote |= execute(ctx, &mut c.client, &args, &mut c.wbuf) == Effect::Write;
+                let op = ctx.dur.begin_op();
+                let effect = execute(ctx, &mut c.client, &args, &mut c.wbuf);
+                if let Some(op) = op {
+                    op.end(effect == Effect::Write);
+                }
+                c.untagged = true;
             }
             Ok(None) => break,
             Err(resp::ProtocolError(why)) => {
@@ -189,7 +286,6 @@ fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) -> boo
     if c.client.quit {
         c.closing = true;
     }
-    wrote
 }
 
 /// Writes what the socket takes. Replies to data commands leave only while this server may
@@ -197,14 +293,17 @@ fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) -> boo
 /// its spare meanwhile) closes the connection unanswered instead — the client retries against
 /// whoever serves now.
 fn flush(dur: &dyn Durability, poll: &Poll, t: usize, c: &mut Conn) {
-    if c.client.answered_data && !c.wbuf.is_empty() && !dur.may_serve() {
+    let ready = c.released.min(c.wbuf.len());
+    if c.client.answered_data && ready > 0 && !dur.may_serve() {
         c.wbuf.clear();
+        c.pending.clear();
+        c.released = 0;
         c.closing = true;
         return;
     }
     let mut done = 0;
-    while done < c.wbuf.len() {
-        match c.stream.write(&c.wbuf[done..]) {
+    while done < ready {
+        match c.stream.write(&c.wbuf[done..ready]) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -212,15 +311,21 @@ fn flush(dur: &dyn Durability, poll: &Poll, t: usize, c: &mut Conn) {
             Err(_) => {
                 c.closing = true;
                 c.wbuf.clear();
+                c.pending.clear();
+                c.released = 0;
                 return;
             }
         }
     }
     c.wbuf.drain(..done);
+    c.released -= done;
+    for p in &mut c.pending {
+        p.0 -= done;
+    }
     if c.wbuf.is_empty() {
         c.client.answered_data = false;
     }
-    let want_write = !c.wbuf.is_empty();
+    let want_write = c.released > 0;
     if want_write != c.want_write {
         let interest = if want_write {
             Interest::READABLE | Interest::WRITABLE

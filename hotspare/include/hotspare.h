@@ -87,6 +87,15 @@ int hs_cpt(struct hs_cpt_stats *out);
 int hs_cpt_full(struct hs_cpt_stats *out);
 int hs_wait_durable(uint64_t seq);
 
+/* Output commit (pipelined): hs_commit captures everything done so far and returns at once
+ * with a ticket; release the replies that depend on it once hs_ticket_state(ticket) is 1
+ * (0: pending; HS_ECPT: its checkpoint failed — do not report success). hs_commit_fd gives an
+ * eventfd, readable whenever a checkpoint ends: register it with poll/epoll, read 8 bytes to
+ * clear it. hs_wait_durable(ticket) blocks instead. */
+int hs_commit(uint64_t *ticket);
+int hs_ticket_state(uint64_t ticket);
+int hs_commit_fd(void);
+
 const char *hs_strerror(int code);
 const char *hs_last_error(void);
 

@@ -15,6 +15,7 @@
 //! | `lease_ms` | `HOTSPARE_LEASE_MS` | `40` (below the spare's default 5 × 10 ms detection) |
 //! | `on_fence` | `HOTSPARE_ON_FENCE` | `report` (`exit`: stop serving when fenced) |
 //! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails) |
+//! | `pipeline_depth` | `HOTSPARE_PIPELINE_DEPTH` | `2` (checkpoints in flight at once, 1–64; see `docs/library.md`) |
 //! | `durability` | `HOTSPARE_DURABILITY` | `fsynced`: the spare acknowledges after its `fsync`; `received`: as soon as it holds the stream validated (survives either machine dying, not both; `docs/replication.md`). Without `spare` the level is `local` |
 //!
 //! Resume is chosen by `HOTSPARE_RESUME=<image dir>` (see [`crate::HotSpare`]).
@@ -86,6 +87,11 @@ pub struct Config {
     /// no disk wait; survives the death of either machine, not of both). Only used with
     /// `spare`; see [`Config::durability_level`].
     pub durability: hotspare_proto::AckLevel,
+    /// Checkpoints between capture and durability at most (1 to 64): the pipeline depth of
+    /// output commit. Deeper hides longer round trips (a real network); shallower makes each
+    /// checkpoint carry more writes when per-checkpoint costs dominate (loopback). A capture
+    /// beyond it waits for the oldest.
+    pub pipeline_depth: u64,
 }
 
 impl Default for Config {
@@ -104,6 +110,7 @@ impl Default for Config {
             on_fence: "report".into(),
             ack_timeout_ms: 5000,
             durability: hotspare_proto::AckLevel::Fsynced,
+            pipeline_depth: 2,
         }
     }
 }
@@ -200,6 +207,15 @@ impl Config {
             self.ack_timeout_ms = v
                 .parse()
                 .map_err(|_| Error::Config(format!("bad HOTSPARE_ACK_TIMEOUT_MS '{v}'")))?;
+        }
+        if let Some(v) = var("HOTSPARE_PIPELINE_DEPTH") {
+            self.pipeline_depth =
+                v.parse()
+                    .ok()
+                    .filter(|d| (1..=64).contains(d))
+                    .ok_or_else(|| {
+                        Error::Config(format!("bad HOTSPARE_PIPELINE_DEPTH '{v}' (1 to 64)"))
+                    })?;
         }
         if let Some(v) = var("HOTSPARE_DURABILITY") {
             self.durability = parse_durability(&v)?;

@@ -464,6 +464,50 @@ pub extern "C" fn hs_wait_durable(seq: u64) -> c_int {
     guard(|| hs()?.wait_durable(seq).map(|()| 0).map_err(lib))
 }
 
+/// `int hs_commit(uint64_t *ticket)`: output commit — captures everything done so far and
+/// returns at once; `*ticket` (may be NULL) is released by `hs_ticket_state` / `hs_wait_durable`.
+///
+/// # Safety
+/// `ticket` is NULL or points to a writable `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn hs_commit(ticket: *mut u64) -> c_int {
+    guard(|| {
+        let t = hs()?.commit().map_err(lib)?;
+        if !ticket.is_null() {
+            // SAFETY: the caller passes NULL or a writable uint64_t.
+            unsafe { ticket.write(t.seq()) };
+        }
+        Ok(0)
+    })
+}
+
+/// `int hs_ticket_state(uint64_t ticket)`: 1 durable, 0 pending, `HS_ECPT` failed (never blocks).
+#[no_mangle]
+pub extern "C" fn hs_ticket_state(ticket: u64) -> c_int {
+    guard(|| {
+        let h = hs()?;
+        match h.ticket_state(crate::Ticket::from_seq(ticket)) {
+            crate::TicketState::Durable => Ok(1),
+            crate::TicketState::Pending => Ok(0),
+            crate::TicketState::Failed(why) => Err((HS_ECPT, why)),
+        }
+    })
+}
+
+/// `int hs_commit_fd(void)`: a new descriptor (eventfd, non-blocking) readable whenever a
+/// checkpoint ends, for `poll`/`epoll`; read 8 bytes from it to clear it, then ask
+/// `hs_ticket_state`. It stays open for the life of the process.
+#[no_mangle]
+pub extern "C" fn hs_commit_fd() -> c_int {
+    static KEPT: Mutex<Vec<crate::CommitNotifier>> = Mutex::new(Vec::new());
+    guard(|| {
+        let n = hs()?.commit_notifier().map_err(lib)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&n);
+        KEPT.lock().unwrap_or_else(|p| p.into_inner()).push(n);
+        Ok(fd)
+    })
+}
+
 /// `const char *hs_strerror(int code)`: a static description of an `HS_E*` code.
 #[no_mangle]
 pub extern "C" fn hs_strerror(code: c_int) -> *const c_char {

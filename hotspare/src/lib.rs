@@ -49,7 +49,9 @@ mod resume;
 mod runtime;
 pub mod sync;
 
-pub use checkpoint::CptStats;
+pub use checkpoint::{
+    CommitNotifier, CptStats, Op, OutputGate, RoundNeed, Ticket, TicketState, MAX_IN_FLIGHT,
+};
 pub use config::{Config, Strategy};
 pub use error::{Error, Result};
 pub use heap::{Heap, HeapAlloc, StableHasher};

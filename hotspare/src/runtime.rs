@@ -1,6 +1,6 @@
 //! [`HotSpare`]: start-up (fresh or resume), worker loops, `cpt()`.
 
-use crate::checkpoint::{CptStats, Durable, Engine, Settings, Shared};
+use crate::checkpoint::{CommitNotifier, CptStats, Engine, Settings, Shared, Ticket, TicketState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fds;
@@ -14,8 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A worker loop: called with the library handle, on start and again (directly) on resume.
@@ -145,11 +144,7 @@ fn open_shim(config: &Config) -> Result<Shim> {
 }
 
 fn shared() -> Arc<Shared> {
-    Arc::new(Shared {
-        durable: Mutex::new(Durable::default()),
-        changed: Condvar::new(),
-        force_full: AtomicBool::new(false),
-    })
+    Shared::new(0)
 }
 
 fn fresh(b: Builder) -> Result<HotSpare> {
@@ -185,6 +180,7 @@ fn fresh(b: Builder) -> Result<HotSpare> {
         term: b.config.term,
         lineage,
         strategy: b.config.strategy,
+        depth: b.config.pipeline_depth,
         shared: shared.clone(),
     };
     let sink = crate::checkpoint::Sink::for_config(&b.config, image, &exe, lineage)?;
@@ -259,14 +255,14 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
     let mut shim = open_shim(&b.config)?;
     shim.add(&ranges)?;
     let seq = image.seq();
-    let shared = shared();
-    shared.durable.lock().unwrap_or_else(|p| p.into_inner()).seq = seq;
+    let shared = Shared::new(seq);
     let lineage = m.lineage;
     let settings = Settings {
         exe,
         term: m.term.max(b.config.term),
         lineage,
         strategy: b.config.strategy,
+        depth: b.config.pipeline_depth,
         shared: shared.clone(),
     };
     let mut config = b.config.clone();
@@ -407,22 +403,49 @@ impl HotSpare {
 
     /// Waits until checkpoint `seq` is durable in the image directory; reports its failure.
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
-        let s = &self.inner.shared;
-        let mut d = s.durable.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if d.seq >= seq {
-                return Ok(());
-            }
-            if let Some((fseq, why)) = &d.failed {
-                if *fseq >= seq {
-                    return Err(Error::CheckpointFailed {
-                        seq: *fseq,
-                        why: why.clone(),
-                    });
-                }
-            }
-            d = s.changed.wait(d).unwrap_or_else(|p| p.into_inner());
-        }
+        self.inner.shared.wait(seq)
+    }
+
+    /// Output commit: takes a checkpoint of everything done so far and returns at once with
+    /// its ticket (the caller is stopped only for the capture, as by [`HotSpare::cpt`]).
+    /// Release a reply once [`HotSpare::ticket_state`] says its ticket is durable — from an
+    /// event loop woken by a [`CommitNotifier`], or by blocking in [`HotSpare::wait`]. Several
+    /// checkpoints are in flight at once (up to `Config::pipeline_depth`; beyond that this
+    /// waits for the oldest), so throughput is bounded by the capture and the link, not by
+    /// round trips. Call it where the state is consistent, as `cpt()`.
+    pub fn commit(&self) -> Result<Ticket> {
+        let st = self.cpt()?;
+        Ok(Ticket(st.seq))
+    }
+
+    /// The ticket of the newest checkpoint taken so far (everything captured by now), without
+    /// taking one: a reply that only *read* state already captured waits for this one.
+    pub fn latest_ticket(&self) -> Ticket {
+        Ticket(self.inner.shared.lock().issued_seq)
+    }
+
+    /// Where `ticket` stands (never blocks).
+    pub fn ticket_state(&self, ticket: Ticket) -> TicketState {
+        self.inner.shared.lock().state(ticket.0)
+    }
+
+    /// The highest checkpoint sequence that is durable: every ticket up to it is.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.shared.lock().seq
+    }
+
+    /// Blocks until `ticket` is durable; its checkpoint's failure otherwise.
+    pub fn wait(&self, ticket: Ticket) -> Result<()> {
+        self.inner.shared.wait(ticket.0)
+    }
+
+    /// A descriptor that becomes readable whenever a checkpoint ends (durable or failed), for
+    /// an event loop to register; one per loop.
+    pub fn commit_notifier(&self) -> Result<CommitNotifier> {
+        self.inner.shared.notifier().map_err(|e| Error::Os {
+            what: "eventfd for commit notifications".into(),
+            source: e,
+        })
     }
 
     /// Tracks another page-aligned range of private read-write memory; its pages all go into

@@ -2309,3 +2309,140 @@ fn s9_resumed_service_takes_keys_it_has_never_seen() {
     f.print("resumed_new_keys");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Pipelined output commit, killed at any moment.
+
+/// Reads keys `name:0..64` of the writers `names` until stopped; every value seen (with the
+/// moment it was read), from the process `pid` only.
+fn reader(
+    names: &[String],
+    addr: SocketAddr,
+    pid: i32,
+    stop: &AtomicBool,
+) -> Vec<(String, u64, u128)> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let Ok(mut c) = RespConn::connect(addr, Duration::from_millis(300), Duration::from_secs(2))
+    else {
+        return seen;
+    };
+    if c.server_pid().ok() != Some(pid) {
+        return seen;
+    }
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) && start.elapsed() < WRITER_LIMIT {
+        i += 1;
+        let key = format!("{}:{}", names[i % names.len()], i % 64);
+        match c.cmd(&["GET", &key]) {
+            Ok(Reply::Bulk(Some(b))) => {
+                if let Ok(v) = String::from_utf8_lossy(&b).parse::<u64>() {
+                    seen.push((key, v, now_ns()));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+/// `hotspare-kv --cpt-every-write` with the library's pipelined output commit, at both
+/// durability levels: 8 writers and 2 readers on one primary, which is killed at a moment drawn
+/// at random (printed); the survivor must hold every acknowledged write and every value a
+/// reader was shown (Remus's rule: a read reply that revealed a write must not outlive it).
+#[test]
+fn s10_pipelined_commit_killed_at_any_moment_loses_nothing() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let (mut reads, mut stale_reads, mut kills) = (0usize, 0usize, Vec::new());
+    for level in ["fsynced", "received"] {
+        for trial in 0..trials(3) {
+            let (t, _key) = workdir();
+            let dir = t.path();
+            let (sp, kp) = (free_port(), free_port());
+            let args = kv_args(kp, true, "127.0.0.1");
+            let spare = start_spare(
+                dir,
+                &dir.join("spare"),
+                &format!("127.0.0.1:{sp}"),
+                &args,
+                &[],
+                At::Loopback,
+            );
+            let primary = start_primary(
+                dir,
+                "spool",
+                &format!("127.0.0.1:{sp}"),
+                &args,
+                &[("HOTSPARE_DURABILITY", level)],
+                "primary.log",
+                At::Loopback,
+            );
+            wait_serving(lo(kp), None, primary.pid(), Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{e}{}", logs(dir)));
+            let names: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
+            let targets: Vec<(&str, SocketAddr)> =
+                names.iter().map(|n| (n.as_str(), lo(kp))).collect();
+            let load = Load::start(&targets, None, Duration::ZERO);
+            let stop = Arc::new(AtomicBool::new(false));
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (names, stop, pid) = (names.clone(), stop.clone(), primary.pid());
+                    std::thread::spawn(move || reader(&names, lo(kp), pid, &stop))
+                })
+                .collect();
+            assert!(
+                wait_acks(&load, 100, Duration::from_secs(10)),
+                "no load{}",
+                logs(dir)
+            );
+            // A moment drawn at random: 0–499 ms into the load.
+            let delay = (now_ns() / 1_000 % 500) as u64;
+            kills.push(format!("{level}/{trial}: {delay} ms"));
+            std::thread::sleep(Duration::from_millis(delay));
+            fail_over_and_check(
+                dir,
+                primary,
+                spare.pid(),
+                lo(kp),
+                None,
+                load,
+                &mut f,
+                &format!("pipelined commit ({level}, killed after {delay} ms)"),
+            );
+            stop.store(true, Ordering::SeqCst);
+            let seen: Vec<_> = readers
+                .into_iter()
+                .flat_map(|r| r.join().expect("reader"))
+                .collect();
+            reads += seen.len();
+            // What the readers saw, as acknowledgements: the survivor must hold each value or
+            // a later one.
+            let as_acks: Vec<Ack> = seen
+                .iter()
+                .map(|(key, val, at)| Ack {
+                    key: key.clone(),
+                    val: *val,
+                    pid: 0,
+                    sent: *at,
+                    got: *at,
+                })
+                .collect();
+            let (stale, _, ex) = lost(lo(kp), None, spare.pid(), &as_acks);
+            stale_reads += stale;
+            assert_eq!(
+                stale,
+                0,
+                "{level}: values shown to readers are gone after the failover: {ex:?}{}",
+                logs(dir)
+            );
+            f.trials += 1;
+            drop(spare);
+        }
+    }
+    f.add("values_read", reads);
+    f.add("read_values_lost", stale_reads);
+    f.add("kill_moments", kills.join(", "));
+    f.print("pipelined_commit_kill");
+}

@@ -17,16 +17,16 @@
 
 use super::io::{start_status_writer, OutBuf};
 use super::wire::{self, Key};
-use crate::image::format::{self, FrameKind, FrameReader};
+use crate::checkpoint::Completion;
 use hotspare_proto::codec::{ClientHandshake, Opener, Sealer};
 use hotspare_proto::primary::{Event, Link, LinkConfig};
 use hotspare_proto::{StreamHeader, Time};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -83,11 +83,19 @@ struct Shared {
     wire_bytes: AtomicU64,
 }
 
+/// A checkpoint stream to send.
+pub(crate) enum Source {
+    /// A spooled file (removed once sent or failed).
+    File(PathBuf),
+    /// Encoded in memory.
+    Memory(Vec<u8>),
+}
+
 enum Cmd {
     Send {
-        path: PathBuf,
         header: StreamHeader,
-        reply: mpsc::Sender<Result<(), String>>,
+        source: Source,
+        done: Completion,
     },
 }
 
@@ -160,43 +168,30 @@ impl Remote {
         !self.shared.fenced.load(Ordering::SeqCst) && until != 0 && now().as_nanos() < until
     }
 
-    /// Sends the stream in `path` as checkpoint `seq` and waits until the spare has it durably
-    /// (or it failed: refused, lost with the connection, or not acknowledged in time).
-    pub fn send_file(&self, path: &Path, seq: u64) -> Result<(), String> {
+    /// Hands checkpoint `header.seq` to the link and returns at once; `done` is told when the
+    /// spare acknowledged it at the configured durability level, or when it failed (refused,
+    /// lost with the connection, not acknowledged in time, fenced).
+    pub fn send(&self, header: StreamHeader, source: Source, done: Completion) {
         if self.shared.fenced.load(Ordering::SeqCst) {
-            return Err("fenced by the spare (a newer term exists, or it refuses us)".into());
+            source.discard();
+            return done.finish(Err(
+                "fenced by the spare (a newer term exists, or it refuses us)".into(),
+            ));
         }
-        let base_seq = read_base(path)?;
-        let (reply, outcome) = mpsc::channel();
-        self.cmds
-            .send(Cmd::Send {
-                path: path.to_path_buf(),
-                header: StreamHeader { seq, base_seq },
-                reply,
-            })
-            .map_err(|_| "the link thread is gone".to_string())?;
+        if let Err(mpsc::SendError(Cmd::Send { source, done, .. })) = self.cmds.send(Cmd::Send {
+            header,
+            source,
+            done,
+        }) {
+            source.discard();
+            return done.finish(Err("the link thread is gone".into()));
+        }
         let _ = self.waker.wake();
-        outcome
-            .recv()
-            .unwrap_or_else(|_| Err("the link thread is gone".into()))
     }
 
     /// Bytes of checkpoint streams sent to the spare so far, on the wire.
     pub fn wire_bytes(&self) -> u64 {
         self.shared.wire_bytes.load(Ordering::SeqCst)
-    }
-}
-
-/// The base sequence declared by a spooled stream's BEGIN.
-fn read_base(path: &Path) -> Result<u64, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut fr = FrameReader::new(std::io::BufReader::with_capacity(64 << 10, f));
-    match fr.next_frame() {
-        Ok(Some(fr)) if fr.kind == FrameKind::Begin => format::decode_begin(&fr.payload, 0)
-            .map(|b| b.base_seq)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Ok(_) => Err(format!("{}: does not start with BEGIN", path.display())),
-        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
@@ -224,10 +219,58 @@ impl Sock {
     }
 }
 
+impl Source {
+    /// Removes what is left of it (a spooled file).
+    fn discard(self) {
+        if let Source::File(p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Where the bytes of the checkpoint being sent come from.
+enum Reader {
+    File(std::fs::File, PathBuf),
+    Memory(Vec<u8>, usize),
+}
+
+impl Reader {
+    /// The next chunk (empty at the end).
+    fn next_chunk(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Reader::File(f, _) => {
+                let mut chunk = vec![0u8; CHUNK];
+                let n = read_full(f, &mut chunk)?;
+                chunk.truncate(n);
+                Ok(chunk)
+            }
+            Reader::Memory(b, 0) if b.len() <= CHUNK => {
+                // A small checkpoint goes as one chunk, without a copy (what is left is empty:
+                // the next call ends the stream).
+                Ok(std::mem::take(b))
+            }
+            Reader::Memory(b, at) => {
+                let n = (b.len() - *at).min(CHUNK);
+                let chunk = b[*at..*at + n].to_vec();
+                *at += n;
+                Ok(chunk)
+            }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Reader::File(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 struct Sending {
     seq: u64,
-    file: std::fs::File,
-    reply: mpsc::Sender<Result<(), String>>,
+    reader: Reader,
+    done: Completion,
 }
 
 struct LinkLoop {
@@ -237,8 +280,11 @@ struct LinkLoop {
     cmds: mpsc::Receiver<Cmd>,
     link: Link,
     sock: Option<Sock>,
+    /// Checkpoints handed over and not started yet (one is sent at a time).
+    queued: VecDeque<(StreamHeader, Source, Completion)>,
     sending: Option<Sending>,
-    waiting: HashMap<u64, mpsc::Sender<Result<(), String>>>,
+    /// Checkpoints sent whole, waiting for their acknowledgement.
+    waiting: HashMap<u64, Completion>,
     last_status: Instant,
     lease_logged: bool,
     /// Why the last connection attempt failed (reported with checkpoints that cannot go).
@@ -283,6 +329,7 @@ impl LinkLoop {
             cmds,
             link,
             sock: None,
+            queued: VecDeque::new(),
             sending: None,
             waiting: HashMap::new(),
             last_status: Instant::now() - Duration::from_secs(1),
@@ -357,31 +404,46 @@ impl LinkLoop {
 
     fn command(&mut self, cmd: Cmd) {
         let Cmd::Send {
-            path,
             header,
-            reply,
+            source,
+            done,
         } = cmd;
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = reply.send(Err(format!("{}: {e}", path.display())));
+        self.queued.push_back((header, source, done));
+    }
+
+    /// Starts the next queued checkpoint when none is being sent.
+    fn start_next(&mut self) {
+        while self.sending.is_none() {
+            let Some((header, source, done)) = self.queued.pop_front() else {
                 return;
-            }
-        };
-        match self.link.start_checkpoint(now(), header) {
-            Ok(()) => {
-                self.sending = Some(Sending {
-                    seq: header.seq,
-                    file,
-                    reply,
-                })
-            }
-            Err(why) => {
-                let last = self
-                    .last_error
-                    .as_ref()
-                    .map_or(String::new(), |e| format!(" (last attempt: {e})"));
-                let _ = reply.send(Err(format!("spare {}: {why}{last}", self.cfg.addr)));
+            };
+            let reader = match source {
+                Source::Memory(b) => Reader::Memory(b, 0),
+                Source::File(path) => match std::fs::File::open(&path) {
+                    Ok(f) => Reader::File(f, path),
+                    Err(e) => {
+                        let why = format!("{}: {e}", path.display());
+                        let _ = std::fs::remove_file(&path);
+                        done.finish(Err(why));
+                        continue;
+                    }
+                },
+            };
+            match self.link.start_checkpoint(now(), header) {
+                Ok(()) => {
+                    self.sending = Some(Sending {
+                        seq: header.seq,
+                        reader,
+                        done,
+                    })
+                }
+                Err(why) => {
+                    let last = self
+                        .last_error
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(" (last attempt: {e})"));
+                    done.finish(Err(format!("spare {}: {why}{last}", self.cfg.addr)));
+                }
             }
         }
     }
@@ -486,25 +548,24 @@ impl LinkLoop {
                 progressed = true;
                 self.event(ev);
             }
+            // Started (or failed, with no connection) at once, whatever the socket's state:
+            // a checkpoint must never wait for a connection that may not come.
+            self.start_next();
             // Feed the next chunk only when nothing is queued, so heartbeats stay in front.
             if self.link.data_queued() == 0
                 && self.sock.as_ref().is_some_and(|s| s.out.unsent() < CHUNK)
             {
                 if let Some(snd) = self.sending.as_mut() {
-                    let mut chunk = vec![0u8; CHUNK];
-                    match read_full(&mut snd.file, &mut chunk) {
-                        Ok(0) => {
+                    match snd.reader.next_chunk() {
+                        Ok(chunk) if chunk.is_empty() => {
                             let s = self.sending.take().expect("checked");
                             self.link.end_checkpoint(now(), s.seq);
-                            self.waiting.insert(s.seq, s.reply);
+                            self.waiting.insert(s.seq, s.done);
                         }
-                        Ok(n) => {
-                            chunk.truncate(n);
-                            self.link.send_chunk(snd.seq, chunk);
-                        }
+                        Ok(chunk) => self.link.send_chunk(snd.seq, chunk),
                         Err(e) => {
                             let s = self.sending.take().expect("checked");
-                            let _ = s.reply.send(Err(format!("reading the spool: {e}")));
+                            s.done.finish(Err(format!("reading the spool: {e}")));
                         }
                     }
                     progressed = true;
@@ -562,11 +623,11 @@ impl LinkLoop {
                 ))
             }
             Event::Done { seq, result } => {
-                if let Some(r) = self.waiting.remove(&seq) {
-                    let _ = r.send(result);
+                if let Some(done) = self.waiting.remove(&seq) {
+                    done.finish(result);
                 } else if self.sending.as_ref().is_some_and(|s| s.seq == seq) {
                     let s = self.sending.take().expect("checked");
-                    let _ = s.reply.send(result);
+                    s.done.finish(result);
                 }
             }
             Event::Fenced(why) => {

@@ -12,17 +12,25 @@ use hotspare_proto::StreamHeader;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Bytes of stream data queued for the persister before the event loop stops reading.
 pub(super) const QUEUE_LIMIT: u64 = 64 << 20;
+
+/// Durable checkpoints are applied to the data files at most this often while the primary is
+/// healthy ([`Disk::urgent`] lifts it).
+const APPLY_EVERY: Duration = Duration::from_millis(25);
 
 /// The handle the event loop holds.
 pub(super) struct Disk {
     ops: mpsc::Sender<DiskOp>,
     /// Stream bytes queued and not yet written.
     pub(super) queued: Arc<AtomicU64>,
+    /// Set by the event loop while a takeover may be near (no primary, or one silent for
+    /// half the detection time): applies then run at once, since a takeover waits for them.
+    pub(super) urgent: Arc<AtomicBool>,
 }
 
 impl Disk {
@@ -98,14 +106,31 @@ pub(super) fn start(
     let (ops, rx) = mpsc::channel::<DiskOp>();
     let (apply_tx, apply_rx) = mpsc::channel::<()>();
     let queued = Arc::new(AtomicU64::new(0));
+    let urgent = Arc::new(AtomicBool::new(false));
     {
         let (dir, done, wake) = (applier_dir.clone(), done.clone(), wake.clone());
+        let urgent = urgent.clone();
         std::thread::Builder::new()
             .name("hotspare-applier".into())
             .spawn(move || {
+                let mut last: Option<Instant> = None;
                 // One answer per Apply asked for: the core counts them (it asks for one at a
                 // time, so nothing is coalesced here).
                 while apply_rx.recv().is_ok() {
+                    // Applies come at most every APPLY_EVERY while the primary is healthy, so
+                    // that a stream of small checkpoints costs one apply (and its fsyncs) per
+                    // batch instead of one each; at once when a takeover may be near.
+                    if let Some(at) = last {
+                        let due = at + APPLY_EVERY;
+                        while !urgent.load(Ordering::SeqCst) {
+                            let now = Instant::now();
+                            if now >= due {
+                                break;
+                            }
+                            std::thread::sleep((due - now).min(Duration::from_millis(1)));
+                        }
+                    }
+                    last = Some(Instant::now());
                     let r = dir
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -130,7 +155,11 @@ pub(super) fn start(
             };
             persister.run(rx, apply_tx, done, wake, q)
         })?;
-    Ok(Disk { ops, queued })
+    Ok(Disk {
+        ops,
+        queued,
+        urgent,
+    })
 }
 
 struct Persister {

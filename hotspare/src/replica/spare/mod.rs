@@ -259,6 +259,14 @@ impl<'a> Daemon<'a> {
             self.expire_handshakes();
             let now = self.now();
             self.core.handle_timeout(now);
+            // Applies wait for a batch only while the primary is plainly alive.
+            let silent = self
+                .core
+                .last_grant()
+                .is_none_or(|g| now.since(g) > self.cfg.heartbeat * self.cfg.missed / 2);
+            self.disk
+                .urgent
+                .store(!self.core.has_primary() || silent, Ordering::SeqCst);
             if let Some(term) = self.drain_outputs() {
                 return Ok(term);
             }

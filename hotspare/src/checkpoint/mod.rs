@@ -1,27 +1,43 @@
-//! `cpt()`: capture the dirty pages (Copy or Fork), hand them to the writer thread, which makes
-//! them a durable checkpoint in the image directory.
+//! `cpt()`: capture the dirty pages (Copy or Fork) and hand them to the writer thread
+//! ([`sink`]), which makes them a durable checkpoint — applied to the local image, or sent to
+//! the spare and acknowledged there.
 //!
-//! One checkpoint is in flight at a time: the staging buffer goes to the writer with the
-//! checkpoint and comes back once that checkpoint is durable (or failed), so a program that
-//! checkpoints faster than the disk waits in `cpt()` instead of queueing memory without bound.
-//! A failed checkpoint makes the next one full, so no page of it is lost.
+//! Checkpoints are pipelined: the next capture does not wait for the previous checkpoint to
+//! be durable, only for a free staging buffer (the writer returns it as soon as it has encoded
+//! the stream) and for fewer than `pipeline_depth` checkpoints in flight, so a program that
+//! checkpoints faster than the spare acknowledges waits in `cpt()` instead of queueing memory
+//! without bound. Completions arrive in [`commit`] (tickets). A failed checkpoint makes the
+//! next one full, so no page of it is lost.
+
+mod commit;
+mod fork_job;
+mod gate;
+mod sink;
+
+pub use commit::{CommitNotifier, Ticket, TicketState};
+pub(crate) use commit::{Completion, Shared};
+pub(crate) use fork_job::WriteStream;
+pub use gate::{Op, OutputGate, RoundNeed};
+pub(crate) use sink::Sink;
 
 use crate::config::Strategy;
 use crate::error::{Error, Result};
 use crate::heap::Heap;
 use crate::identity::ExeId;
-use crate::image::format::{
-    encode_begin, frame_header, Begin, End, FrameKind, RangeEntry, PAGES_PER_FRAME,
-};
-use crate::image::{write_stream, ImageDir, Run, FORMAT_VERSION};
+use crate::image::format::{encode_begin, Begin, RangeEntry};
+use crate::image::{ImageDir, FORMAT_VERSION};
 use crate::replica::sender::Remote;
-use kmod_shim::{page_size, ChildJob, DirtySet, PageBits, Range, Shim, Snapshot};
-use std::io::{BufWriter, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use kmod_shim::{page_size, DirtySet, PageBits, Range, Shim, Snapshot};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The deepest pipeline `pipeline_depth` may ask for.
+pub const MAX_IN_FLIGHT: u64 = 64;
+/// Staging buffers (one per capture being encoded), at most.
+const MAX_STAGING: usize = 2;
 
 /// What one `cpt()` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,22 +60,6 @@ pub struct CptStats {
     /// were only noted and go into the next checkpoint ([`crate::HotSpare::cpt_or_coalesce`]).
     /// `seq` is then 0.
     pub coalesced: bool,
-}
-
-/// Durability state shared with the writer thread.
-#[derive(Debug, Default)]
-pub(crate) struct Durable {
-    /// Highest sequence that is durable in the image directory.
-    pub seq: u64,
-    /// The last failure, if any.
-    pub failed: Option<(u64, String)>,
-}
-
-pub(crate) struct Shared {
-    pub durable: Mutex<Durable>,
-    pub changed: Condvar,
-    /// Set by the writer when a checkpoint failed: the next one must be full.
-    pub force_full: AtomicBool,
 }
 
 /// A run to capture: bytes, or (anonymous memory never touched) known zeros.
@@ -110,15 +110,19 @@ fn whole_range(r: Range, ever_written: Option<&PageBits>, out: &mut Vec<Piece>) 
     }
 }
 
+/// A captured checkpoint on its way to the writer, with the one report of how it ends.
 enum Job {
     Copied {
         begin: Box<Begin>,
         runs: Vec<Captured>,
         staging: Vec<u8>,
+        done: Completion,
     },
     Forked {
         seq: u64,
+        base_seq: u64,
         snapshot: Snapshot<WriteStream>,
+        done: Completion,
     },
 }
 
@@ -130,6 +134,8 @@ pub(crate) struct Settings {
     /// on resume).
     pub lineage: [u8; 16],
     pub strategy: Strategy,
+    /// Checkpoints in flight at most.
+    pub depth: u64,
     pub shared: Arc<Shared>,
 }
 
@@ -150,7 +156,12 @@ pub(crate) struct Engine {
     pub lineage: [u8; 16],
     pub exe: ExeId,
     pub strategy: Strategy,
-    staging: Option<Vec<u8>>,
+    /// Checkpoints in flight at most (`Config::pipeline_depth`).
+    depth: u64,
+    /// Free staging buffers; buffers in use come back on `staging_back`.
+    staging: Vec<Vec<u8>>,
+    /// Staging buffers that exist (free or in use).
+    staging_made: usize,
     staging_back: Receiver<Vec<u8>>,
     jobs: Sender<Job>,
     shared: Arc<Shared>,
@@ -169,6 +180,7 @@ impl Engine {
             term,
             lineage,
             strategy,
+            depth,
             shared,
         } = s;
         let (jobs, job_rx) = channel();
@@ -188,7 +200,7 @@ impl Engine {
         let w_shared = shared.clone();
         std::thread::Builder::new()
             .name("hotspare-writer".into())
-            .spawn(move || writer(sink, exe, job_rx, back_tx, w_shared))
+            .spawn(move || sink::writer(sink, exe, job_rx, back_tx, w_shared))
             .expect("spawn writer thread");
         Engine {
             shim,
@@ -202,7 +214,9 @@ impl Engine {
             lineage,
             exe,
             strategy,
-            staging: Some(Vec::new()),
+            depth: depth.clamp(1, MAX_IN_FLIGHT),
+            staging: Vec::new(),
+            staging_made: 0,
             staging_back,
             jobs,
             shared,
@@ -225,14 +239,25 @@ impl Engine {
 
     /// Takes a checkpoint. `meta` is the encoded metadata; `full` forces every page.
     pub fn cpt(&mut self, meta: Vec<u8>, full: bool, coalesce: bool) -> Result<CptStats> {
-        let mut staging = match self.staging.take() {
+        // At most MAX_IN_FLIGHT checkpoints between capture and durability: wait for the
+        // oldest (or, coalescing, note the pages for later).
+        {
+            let mut d = self.shared.lock();
+            while d.in_flight() >= self.depth {
+                if coalesce {
+                    drop(d);
+                    return self.coalesce();
+                }
+                d = self
+                    .shared
+                    .changed
+                    .wait(d)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let mut staging = match self.take_staging(coalesce)? {
             Some(s) => s,
-            None if coalesce => match self.staging_back.try_recv() {
-                Ok(s) => s,
-                Err(std::sync::mpsc::TryRecvError::Empty) => return self.coalesce(),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(writer_gone()),
-            },
-            None => self.staging_back.recv().map_err(|_| writer_gone())?,
+            None => return self.coalesce(),
         };
         // A new or reconnected spare gets a full image.
         let new_spare = self
@@ -299,23 +324,36 @@ impl Engine {
         let (strategy, bytes, snapshot, at) = match captured {
             Ok(c) => c,
             Err(e) => {
-                self.staging = Some(staging);
+                self.staging.push(staging);
                 // Whatever QUERY harvested is lost to this failed attempt: send everything next.
                 self.shared.force_full.store(true, Ordering::SeqCst);
                 return Err(e);
             }
         };
+        {
+            let mut d = self.shared.lock();
+            d.issued += 1;
+            d.issued_seq = seq;
+        }
+        let done = Completion::new(self.shared.clone(), seq);
         let job = match snapshot {
             Some(snapshot) => {
-                self.staging = Some(staging);
-                Job::Forked { seq, snapshot }
+                self.staging.push(staging);
+                Job::Forked {
+                    seq,
+                    base_seq: base,
+                    snapshot,
+                    done,
+                }
             }
             None => Job::Copied {
                 begin: Box::new(self.begin(seq, base, full, meta)),
                 runs: at,
                 staging,
+                done,
             },
         };
+        // A writer that is gone drops the job, and with it the completion: the ticket fails.
         self.jobs.send(job).map_err(|_| writer_gone())?;
         self.last_seq = seq;
         self.fresh.clear();
@@ -329,6 +367,28 @@ impl Engine {
             strategy,
             coalesced: false,
         })
+    }
+
+    /// A free staging buffer: a returned one, a new one while fewer than [`MAX_STAGING`]
+    /// exist, else (coalescing) `None` or (not coalescing) the next one the writer returns.
+    fn take_staging(&mut self, coalesce: bool) -> Result<Option<Vec<u8>>> {
+        while let Ok(s) = self.staging_back.try_recv() {
+            self.staging.push(s);
+        }
+        if let Some(s) = self.staging.pop() {
+            return Ok(Some(s));
+        }
+        if self.staging_made < MAX_STAGING {
+            self.staging_made += 1;
+            return Ok(Some(Vec::new()));
+        }
+        if coalesce {
+            return Ok(None);
+        }
+        self.staging_back
+            .recv()
+            .map(Some)
+            .map_err(|_| writer_gone())
     }
 
     /// The previous checkpoint is still in flight: start a new epoch and keep its pages for the
@@ -443,291 +503,4 @@ fn resident_bytes() -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .map_or(0, |pages| pages * page_size() as u64)
-}
-
-/// Where checkpoints go: the local image directory, or a spare (the directory then only spools
-/// each stream until the spare has acknowledged it).
-pub(crate) enum Sink {
-    /// Applied to the image directory.
-    Local(ImageDir),
-    /// Sent to a spare.
-    Remote {
-        /// Spool for streams in flight (`wal/<seq>.tmp`, never applied locally).
-        spool: ImageDir,
-        /// The link.
-        remote: Remote,
-    },
-}
-
-impl Sink {
-    /// Where `config` sends checkpoints: the spare when one is configured (starting the link to
-    /// it), else the image directory.
-    pub(crate) fn for_config(
-        config: &crate::Config,
-        image: ImageDir,
-        exe: &ExeId,
-        lineage: [u8; 16],
-    ) -> Result<Sink> {
-        let Some(addr) = &config.spare else {
-            return Ok(Sink::Local(image));
-        };
-        let key_file = config
-            .key_file
-            .as_ref()
-            .ok_or_else(|| Error::Config("a spare needs key_file (HOTSPARE_KEY_FILE)".into()))?;
-        let key =
-            crate::replica::wire::load_key(key_file).map_err(|e| Error::Config(e.to_string()))?;
-        let on_fence_exit = match config.on_fence.as_str() {
-            "exit" => true,
-            "report" => false,
-            other => {
-                return Err(Error::Config(format!(
-                    "on_fence must be 'report' or 'exit', not '{other}'"
-                )))
-            }
-        };
-        let remote = crate::replica::sender::Remote::start(crate::replica::RemoteConfig {
-            addr: addr.clone(),
-            key,
-            heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(1)),
-            lease: std::time::Duration::from_millis(config.lease_ms.max(1)),
-            ack_timeout: std::time::Duration::from_millis(config.ack_timeout_ms.max(1)),
-            exit_when_fenced: on_fence_exit,
-            lineage,
-            term: config.term,
-            exe_id: exe.0,
-            status_file: Some(image.path().join("status")),
-            ack: config.durability,
-        })
-        .map_err(|e| Error::Config(format!("starting the link to the spare: {e}")))?;
-        Ok(Sink::Remote {
-            spool: image,
-            remote,
-        })
-    }
-
-    fn dir(&self) -> &ImageDir {
-        match self {
-            Sink::Local(d) | Sink::Remote { spool: d, .. } => d,
-        }
-    }
-
-    /// Makes the fully written `wal/<seq>.tmp` durable: applied locally, or acknowledged by
-    /// the spare.
-    fn deliver(&mut self, seq: u64, exe: &ExeId) -> Result<(), String> {
-        match self {
-            Sink::Local(image) => image
-                .commit_wal(seq, Some(exe))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Sink::Remote { spool, remote } => {
-                let path = spool.wal_path(seq, "tmp");
-                let r = remote.send_file(&path, seq);
-                let _ = std::fs::remove_file(&path);
-                r
-            }
-        }
-    }
-}
-
-fn writer(
-    mut sink: Sink,
-    exe: ExeId,
-    jobs: Receiver<Job>,
-    back: Sender<Vec<u8>>,
-    shared: Arc<Shared>,
-) {
-    for job in jobs {
-        let (seq, result, staging) = match job {
-            Job::Copied {
-                begin,
-                runs,
-                staging,
-            } => {
-                let seq = begin.seq;
-                let r = spool_copied(sink.dir(), &begin, &runs, &staging)
-                    .and_then(|()| sink.deliver(seq, &exe));
-                (seq, r, Some(staging))
-            }
-            Job::Forked { seq, snapshot } => {
-                let r = match snapshot.wait() {
-                    Ok(o) if o.is_success() => sink.deliver(seq, &exe),
-                    Ok(o) => Err(format!("the cptfork child ended with {o:?}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                (seq, r, None)
-            }
-        };
-        if result.is_err() {
-            // A stream that failed before it was delivered is never completed: drop its spool.
-            let _ = sink.dir().remove_spool(seq);
-        }
-        {
-            let mut d = shared.durable.lock().unwrap_or_else(|p| p.into_inner());
-            match result {
-                Ok(()) => d.seq = seq,
-                Err(why) => {
-                    shared.force_full.store(true, Ordering::SeqCst);
-                    d.failed = Some((seq, why));
-                }
-            }
-        }
-        shared.changed.notify_all();
-        if let Some(s) = staging {
-            if back.send(s).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Writes a Copy capture as a stream to `wal/<seq>.tmp`.
-fn spool_copied(
-    dir: &ImageDir,
-    begin: &Begin,
-    runs: &[Captured],
-    staging: &[u8],
-) -> Result<(), String> {
-    let (path, file) = dir.create_wal(begin.seq).map_err(|e| e.to_string())?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    write_stream(
-        &mut w,
-        begin,
-        runs.iter().map(|c| {
-            if c.zero {
-                Run::Zero(c.addr, c.len as u64)
-            } else {
-                Run::Data(c.addr, &staging[c.offset..c.offset + c.len])
-            }
-        }),
-    )
-    .and_then(|_| w.flush())
-    .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The Fork strategy's child job: writes the whole checkpoint stream (BEGIN prepared by the
-/// parent; PAGES and END encoded in the child, allocation-free) to the WAL file and `fsync`s it.
-pub(crate) struct WriteStream {
-    fd: Option<OwnedFd>,
-    raw: i32,
-    begin: Vec<u8>,
-    runs: Vec<Piece>,
-    seq: u64,
-    /// The image directory's lock, inherited by the child: closed there first, so that a
-    /// child that outlives a killed parent does not keep the directory locked (-1: none).
-    lock_fd: i32,
-}
-
-impl WriteStream {
-    fn new(fd: OwnedFd, begin: Vec<u8>, runs: &[Piece], seq: u64, lock_fd: i32) -> WriteStream {
-        WriteStream {
-            raw: fd.as_raw_fd(),
-            fd: Some(fd),
-            begin,
-            runs: runs.to_vec(),
-            seq,
-            lock_fd,
-        }
-    }
-}
-
-/// `write(2)` all of `parts` (a few iovecs), resuming after partial writes; async-signal-safe.
-fn write_all_v(fd: i32, parts: &[&[u8]]) -> Result<(), i32> {
-    let mut idx = 0;
-    let mut off = 0;
-    while idx < parts.len() {
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 3];
-        let mut n = 0;
-        for (k, p) in parts[idx..].iter().enumerate().take(3) {
-            let skip = if k == 0 { off } else { 0 };
-            iov[k] = libc::iovec {
-                iov_base: p[skip..].as_ptr() as *mut _,
-                iov_len: p.len() - skip,
-            };
-            n += 1;
-        }
-        // SAFETY: the iovecs describe live, readable slices.
-        let w = unsafe { libc::writev(fd, iov.as_ptr(), n) };
-        if w < 0 {
-            // SAFETY: reading this thread's errno.
-            let e = unsafe { *libc::__errno_location() };
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut w = w as usize;
-        while idx < parts.len() && w >= parts[idx].len() - off {
-            w -= parts[idx].len() - off;
-            idx += 1;
-            off = 0;
-        }
-        off += w;
-    }
-    Ok(())
-}
-
-// SAFETY: `run` reads memory, computes CRCs on the stack, and calls writev/fsync: all
-// async-signal-safe; everything it needs was allocated by the parent before the fork.
-unsafe impl ChildJob for WriteStream {
-    fn run(&self) -> i32 {
-        if self.lock_fd >= 0 {
-            // SAFETY: close is async-signal-safe; the descriptor is this child's copy.
-            unsafe { libc::close(self.lock_fd) };
-        }
-        let page = page_size();
-        if let Err(e) = write_all_v(self.raw, &[&self.begin]) {
-            return e.clamp(1, 255);
-        }
-        let mut end = End {
-            seq: self.seq,
-            ..End::default()
-        };
-        for &Piece { addr, len, zero } in &self.runs {
-            if zero {
-                let (a, l) = ((addr as u64).to_le_bytes(), (len as u64).to_le_bytes());
-                let h = frame_header(FrameKind::Zero, &[&a, &l]);
-                if let Err(e) = write_all_v(self.raw, &[&h, &a, &l]) {
-                    return e.clamp(1, 255);
-                }
-                end.digest = crc32c::crc32c_append(crc32c::crc32c_append(end.digest, &a), &l);
-                end.page_frames += 1;
-                end.pages += (len / page) as u64;
-                continue;
-            }
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(PAGES_PER_FRAME * page);
-                let a = ((addr + at) as u64).to_le_bytes();
-                // SAFETY: the run lies in tracked memory, frozen in this child.
-                let data = unsafe { std::slice::from_raw_parts((addr + at) as *const u8, n) };
-                let h = frame_header(FrameKind::Pages, &[&a, data]);
-                if let Err(e) = write_all_v(self.raw, &[&h, &a, data]) {
-                    return e.clamp(1, 255);
-                }
-                end.digest = crc32c::crc32c_append(crc32c::crc32c_append(end.digest, &a), data);
-                end.page_frames += 1;
-                end.pages += (n / page) as u64;
-                at += n;
-            }
-        }
-        let e = end.encode();
-        let h = frame_header(FrameKind::End, &[&e]);
-        if let Err(err) = write_all_v(self.raw, &[&h, &e]) {
-            return err.clamp(1, 255);
-        }
-        // SAFETY: fsync is async-signal-safe.
-        if unsafe { libc::fsync(self.raw) } != 0 {
-            // SAFETY: errno of this thread.
-            return unsafe { *libc::__errno_location() }.clamp(1, 255);
-        }
-        0
-    }
-
-    fn after_fork_in_parent(&mut self) {
-        self.fd = None;
-    }
 }
