@@ -1812,3 +1812,29 @@ fn h_owed_checkpoints_of_two_lineages_are_both_kept() {
         "took over without NEW's 9: {out:?}"
     );
 }
+
+/// Guards against a startup grace configured below the detection time (found by the
+/// simulator, seed 5015251: grace 121 ms, detection 160 ms): the spare that crashed may have
+/// granted a lease just before, which runs for up to the detection time, so a restarted spare
+/// that took over after the grace alone could do so while the primary may still serve.
+#[test]
+fn e_a_startup_grace_below_the_detection_time_holds_for_the_detection_time() {
+    let term = 3;
+    let cfg = SpareConfig {
+        startup_grace: ms(DETECTION_MS / 5),
+        ..spare_cfg(false)
+    };
+    let start = at(1_000);
+    let mut s = spare_with_image(cfg, OLD, 9, term, start);
+    assert_eq!(s.poll_timeout(), Some(start + ms(DETECTION_MS)));
+    for t in [DETECTION_MS / 5, DETECTION_MS / 2, DETECTION_MS - 1] {
+        s.handle_timeout(start + ms(t));
+        let out = drain(&mut s);
+        assert!(
+            disk_ops(&out).is_empty(),
+            "takeover {t} ms after a restart: {out:?}"
+        );
+    }
+    s.handle_timeout(start + ms(DETECTION_MS));
+    assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::SaveTerm(term + 1)]);
+}

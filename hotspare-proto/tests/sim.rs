@@ -55,11 +55,13 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
 }
 
 /// Seeds that once failed, kept as regressions: a late hello of a dead primary's lineage made
-/// the spare "adopt" it again after the image had moved on, and no takeover ever followed.
-/// Both durability levels run them (a seed's own draws were made before levels existed).
+/// the spare "adopt" it again after the image had moved on, and no takeover ever followed
+/// (1,152,808, 1,253,665, 1,263,698); a restarted spare whose startup grace (121 ms) was below
+/// the detection time (160 ms) took over while the primary still held a lease its previous
+/// incarnation had granted (5,015,251, at `received`). Both durability levels run them.
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [1_152_808, 1_253_665, 1_263_698] {
+    for seed in [1_152_808, 1_253_665, 1_263_698, 5_015_251] {
         for level in [AckLevel::Fsynced, AckLevel::Received] {
             let r = hotspare_proto::sim::run_with(seed, level);
             assert!(

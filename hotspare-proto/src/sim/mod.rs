@@ -721,7 +721,13 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
         },
         trace: VecDeque::new(),
     };
-    w.trace(format!("durability level: {ack}"));
+    w.trace(format!(
+        "durability level: {ack}; heartbeat {} ms, detection {} ms, lease asked {} ms, startup grace {} ms",
+        w.link_cfg.heartbeat.as_millis(),
+        w.spare_cfg.detection.as_millis(),
+        w.link_cfg.lease.as_millis(),
+        w.spare_cfg.startup_grace.as_millis()
+    ));
     w.start_spare();
     w.start_primary();
     w.after(20 * MS, Ev::Fault);

@@ -45,7 +45,8 @@ pub struct SpareConfig {
     /// Silence after the last lease granted before the primary is declared dead (N × H).
     pub detection: Duration,
     /// After starting, no takeover before this (a primary that is alive reconnects well
-    /// within it; one that is dead is taken over after it).
+    /// within it; one that is dead is taken over after it). Never less than `detection`
+    /// whatever is configured: a lease granted just before a crash runs that long.
     pub startup_grace: Duration,
     /// Let a primary of another lineage replace the image (its first full checkpoint does).
     pub accept_new_lineage: bool,
@@ -289,7 +290,9 @@ impl Spare {
     pub fn new(cfg: SpareConfig, recovered: Recovered, now: Time) -> Spare {
         let term = recovered.term.max(recovered.tip.map_or(0, |t| t.term));
         Spare {
-            hold_until: now + cfg.startup_grace,
+            // Never shorter than the detection time: the previous incarnation may have granted a
+            // lease just before it died, and leases are bounded by `detection`, not by the grace.
+            hold_until: now + cfg.startup_grace.max(cfg.detection),
             cfg,
             term,
             saved_term: recovered.term,
