@@ -103,7 +103,9 @@ pub enum Msg {
     Chunk {
         /// The checkpoint being sent.
         seq: u64,
-        /// Stream bytes.
+        /// Stream bytes (as one byte string: the same postcard encoding as a sequence of
+        /// `u8`, without encoding and decoding them one by one).
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Primary → spare: stream `seq` is complete; make it durable.
@@ -151,4 +153,28 @@ pub enum Msg {
     },
     /// `hotspare status` → spare.
     StatusRequest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serde_bytes` on `Chunk::bytes` must not change the wire: the same bytes as a postcard
+    /// sequence of `u8` (what older peers and the committed fuzz corpora hold).
+    #[test]
+    fn chunk_bytes_are_encoded_as_a_sequence_of_u8() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        let ours = postcard::to_allocvec(&Msg::Chunk {
+            seq: 77,
+            bytes: data.clone(),
+        })
+        .unwrap();
+        let variant = ours[0];
+        let plain = postcard::to_allocvec(&(u32::from(variant), 77u64, data.clone())).unwrap();
+        assert_eq!(ours, plain);
+        match postcard::from_bytes::<Msg>(&plain).unwrap() {
+            Msg::Chunk { seq, bytes } => assert_eq!((seq, bytes), (77, data)),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
 }

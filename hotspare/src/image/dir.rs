@@ -909,8 +909,22 @@ impl ImageDir {
         min_term: u64,
         verified: impl FnOnce(&Summary),
     ) -> Result<Summary, ImageError> {
+        self.persist_wal_from(seq, None, tip, policy, min_term, verified)
+    }
+
+    /// [`ImageDir::persist_wal_notify`], validating `copy` — the bytes just written to
+    /// `wal/<seq>.tmp`, kept by the writer — instead of reading the file back (`None`: read it).
+    pub fn persist_wal_from(
+        &self,
+        seq: u64,
+        copy: Option<&[u8]>,
+        tip: Option<&Tip>,
+        policy: LineagePolicy,
+        min_term: u64,
+        verified: impl FnOnce(&Summary),
+    ) -> Result<Summary, ImageError> {
         let tmp = self.wal_path(seq, "tmp");
-        let summary = match self.check_stream(&tmp, seq, tip, policy, min_term) {
+        let summary = match self.check_stream(&tmp, copy, seq, tip, policy, min_term) {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -954,6 +968,7 @@ impl ImageDir {
     fn check_stream(
         &self,
         path: &Path,
+        copy: Option<&[u8]>,
         seq: u64,
         tip: Option<&Tip>,
         policy: LineagePolicy,
@@ -963,10 +978,16 @@ impl ImageDir {
             path: path.to_path_buf(),
             source,
         };
-        let f = File::open(path)
-            .map(BufReader::new)
-            .map_err(io_err(path, "open"))?;
-        let summary = format::scan_stream(f, |_| Ok(())).map_err(fmt)?;
+        let summary = match copy {
+            Some(bytes) => format::scan_stream(bytes, |_| Ok(())),
+            None => {
+                let f = File::open(path)
+                    .map(BufReader::new)
+                    .map_err(io_err(path, "open"))?;
+                format::scan_stream(f, |_| Ok(()))
+            }
+        }
+        .map_err(fmt)?;
         let b = &summary.begin;
         if b.seq != seq {
             return Err(fmt(FormatError::Malformed {

@@ -89,7 +89,14 @@ struct Spool {
     lineage: [u8; 16],
     term: u64,
     file: Result<File, String>,
+    /// A copy of what was written, while it is at most [`COPY_LIMIT`]: validated from memory
+    /// instead of reading the file back (`None`: too large, read the file).
+    copy: Option<Vec<u8>>,
 }
+
+/// Streams up to this size are validated from a copy in memory (the small checkpoints of
+/// output commit, where re-reading the file twice cost more than the rest of the persist).
+const COPY_LIMIT: usize = 8 << 20;
 
 /// Starts the persister and the applier over `image`; results are sent on `done`, and `wake`
 /// is called after each so the event loop notices.
@@ -199,6 +206,7 @@ impl Persister {
                         lineage,
                         term,
                         file,
+                        copy: Some(Vec::new()),
                     });
                     failed.map(|why| DiskDone::SpoolFailed {
                         seq: header.seq,
@@ -260,6 +268,13 @@ impl Persister {
     fn spool_bytes(&mut self, seq: u64, bytes: &[u8]) -> Option<DiskDone> {
         let s = self.spool.as_mut().filter(|s| s.header.seq == seq)?;
         let Ok(f) = s.file.as_mut() else { return None };
+        if let Some(c) = &mut s.copy {
+            if c.len() + bytes.len() <= COPY_LIMIT {
+                c.extend_from_slice(bytes);
+            } else {
+                s.copy = None;
+            }
+        }
         match f.write_all(bytes) {
             Ok(()) => None,
             Err(e) => {
@@ -293,7 +308,14 @@ impl Persister {
             return refuse(why);
         }
         drop(s.file);
-        match declared_begin(&tmp) {
+        let copy = s.copy;
+        let declared = match &copy {
+            Some(bytes) => begin_of(std::io::Cursor::new(bytes.as_slice()), &tmp),
+            None => File::open(&tmp)
+                .map_err(|e| format!("{}: {e}", tmp.display()))
+                .and_then(|f| begin_of(std::io::BufReader::with_capacity(64 << 10, f), &tmp)),
+        };
+        match declared {
             Ok(b) if b.seq == header.seq
                 && b.base_seq == header.base_seq
                 && b.lineage == lineage
@@ -325,11 +347,17 @@ impl Persister {
             None
         };
         let dir = ImageDir::attach(&self.root).map_err(|e| e.to_string())?;
-        let summary =
-            match dir.persist_wal_notify(seq, self.tip.as_ref(), policy, term, |_| verified()) {
-                Ok(s) => s,
-                Err(e) => return refuse(e.to_string()),
-            };
+        let summary = match dir.persist_wal_from(
+            seq,
+            copy.as_deref(),
+            self.tip.as_ref(),
+            policy,
+            term,
+            |_| verified(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return refuse(e.to_string()),
+        };
         let tip = ImageTip::from(&summary.begin);
         let out = proto_tip(&tip);
         self.tip = Some(tip);
@@ -337,12 +365,11 @@ impl Persister {
     }
 }
 
-/// The BEGIN of a spooled stream (only its first frame is read; the whole stream is validated
-/// by `persist_wal_notify`).
-fn declared_begin(path: &Path) -> Result<crate::image::Begin, String> {
+/// The BEGIN of a spooled stream at `path`, read from `r` (only its first frame; the whole
+/// stream is validated by `persist_wal_from`).
+fn begin_of(r: impl std::io::Read, path: &Path) -> Result<crate::image::Begin, String> {
     use crate::image::format::{self, FrameKind, FrameReader};
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut fr = FrameReader::new(std::io::BufReader::with_capacity(64 << 10, f));
+    let mut fr = FrameReader::new(r);
     match fr.next_frame() {
         Ok(Some(frame)) if frame.kind == FrameKind::Begin => {
             format::decode_begin(&frame.payload, 0).map_err(|e| format!("{}: {e}", path.display()))
