@@ -203,6 +203,33 @@ fn start_primary(
     Killed(c.spawn().expect("start hotspare-kv"))
 }
 
+/// A spare (image in `image`) and an every-write primary (`env` added to its environment) on
+/// loopback, the primary serving: (spare, primary, the service's port).
+fn loopback_pair(dir: &Path, image: &Path, env: &[(&str, &str)]) -> (Killed, Killed, u16) {
+    let (sp, kp) = (free_port(), free_port());
+    let args = kv_args(kp, true, "127.0.0.1");
+    let spare = start_spare(
+        dir,
+        image,
+        &format!("127.0.0.1:{sp}"),
+        &args,
+        &[],
+        At::Loopback,
+    );
+    let primary = start_primary(
+        dir,
+        "spool",
+        &format!("127.0.0.1:{sp}"),
+        &args,
+        env,
+        "primary.log",
+        At::Loopback,
+    );
+    wait_serving(lo(kp), None, primary.pid(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}{}", logs(dir)));
+    (spare, primary, kp)
+}
+
 fn kv_args(port: u16, every_write: bool, bind: &str) -> Vec<String> {
     let mut v = vec![
         "--bind".to_string(),
@@ -1538,28 +1565,8 @@ fn disk_fault(scenario: &str, fault: DiskFault) {
             let dir = t.path();
             let disk = SpareDisk::mount(fault, dir);
             let fs = dir.join("fs");
-            let (sp, kp) = (free_port(), free_port());
-            let args = kv_args(kp, true, "127.0.0.1");
-            let spare = start_spare(
-                dir,
-                &fs.join("image"),
-                &format!("127.0.0.1:{sp}"),
-                &args,
-                &[],
-                At::Loopback,
-            );
+            let (spare, primary, kp) = loopback_pair(dir, &fs.join("image"), env);
             let _clear = ClearOnDrop(&disk);
-            let primary = start_primary(
-                dir,
-                "spool",
-                &format!("127.0.0.1:{sp}"),
-                &args,
-                env,
-                "primary.log",
-                At::Loopback,
-            );
-            wait_serving(lo(kp), None, primary.pid(), Duration::from_secs(20))
-                .unwrap_or_else(|e| panic!("{e}{}", logs(dir)));
             let load = Load::start(&[("a", lo(kp))], None, Duration::from_millis(1));
             assert!(
                 wait_acks(&load, 50, Duration::from_secs(10)),
@@ -2266,27 +2273,7 @@ fn s9_resumed_service_takes_keys_it_has_never_seen() {
     for trial in 0..trials(1) {
         let (t, _key) = workdir();
         let dir = t.path();
-        let (sp, kp) = (free_port(), free_port());
-        let args = kv_args(kp, true, "127.0.0.1");
-        let mut spare = start_spare(
-            dir,
-            &dir.join("spare"),
-            &format!("127.0.0.1:{sp}"),
-            &args,
-            &[],
-            At::Loopback,
-        );
-        let primary = start_primary(
-            dir,
-            "spool",
-            &format!("127.0.0.1:{sp}"),
-            &args,
-            &[],
-            "primary.log",
-            At::Loopback,
-        );
-        wait_serving(lo(kp), None, primary.pid(), Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{e}{}", logs(dir)));
+        let (mut spare, primary, kp) = loopback_pair(dir, &dir.join("spare"), &[]);
         let (before, _) = set_each(lo(kp), None, "old", 5, Duration::from_secs(10));
         assert_eq!(before.len(), 5, "{}", logs(dir));
         let killed = now_ns();
@@ -2377,27 +2364,8 @@ fn s10_pipelined_commit_killed_at_any_moment_loses_nothing() {
         for trial in 0..trials(3) {
             let (t, _key) = workdir();
             let dir = t.path();
-            let (sp, kp) = (free_port(), free_port());
-            let args = kv_args(kp, true, "127.0.0.1");
-            let spare = start_spare(
-                dir,
-                &dir.join("spare"),
-                &format!("127.0.0.1:{sp}"),
-                &args,
-                &[],
-                At::Loopback,
-            );
-            let primary = start_primary(
-                dir,
-                "spool",
-                &format!("127.0.0.1:{sp}"),
-                &args,
-                &[("HOTSPARE_DURABILITY", level)],
-                "primary.log",
-                At::Loopback,
-            );
-            wait_serving(lo(kp), None, primary.pid(), Duration::from_secs(20))
-                .unwrap_or_else(|e| panic!("{e}{}", logs(dir)));
+            let (spare, primary, kp) =
+                loopback_pair(dir, &dir.join("spare"), &[("HOTSPARE_DURABILITY", level)]);
             let names: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
             let targets: Vec<(&str, SocketAddr)> =
                 names.iter().map(|n| (n.as_str(), lo(kp))).collect();
