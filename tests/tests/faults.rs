@@ -1464,6 +1464,24 @@ fn fill(path: &Path) -> u64 {
     n
 }
 
+/// With the spare's disk hung, a SET on one connection cannot become durable; a GET of its key
+/// on another must not show its value (Remus's rule: the read would reveal a write that a
+/// failover can lose). 1 if it did while the SET went unacknowledged, else 0.
+fn reveal_probe(addr: SocketAddr, trial: usize, variant: bool) -> usize {
+    let key = format!("probe:{trial}:{variant}");
+    let mut w = RespConn::connect(addr, Duration::from_secs(1), Duration::from_secs(3))
+        .expect("connect the probe writer");
+    w.send(&[b"SET", key.as_bytes(), b"revealed"])
+        .expect("send the probe SET");
+    std::thread::sleep(Duration::from_millis(50));
+    let shown = RespConn::connect(addr, Duration::from_secs(1), Duration::from_secs(3))
+        .ok()
+        .and_then(|mut r| r.cmd(&["GET", &key]).ok())
+        .is_some_and(|rep| matches!(rep, Reply::Bulk(Some(b)) if b == b"revealed"));
+    let acked = matches!(w.read(), Ok(Reply::Simple(s)) if s == "OK");
+    usize::from(shown && !acked)
+}
+
 /// What goes wrong with the spare's disk in [`disk_fault`].
 #[derive(Clone, Copy, PartialEq)]
 enum DiskFault {
@@ -1548,6 +1566,7 @@ fn disk_fault(scenario: &str, fault: DiskFault) {
     let (mut acked_during, mut failed_during, mut resume_ms) = (0usize, 0u64, 0f64);
     let (mut leased, mut unleased) = (0u64, 0u64);
     let mut unleased_logs = String::new();
+    let mut revealed = 0usize;
     let mut killed_during = String::new();
     let hold = match fault {
         DiskFault::Full => Duration::from_millis(1500),
@@ -1578,6 +1597,9 @@ fn disk_fault(scenario: &str, fault: DiskFault) {
                 (t.errors + t.broken, now_ns())
             };
             let what = disk.inject();
+            if fault == DiskFault::Hung {
+                revealed += reveal_probe(lo(kp), trial, kill_during);
+            }
             let t0 = Instant::now();
             while t0.elapsed() < hold {
                 disk.sustain();
@@ -1688,6 +1710,11 @@ fn disk_fault(scenario: &str, fault: DiskFault) {
             drop(disk);
         }
     }
+    // Remus's rule: nothing a write did may be shown before the write is durable.
+    assert_eq!(
+        revealed, 0,
+        "{scenario}: a GET showed a value whose SET was never acknowledged"
+    );
     // The spare's event loop must go on answering heartbeats whatever its disk does.
     assert!(
         leased > 0 && unleased == 0,
@@ -1696,6 +1723,9 @@ fn disk_fault(scenario: &str, fault: DiskFault) {
     f.add("acked_during_fault", acked_during);
     f.add("failed_during_fault", failed_during);
     f.add("lease_samples_held_during_fault", leased);
+    if fault == DiskFault::Hung {
+        f.add("unacknowledged_values_shown", revealed);
+    }
     f.add("resumed_after_fault_ms", format!("{resume_ms:.0}"));
     f.add("primary_killed_during_fault", killed_during);
     f.print(scenario);
