@@ -5,6 +5,7 @@
 //! shared preloaded servers. Pinning follows /work/shared/BENCHMARKING.md: serial client and
 //! serving thread on CPU 0, background work (checkpoint threads, BGSAVE child) on CPU 1.
 
+mod commit;
 mod failover;
 mod load;
 mod multi;
@@ -130,7 +131,7 @@ enum Target {
     HotspareKv,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Cmd {
     /// Everything below, in turn (the default).
     All,
@@ -147,6 +148,9 @@ enum Cmd {
     Probe,
     /// Tables 5.6/5.7 and Figure 5-4: failover of hotspare-kv to its spare.
     Failover,
+    /// Every-write throughput: hotspare-kv --cpt-every-write (spare fsynced / received / no
+    /// spare) against Redis appendfsync always, redis-benchmark SET -c 50 and -c 1, interleaved.
+    Commit(commit::CommitArgs),
 }
 
 impl Cli {
@@ -196,9 +200,20 @@ fn main() -> Result<()> {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    let cmd = cli.cmd.unwrap_or(Cmd::All);
+    let cmd = cli.cmd.clone().unwrap_or(Cmd::All);
     let bins = cli.binaries()?;
     emit_meta(cli, &bins);
+    if let Cmd::Commit(a) = &cmd {
+        return commit::run(
+            a,
+            cli.reps,
+            &bins.redis_server,
+            &bins.redis_benchmark,
+            &bins.hotspare_kv,
+            &bins.work_dir,
+            cli.client_cpu,
+        );
+    }
     if matches!(cmd, Cmd::Failover) {
         return run_failover(cli, &bins);
     }

@@ -4,7 +4,8 @@
 //! it by PID on drop (so also when a measurement fails with `?`). Drop does not run when the
 //! harness itself is signalled, so [`install_signal_reaper`] blocks SIGINT/SIGTERM/SIGHUP and
 //! a thread waits for them and kills every registered PID; and each child gets
-//! `PR_SET_PDEATHSIG(SIGKILL)` in case the harness is SIGKILLed.
+//! `PR_SET_PDEATHSIG(SIGKILL)` in case the harness is SIGKILLed. Network namespaces the
+//! harness creates (`kv-bench commit --link tbf`) are registered too and deleted by the reaper.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,50 @@ pub fn remove_dir(dir: &Path) {
         d.retain(|p| p != dir);
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Network namespaces this harness created (each with a veth `{name}a` in the root namespace),
+/// deleted by the signal reaper after the kills.
+static NETNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Registers a network namespace named `name` (and the veth `{name}a`) for deletion if the
+/// harness is signalled.
+pub fn register_netns(name: &str) {
+    if let Ok(mut n) = NETNS.lock() {
+        n.push(name.to_owned());
+    }
+}
+
+/// Deletes the network namespace `name` and the veth `{name}a` (errors ignored: either may
+/// not exist) and unregisters it. Only names this harness registered get here.
+pub fn delete_netns(name: &str) {
+    if let Ok(mut n) = NETNS.lock() {
+        n.retain(|p| p != name);
+    }
+    let bounded = |args: &[&str]| {
+        let Ok(mut c) = Command::new("ip")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.try_wait().ok().flatten().is_none() {
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.wait();
+    };
+    // Deleting the namespace deletes the veth pair; the link delete covers a veth created
+    // but not yet moved into it.
+    bounded(&["netns", "del", name]);
+    bounded(&["link", "del", &format!("{name}a")]);
 }
 
 fn kill_pid(pid: i32) {
@@ -90,6 +135,9 @@ pub fn install_signal_reaper() -> Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(200));
             for d in DIRS.lock().map(|d| d.clone()).unwrap_or_default() {
                 let _ = std::fs::remove_dir_all(d);
+            }
+            for n in NETNS.lock().map(|n| n.clone()).unwrap_or_default() {
+                delete_netns(&n);
             }
             std::process::exit(128 + sig);
         })?;
