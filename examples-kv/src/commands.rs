@@ -16,9 +16,14 @@ pub trait Durability: Send + Sync {
         None
     }
     /// With `--cpt-every-write`, at the end of an event-loop round: what the replies it
-    /// produced must wait for (`None`: nothing, release them; a ticket: its durability —
-    /// taking the checkpoint first if they may reveal writes not captured yet).
-    fn round_ticket(&self) -> Result<Option<hotspare::Ticket>, String> {
+    /// produced must wait for — taking the checkpoint first if they may reveal writes not
+    /// captured yet and the pipeline has room.
+    fn round_ticket(&self) -> Result<RoundTicket, String> {
+        Ok(RoundTicket::Release)
+    }
+    /// A commit that [`RoundTicket::NextCommit`] deferred: taken now if the pipeline has room
+    /// (its ticket), else `None` (ask again when a checkpoint ends).
+    fn deferred_commit(&self) -> Result<Option<hotspare::Ticket>, String> {
         Ok(None)
     }
     /// Where a ticket from [`Durability::round_ticket`] stands.
@@ -43,6 +48,18 @@ pub trait Durability: Send + Sync {
     }
     /// The `# Hotspare` section of `INFO`, and `rdb_*` style persistence lines.
     fn info(&self, out: &mut String);
+}
+
+/// What the replies of a round wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundTicket {
+    /// Nothing: release them.
+    Release,
+    /// This ticket's durability.
+    Wait(hotspare::Ticket),
+    /// The next checkpoint, not taken yet (the pipeline is full): see
+    /// [`Durability::deferred_commit`].
+    NextCommit,
 }
 
 /// What `HOTSPARE.CPT` was asked for.

@@ -3,7 +3,7 @@
 //! on an interval or per write, and their statistics for `INFO hotspare`. The rest of the server
 //! is the same code that `--plain` runs.
 
-use crate::commands::{CptMode, Durability};
+use crate::commands::{CptMode, Durability, RoundTicket};
 use crate::store::Store;
 use hotspare::{
     CommitNotifier, CptStats, HeapAlloc, HotSpare, Op, OutputGate, RoundNeed, Ticket, TicketState,
@@ -156,15 +156,23 @@ impl Durability for HotSpareDurability {
         self.every_write.then(|| self.gate.begin())
     }
 
-    fn round_ticket(&self) -> Result<Option<Ticket>, String> {
+    fn round_ticket(&self) -> Result<RoundTicket, String> {
         match self.gate.round(self.hs.durable_seq()) {
-            RoundNeed::Nothing => Ok(None),
-            RoundNeed::Wait(t) => Ok(Some(t)),
-            RoundNeed::Commit => {
-                self.checkpoint(Kind::Commit)?;
-                Ok(Some(self.hs.latest_ticket()))
-            }
+            RoundNeed::Nothing => Ok(RoundTicket::Release),
+            RoundNeed::Wait(t) => Ok(RoundTicket::Wait(t)),
+            RoundNeed::Commit => Ok(match self.deferred_commit()? {
+                Some(t) => RoundTicket::Wait(t),
+                None => RoundTicket::NextCommit,
+            }),
         }
+    }
+
+    fn deferred_commit(&self) -> Result<Option<Ticket>, String> {
+        if !self.hs.can_commit() {
+            return Ok(None);
+        }
+        self.checkpoint(Kind::Commit)?;
+        Ok(Some(self.hs.latest_ticket()))
     }
 
     fn ticket_state(&self, t: Ticket) -> TicketState {
@@ -221,7 +229,9 @@ impl Durability for HotSpareDurability {
         let (backend, _) = self.hs.backend();
         let resumed = self.hs.resumed();
         out.push_str(&format!(
-            "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_capture_ms_median:{cap_med:.3}\r\nhotspare_capture_ms_p99:{cap_p99:.3}\r\nhotspare_capture_ms_max:{cap_max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
+            "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_durability:{}\r\nhotspare_pipeline_depth:{}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_capture_ms_median:{cap_med:.3}\r\nhotspare_capture_ms_p99:{cap_p99:.3}\r\nhotspare_capture_ms_max:{cap_max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
+            self.hs.config().durability_level(),
+            self.hs.config().pipeline_depth,
             self.store.cpt_ms.load(Ordering::Relaxed),
             u8::from(self.every_write),
             s.taken.len(),

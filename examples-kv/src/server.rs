@@ -10,7 +10,7 @@
 //! replies waited for it are closed unanswered: a client is never told OK for a write that is
 //! not durable.
 
-use crate::commands::{execute, Client, Ctx, Durability, Effect};
+use crate::commands::{execute, Client, Ctx, Durability, Effect, RoundTicket};
 use crate::resp;
 use allocator_api2::alloc::Allocator;
 use hotspare::{Ticket, TicketState};
@@ -32,8 +32,9 @@ struct Conn {
     wbuf: Vec<u8>,
     /// Bytes at the front of `wbuf` that may be written now.
     released: usize,
-    /// Replies waiting for durability: (end offset in `wbuf`, ticket), in order.
-    pending: VecDeque<(usize, Ticket)>,
+    /// Replies waiting for durability: (end offset in `wbuf`, ticket — `None`: the next
+    /// checkpoint, deferred while the pipeline is full), in order.
+    pending: VecDeque<(usize, Option<Ticket>)>,
     /// Replies were added in this round and are not tagged yet.
     untagged: bool,
     /// Interested in WRITABLE (the last flush was incomplete).
@@ -51,7 +52,7 @@ impl Conn {
     /// Releases the replies whose tickets are durable; `false` if one failed (the connection
     /// must then be closed unanswered).
     fn release(&mut self, dur: &dyn Durability) -> bool {
-        while let Some(&(end, t)) = self.pending.front() {
+        while let Some(&(end, Some(t))) = self.pending.front() {
             match dur.ticket_state(t) {
                 TicketState::Durable => {
                     self.released = self.released.max(end);
@@ -64,15 +65,29 @@ impl Conn {
         true
     }
 
-    /// Tags the replies of this round: with `ticket`, or (`None`) as free to go once the
-    /// replies before them are.
-    fn tag(&mut self, ticket: Option<Ticket>) {
+    /// Tags the replies of this round with what they wait for.
+    fn tag(&mut self, wait: RoundTicket) {
         self.untagged = false;
         let end = self.wbuf.len();
-        match (ticket, self.pending.back().map(|p| p.1)) {
-            (Some(t), _) | (None, Some(t)) => self.pending.push_back((end, t)),
-            (None, None) => self.released = end,
+        let last = self.pending.back().map(|p| p.1);
+        match (wait, last) {
+            (RoundTicket::Wait(t), _) => self.pending.push_back((end, Some(t))),
+            (RoundTicket::NextCommit, _) => self.pending.push_back((end, None)),
+            // Free to go once the replies before them are.
+            (RoundTicket::Release, Some(t)) => self.pending.push_back((end, t)),
+            (RoundTicket::Release, None) => self.released = end,
         }
+    }
+
+    /// Gives the deferred commit's ticket to the replies that waited for it.
+    fn assign(&mut self, t: Ticket) {
+        for p in self.pending.iter_mut().filter(|p| p.1.is_none()) {
+            p.1 = Some(t);
+        }
+    }
+
+    fn owes_commit(&self) -> bool {
+        self.pending.iter().any(|p| p.1.is_none())
     }
 }
 
@@ -168,6 +183,35 @@ pub fn serve<A: Allocator + Clone>(
             }
             waiting.sort_unstable();
             waiting.dedup();
+            // A commit deferred because the pipeline was full: take it once there is room; it
+            // carries everything executed meanwhile.
+            if waiting
+                .iter()
+                .any(|t| conns.get(t).is_some_and(Conn::owes_commit))
+            {
+                match ctx.dur.deferred_commit() {
+                    Ok(Some(ticket)) => {
+                        for t in &waiting {
+                            if let Some(c) = conns.get_mut(t) {
+                                c.assign(ticket);
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!(
+                            "hotspare-kv: checkpoint failed, closing unanswered clients: {e}"
+                        );
+                        waiting.retain(|&t| {
+                            if conns.get(&t).is_some_and(Conn::owes_commit) {
+                                close(ctx, &poll, &mut conns, t);
+                                return false;
+                            }
+                            true
+                        });
+                    }
+                }
+            }
             waiting.retain(|&t| {
                 let Some(c) = conns.get_mut(&t) else {
                     return false;

@@ -424,6 +424,14 @@ impl HotSpare {
         Ticket(self.inner.shared.lock().issued_seq)
     }
 
+    /// Whether [`HotSpare::commit`] would start at once: fewer than `pipeline_depth`
+    /// checkpoints are in flight. An event loop that finds it false goes on serving and commits
+    /// when a [`CommitNotifier`] says one ended — so the next checkpoint carries everything
+    /// done meanwhile (group commit) instead of the loop waiting.
+    pub fn can_commit(&self) -> bool {
+        self.inner.shared.lock().in_flight() < self.inner.config.pipeline_depth.max(1)
+    }
+
     /// Where `ticket` stands (never blocks).
     pub fn ticket_state(&self, ticket: Ticket) -> TicketState {
         self.inner.shared.lock().state(ticket.0)
