@@ -231,7 +231,7 @@ impl Durability for HotSpareDurability {
         out.push_str(&format!(
             "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_durability:{}\r\nhotspare_pipeline_depth:{}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_capture_ms_median:{cap_med:.3}\r\nhotspare_capture_ms_p99:{cap_p99:.3}\r\nhotspare_capture_ms_max:{cap_max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
             self.hs.config().durability_level(),
-            self.hs.config().pipeline_depth,
+            self.hs.config().depth(),
             self.store.cpt_ms.load(Ordering::Relaxed),
             u8::from(self.every_write),
             s.taken.len(),

@@ -180,7 +180,7 @@ fn fresh(b: Builder) -> Result<HotSpare> {
         term: b.config.term,
         lineage,
         strategy: b.config.strategy,
-        depth: b.config.pipeline_depth,
+        depth: b.config.depth(),
         shared: shared.clone(),
     };
     let sink = crate::checkpoint::Sink::for_config(&b.config, image, &exe, lineage)?;
@@ -262,7 +262,7 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
         term: m.term.max(b.config.term),
         lineage,
         strategy: b.config.strategy,
-        depth: b.config.pipeline_depth,
+        depth: b.config.depth(),
         shared: shared.clone(),
     };
     let mut config = b.config.clone();
@@ -429,7 +429,7 @@ impl HotSpare {
     /// when a [`CommitNotifier`] says one ended — so the next checkpoint carries everything
     /// done meanwhile (group commit) instead of the loop waiting.
     pub fn can_commit(&self) -> bool {
-        self.inner.shared.lock().in_flight() < self.inner.config.pipeline_depth.max(1)
+        self.inner.shared.lock().in_flight() < self.inner.config.depth()
     }
 
     /// Where `ticket` stands (never blocks).
