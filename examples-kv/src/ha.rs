@@ -81,8 +81,8 @@ impl HotSpareDurability {
             Kind::Commit => self.hs.cpt(),
             Kind::Full => self.hs.cpt_full(),
         };
-        if r.as_ref().is_ok_and(|st| !st.coalesced) {
-            self.gate.captured(writes, self.hs.latest_ticket());
+        if let Some(st) = r.as_ref().ok().filter(|st| !st.coalesced) {
+            self.gate.captured(writes, Ticket::from_seq(st.seq));
         }
         drop(guards);
         let stopped = t.elapsed();
@@ -157,7 +157,15 @@ impl Durability for HotSpareDurability {
     }
 
     fn round_ticket(&self) -> Result<RoundTicket, String> {
-        match self.gate.round(self.hs.durable_seq()) {
+        let need = match self.gate.round(self.hs.durable_seq()) {
+            // The capture that holds everything failed: what the replies may reveal is in no
+            // durable checkpoint, so take a new one (it is full) instead of failing them.
+            RoundNeed::Wait(t) if matches!(self.hs.ticket_state(t), TicketState::Failed(_)) => {
+                RoundNeed::Commit
+            }
+            need => need,
+        };
+        match need {
             RoundNeed::Nothing => Ok(RoundTicket::Release),
             RoundNeed::Wait(t) => Ok(RoundTicket::Wait(t)),
             RoundNeed::Commit => Ok(match self.deferred_commit()? {
@@ -171,8 +179,8 @@ impl Durability for HotSpareDurability {
         if !self.hs.can_commit() {
             return Ok(None);
         }
-        self.checkpoint(Kind::Commit)?;
-        Ok(Some(self.hs.latest_ticket()))
+        let (st, _) = self.checkpoint(Kind::Commit)?;
+        Ok(Some(Ticket::from_seq(st.seq)))
     }
 
     fn ticket_state(&self, t: Ticket) -> TicketState {
