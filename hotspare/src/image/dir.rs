@@ -86,6 +86,33 @@ fn create_private(path: &Path) -> Result<File, ImageError> {
         .map_err(io_err(path, "create"))
 }
 
+/// Reads the page at `addr` of range `r` from its data file in the image directory `root`
+/// (a hole, or a file shorter than the range, reads as zeros). What the spare resolves a
+/// delta against once the data files hold its base.
+pub fn read_data_page(
+    root: &Path,
+    r: &format::RangeEntry,
+    addr: u64,
+    out: &mut [u8],
+) -> std::io::Result<()> {
+    let path = root
+        .join("data")
+        .join(format!("{:016x}-{:x}.pages", r.addr, r.len));
+    let f = File::open(path)?;
+    let off = addr - r.addr;
+    let mut got = 0;
+    while got < out.len() {
+        match f.read_at(&mut out[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out[got..].fill(0);
+    Ok(())
+}
+
 /// Opens (creating, `0600`) a file that keeps its contents.
 fn open_private(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
@@ -481,6 +508,12 @@ impl ImageDir {
         let p = root.join("wal").join(format!("{seq:020}.tmp"));
         let f = create_private(&p)?;
         Ok((p, f))
+    }
+
+    /// Creates (`0600`, truncated) a file in `wal/` under a name of the caller's, which must
+    /// end in `.tmp` so that recovery removes it if it is left behind.
+    pub(crate) fn create_wal_file(path: &Path) -> Result<File, ImageError> {
+        create_private(path)
     }
 
     /// Removes the spool `wal/<seq>.tmp` of a stream that will not be completed (its

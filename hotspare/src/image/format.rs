@@ -23,8 +23,12 @@ use std::io::Read;
 
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HSPF";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this code writes (3: wire streams may carry BASED and DELTA frames).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version this code reads: a stored version-2 stream is laid out exactly as a
+/// version-3 one (version 3 only added frames that are never stored), so images written
+/// before the change still open and resume.
+pub const MIN_READ_VERSION: u32 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 16;
 /// Largest page run in one PAGES frame (bounds a reader's buffer to 1 MiB with 4 KiB pages).
@@ -56,6 +60,10 @@ pub enum FrameKind {
     End = 3,
     /// A run of pages that are all zeros (not sent).
     Zero = 4,
+    /// Sub-page deltas against the base checkpoint's pages (wire streams only, `delta.rs`).
+    Delta = 5,
+    /// A BEGIN stating only what differs from the base's (wire streams only, `delta.rs`).
+    Based = 6,
 }
 
 impl FrameKind {
@@ -65,6 +73,8 @@ impl FrameKind {
             2 => Some(FrameKind::Pages),
             3 => Some(FrameKind::End),
             4 => Some(FrameKind::Zero),
+            5 => Some(FrameKind::Delta),
+            6 => Some(FrameKind::Based),
             _ => None,
         }
     }
@@ -136,7 +146,7 @@ impl End {
         b
     }
 
-    fn decode(p: &[u8], offset: u64) -> Result<End, FormatError> {
+    pub(crate) fn decode(p: &[u8], offset: u64) -> Result<End, FormatError> {
         if p.len() != END_LEN || p[28..32] != [0; 4] {
             return Err(FormatError::Malformed {
                 offset,
@@ -200,6 +210,11 @@ impl<R: Read> FrameReader<R> {
     /// Reads from `inner`, starting at offset 0.
     pub fn new(inner: R) -> Self {
         FrameReader { inner, offset: 0 }
+    }
+
+    /// Offset of the next frame.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// The next frame, `Ok(None)` at a clean end of stream.
@@ -315,10 +330,16 @@ pub fn scan_stream<R: Read>(
             .next_frame()?
             .ok_or(FormatError::Truncated { offset: fr.offset })?;
         match f.kind {
-            FrameKind::Begin => {
+            FrameKind::Begin | FrameKind::Based => {
                 return Err(FormatError::Malformed {
                     offset: f.offset,
                     what: "second BEGIN".into(),
+                })
+            }
+            FrameKind::Delta => {
+                return Err(FormatError::Malformed {
+                    offset: f.offset,
+                    what: "DELTA frame in a stored stream (only a wire stream carries them, and the spare resolves it into whole pages)".into(),
                 })
             }
             FrameKind::Pages | FrameKind::Zero => {
@@ -472,7 +493,7 @@ pub fn decode_begin(payload: &[u8], offset: u64) -> Result<Begin, FormatError> {
             offset,
             what: format!("BEGIN: {e}"),
         })?;
-    if version != FORMAT_VERSION {
+    if !(MIN_READ_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::Version {
             found: version,
             supported: FORMAT_VERSION,

@@ -1,6 +1,7 @@
 //! Checkpoint images: the stream format ([`format`]) and the crash-safe image directory that
 //! applies streams all or nothing ([`dir`]).
 
+pub mod delta;
 pub mod dir;
 pub mod format;
 pub mod lineage;
@@ -37,7 +38,10 @@ pub enum FormatError {
         kind: format::FrameKind,
     },
     /// Written by another version of the format.
-    #[error("format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "format version {found} is not supported (this build reads versions {} to {supported})",
+        format::MIN_READ_VERSION
+    )]
     Version {
         /// Version in the stream.
         found: u32,
@@ -61,6 +65,30 @@ pub enum FormatError {
         /// What is wrong.
         what: String,
     },
+    /// A DELTA frame's page, applied on the base page this side holds, does not hash to the
+    /// primary's check: the base is not the page the primary diffed against.
+    #[error("at byte {offset}: the delta of page {addr:#x} does not reproduce the primary's page (its check differs): applied on another base than the primary's; stream refused")]
+    DeltaCheck {
+        /// Offset of the DELTA frame.
+        offset: u64,
+        /// The page.
+        addr: u64,
+    },
+    /// A wire stream names a base that is not available here (or its pages cannot be read).
+    #[error("at byte {offset}: no base for the delta: {what}")]
+    Base {
+        /// Offset of the frame.
+        offset: u64,
+        /// What is missing.
+        what: String,
+    },
+    /// Writing the resolved stream failed.
+    #[error("writing the resolved stream failed: {source}")]
+    Output {
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The underlying read failed.
     #[error("at byte {offset}: read failed: {source}")]
     Io {
@@ -77,7 +105,9 @@ impl ImageError {
     /// stream can never be applied. Other errors (I/O) may succeed on a retry.
     pub fn is_bad_stream(&self) -> bool {
         match self {
-            ImageError::Format { source, .. } => !matches!(source, FormatError::Io { .. }),
+            ImageError::Format { source, .. } => {
+                !matches!(source, FormatError::Io { .. } | FormatError::Output { .. })
+            }
             ImageError::OtherExecutable { .. }
             | ImageError::Chain { .. }
             | ImageError::IncompleteRange { .. }

@@ -6,9 +6,11 @@
 //! full the event loop stops reading the primary's connection (back-pressure reaches the
 //! primary through TCP) instead of growing without limit.
 
-use crate::image::{ImageDir, LineagePolicy, Tip as ImageTip};
+use crate::image::delta::{self, BasePages};
+use crate::image::{Begin, ImageDir, LineagePolicy, RangeEntry, Run, Tip as ImageTip};
 use hotspare_proto::spare::{DiskDone, DiskOp, Tip};
 use hotspare_proto::StreamHeader;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -107,6 +109,7 @@ pub(super) fn start(
 ) -> std::io::Result<Disk> {
     let root: PathBuf = image.path().to_path_buf();
     let tip = image.tip();
+    let applied: Applied = Arc::new(Mutex::new(applied_of(&image)));
     // The applier owns the directory handle that applies; a persister that must replace a
     // lineage first finishes every apply under the same lock.
     let applier_dir = Arc::new(Mutex::new(image));
@@ -117,6 +120,7 @@ pub(super) fn start(
     {
         let (dir, done, wake) = (applier_dir.clone(), done.clone(), wake.clone());
         let urgent = urgent.clone();
+        let applied = applied.clone();
         std::thread::Builder::new()
             .name("hotspare-applier".into())
             .spawn(move || {
@@ -138,11 +142,12 @@ pub(super) fn start(
                         }
                     }
                     last = Some(Instant::now());
-                    let r = dir
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .apply_pending()
-                        .map_err(|e| e.to_string());
+                    let r = {
+                        let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
+                        let r = d.apply_pending().map_err(|e| e.to_string());
+                        *applied.lock().unwrap_or_else(|p| p.into_inner()) = applied_of(&d);
+                        r
+                    };
                     if done.send(DiskDone::Applied(r)).is_err() {
                         return;
                     }
@@ -154,11 +159,21 @@ pub(super) fn start(
     std::thread::Builder::new()
         .name("hotspare-persister".into())
         .spawn(move || {
+            // Pages of streams durable before this persister started are known only to the
+            // data files once those streams are applied.
+            let cache = PageCache {
+                lineage: tip.as_ref().map(|t| t.lineage),
+                uncached_upto: tip.as_ref().map_or(0, |t| t.seq),
+                ..PageCache::default()
+            };
             let persister = Persister {
                 root,
                 tip,
                 spool: None,
                 applier_dir,
+                base: None,
+                cache,
+                applied,
             };
             persister.run(rx, apply_tx, done, wake, q)
         })?;
@@ -174,6 +189,208 @@ struct Persister {
     tip: Option<ImageTip>,
     spool: Option<Spool>,
     applier_dir: Arc<Mutex<ImageDir>>,
+    /// The whole BEGIN of the last stream this persister made durable (the tip): what a BASED
+    /// header is resolved against. `None` until one is: a wire stream is then refused.
+    base: Option<Begin>,
+    /// Pages of recent streams, for resolving deltas without waiting for the applier.
+    cache: PageCache,
+    /// Lineage and sequence of the image's manifest, as the applier last left it.
+    applied: Applied,
+}
+
+/// The manifest's lineage and sequence (what the data files hold), shared by the applier and
+/// the persister.
+type Applied = Arc<Mutex<Option<([u8; 16], u64)>>>;
+
+fn applied_of(d: &ImageDir) -> Option<([u8; 16], u64)> {
+    d.lineage().map(|l| (l, d.seq()))
+}
+
+/// Page bytes the cache holds before it drops pages the data files already have.
+const CACHE_BUDGET: usize = 64 << 20;
+/// A ZERO run longer than this many pages is not noted page by page (its pages are read from
+/// the data files once the stream is applied).
+const CACHE_ZERO_RUN: u64 = 256;
+
+/// The newest version of pages of streams that this persister made durable and that the
+/// applier may not have written into the data files yet, each with the sequence of its
+/// stream (`None`: a zero page). A page that is not here is read from its data file, once
+/// the manifest is at or beyond `uncached_upto` (the newest stream whose pages were not all
+/// noted here); resolving a delta then first applies what is pending.
+#[derive(Default)]
+struct PageCache {
+    lineage: Option<[u8; 16]>,
+    pages: HashMap<u64, (u64, CachedPage)>,
+    bytes: usize,
+    uncached_upto: u64,
+}
+
+/// A page's bytes (`None`: zeros).
+type CachedPage = Option<Box<[u8]>>;
+
+/// Pages a resolved stream gives, noted while it is resolved and taken into the cache only
+/// once the stream is durable.
+#[derive(Default)]
+struct CacheUpdate {
+    pages: Vec<(u64, CachedPage)>,
+    bytes: usize,
+    /// Some pages could not be noted (too many bytes, a long ZERO run): their addresses
+    /// leave the cache and the stream counts as uncached.
+    overflow: Vec<(u64, u64)>,
+}
+
+impl CacheUpdate {
+    fn note(&mut self, run: Run<'_>, page: usize) {
+        match run {
+            Run::Data(addr, bytes) if self.bytes + bytes.len() <= CACHE_BUDGET => {
+                for (i, p) in bytes.chunks(page).enumerate() {
+                    self.pages.push((addr + (i * page) as u64, Some(p.into())));
+                }
+                self.bytes += bytes.len();
+            }
+            Run::Zero(addr, len) if len / page as u64 <= CACHE_ZERO_RUN => {
+                let mut a = addr;
+                while a < addr + len {
+                    self.pages.push((a, None));
+                    a += page as u64;
+                }
+            }
+            Run::Data(addr, bytes) => self.overflow.push((addr, bytes.len() as u64)),
+            Run::Zero(addr, len) => self.overflow.push((addr, len)),
+        }
+    }
+}
+
+impl PageCache {
+    /// Takes in the pages of stream `b`, now durable; drops what the data files already hold
+    /// if over budget.
+    fn commit(&mut self, b: &Begin, u: CacheUpdate, applied: Option<([u8; 16], u64)>) {
+        if self.lineage != Some(b.lineage) || b.is_full() {
+            // Every page of a full stream is in it: nothing older is needed.
+            self.pages.clear();
+            self.bytes = 0;
+            self.uncached_upto = 0;
+            self.lineage = Some(b.lineage);
+        }
+        for (addr, len) in u.overflow {
+            let end = addr.saturating_add(len);
+            let bytes = &mut self.bytes;
+            self.pages.retain(|a, (_, p)| {
+                let gone = *a >= addr && *a < end;
+                if gone {
+                    *bytes -= p.as_ref().map_or(0, |p| p.len());
+                }
+                !gone
+            });
+            self.uncached_upto = self.uncached_upto.max(b.seq);
+        }
+        for (addr, p) in u.pages {
+            self.bytes += p.as_ref().map_or(0, |p| p.len());
+            if let Some((_, old)) = self.pages.insert(addr, (b.seq, p)) {
+                self.bytes -= old.map_or(0, |p| p.len());
+            }
+        }
+        if self.bytes > CACHE_BUDGET {
+            if let Some((_, seq)) = applied.filter(|(l, _)| Some(*l) == self.lineage) {
+                let bytes = &mut self.bytes;
+                self.pages.retain(|_, (s, p)| {
+                    let keep = *s > seq;
+                    if !keep {
+                        *bytes -= p.as_ref().map_or(0, |p| p.len());
+                    }
+                    keep
+                });
+            }
+        }
+    }
+}
+
+/// The spare's base pages: the cache, else the data files (brought up to date first if a
+/// stream they do not hold yet may have the page).
+struct SpareBase<'a> {
+    cache: &'a PageCache,
+    applied: &'a Applied,
+    applier_dir: &'a Mutex<ImageDir>,
+    root: &'a Path,
+    ranges: &'a [RangeEntry],
+    lineage: [u8; 16],
+    caught_up: bool,
+}
+
+impl BasePages for SpareBase<'_> {
+    fn base_page(&mut self, addr: u64, out: &mut [u8]) -> Result<(), String> {
+        if self.cache.lineage == Some(self.lineage) {
+            if let Some((_, p)) = self.cache.pages.get(&addr) {
+                match p {
+                    Some(p) if p.len() == out.len() => out.copy_from_slice(p),
+                    Some(_) => return Err("cached page of another size".into()),
+                    None => out.fill(0),
+                }
+                return Ok(());
+            }
+        }
+        let need = if self.cache.lineage == Some(self.lineage) {
+            self.cache.uncached_upto
+        } else {
+            u64::MAX
+        };
+        let ok = |a: &Applied| {
+            a.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|(l, s)| l == self.lineage && s >= need)
+        };
+        if !self.caught_up && !ok(self.applied) {
+            let mut d = self.applier_dir.lock().unwrap_or_else(|p| p.into_inner());
+            let r = d.apply_pending();
+            *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = applied_of(&d);
+            r.map_err(|e| format!("bringing the data files up to the base: {e}"))?;
+        }
+        if !ok(self.applied) {
+            return Err(format!(
+                "the data files are not at the base (checkpoint {need} of this lineage)"
+            ));
+        }
+        self.caught_up = true;
+        let r = self
+            .ranges
+            .iter()
+            .find(|r| addr >= r.addr && addr - r.addr < r.len)
+            .ok_or_else(|| format!("page {addr:#x} is in no range of the base"))?;
+        crate::image::dir::read_data_page(self.root, r, addr, out).map_err(|e| {
+            format!(
+                "reading the data file of range {:#x}+{:#x}: {e}",
+                r.addr, r.len
+            )
+        })
+    }
+}
+
+/// Where a resolved stream goes: memory while it is small, else a file beside the spool.
+enum Spill {
+    Memory(Vec<u8>),
+    File(PathBuf, std::io::BufWriter<File>),
+}
+
+impl Write for Spill {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Spill::Memory(v) = self {
+            if v.len() + buf.len() <= COPY_LIMIT {
+                v.extend_from_slice(buf);
+                return Ok(buf.len());
+            }
+        }
+        match self {
+            Spill::File(_, f) => f.write(buf),
+            Spill::Memory(_) => Err(std::io::Error::other("spill not set up")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Spill::File(_, f) => f.flush(),
+            Spill::Memory(_) => Ok(()),
+        }
+    }
 }
 
 impl Persister {
@@ -308,7 +525,26 @@ impl Persister {
             return refuse(why);
         }
         drop(s.file);
-        let copy = s.copy;
+        let mut copy = s.copy;
+        let mut update = None;
+        let wire = match &copy {
+            Some(bytes) => delta::is_wire_stream(bytes),
+            None => {
+                let mut head = [0u8; 8];
+                File::open(&tmp)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                    .is_ok_and(|()| delta::is_wire_stream(&head))
+            }
+        };
+        if wire {
+            match self.resolve(seq, copy.take(), &tmp) {
+                Ok((c, u)) => {
+                    copy = c;
+                    update = Some(u);
+                }
+                Err(why) => return refuse(why),
+            }
+        }
         let declared = match &copy {
             Some(bytes) => begin_of(std::io::Cursor::new(bytes.as_slice()), &tmp),
             None => File::open(&tmp)
@@ -361,7 +597,140 @@ impl Persister {
         let tip = ImageTip::from(&summary.begin);
         let out = proto_tip(&tip);
         self.tip = Some(tip);
+        let applied = *self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let page = summary.begin.page_size as usize;
+        let update = match update {
+            Some(u) => u,
+            None => {
+                // A stored-format stream: note its pages too (read back from the copy, or
+                // counted as uncached when there is none).
+                let mut u = CacheUpdate::default();
+                match &copy {
+                    Some(bytes) => {
+                        let r = crate::image::format::scan_stream(bytes.as_slice(), |run| {
+                            u.note(run, page);
+                            Ok(())
+                        });
+                        if r.is_err() {
+                            u.overflow.push((0, u64::MAX));
+                        }
+                    }
+                    None => u.overflow.push((0, u64::MAX)),
+                }
+                u
+            }
+        };
+        self.cache.commit(&summary.begin, update, applied);
+        self.base = Some(summary.begin);
         Ok(out)
+    }
+
+    /// Resolves the wire stream spooled for `seq` (in `copy`, or in the file `tmp`) into a
+    /// stored stream of whole pages, which replaces it in `tmp`; returns the new copy (if it
+    /// stayed small) and the pages it gives. Fails (the stream is then refused) if it is not a
+    /// delta on this persister's tip or a delta does not reproduce the primary's page.
+    fn resolve(
+        &mut self,
+        seq: u64,
+        copy: Option<Vec<u8>>,
+        tmp: &Path,
+    ) -> Result<(Option<Vec<u8>>, CacheUpdate), String> {
+        let at = |e: crate::image::FormatError| format!("{}: {e}", tmp.display());
+        let Some(base) = self.base.as_ref() else {
+            return Err(format!(
+                "{}: checkpoint {seq} is a delta, but this spare has made no checkpoint of this connection durable to apply it on",
+                tmp.display()
+            ));
+        };
+        let spill_path = self
+            .root
+            .join("wal")
+            .join(format!("{seq:020}.resolved.tmp"));
+        let mut out = Spill::Memory(Vec::new());
+        let mut update = CacheUpdate::default();
+        let page = base.page_size as usize;
+        let mut pages = SpareBase {
+            cache: &self.cache,
+            applied: &self.applied,
+            applier_dir: &self.applier_dir,
+            root: &self.root,
+            ranges: &base.ranges,
+            lineage: base.lineage,
+            caught_up: false,
+        };
+        let mut sink = SpillTo {
+            spill: &mut out,
+            path: &spill_path,
+        };
+        let r = match &copy {
+            Some(bytes) => {
+                delta::resolve_stream(bytes.as_slice(), Some(base), &mut pages, &mut sink, |run| {
+                    update.note(run, page)
+                })
+            }
+            None => {
+                let f = File::open(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                delta::resolve_stream(
+                    std::io::BufReader::with_capacity(64 << 10, f),
+                    Some(base),
+                    &mut pages,
+                    &mut sink,
+                    |run| update.note(run, page),
+                )
+            }
+        };
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&spill_path);
+            return Err(at(e));
+        }
+        let written = match out {
+            Spill::Memory(v) => std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(tmp)
+                .and_then(|mut f| f.write_all(&v))
+                .map(|()| Some(v)),
+            Spill::File(p, f) => f
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|_| std::fs::rename(&p, tmp))
+                .map(|()| None),
+        };
+        match written {
+            Ok(c) => Ok((c, update)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&spill_path);
+                Err(format!(
+                    "{}: writing the resolved stream: {e}",
+                    tmp.display()
+                ))
+            }
+        }
+    }
+}
+
+/// A [`Spill`] that moves to a file at `path` when it outgrows memory.
+struct SpillTo<'a> {
+    spill: &'a mut Spill,
+    path: &'a Path,
+}
+
+impl Write for SpillTo<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Spill::Memory(v) = &*self.spill {
+            if v.len() + buf.len() > COPY_LIMIT {
+                let f = ImageDir::create_wal_file(self.path)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                w.write_all(v)?;
+                *self.spill = Spill::File(self.path.to_path_buf(), w);
+            }
+        }
+        self.spill.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.spill.flush()
     }
 }
 
@@ -385,7 +754,7 @@ fn begin_of(r: impl std::io::Read, path: &Path) -> Result<crate::image::Begin, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{write_stream, Begin, RangeEntry, Run, FORMAT_VERSION};
+    use crate::image::{write_stream, FORMAT_VERSION};
     use std::time::Duration;
 
     const ADDR: u64 = 0x7000_0000_0000;
@@ -417,7 +786,12 @@ mod tests {
     /// each stream; returns every report, in order.
     fn run(streams: &[(u64, u64, Vec<u8>)]) -> Vec<DiskDone> {
         let t = tempfile::tempdir().expect("tempdir");
-        let image = ImageDir::open(t.path()).expect("image");
+        run_in(t.path(), streams)
+    }
+
+    /// [`run`] in the image directory `dir`.
+    fn run_in(dir: &Path, streams: &[(u64, u64, Vec<u8>)]) -> Vec<DiskDone> {
+        let image = ImageDir::open(dir).expect("image");
         let (tx, rx) = mpsc::channel();
         let disk = start(image, tx, Arc::new(|| {})).expect("threads");
         let mut expect = 0;
@@ -451,6 +825,159 @@ mod tests {
             got.push(d);
         }
         got
+    }
+
+    fn begin(seq: u64, base_seq: u64, npages: usize) -> Begin {
+        Begin {
+            format_version: FORMAT_VERSION,
+            lineage: [0x11; 16],
+            term: 1,
+            seq,
+            base_seq,
+            exe_id: [7; 32],
+            page_size: PAGE as u32,
+            ranges: vec![RangeEntry {
+                addr: ADDR,
+                len: (npages * PAGE) as u64,
+                complete: base_seq == 0,
+            }],
+            meta: b"meta".to_vec(),
+        }
+    }
+
+    fn persisted(d: &[DiskDone]) -> Vec<Result<u64, String>> {
+        d.iter()
+            .filter_map(|d| match d {
+                DiskDone::Persisted { seq, result } => {
+                    Some(result.as_ref().map(|_| *seq).map_err(Clone::clone))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Guards against the spare applying a delta that does not reproduce the primary's page
+    /// (a primary whose idea of the spare's pages is wrong): through the real persister, a
+    /// good delta is resolved and made durable, one diffed against another base is refused
+    /// (never acknowledged, never durable), and the image holds the last good pages; a
+    /// second good delta on the first then still chains (the refused one left no trace).
+    #[test]
+    fn a_delta_on_a_wrong_base_is_refused_and_the_image_keeps_the_last_good_pages() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let mut mem = vec![1u8; 3 * PAGE];
+        let mut good = delta::Shadow::new(64);
+        let mut s1 = Vec::new();
+        good.encode(&mut s1, &begin(1, 0, 3), [Run::Data(ADDR, &mem)]);
+        mem[PAGE + 5] = 2;
+        mem[2 * PAGE + 4095] = 3;
+        let mut s2 = Vec::new();
+        good.encode(&mut s2, &begin(2, 1, 3), [Run::Data(ADDR, &mem)]);
+        assert!(delta::is_wire_stream(&s2));
+        assert_eq!(good.stats.delta_pages, 2);
+        let after2 = mem.clone();
+        // A primary that believes byte 2000 of page 0 is 9 (the spare has 1) and keeps it so:
+        // its delta for page 0 does not carry that byte, and is on another base.
+        let mut wrong = delta::Shadow::new(64);
+        let mut junk = Vec::new();
+        let mut believed = mem.clone();
+        believed[2000] = 9;
+        wrong.encode(&mut junk, &begin(1, 0, 3), [Run::Data(ADDR, &believed)]);
+        let mut junk2 = Vec::new();
+        wrong.encode(&mut junk2, &begin(2, 1, 3), [Run::Data(ADDR, &believed)]);
+        let mut m3 = believed.clone();
+        m3[7] = 4;
+        let mut s3 = Vec::new();
+        wrong.encode(&mut s3, &begin(3, 2, 3), [Run::Data(ADDR, &m3[..PAGE])]);
+        assert!(delta::is_wire_stream(&s3));
+        // The good primary's own next delta (seq 3 on 2) must still apply after the refusal.
+        mem[2 * PAGE] = 5;
+        let mut s3b = Vec::new();
+        good.encode(
+            &mut s3b,
+            &begin(3, 2, 3),
+            [Run::Data(ADDR + 2 * PAGE as u64, &mem[2 * PAGE..])],
+        );
+        mem[PAGE] = 6;
+        let mut s4 = Vec::new();
+        good.encode(
+            &mut s4,
+            &begin(4, 3, 3),
+            [Run::Data(ADDR, &mem[..2 * PAGE])],
+        );
+        let got = run_in(t.path(), &[(1, 0, s1), (2, 1, s2), (3, 2, s3), (3, 2, s3b)]);
+        let p = persisted(&got);
+        assert_eq!(p[..2], [Ok(1), Ok(2)], "{got:?}");
+        let err = p[2].clone().expect_err("refused");
+        assert!(err.contains("does not reproduce"), "{err}");
+        assert_eq!(p[3], Ok(3), "the good delta still chains on 2: {got:?}");
+        assert_eq!(
+            got.iter()
+                .filter(|d| matches!(d, DiskDone::Verified { seq: 3 }))
+                .count(),
+            1,
+            "a refused delta is never acknowledged: {got:?}"
+        );
+        let mut image = ImageDir::open(t.path()).expect("reopen");
+        image.apply_pending().expect("apply");
+        assert_eq!(image.seq(), 3);
+        let data = std::fs::read(image.data_path(ADDR, 3 * PAGE as u64)).expect("data");
+        let mut after3 = after2.clone();
+        after3[2 * PAGE] = 5;
+        assert_eq!(
+            data, after3,
+            "the image is the good chain, nothing of the refused delta"
+        );
+        image.verify_data().expect("CRCs");
+        drop(image);
+        // A fresh persister (a new spare process) has no base yet: a delta is refused until a
+        // stream is durable (the primary's reconnect is always full).
+        let got = run_in(t.path(), &[(4, 3, s4)]);
+        let err = persisted(&got)[0].clone().expect_err("no base yet");
+        assert!(err.contains("no checkpoint of this connection"), "{err}");
+    }
+
+    /// Guards against a spare that cannot resolve deltas once its page cache no longer holds
+    /// the base page (evicted, or a stream too large to note): the page then comes from the
+    /// data files, brought up to date first.
+    #[test]
+    fn deltas_resolve_from_the_data_files_when_the_cache_lacks_the_page() {
+        let t = tempfile::tempdir().expect("tempdir");
+        // A full stream with a long ZERO run is not noted page by page.
+        let n = CACHE_ZERO_RUN as usize + 8;
+        let mut mem = vec![0u8; n * PAGE];
+        mem[..PAGE].fill(6);
+        let mut sh = delta::Shadow::new(1 << 12);
+        let mut s1 = Vec::new();
+        sh.encode(
+            &mut s1,
+            &begin(1, 0, n),
+            [
+                Run::Data(ADDR, &mem[..PAGE]),
+                Run::Zero(ADDR + PAGE as u64, ((n - 1) * PAGE) as u64),
+            ],
+        );
+        let mut streams = vec![(1, 0, s1)];
+        for seq in 2..5u64 {
+            mem[seq as usize] = seq as u8;
+            let at = (seq as usize) * 3 * PAGE;
+            mem[at + 1] = 1;
+            let mut s = Vec::new();
+            sh.encode(
+                &mut s,
+                &begin(seq, seq - 1, n),
+                [
+                    Run::Data(ADDR, &mem[..PAGE]),
+                    Run::Data(ADDR + at as u64, &mem[at..at + PAGE]),
+                ],
+            );
+            streams.push((seq, seq - 1, s));
+        }
+        let got = run_in(t.path(), &streams);
+        assert_eq!(persisted(&got), [Ok(1), Ok(2), Ok(3), Ok(4)], "{got:?}");
+        let mut image = ImageDir::open(t.path()).expect("reopen");
+        image.apply_pending().expect("apply");
+        let data = std::fs::read(image.data_path(ADDR, (n * PAGE) as u64)).expect("data");
+        assert_eq!(data, mem);
     }
 
     /// Guards against the persister acknowledging-on-receipt what it then refuses, or not
