@@ -3,6 +3,7 @@
 use super::{Captured, Completion, Job, Shared};
 use crate::error::{Error, Result};
 use crate::identity::ExeId;
+use crate::image::delta::Shadow;
 use crate::image::format::Begin;
 use crate::image::{write_stream, ImageDir, Run};
 use crate::replica::sender::{Remote, Source};
@@ -131,6 +132,14 @@ pub(super) fn writer(
     back: Sender<Vec<u8>>,
     _shared: Arc<Shared>,
 ) {
+    // What the spare holds of every page sent, for sending deltas (only to a spare: the local
+    // image is written whole pages, where a delta would save nothing but a copy).
+    let mut shadow = matches!(sink, Sink::Remote { .. }).then(Shadow::default);
+    // `HOTSPARE_DELTA_STATS=N`: a line of delta counters on stderr every N streams (figures).
+    let stats_every: u64 = std::env::var("HOTSPARE_DELTA_STATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     for job in jobs {
         match job {
             Job::Copied {
@@ -143,8 +152,22 @@ pub(super) fn writer(
                     seq: begin.seq,
                     base_seq: begin.base_seq,
                 };
-                let mut bytes = Vec::with_capacity(staging.len() + 4096);
-                let encoded = encode_copied(&mut bytes, &begin, &runs, &staging);
+                let mut bytes = Vec::with_capacity(staging.len() / 8 + 4096);
+                let encoded = match shadow.as_mut() {
+                    Some(sh) => {
+                        sh.encode(&mut bytes, &begin, runs_of(&runs, &staging));
+                        if stats_every > 0 && sh.stats.streams % stats_every == 0 {
+                            eprintln!(
+                                "hotspare: delta stats {:?} shadow_pages {} shadow_bytes {}",
+                                sh.stats,
+                                sh.pages(),
+                                sh.memory_bytes()
+                            );
+                        }
+                        Ok(())
+                    }
+                    None => encode_copied(&mut bytes, &begin, &runs, &staging),
+                };
                 if back.send(staging).is_err() {
                     return;
                 }
@@ -159,6 +182,10 @@ pub(super) fn writer(
                 snapshot,
                 done,
             } => {
+                // The child wrote whole pages the shadow never saw.
+                if let Some(sh) = shadow.as_mut() {
+                    sh.reset();
+                }
                 let r = match snapshot.wait() {
                     Ok(o) if o.is_success() => Ok(()),
                     Ok(o) => Err(format!("the cptfork child ended with {o:?}")),
@@ -178,6 +205,17 @@ pub(super) fn writer(
     }
 }
 
+/// The runs of a Copy capture.
+fn runs_of<'a>(runs: &'a [Captured], staging: &'a [u8]) -> impl Iterator<Item = Run<'a>> + 'a {
+    runs.iter().map(|c| {
+        if c.zero {
+            Run::Zero(c.addr, c.len as u64)
+        } else {
+            Run::Data(c.addr, &staging[c.offset..c.offset + c.len])
+        }
+    })
+}
+
 /// Encodes a Copy capture as a checkpoint stream.
 fn encode_copied(
     out: &mut Vec<u8>,
@@ -185,19 +223,9 @@ fn encode_copied(
     runs: &[Captured],
     staging: &[u8],
 ) -> Result<(), String> {
-    write_stream(
-        out,
-        begin,
-        runs.iter().map(|c| {
-            if c.zero {
-                Run::Zero(c.addr, c.len as u64)
-            } else {
-                Run::Data(c.addr, &staging[c.offset..c.offset + c.len])
-            }
-        }),
-    )
-    .map(|_| ())
-    .map_err(|e| format!("encoding checkpoint {}: {e}", begin.seq))
+    write_stream(out, begin, runs_of(runs, staging))
+        .map(|_| ())
+        .map_err(|e| format!("encoding checkpoint {}: {e}", begin.seq))
 }
 
 /// Writes an encoded stream to `wal/<seq>.tmp` of the local image.
