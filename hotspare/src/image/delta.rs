@@ -23,7 +23,7 @@ use super::format::{
 };
 use super::FormatError;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 
 /// Bytes of the check a DELTA entry carries: the first 8 bytes of the BLAKE3 hash of the page
@@ -219,6 +219,10 @@ pub struct WireStats {
 #[derive(Debug)]
 pub struct Shadow {
     pages: HashMap<u64, Box<[u8]>>,
+    /// Pages the spare holds as zeros (sent as ZERO runs, never written since) that are not
+    /// in `pages`: `start → end`, disjoint. A page of a fresh heap written for the first time
+    /// is then a delta against zeros, not a whole page.
+    zeros: BTreeMap<u64, u64>,
     last: Option<Begin>,
     limit: usize,
     /// Counters since the start.
@@ -262,6 +266,7 @@ impl Shadow {
     pub fn new(limit: usize) -> Shadow {
         Shadow {
             pages: HashMap::new(),
+            zeros: BTreeMap::new(),
             last: None,
             limit,
             stats: WireStats::default(),
@@ -271,7 +276,49 @@ impl Shadow {
     /// Forgets everything: the next stream's pages go whole until they are copied again.
     pub fn reset(&mut self) {
         self.pages.clear();
+        self.zeros.clear();
         self.last = None;
+    }
+
+    /// Whether the spare holds the page at `addr` as zeros.
+    fn is_zero(&self, addr: u64) -> bool {
+        self.zeros
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(_, &end)| addr < end)
+    }
+
+    /// `addr..addr + len` is no longer known to be zeros.
+    fn unzero(&mut self, addr: u64, len: u64) {
+        let end = addr + len;
+        let hit: Vec<(u64, u64)> = self
+            .zeros
+            .range(..end)
+            .rev()
+            .take_while(|(_, &e)| e > addr)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in hit {
+            self.zeros.remove(&s);
+            if s < addr {
+                self.zeros.insert(s, addr);
+            }
+            if e > end {
+                self.zeros.insert(end, e);
+            }
+        }
+    }
+
+    /// Notes `new` as what the spare holds at `addr` (a copy if there is room, else the page
+    /// is forgotten: sent whole next time).
+    fn remember(&mut self, addr: u64, new: &[u8], page: usize) {
+        if let Some(old) = self.pages.get_mut(&addr) {
+            old.copy_from_slice(new);
+        } else if self.pages.len() < self.limit {
+            self.pages.insert(addr, new.into());
+        } else {
+            self.unzero(addr, page as u64);
+        }
     }
 
     /// Pages held.
@@ -298,6 +345,7 @@ impl Shadow {
         let full = begin.is_full();
         if full {
             self.pages.clear();
+            self.zeros.clear();
         }
         let based = !full
             && self.last.as_ref().is_some_and(|l| {
@@ -309,6 +357,7 @@ impl Shadow {
         if !based {
             // No chain this shadow knows of: no page of it may be a delta.
             self.pages.clear();
+            self.zeros.clear();
         }
         let mut o = Out {
             w: out,
@@ -356,46 +405,47 @@ impl Shadow {
         // A run of whole pages being gathered: (address, bytes).
         let mut whole: Option<(u64, Vec<u8>)> = None;
         let mut scratch = Vec::with_capacity(page);
+        let zero_page = vec![0u8; page];
         for run in runs {
             match run {
                 Run::Zero(addr, len) => {
                     flush_whole(&mut o, &mut whole, page);
-                    if !full {
+                    if len / page as u64 > self.pages.len() as u64 {
+                        self.pages.retain(|a, _| *a < addr || *a >= addr + len);
+                    } else {
                         let mut a = addr;
                         while a < addr + len {
                             self.pages.remove(&a);
                             a += page as u64;
                         }
                     }
+                    self.unzero(addr, len);
+                    self.zeros.insert(addr, addr + len);
                     let (a, l) = (addr.to_le_bytes(), len.to_le_bytes());
                     o.frame(FrameKind::Zero, &[&a, &l], len / page as u64);
                 }
                 Run::Data(addr, bytes) => {
                     for (i, new) in bytes.chunks(page).enumerate() {
                         let a = addr + (i * page) as u64;
-                        let old = if based && !whole_range(a) {
-                            self.pages.get_mut(&a)
-                        } else {
-                            None
-                        };
-                        let Some(old) = old else {
-                            self.stats.whole_pages += 1;
-                            match &mut whole {
-                                Some((wa, wb))
-                                    if *wa + wb.len() as u64 == a
-                                        && wb.len() < PAGES_PER_FRAME * page => {}
-                                _ => {
-                                    flush_whole(&mut o, &mut whole, page);
-                                    whole = Some((a, Vec::with_capacity(page)));
+                        let known = based && !whole_range(a);
+                        let old: &[u8] = match self.pages.get(&a) {
+                            Some(o) if known => o,
+                            _ if known && self.is_zero(a) => &zero_page,
+                            _ => {
+                                self.stats.whole_pages += 1;
+                                match &mut whole {
+                                    Some((wa, wb))
+                                        if *wa + wb.len() as u64 == a
+                                            && wb.len() < PAGES_PER_FRAME * page => {}
+                                    _ => {
+                                        flush_whole(&mut o, &mut whole, page);
+                                        whole = Some((a, Vec::with_capacity(page)));
+                                    }
                                 }
+                                whole.as_mut().expect("set").1.extend_from_slice(new);
+                                self.remember(a, new, page);
+                                continue;
                             }
-                            whole.as_mut().expect("set").1.extend_from_slice(new);
-                            if let Some(old) = self.pages.get_mut(&a) {
-                                old.copy_from_slice(new);
-                            } else if self.pages.len() < self.limit {
-                                self.pages.insert(a, new.into());
-                            }
-                            continue;
                         };
                         scratch.clear();
                         let runs = diff_runs(old, new, &mut scratch);
@@ -408,7 +458,7 @@ impl Shadow {
                             .zip(new.chunks(64))
                             .filter(|(x, y)| x != y)
                             .count() as u64;
-                        old.copy_from_slice(new);
+                        self.remember(a, new, page);
                         if delta.entries == DELTAS_PER_FRAME {
                             flush_delta(&mut o, &mut delta);
                         }
@@ -869,6 +919,52 @@ mod tests {
         let (got3, rb3) = resolve_on(&wire3, &rb, &got).expect("resolves");
         assert_eq!(got3, mem);
         assert_eq!(rb3.meta, b"other meta");
+    }
+
+    /// Guards against pages of a fresh (pristine) heap going whole when first written: the
+    /// spare holds them as zeros (a ZERO run), so they travel as deltas against zeros; a page
+    /// the shadow has no room for is forgotten, never taken for zeros.
+    #[test]
+    fn first_writes_to_zero_pages_are_deltas_against_zeros() {
+        let mut mem = vec![0u8; NPAGES * PAGE];
+        mem[..PAGE].fill(4);
+        let mut sh = Shadow::new(2);
+        let b1 = begin(1, 0, b"meta");
+        let mut wire = Vec::new();
+        let zeros = ((NPAGES - 1) * PAGE) as u64;
+        sh.encode(
+            &mut wire,
+            &b1,
+            [
+                Run::Data(ADDR, &mem[..PAGE]),
+                Run::Zero(ADDR + PAGE as u64, zeros),
+            ],
+        );
+        let spare = mem.clone();
+        mem[2 * PAGE + 50..2 * PAGE + 122].fill(b'k');
+        mem[5 * PAGE + 1] = 1;
+        let mut wire = Vec::new();
+        let runs = [
+            Run::Data(ADDR + 2 * PAGE as u64, &mem[2 * PAGE..3 * PAGE]),
+            Run::Data(ADDR + 5 * PAGE as u64, &mem[5 * PAGE..6 * PAGE]),
+        ];
+        sh.encode(&mut wire, &begin(2, 1, b"meta"), runs);
+        assert_eq!((sh.stats.delta_pages, sh.stats.whole_pages), (2, 1));
+        assert!(wire.len() < 250, "{}", wire.len());
+        let (got, b2) = resolve_on(&wire, &b1, &spare).expect("resolves");
+        assert_eq!(got, mem);
+        // The shadow is full (2 pages: 0 and 2): page 5 was forgotten, so its next change
+        // goes whole, not as a delta against zeros.
+        mem[5 * PAGE + 2] = 2;
+        let mut wire = Vec::new();
+        sh.encode(
+            &mut wire,
+            &begin(3, 2, b"meta"),
+            [Run::Data(ADDR + 5 * PAGE as u64, &mem[5 * PAGE..6 * PAGE])],
+        );
+        assert_eq!(sh.stats.whole_pages, 2);
+        let (got, _) = resolve_on(&wire, &b2, &got).expect("resolves");
+        assert_eq!(got, mem);
     }
 
     /// Guards against a delta applied on a page the primary did not diff against being
