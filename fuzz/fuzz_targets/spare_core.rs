@@ -323,6 +323,8 @@ impl World {
                 }
             }
             Output::Log(_) => {}
+            // No arbiter is configured here (the simulator covers the claim).
+            Output::Arbiter(..) => panic!("an arbiter request without an arbiter"),
         }
     }
 
@@ -649,6 +651,7 @@ fuzz_target!(|data: &[u8]| {
         startup_grace: GRACE,
         accept_new_lineage: accept,
         apply_retry: APPLY_RETRY,
+        arbiter: None,
     };
     let rec = Recovered {
         term: rec_term,

@@ -9,12 +9,14 @@
 //! code against simulated networks, disks, clocks and crashes, and checks the guarantees after
 //! every step.
 //!
+//! * [`arbiter`] — takeover decided by a compare-and-swap on etcd, and leases renewed there;
 //! * [`codec`] — the authenticated handshake and message envelope, bytes in, bytes out;
 //! * [`msg`] — the messages;
 //! * [`lease`] — why the right to serve is safe, and the bound it needs;
 //! * [`primary`], [`spare`] — the two sides;
 //! * [`time`] — a node's clock, as the machines see it.
 
+pub mod arbiter;
 pub mod codec;
 pub mod lease;
 pub mod msg;

@@ -12,6 +12,7 @@
 //! the send time of the newest heartbeat the spare answered ([`crate::lease`]). Nothing has to
 //! clear it, so a thread that is blocked (or a process that is stopped) cannot leave it set.
 
+use crate::arbiter::{self, Answer, Outcome, PrimaryArbiter, Request, Rev};
 use crate::lease;
 use crate::msg::{AckLevel, Lineage, Msg, StreamHeader};
 use crate::time::Time;
@@ -44,6 +45,9 @@ pub struct LinkConfig {
     pub pid: u32,
     /// When the spare is to acknowledge our checkpoints (stated in every hello).
     pub ack: AckLevel,
+    /// The arbiter, if one is configured: leases renewed there keep us serving while the
+    /// spare cannot answer ([`crate::arbiter`]).
+    pub arbiter: Option<PrimaryArbiter>,
 }
 
 /// What the driver or the application must learn.
@@ -69,8 +73,11 @@ pub enum Event {
     },
     /// A newer term exists or the spare refuses us: we must stop serving, for good.
     Fenced(String),
-    /// No answered heartbeat within the lease: we may not serve until one is answered.
+    /// No answered heartbeat and no arbiter renewal within their leases: we may not serve
+    /// until one of them is renewed.
     LeaseLost,
+    /// Something for the log about the arbiter (registered, unreachable, reachable again).
+    Arbiter(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +86,26 @@ enum Conn {
     Connecting,
     Hello,
     Up,
+}
+
+/// The arbiter's side of the right to serve.
+#[derive(Debug)]
+struct ArbiterLease {
+    cfg: PrimaryArbiter,
+    /// The term key's version we registered with, and the lease we may take (`La`, capped by
+    /// the record's `W`).
+    registered: Option<(Rev, Duration)>,
+    /// The request out: (id, send time).
+    in_flight: Option<(u64, Time)>,
+    next_id: u64,
+    /// No request before this.
+    next_at: Time,
+    /// End of the lease renewed at the arbiter.
+    until: Option<Time>,
+    /// Requests for the driver.
+    out: VecDeque<(u64, Request)>,
+    /// The last request failed (reported once per outage).
+    unreachable: bool,
 }
 
 /// The primary's link to its spare.
@@ -104,6 +131,7 @@ pub struct Link {
     events: VecDeque<Event>,
     latest_seq: u64,
     acked_seq: u64,
+    arbiter: Option<ArbiterLease>,
 }
 
 /// Heartbeats remembered while unanswered (older ones could only renew an expired lease).
@@ -112,7 +140,18 @@ const UNANSWERED_KEPT: usize = 64;
 impl Link {
     /// A link that will connect at its first timeout.
     pub fn new(cfg: LinkConfig, now: Time) -> Link {
+        let arbiter = cfg.arbiter.clone().map(|a| ArbiterLease {
+            cfg: a,
+            registered: None,
+            in_flight: None,
+            next_id: 1,
+            next_at: now,
+            until: None,
+            out: VecDeque::new(),
+            unreachable: false,
+        });
         Link {
+            arbiter,
             lease: cfg.lease,
             cfg,
             conn: Conn::Down { retry_at: now },
@@ -136,15 +175,145 @@ impl Link {
     /// Whether this primary may serve at `now` (its own clock): not fenced, and a heartbeat
     /// sent less than the lease ago has been answered.
     pub fn may_serve(&self, now: Time) -> bool {
-        self.fenced.is_none() && self.lease_until.is_some_and(|t| now < t)
+        self.serving_until().is_some_and(|t| now < t)
     }
 
-    /// The end of the current lease (`None`: never had one, or fenced).
+    /// The end of the current lease: the later of the heartbeat lease and the arbiter's
+    /// (`None`: never had one, or fenced).
     pub fn serving_until(&self) -> Option<Time> {
         if self.fenced.is_some() {
             return None;
         }
-        self.lease_until
+        let arbiter = self.arbiter.as_ref().and_then(|a| a.until);
+        match (self.lease_until, arbiter) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the arbiter knows us (our term is the one its term key holds).
+    pub fn arbiter_registered(&self) -> bool {
+        self.arbiter
+            .as_ref()
+            .is_some_and(|a| a.registered.is_some())
+    }
+
+    /// The next request for the arbiter; answer it with [`Link::handle_arbiter`], exactly once.
+    pub fn poll_arbiter(&mut self) -> Option<(u64, Request)> {
+        self.arbiter.as_mut()?.out.pop_front()
+    }
+
+    /// The arbiter answered request `id` (or did not: `Err`).
+    pub fn handle_arbiter(&mut self, now: Time, id: u64, outcome: Outcome) {
+        let term = self.cfg.term;
+        let (drift, margin) = (self.cfg.drift_ppm, self.cfg.serve_margin);
+        let Some(a) = self.arbiter.as_mut() else {
+            return;
+        };
+        let Some((want, sent)) = a.in_flight else {
+            return;
+        };
+        if want != id {
+            return;
+        }
+        a.in_flight = None;
+        // At least four renewals per lease, whatever is configured.
+        let every = a
+            .registered
+            .map_or(a.cfg.renew_every, |(_, la)| a.cfg.renew_every.min(la / 4));
+        a.next_at = (sent + every).max(now);
+        if outcome.is_ok() && std::mem::take(&mut a.unreachable) {
+            self.events
+                .push_back(Event::Arbiter("the arbiter answers again".into()));
+        }
+        let a = self.arbiter.as_mut().expect("checked");
+        match outcome {
+            Ok(Answer::Registered { term_rev, record }) if record.term == term => {
+                let la = arbiter::arbiter_lease(a.cfg.lease, record.wait(), drift, margin);
+                a.registered = Some((term_rev, la));
+                a.next_at = now;
+                self.events.push_back(Event::Arbiter(format!(
+                    "registered at the arbiter with term {term} (held by {}); arbiter lease {} ms, spare's wait {} ms",
+                    record.holder,
+                    la.as_millis(),
+                    record.wait().as_millis()
+                )));
+            }
+            Ok(Answer::Registered { record, .. }) => self.fence(format!(
+                "the arbiter holds term {} (held by {}), not ours ({term}): this service was taken over, or the key belongs to another history",
+                record.term, record.holder
+            )),
+            Ok(Answer::Renewed) => {
+                if let Some((_, la)) = a.registered {
+                    let until = sent + la;
+                    if a.until.is_none_or(|t| until > t) {
+                        a.until = Some(until);
+                    }
+                    if now < until {
+                        self.lease_lost_reported = false;
+                    }
+                }
+            }
+            Ok(Answer::NotRenewed { record }) => self.fence(match record {
+                Some(r) => format!(
+                    "the arbiter's term key changed: term {} held by {} (ours {term})",
+                    r.term, r.holder
+                ),
+                None => "the arbiter's term key was deleted".into(),
+            }),
+            Ok(other) => self.events.push_back(Event::Arbiter(format!(
+                "unexpected answer from the arbiter: {other:?}"
+            ))),
+            Err(e) => {
+                if !a.unreachable {
+                    a.unreachable = true;
+                    self.events.push_back(Event::Arbiter(format!(
+                        "{e}; serving only on the spare's leases until it answers"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The heartbeat lease left after which the arbiter is asked to renew: while the spare
+    /// answers every heartbeat it stays above `L − 2H`, so a healthy pair never writes to it.
+    fn renew_below(&self) -> Duration {
+        self.lease.saturating_sub(self.cfg.heartbeat * 2)
+    }
+
+    /// When the arbiter must next be asked something (`None`: nothing to ask).
+    fn arbiter_due(&self) -> Option<Time> {
+        let a = self.arbiter.as_ref()?;
+        if a.in_flight.is_some() || self.fenced.is_some() {
+            return None;
+        }
+        if a.registered.is_none() {
+            return Some(a.next_at);
+        }
+        let needed = self.lease_until.map_or(a.next_at, |t| {
+            t - self.renew_below() + Duration::from_nanos(1)
+        });
+        Some(needed.max(a.next_at))
+    }
+
+    fn arbiter_timeout(&mut self, now: Time) {
+        if self.arbiter_due().is_none_or(|t| now < t) {
+            return;
+        }
+        let term = self.cfg.term;
+        let a = self.arbiter.as_mut().expect("due");
+        let id = a.next_id;
+        a.next_id += 1;
+        a.in_flight = Some((id, now));
+        let req = match a.registered {
+            None => Request::Register(arbiter::TermRecord {
+                term,
+                holder: a.cfg.node.clone(),
+                wait_us: a.cfg.wait.as_micros() as u64,
+            }),
+            Some((term_rev, _)) => Request::Renew { term_rev },
+        };
+        a.out.push_back((id, req));
     }
 
     /// Why we are fenced, if we are.
@@ -269,7 +438,7 @@ impl Link {
                     if self.lease_until.is_none_or(|t| until > t) {
                         self.lease_until = Some(until);
                     }
-                    if now < until {
+                    if self.may_serve(now) {
                         self.lease_lost_reported = false;
                     }
                 }
@@ -387,8 +556,9 @@ impl Link {
                 )),
             });
         }
-        if let Some(until) = self.lease_until {
-            if now >= until && !self.lease_lost_reported && self.fenced.is_none() {
+        self.arbiter_timeout(now);
+        if let Some(until) = self.serving_until() {
+            if now >= until && !self.lease_lost_reported {
                 self.lease_lost_reported = true;
                 self.events.push_back(Event::LeaseLost);
             }
@@ -417,10 +587,13 @@ impl Link {
         if let Some(&(_, d)) = self.awaiting_ack.front() {
             at(d);
         }
-        if let Some(u) = self.lease_until {
+        if let Some(u) = self.serving_until() {
             if !self.lease_lost_reported {
                 at(u);
             }
+        }
+        if let Some(d) = self.arbiter_due() {
+            at(d);
         }
         t
     }

@@ -46,6 +46,7 @@ fn link_cfg(term: u64, lineage: Lineage) -> LinkConfig {
         exe_id: EXE,
         pid: 4242,
         ack: AckLevel::Fsynced,
+        arbiter: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn spare_cfg(accept_new_lineage: bool) -> SpareConfig {
         startup_grace: ms(GRACE_MS),
         accept_new_lineage,
         apply_retry: ms(10),
+        arbiter: None,
     }
 }
 
@@ -1837,4 +1839,307 @@ fn e_a_startup_grace_below_the_detection_time_holds_for_the_detection_time() {
     }
     s.handle_timeout(start + ms(DETECTION_MS));
     assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::SaveTerm(term + 1)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// h. The arbiter: takeovers only through its compare-and-swap, leases renewed there.
+// ---------------------------------------------------------------------------------------------
+
+use hotspare_proto::arbiter::{Answer, ArbiterError, PrimaryArbiter, Request, TermRecord};
+
+fn arbiter_requests(out: &[Output]) -> Vec<(u64, Request)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Arbiter(id, r) => Some((*id, r.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn record(term: u64, holder: &str, wait_ms: u64) -> TermRecord {
+    TermRecord {
+        term,
+        holder: holder.into(),
+        wait_us: wait_ms * 1000,
+    }
+}
+
+/// A spare with an arbiter, an admitted primary whose last heartbeat was answered at the
+/// returned time, and the claim started at `last + detection`: returns the Observe's id.
+fn spare_claiming(term: u64) -> (Spare, ConnId, Time, u64) {
+    let c = ConnId(1);
+    let cfg = SpareConfig {
+        arbiter: Some("spare-b".into()),
+        ..spare_cfg(false)
+    };
+    let mut s = spare_with_image(cfg, OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    let last = at(GRACE_MS + 100);
+    s.handle_msg(last, c, term, Msg::Heartbeat { id: 1, seq: 5 });
+    drain(&mut s);
+    s.handle_timeout(last + ms(DETECTION_MS));
+    let out = drain(&mut s);
+    assert!(
+        disk_ops(&out).is_empty(),
+        "no term saved before the arbiter: {out:?}"
+    );
+    assert!(closed(&out, c), "the silent primary's connection is closed");
+    let reqs = arbiter_requests(&out);
+    assert!(matches!(reqs[..], [(_, Request::Observe)]), "{out:?}");
+    assert!(s.claiming() && !s.taking_over());
+    (s, c, last + ms(DETECTION_MS), reqs[0].0)
+}
+
+/// Guards against a takeover the arbiter did not allow, and against one that skips the wait
+/// `W` during which a primary alive at the arbiter renews.
+#[test]
+fn h_the_spare_observes_waits_w_claims_and_only_then_saves_its_term() {
+    let term = 1;
+    let (mut s, _, t0, id) = spare_claiming(term);
+    s.handle_arbiter(
+        t0 + ms(1),
+        id,
+        Ok(Answer::Observed {
+            term: Some((5, record(term, "a pid 9", 45))),
+            alive_rev: 7,
+        }),
+    );
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.poll_timeout(), Some(t0 + ms(46)));
+    s.handle_timeout(t0 + ms(46) - Duration::from_nanos(1));
+    assert!(drain(&mut s).is_empty(), "claimed before W was over");
+    s.handle_timeout(t0 + ms(46));
+    let out = drain(&mut s);
+    let reqs = arbiter_requests(&out);
+    let want = Request::Claim {
+        term_rev: 5,
+        alive_rev: 7,
+        record: record(term + 1, "spare-b", 45),
+    };
+    assert_eq!(reqs.iter().map(|r| &r.1).collect::<Vec<_>>(), vec![&want]);
+    // A primary that reconnects meanwhile is granted nothing.
+    let c2 = ConnId(2);
+    s.handle_open(t0 + ms(47), c2);
+    s.handle_msg(t0 + ms(47), c2, term, hello(OLD));
+    s.handle_msg(t0 + ms(47), c2, term, Msg::Heartbeat { id: 9, seq: 5 });
+    let out = drain(&mut s);
+    assert!(closed(&out, c2) && sent(&out, c2).is_empty(), "{out:?}");
+    // Won: the term is saved, then the takeover.
+    s.handle_arbiter(t0 + ms(48), reqs[0].0, Ok(Answer::Claimed));
+    assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::SaveTerm(term + 1)]);
+    s.handle_disk(
+        t0 + ms(49),
+        DiskDone::TermSaved {
+            term: term + 1,
+            result: Ok(()),
+        },
+    );
+    assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 5)));
+}
+
+/// Guards against a takeover of a primary that is cut off from its spare but alive at the
+/// arbiter (it renewed, so the swap fails): the spare goes back to granting.
+#[test]
+fn h_a_lost_claim_is_no_takeover_and_the_spare_grants_again() {
+    let term = 2;
+    let (mut s, _, t0, id) = spare_claiming(term);
+    s.handle_arbiter(
+        t0,
+        id,
+        Ok(Answer::Observed {
+            term: Some((3, record(term, "a pid 9", 20))),
+            alive_rev: 4,
+        }),
+    );
+    s.handle_timeout(t0 + ms(20));
+    let claim = arbiter_requests(&drain(&mut s))[0].0;
+    s.handle_arbiter(t0 + ms(21), claim, Ok(Answer::NotClaimed));
+    let out = drain(&mut s);
+    assert!(
+        disk_ops(&out).is_empty() && takeover(&out).is_none(),
+        "{out:?}"
+    );
+    assert!(!s.claiming() && !s.taking_over());
+    // No new attempt within the start-up grace (the primary may reconnect meanwhile) ...
+    s.handle_timeout(t0 + ms(21 + GRACE_MS) - Duration::from_nanos(1));
+    assert!(arbiter_requests(&drain(&mut s)).is_empty());
+    // ... and a primary that does is admitted and granted leases again.
+    let c2 = ConnId(2);
+    connect(&mut s, t0 + ms(30), c2, term, OLD);
+    s.handle_msg(t0 + ms(31), c2, term, Msg::Heartbeat { id: 3, seq: 5 });
+    let out = drain(&mut s);
+    assert!(sent(&out, c2).contains(&(term, Msg::HeartbeatAck { id: 3, seq: 5 })));
+}
+
+/// Guards against the outcome of an unanswered claim being guessed: the spare reads the term
+/// key again, grants nothing meanwhile, and takes over only if its own record is there.
+#[test]
+fn h_an_unanswered_claim_is_resolved_by_reading_the_term_key() {
+    for applied in [true, false] {
+        let term = 1;
+        let (mut s, _, t0, id) = spare_claiming(term);
+        s.handle_arbiter(
+            t0,
+            id,
+            Ok(Answer::Observed {
+                term: Some((5, record(term, "a pid 9", 10))),
+                alive_rev: 0,
+            }),
+        );
+        s.handle_timeout(t0 + ms(10));
+        let claim = arbiter_requests(&drain(&mut s))[0].0;
+        s.handle_arbiter(t0 + ms(200), claim, Err(ArbiterError::Timeout(190)));
+        let out = drain(&mut s);
+        let reqs = arbiter_requests(&out);
+        assert!(matches!(reqs[..], [(_, Request::Observe)]), "{out:?}");
+        assert!(s.claiming() && disk_ops(&out).is_empty());
+        // Still nothing granted.
+        let c2 = ConnId(2);
+        s.handle_open(t0 + ms(201), c2);
+        s.handle_msg(t0 + ms(201), c2, term, hello(OLD));
+        assert!(closed(&drain(&mut s), c2));
+        let held = if applied {
+            record(term + 1, "spare-b", 10)
+        } else {
+            record(term, "a pid 9", 10)
+        };
+        s.handle_arbiter(
+            t0 + ms(202),
+            reqs[0].0,
+            Ok(Answer::Observed {
+                term: Some((if applied { 6 } else { 5 }, held)),
+                alive_rev: 0,
+            }),
+        );
+        let ops = disk_ops(&drain(&mut s));
+        if applied {
+            assert_eq!(ops, vec![DiskOp::SaveTerm(term + 1)]);
+        } else {
+            assert!(ops.is_empty() && !s.claiming() && !s.taking_over());
+        }
+    }
+}
+
+/// Guards against a spare that, having learnt of a newer term at the arbiter (held by
+/// another node), takes the image over anyway.
+#[test]
+fn h_a_newer_term_held_by_another_node_is_learnt_not_taken() {
+    let term = 1;
+    let (mut s, _, t0, id) = spare_claiming(term);
+    s.handle_arbiter(
+        t0,
+        id,
+        Ok(Answer::Observed {
+            term: Some((9, record(4, "c", 45))),
+            alive_rev: 0,
+        }),
+    );
+    let out = drain(&mut s);
+    assert_eq!(disk_ops(&out), vec![DiskOp::SaveTerm(4)], "{out:?}");
+    assert!(!s.claiming() && !s.taking_over() && s.term() == 4);
+    s.handle_disk(
+        t0 + ms(1),
+        DiskDone::TermSaved {
+            term: 4,
+            result: Ok(()),
+        },
+    );
+    assert!(takeover(&drain(&mut s)).is_none());
+}
+
+fn arbiter_link(term: u64) -> LinkConfig {
+    LinkConfig {
+        arbiter: Some(PrimaryArbiter {
+            node: "a pid 4242".into(),
+            lease: ms(40),
+            wait: ms(45),
+            renew_every: ms(10),
+        }),
+        ..link_cfg(term, OLD)
+    }
+}
+
+fn link_arbiter_requests(l: &mut Link) -> Vec<(u64, Request)> {
+    std::iter::from_fn(|| l.poll_arbiter()).collect()
+}
+
+/// Guards against a primary that stops serving when only its spare is gone (the arbiter
+/// renews it), against renewals while the spare answers (they would load etcd for nothing),
+/// and against a primary that goes on serving once its term key has changed.
+#[test]
+fn h_the_primary_serves_on_renewals_while_its_spare_is_silent_and_stops_when_the_key_moves() {
+    let term = 3;
+    let mut l = link_up(arbiter_link(term), at(0), term, ms(DETECTION_MS));
+    let reqs = link_arbiter_requests(&mut l);
+    assert!(
+        matches!(&reqs[..], [(_, Request::Register(r))] if r.term == term),
+        "{reqs:?}"
+    );
+    l.handle_arbiter(
+        at(1),
+        reqs[0].0,
+        Ok(Answer::Registered {
+            term_rev: 11,
+            record: record(term, "a pid 4242", 45),
+        }),
+    );
+    assert!(l.arbiter_registered());
+    // The spare answers every heartbeat: no renewal is asked for.
+    for t in (0..100).step_by(10) {
+        let id = heartbeat(&mut l, at(t));
+        l.handle_msg(at(t), term, Msg::HeartbeatAck { id, seq: 0 });
+        assert!(
+            link_arbiter_requests(&mut l).is_empty(),
+            "renewal at {t} ms"
+        );
+    }
+    // Silence: the heartbeat lease (from the beat sent at 90 ms) ends at 130 ms; a renewal is
+    // asked for once less than L − 2H = 20 ms of it is left.
+    l.handle_timeout(at(105));
+    transmit(&mut l);
+    assert!(link_arbiter_requests(&mut l).is_empty());
+    l.handle_timeout(at(111));
+    transmit(&mut l);
+    let reqs = link_arbiter_requests(&mut l);
+    assert_eq!(
+        reqs.iter().map(|r| &r.1).collect::<Vec<_>>(),
+        vec![&Request::Renew { term_rev: 11 }]
+    );
+    l.handle_arbiter(at(112), reqs[0].0, Ok(Answer::Renewed));
+    // Serving past the heartbeat lease, until 111 + 40 ms.
+    assert!(l.may_serve(at(150)));
+    assert!(!l.may_serve(at(151)));
+    // The term key changed (a takeover): fenced at once, for good.
+    l.handle_timeout(at(121));
+    transmit(&mut l);
+    let reqs = link_arbiter_requests(&mut l);
+    assert_eq!(reqs.len(), 1);
+    l.handle_arbiter(
+        at(122),
+        reqs[0].0,
+        Ok(Answer::NotRenewed {
+            record: Some(record(term + 1, "spare-b", 45)),
+        }),
+    );
+    assert!(events(&mut l).iter().any(|e| matches!(e, Event::Fenced(_))));
+    assert!(!l.may_serve(at(123)));
+}
+
+/// Guards against a primary serving in a term the arbiter does not hold (a takeover it missed
+/// while it was down, or a key of another history).
+#[test]
+fn h_registration_against_another_term_fences_the_primary() {
+    let term = 1;
+    let mut l = link_up(arbiter_link(term), at(0), term, ms(DETECTION_MS));
+    let reqs = link_arbiter_requests(&mut l);
+    l.handle_arbiter(
+        at(1),
+        reqs[0].0,
+        Ok(Answer::Registered {
+            term_rev: 20,
+            record: record(2, "spare-b", 45),
+        }),
+    );
+    assert!(events(&mut l).iter().any(|e| matches!(e, Event::Fenced(_))));
+    assert!(!l.may_serve(at(1)) && !l.arbiter_registered());
 }

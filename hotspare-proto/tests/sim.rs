@@ -17,6 +17,8 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
     let (mut acked, mut takeovers) = (0u64, 0u64);
     // Per durability level: scenarios, and checkpoints acknowledged.
     let mut per_level = [(0u64, 0u64); 2];
+    // Scenarios with an arbiter, by how they end, and their takeovers.
+    let mut endings: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
     for seed in from..from + n {
         let r = hotspare_proto::sim::run(seed);
         acked += r.acked;
@@ -24,6 +26,11 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
         let l = &mut per_level[usize::from(r.ack == AckLevel::Received)];
         l.0 += 1;
         l.1 += r.acked;
+        if let Some(e) = r.arbiter {
+            let x = endings.entry(e).or_default();
+            x.0 += 1;
+            x.1 += u64::from(r.takeovers);
+        }
         if !r.violations.is_empty() {
             eprintln!("--- seed {seed} ({}): last steps ---", r.ack);
             for l in r.trace.iter().rev().take(30).rev() {
@@ -36,6 +43,7 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
         "{n} scenarios from seed {from}: {acked} checkpoints acknowledged, {takeovers} takeovers; fsynced {:?}, received {:?} (scenarios, acknowledged)",
         per_level[0], per_level[1]
     );
+    eprintln!("with an arbiter (scenarios, takeovers): {endings:?}");
     assert!(
         failed.is_empty(),
         "{} of {n} scenarios broke a guarantee (replay: cargo run -p hotspare-proto --bin hotspare-sim -- --seed SEED): {failed:?}",
@@ -46,6 +54,18 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
         "the scenarios must acknowledge checkpoints to test anything"
     );
     assert!(takeovers > n / 2, "most scenarios must end in a takeover");
+    for ending in ["kill-primary", "kill-spare", "cut-pair"] {
+        let (scenarios, _) = endings.get(ending).copied().unwrap_or_default();
+        assert!(
+            scenarios > n / 10,
+            "arbiter scenarios ending {ending} must be exercised: {scenarios}"
+        );
+    }
+    let (kp, kp_takeovers) = endings.get("kill-primary").copied().unwrap_or_default();
+    assert!(
+        kp_takeovers > kp / 2,
+        "a killed primary must be taken over through the arbiter: {kp_takeovers} of {kp}"
+    );
     for (name, (scenarios, acks)) in ["fsynced", "received"].iter().zip(per_level) {
         assert!(
             scenarios > n / 4 && acks > scenarios,

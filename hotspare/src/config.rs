@@ -13,7 +13,13 @@
 //! | `key_file` | `HOTSPARE_KEY_FILE` | none (required with `spare`) |
 //! | `heartbeat_ms` | `HOTSPARE_HEARTBEAT_MS` | `10` |
 //! | `lease_ms` | `HOTSPARE_LEASE_MS` | `40` (below the spare's default 5 × 10 ms detection) |
-//! | `on_fence` | `HOTSPARE_ON_FENCE` | `report` (`exit`: stop serving when fenced) |
+//! | `on_fence` | `HOTSPARE_ON_FENCE` | `exit` with an arbiter, else `report` (`exit`: the process ends when fenced or when it holds no lease) |
+//! | `arbiter` | `HOTSPARE_ARBITER` | none: two-machine mode, not partition-safe for availability (etcd endpoints, comma-separated: `10.0.0.1:2379,10.0.0.2:2379`) |
+//! | `service` | `HOTSPARE_SERVICE` | none (required with `arbiter`: the keys are `/hotspare/<service>/…`) |
+//! | `node` | `HOTSPARE_NODE` | the host name (this machine's name at the arbiter) |
+//! | `arbiter_lease_ms` | `HOTSPARE_ARBITER_LEASE_MS` | `40` (capped below the spare's wait `W`) |
+//! | `arbiter_wait_ms` | `HOTSPARE_ARBITER_WAIT_MS` | `45` (`W`, written into the term key the first primary creates) |
+//! | `arbiter_timeout_ms` | `HOTSPARE_ARBITER_TIMEOUT_MS` | `200` (an etcd request not answered by then fails) |
 //! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails) |
 //! | `pipeline_depth` | `HOTSPARE_PIPELINE_DEPTH` | `0`: automatic — 2 with a spare, 1 without (checkpoints in flight at once, up to 64; see `docs/library.md`) |
 //! | `durability` | `HOTSPARE_DURABILITY` | `fsynced`: the spare acknowledges after its `fsync`; `received`: as soon as it holds the stream validated (survives either machine dying, not both; `docs/replication.md`). Without `spare` the level is `local` |
@@ -76,8 +82,21 @@ pub struct Config {
     /// Lease in milliseconds: with no word from the spare for this long the primary reports it
     /// may be fenced. Keep it below the spare's detection time (N × H).
     pub lease_ms: u64,
-    /// What to do when fenced or the lease is lost: `report` or `exit`.
+    /// What to do when fenced or the lease is lost: `report` or `exit` (empty: `exit` with an
+    /// arbiter, `report` without).
     pub on_fence: String,
+    /// etcd endpoints of the arbiter (comma-separated); none: two-machine mode.
+    pub arbiter: Option<String>,
+    /// The service's name at the arbiter.
+    pub service: Option<String>,
+    /// This machine's name at the arbiter (default: the host name).
+    pub node: Option<String>,
+    /// The arbiter lease `La` asked for, in milliseconds.
+    pub arbiter_lease_ms: u64,
+    /// `W` written into a term key this primary creates, in milliseconds.
+    pub arbiter_wait_ms: u64,
+    /// An etcd request not answered within this fails, in milliseconds.
+    pub arbiter_timeout_ms: u64,
     /// A checkpoint the spare has not acknowledged this long after its last byte fails (a
     /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever).
     pub ack_timeout_ms: u64,
@@ -108,7 +127,13 @@ impl Default for Config {
             key_file: None,
             heartbeat_ms: 10,
             lease_ms: 40,
-            on_fence: "report".into(),
+            on_fence: String::new(),
+            arbiter: None,
+            service: None,
+            node: None,
+            arbiter_lease_ms: 40,
+            arbiter_wait_ms: 45,
+            arbiter_timeout_ms: 200,
             ack_timeout_ms: 5000,
             durability: hotspare_proto::AckLevel::Fsynced,
             pipeline_depth: 0,
@@ -236,12 +261,88 @@ impl Config {
         if let Some(v) = var("HOTSPARE_ON_FENCE") {
             self.on_fence = v;
         }
+        if let Some(v) = var("HOTSPARE_ARBITER") {
+            self.arbiter = Some(v);
+        }
+        if let Some(v) = var("HOTSPARE_SERVICE") {
+            self.service = Some(v);
+        }
+        if let Some(v) = var("HOTSPARE_NODE") {
+            self.node = Some(v);
+        }
+        for (name, field) in [
+            ("HOTSPARE_ARBITER_LEASE_MS", &mut self.arbiter_lease_ms),
+            ("HOTSPARE_ARBITER_WAIT_MS", &mut self.arbiter_wait_ms),
+            ("HOTSPARE_ARBITER_TIMEOUT_MS", &mut self.arbiter_timeout_ms),
+        ] {
+            if let Some(v) = var(name) {
+                *field = v
+                    .parse()
+                    .map_err(|_| Error::Config(format!("bad {name} '{v}'")))?;
+            }
+        }
         if let Some(v) = var("HOTSPARE_TERM") {
             self.term = v
                 .parse()
                 .map_err(|_| Error::Config(format!("bad HOTSPARE_TERM '{v}'")))?;
         }
         Ok(self)
+    }
+}
+
+impl Config {
+    /// Whether the process ends when fenced or when it holds no lease: `on_fence`, by default
+    /// `exit` with an arbiter (a primary that reaches neither its spare nor the arbiter must
+    /// stop before a takeover can be allowed) and `report` without one (where the spare's death
+    /// alone ends the lease, and exiting would stop the service with it).
+    pub fn exit_on_fence(&self) -> Result<bool> {
+        match self.on_fence.as_str() {
+            "exit" => Ok(true),
+            "report" => Ok(false),
+            "" => Ok(self.arbiter.is_some()),
+            other => Err(Error::Config(format!(
+                "on_fence must be 'report' or 'exit', not '{other}'"
+            ))),
+        }
+    }
+
+    /// The arbiter, if one is configured.
+    pub fn arbiter(&self) -> Result<Option<crate::replica::ArbiterConfig>> {
+        let Some(endpoints) = &self.arbiter else {
+            return Ok(None);
+        };
+        let service = self
+            .service
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::Config("an arbiter needs a service name (HOTSPARE_SERVICE)".into())
+            })?;
+        if service.contains('/') {
+            return Err(Error::Config(format!(
+                "the service name '{service}' must not contain '/'"
+            )));
+        }
+        let endpoints: Vec<String> = endpoints
+            .split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(Error::Config("HOTSPARE_ARBITER lists no endpoint".into()));
+        }
+        let ms = std::time::Duration::from_millis;
+        Ok(Some(crate::replica::ArbiterConfig {
+            endpoints,
+            service,
+            node: self
+                .node
+                .clone()
+                .unwrap_or_else(crate::replica::arbiter::hostname),
+            timeout: ms(self.arbiter_timeout_ms.max(1)),
+            lease: ms(self.arbiter_lease_ms.max(1)),
+            wait: ms(self.arbiter_wait_ms.max(1)),
+        }))
     }
 }
 

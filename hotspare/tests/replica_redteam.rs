@@ -78,6 +78,7 @@ fn scenario(apply_answered_twice: bool) -> (Spare, Vec<DiskOp>) {
         startup_grace: Duration::from_millis(100),
         accept_new_lineage: false,
         apply_retry: Duration::from_millis(10),
+        arbiter: None,
     };
     let mut s = Spare::new(
         cfg,

@@ -38,8 +38,9 @@ fn main() {
             println!("{l}");
         }
         println!(
-            "seed {seed} ({}): {} events, {:.0} ms simulated, {} acknowledged, {} faults, {} takeovers, {} lost as the level allows, violations: {:?}",
+            "seed {seed} ({}, arbiter: {}): {} events, {:.0} ms simulated, {} acknowledged, {} faults, {} takeovers, {} lost as the level allows, violations: {:?}",
             r.ack,
+            r.arbiter.unwrap_or("none"),
             r.events,
             r.sim_nanos as f64 / 1e6,
             r.acked,
@@ -56,10 +57,14 @@ fn main() {
     let (mut sim, mut failed, mut acked, mut takeovers, mut events) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut received, mut exempted) = (0u64, 0u64);
+    let mut endings: std::collections::BTreeMap<&str, u64> = Default::default();
     for seed in from..from + n {
         let r = run(seed);
         received += u64::from(r.ack == hotspare_proto::AckLevel::Received);
         exempted += r.exempted;
+        if let Some(e) = r.arbiter {
+            *endings.entry(e).or_default() += 1;
+        }
         sim += r.sim_nanos;
         acked += r.acked;
         events += r.events;
@@ -74,9 +79,12 @@ fn main() {
     }
     let real = t.elapsed().as_secs_f64();
     println!(
-        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted}}}",
+        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}}}}",
         n as f64 / real,
-        sim as f64 / 1e9 / real
+        sim as f64 / 1e9 / real,
+        endings.get("kill-primary").unwrap_or(&0),
+        endings.get("kill-spare").unwrap_or(&0),
+        endings.get("cut-pair").unwrap_or(&0),
     );
     std::process::exit(i32::from(failed > 0));
 }

@@ -54,7 +54,11 @@ impl World {
             }
         }
         if let Some(k) = self.killed_for_liveness {
-            let bound = self.spare_cfg.detection.as_nanos() as u64 * 12 / 10 + 100 * MS;
+            // With an arbiter: observe, wait W, claim (its round trips are short once healed).
+            let claim = self.link_cfg.arbiter.as_ref().map_or(0, |a| {
+                a.wait.max(crate::arbiter::DEFAULT_WAIT).as_nanos() as u64 + 20 * MS
+            });
+            let bound = self.spare_cfg.detection.as_nanos() as u64 * 12 / 10 + 100 * MS + claim;
             if self.now - k > bound.max(self.spare_cfg.startup_grace.as_nanos() as u64 + 50 * MS) {
                 self.violation(format!(
                     "takeover {} ms after the primary died (bound {} ms)",

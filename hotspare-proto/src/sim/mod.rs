@@ -34,6 +34,7 @@ use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+mod arbiter;
 mod checks;
 mod disk;
 mod faults;
@@ -64,6 +65,9 @@ pub struct Report {
     pub takeovers: u32,
     /// Faults injected.
     pub faults: u32,
+    /// How the scenario used an arbiter: `None` (two-machine mode), or its ending
+    /// (`kill-primary`, `kill-spare`, `cut-pair`).
+    pub arbiter: Option<&'static str>,
     /// Broken guarantees (empty: passed).
     pub violations: Vec<String>,
     /// The last lines of the trace (for a failing seed).
@@ -126,6 +130,33 @@ enum Ev {
     },
     Liveness,
     KillForLiveness,
+    /// A request reaches the arbiter's store.
+    ArbiterApply {
+        side: Side,
+        inc: u64,
+        id: u64,
+        req: crate::arbiter::Request,
+    },
+    /// The arbiter's answer reaches a node.
+    ArbiterAnswer {
+        side: Side,
+        inc: u64,
+        id: u64,
+        outcome: crate::arbiter::Outcome,
+    },
+    /// A node's client gives up on a request.
+    ArbiterTimeout {
+        side: Side,
+        inc: u64,
+        id: u64,
+    },
+    ArbiterHeal {
+        epoch: u64,
+    },
+    /// The spare is killed for good (liveness phase, [`arbiter::Ending::KillSpare`]).
+    KillSpare,
+    /// Is the primary still allowed to serve? (liveness phase with an arbiter)
+    ServeProbe,
 }
 
 struct Queued {
@@ -248,6 +279,10 @@ struct World {
     quiet_from: Option<u64>,
     killed_for_liveness: Option<u64>,
     end: u64,
+    /// The arbiter, in the scenarios that have one.
+    arb: Option<arbiter::ArbiterWorld>,
+    /// The spare was killed for good: no restarts.
+    spare_gone: bool,
     report: Report,
     trace: VecDeque<String>,
 }
@@ -314,6 +349,7 @@ impl World {
         let side = match &ev {
             Ev::Deliver { to, .. } | Ev::Closed { to, .. } => *to,
             Ev::Connected { .. } | Ev::ConnectFailed { .. } | Ev::AppTick { .. } => Side::P,
+            Ev::ArbiterAnswer { side, .. } | Ev::ArbiterTimeout { side, .. } => *side,
             Ev::DiskDone { .. } => Side::S,
             Ev::Timer { side, .. } => *side,
             _ => unreachable!(),
@@ -501,6 +537,16 @@ impl World {
                     self.app_tick();
                 }
             }
+            Ev::ArbiterAnswer {
+                side,
+                inc,
+                id,
+                outcome,
+            } => self.arbiter_outcome(side, inc, id, outcome),
+            Ev::ArbiterTimeout { side, inc, id } => {
+                let outcome = self.arbiter_timeout_outcome();
+                self.arbiter_outcome(side, inc, id, outcome);
+            }
             _ => unreachable!(),
         }
     }
@@ -550,6 +596,9 @@ impl World {
         match q.ev {
             Ev::Fault => {
                 self.fault();
+                if self.faults_on && self.taken_over_at.is_none() {
+                    self.arbiter_fault();
+                }
                 if self.faults_on {
                     let d = self.rng.u64(5 * MS..200 * MS);
                     self.after(d, Ev::Fault);
@@ -580,9 +629,20 @@ impl World {
             }
             Ev::Restart { side } => match side {
                 Side::P if self.p.is_none() && self.taken_over_at.is_none() => self.start_primary(),
-                Side::S if self.s.is_none() => self.start_spare(),
+                Side::S if self.s.is_none() && !self.spare_gone => self.start_spare(),
                 _ => {}
             },
+            Ev::ArbiterApply { side, inc, id, req } => self.arbiter_apply(side, inc, id, req),
+            Ev::ArbiterHeal { epoch } => self.arbiter_heal(Some(epoch)),
+            Ev::KillSpare => {
+                if self.taken_over_at.is_none() && self.s.is_some() {
+                    self.trace("the spare is killed for good".into());
+                    self.crash(Side::S);
+                    self.spare_gone = true;
+                    self.after(100 * MS, Ev::ServeProbe);
+                }
+            }
+            Ev::ServeProbe => self.serve_probe(),
             Ev::Unpause { side, inc } => self.unpause(side, inc),
             Ev::DiskStep { inc } => self.disk_step(inc),
             Ev::Liveness => {
@@ -604,11 +664,26 @@ impl World {
                 if self.p.is_none() && self.taken_over_at.is_none() {
                     self.start_primary();
                 }
+                self.arbiter_heal(None);
                 self.trace("faults end: liveness phase".into());
-                self.quiet_from =
-                    Some(self.now + 400 * MS + self.spare_cfg.startup_grace.as_nanos() as u64);
-                let t = self.quiet_from.expect("set") + 600 * MS;
-                self.at(t, Ev::KillForLiveness);
+                let quiet = self.now + 400 * MS + self.spare_cfg.startup_grace.as_nanos() as u64;
+                self.quiet_from = Some(quiet);
+                match self.arb.as_ref().map(|a| a.ending) {
+                    None | Some(arbiter::Ending::KillPrimary) => {
+                        self.at(quiet + 600 * MS, Ev::KillForLiveness)
+                    }
+                    Some(arbiter::Ending::KillSpare) => self.at(quiet, Ev::KillSpare),
+                    Some(arbiter::Ending::CutPair) => {
+                        self.trace("the pair is cut from each other for good".into());
+                        self.blocked = [true, true];
+                        self.partition_epoch += 1;
+                        let epoch = self.partition_epoch;
+                        for id in self.open_conns() {
+                            self.after(300 * MS, Ev::PartitionCheck { conn: id, epoch });
+                        }
+                        self.at(quiet, Ev::ServeProbe);
+                    }
+                }
             }
             Ev::KillForLiveness => {
                 if self.decided_at.is_none() && self.p.is_some() {
@@ -670,13 +745,47 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
         exe_id: [7; 32],
         pid: 1,
         ack,
+        arbiter: None,
     };
     let spare_cfg = SpareConfig {
         detection: heartbeat * missed,
         startup_grace: Duration::from_millis(rng.u64(100..500)),
         accept_new_lineage: rng.bool(),
         apply_retry: Duration::from_millis(50),
+        arbiter: None,
     };
+    // Half of the scenarios have an arbiter; its draws come from a generator of its own.
+    let mut arng = fastrand::Rng::with_seed(seed ^ 0x0a7b_17e7_0000_0000);
+    let arb = arng.bool().then(|| {
+        let ending = match arng.u32(0..3) {
+            0 => arbiter::Ending::KillPrimary,
+            1 => arbiter::Ending::KillSpare,
+            _ => arbiter::Ending::CutPair,
+        };
+        arbiter::ArbiterWorld {
+            timeout: arng.u64(20 * MS..150 * MS),
+            store: arbiter::Store::default(),
+            cut: [[false; 2]; 2],
+            cut_epoch: 0,
+            slow: false,
+            answered: HashSet::new(),
+            ending,
+            rng: arng,
+        }
+    });
+    let mut link_cfg = link_cfg;
+    let mut spare_cfg = spare_cfg;
+    if let Some(a) = arb.as_ref() {
+        let mut r = fastrand::Rng::with_seed(seed ^ 0x0a7b_17e7_1111_0000);
+        let _ = a;
+        link_cfg.arbiter = Some(crate::arbiter::PrimaryArbiter {
+            node: "primary pid 1".into(),
+            lease: Duration::from_millis(r.u64(15..80)),
+            wait: Duration::from_millis(r.u64(20..80)),
+            renew_every: Duration::from_millis(r.u64(1..15)),
+        });
+        spare_cfg.arbiter = Some(arbiter::SPARE_NODE.into());
+    }
     let faults_for = rng.u64(500 * MS..3000 * MS);
     let mut w = World {
         exit_on_lease_loss: rng.bool(),
@@ -714,6 +823,8 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
         quiet_from: None,
         killed_for_liveness: None,
         end: 0,
+        arb,
+        spare_gone: false,
         report: Report {
             seed,
             ack,
@@ -745,6 +856,11 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
     if w.killed_for_liveness.is_some() && w.taken_over_at.is_none() {
         w.violation("the primary died and no takeover followed".into());
     }
+    w.report.arbiter = w.arb.as_ref().map(|a| match a.ending {
+        arbiter::Ending::KillPrimary => "kill-primary",
+        arbiter::Ending::KillSpare => "kill-spare",
+        arbiter::Ending::CutPair => "cut-pair",
+    });
     w.report.sim_nanos = w.now;
     w.report.acked = w.acked_count;
     w.report.trace = w.trace.into_iter().collect();

@@ -153,7 +153,15 @@ impl World {
         while let Some(e) = p.link.poll_event() {
             events.push(e);
         }
+        let mut asks = Vec::new();
+        while let Some(a) = p.link.poll_arbiter() {
+            asks.push(a);
+        }
         let (conn, term) = (p.conn, p.link.term());
+        let inc = p.inc;
+        for (id, req) in asks {
+            self.arbiter_send(Side::P, inc, id, req);
+        }
         for m in sends {
             if let Some(c) = conn {
                 self.net_send(
@@ -246,6 +254,7 @@ impl World {
                 self.trace(format!("primary fenced: {why}; it exits"));
                 self.crash(Side::P);
             }
+            Event::Arbiter(line) => self.trace(format!("primary: {line}")),
             Event::LeaseLost => {
                 if self.exit_on_lease_loss {
                     self.trace("primary lost its lease; on_fence=exit".into());
@@ -338,8 +347,13 @@ impl World {
                         silent.as_millis()
                     ));
                     self.takeover_check(seq);
+                    self.arbiter_takeover_check(term);
                 }
                 Output::Log(l) => self.trace(format!("spare: {l}")),
+                Output::Arbiter(id, req) => {
+                    let inc = s.inc;
+                    self.arbiter_send(Side::S, inc, id, req);
+                }
             }
         }
         let inc = self.s_inc;

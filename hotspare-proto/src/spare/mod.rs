@@ -27,6 +27,7 @@
 //!   until that checkpoint is durable the old image is not taken over for it.
 
 mod admission;
+mod claim;
 mod stream;
 mod takeover;
 
@@ -52,6 +53,9 @@ pub struct SpareConfig {
     pub accept_new_lineage: bool,
     /// Wait before retrying a failed apply.
     pub apply_retry: Duration,
+    /// This node's name at the arbiter, if one is configured: a takeover then needs the
+    /// arbiter's compare-and-swap of the term ([`crate::arbiter`]).
+    pub arbiter: Option<String>,
 }
 
 /// The newest checkpoint durable in the image directory (applied or not).
@@ -193,6 +197,8 @@ pub enum Output {
     },
     /// A line for the log.
     Log(String),
+    /// Ask the arbiter; answer with [`Spare::handle_arbiter`], exactly once.
+    Arbiter(u64, crate::arbiter::Request),
 }
 
 #[derive(Debug)]
@@ -278,6 +284,11 @@ pub struct Spare {
     adopting: Option<Lineage>,
     taking_over: Option<u64>,
     taken_over: bool,
+    /// A takeover being decided at the arbiter.
+    claim: Option<claim::Claim>,
+    arbiter_id: u64,
+    /// Why the last claim was abandoned (logged once while it stays the reason).
+    claim_note: Option<String>,
     out: VecDeque<Output>,
 }
 
@@ -318,6 +329,9 @@ impl Spare {
             adopting: None,
             taking_over: None,
             taken_over: false,
+            claim: None,
+            arbiter_id: 0,
+            claim_note: None,
             out: VecDeque::new(),
         }
     }

@@ -8,7 +8,7 @@ use super::*;
 impl Spare {
     /// A message on connection `c`, stamped with the sender's term.
     pub fn handle_msg(&mut self, now: Time, c: ConnId, term: u64, msg: Msg) {
-        if self.taken_over || self.taking_over.is_some() {
+        if self.taken_over || self.taking_over.is_some() || self.claim.is_some() {
             self.out
                 .push_back(Output::Close(c, "this spare is taking over".into()));
             return;

@@ -1,6 +1,7 @@
 //! The decision to take over: no lease granted for the detection time, none within the
 //! start-up grace, the disk idle, every durable checkpoint applied and nothing acknowledged on
-//! receipt that failed to become durable; the new term saved first.
+//! receipt that failed to become durable; with an arbiter, its compare-and-swap won
+//! ([`super::claim`]); the new term saved first.
 
 use super::*;
 
@@ -59,6 +60,9 @@ impl Spare {
         if self.taking_over.is_some() {
             return;
         }
+        if self.claim.is_some() {
+            return self.claim_timeout(now);
+        }
         let Some(tip) = self.tip else { return };
         let quiet_enough = self
             .last_grant
@@ -85,6 +89,9 @@ impl Spare {
             }
             return;
         }
+        if self.cfg.arbiter.is_some() {
+            return self.start_claim(now);
+        }
         let term = self.term + 1;
         self.term = term;
         self.taking_over = Some(term);
@@ -107,6 +114,13 @@ impl Spare {
             return None;
         }
         let mut t = self.apply_retry_at;
+        if self.claim.is_some() {
+            // Only the claim's own timers; the takeover conditions are not judged meanwhile.
+            return match (t, self.claim_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         // While a checkpoint acknowledged on receipt is owed, no timer can lead to a takeover
         // (a past deadline here would have the driver spin); only a disk answer can clear it.
         if self.tip.is_some() && self.taking_over.is_none() && self.owed.is_empty() {

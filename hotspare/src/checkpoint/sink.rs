@@ -44,15 +44,7 @@ impl Sink {
             .ok_or_else(|| Error::Config("a spare needs key_file (HOTSPARE_KEY_FILE)".into()))?;
         let key =
             crate::replica::wire::load_key(key_file).map_err(|e| Error::Config(e.to_string()))?;
-        let on_fence_exit = match config.on_fence.as_str() {
-            "exit" => true,
-            "report" => false,
-            other => {
-                return Err(Error::Config(format!(
-                    "on_fence must be 'report' or 'exit', not '{other}'"
-                )))
-            }
-        };
+        let on_fence_exit = config.exit_on_fence()?;
         let remote = crate::replica::sender::Remote::start(crate::replica::RemoteConfig {
             addr: addr.clone(),
             key,
@@ -65,6 +57,7 @@ impl Sink {
             exe_id: exe.0,
             status_file: Some(image.path().join("status")),
             ack: config.durability,
+            arbiter: config.arbiter()?,
         })
         .map_err(|e| Error::Config(format!("starting the link to the spare: {e}")))?;
         Ok(Sink::Remote {

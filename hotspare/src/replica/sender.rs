@@ -15,9 +15,11 @@
 //!             └── serving_until (an atomic instant) ◀── Link::serving_until ┘
 //! ```
 
+use super::arbiter::ArbiterClient;
 use super::io::{start_status_writer, OutBuf};
 use super::wire::{self, Key};
 use crate::checkpoint::Completion;
+use hotspare_proto::arbiter::PrimaryArbiter;
 use hotspare_proto::codec::{ClientHandshake, Opener, Sealer};
 use hotspare_proto::primary::{Event, Link, LinkConfig};
 use hotspare_proto::{StreamHeader, Time};
@@ -57,6 +59,9 @@ pub struct RemoteConfig {
     /// When the spare acknowledges a checkpoint: on receipt (validated, not yet `fsync`ed) or
     /// after its `fsync` (`docs/replication.md`, "Durability levels").
     pub ack: hotspare_proto::AckLevel,
+    /// The arbiter, if one is configured (leases renewed there keep this primary serving
+    /// while its spare cannot answer).
+    pub arbiter: Option<super::ArbiterConfig>,
 }
 
 fn log(msg: impl std::fmt::Display) {
@@ -138,9 +143,24 @@ impl Remote {
         if let Some(path) = &cfg.status_file {
             start_status_writer(path.clone(), status.clone());
         }
+        let arbiter = match &cfg.arbiter {
+            Some(a) => {
+                log(format!(
+                    "arbiter: etcd {} (key {}), node {}",
+                    a.endpoints.join(","),
+                    a.term_key(),
+                    a.node
+                ));
+                Some(ArbiterClient::start(a.clone(), waker.clone())?)
+            }
+            None => {
+                log("NO ARBITER (two-machine mode): if this primary and its spare cannot hear each other, this primary stops serving and the spare takes over, even if clients can reach only this side; set HOTSPARE_ARBITER and HOTSPARE_SERVICE for takeovers decided by etcd (docs/replication.md)");
+                None
+            }
+        };
         std::thread::Builder::new()
             .name("hotspare-link".into())
-            .spawn(move || LinkLoop::new(cfg, addr, status, poll, s, rx).run())?;
+            .spawn(move || LinkLoop::new(cfg, addr, status, poll, s, rx, arbiter).run())?;
         let r = Remote {
             shared,
             cmds,
@@ -293,6 +313,7 @@ struct LinkLoop {
     addr: SocketAddr,
     /// What the status thread writes.
     status: Arc<Mutex<String>>,
+    arbiter: Option<ArbiterClient>,
 }
 
 impl LinkLoop {
@@ -303,6 +324,7 @@ impl LinkLoop {
         poll: Poll,
         shared: Arc<Shared>,
         cmds: mpsc::Receiver<Cmd>,
+        arbiter: Option<ArbiterClient>,
     ) -> LinkLoop {
         let link = Link::new(
             LinkConfig {
@@ -317,6 +339,14 @@ impl LinkLoop {
                 exe_id: cfg.exe_id,
                 pid: std::process::id(),
                 ack: cfg.ack,
+                arbiter: cfg.arbiter.as_ref().map(|a| PrimaryArbiter {
+                    // A primary's record names its pid: a spare of the same node name never
+                    // mistakes it for a term it claimed itself.
+                    node: format!("{} pid {}", a.node, std::process::id()),
+                    lease: a.lease,
+                    wait: a.wait,
+                    renew_every: hotspare_proto::arbiter::DEFAULT_RENEW_EVERY,
+                }),
             },
             now(),
         );
@@ -335,6 +365,7 @@ impl LinkLoop {
             last_status: Instant::now() - Duration::from_secs(1),
             lease_logged: false,
             last_error: None,
+            arbiter,
         }
     }
 
@@ -384,6 +415,9 @@ impl LinkLoop {
             }
             while let Ok(cmd) = self.cmds.try_recv() {
                 self.command(cmd);
+            }
+            while let Some((id, outcome)) = self.arbiter.as_ref().and_then(|a| a.try_recv()) {
+                self.link.handle_arbiter(now(), id, outcome);
             }
             self.link.handle_timeout(now());
         }
@@ -544,6 +578,11 @@ impl LinkLoop {
     fn pump(&mut self) {
         loop {
             let mut progressed = false;
+            while let Some((id, req)) = self.link.poll_arbiter() {
+                if let Some(a) = &self.arbiter {
+                    a.submit(id, req);
+                }
+            }
             while let Some(ev) = self.link.poll_event() {
                 progressed = true;
                 self.event(ev);
@@ -638,14 +677,20 @@ impl LinkLoop {
                     exit_fenced();
                 }
             }
+            Event::Arbiter(line) => log(line),
             Event::LeaseLost => {
                 self.shared.serving_until.store(
                     self.link.serving_until().map_or(0, |t| t.as_nanos()),
                     Ordering::SeqCst,
                 );
                 if !self.lease_logged {
+                    let arbiter = if self.arbiter.is_some() {
+                        " nor a renewal from the arbiter"
+                    } else {
+                        ""
+                    };
                     log(format!(
-                        "no answer from spare {} within the lease ({} ms): not serving until it answers",
+                        "no answer from spare {} within the lease ({} ms){arbiter}: not serving until one comes",
                         self.cfg.addr,
                         self.link.lease().as_millis()
                     ));
@@ -667,7 +712,7 @@ impl LinkLoop {
         let connected = self.link.is_up();
         let until = self.link.serving_until();
         let text = format!(
-            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"durability\":\"{}\",\"lag\":{},\"lease_left_ms\":{},\"fenced\":{}}}\n",
+            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"durability\":\"{}\",\"lag\":{},\"lease_left_ms\":{},\"fenced\":{},\"arbiter\":{}}}\n",
             std::process::id(),
             self.cfg.term,
             self.cfg.addr,
@@ -675,6 +720,13 @@ impl LinkLoop {
             sent.saturating_sub(acked),
             until.map_or(-1, |u| u.as_nanos().saturating_sub(now().as_nanos()) as i64 / 1_000_000),
             !self.link.may_serve(now()),
+            match (&self.cfg.arbiter, self.link.arbiter_registered()) {
+                (None, _) => "null".to_string(),
+                (Some(a), registered) => format!(
+                    "{{\"service\":\"{}\",\"node\":\"{}\",\"registered\":{registered}}}",
+                    a.service, a.node
+                ),
+            },
         );
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = text;
     }

@@ -57,6 +57,23 @@ struct Args {
     /// image. Without it such a primary is refused and the image is kept.
     #[arg(long)]
     accept_new_lineage: bool,
+    /// etcd endpoints of the arbiter (comma-separated `host:port` or URLs): a takeover then
+    /// happens only after this spare wins the service's term at the arbiter. Without it the
+    /// pair decides alone (two-machine mode: a cut between the two stops the primary and lets
+    /// this spare take over, whichever side the clients can reach).
+    #[arg(long)]
+    arbiter: Option<String>,
+    /// The service's name at the arbiter (required with --arbiter; the same as the primary's
+    /// HOTSPARE_SERVICE).
+    #[arg(long)]
+    service: Option<String>,
+    /// This machine's name at the arbiter (default: the host name). Must differ from the
+    /// primary's.
+    #[arg(long)]
+    node: Option<String>,
+    /// An etcd request not answered within this many ms fails (default 200).
+    #[arg(long)]
+    arbiter_timeout_ms: Option<u64>,
     /// The program to start in resume mode, and its arguments.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
     exec: Vec<String>,
@@ -74,6 +91,10 @@ struct FileConfig {
     hook_timeout_ms: Option<u64>,
     startup_grace_ms: Option<u64>,
     accept_new_lineage: Option<bool>,
+    arbiter: Option<String>,
+    service: Option<String>,
+    node: Option<String>,
+    arbiter_timeout_ms: Option<u64>,
     exec: Option<Vec<String>>,
 }
 
@@ -102,6 +123,15 @@ fn config(a: Args) -> Result<SpareConfig> {
     if exec.is_empty() {
         bail!("--exec PROGRAM is required");
     }
+    // The arbiter's settings are the library's (one parser, one set of rules).
+    let arbiter = hotspare::Config {
+        arbiter: a.arbiter.or(f.arbiter),
+        service: a.service.or(f.service),
+        node: a.node.or(f.node),
+        arbiter_timeout_ms: a.arbiter_timeout_ms.or(f.arbiter_timeout_ms).unwrap_or(200),
+        ..hotspare::Config::default()
+    }
+    .arbiter()?;
     let missed = a.missed.or(f.missed).unwrap_or(5);
     if missed == 0 {
         bail!("--missed must be at least 1");
@@ -121,6 +151,7 @@ fn config(a: Args) -> Result<SpareConfig> {
             a.hook_timeout_ms.or(f.hook_timeout_ms).unwrap_or(10_000),
         ),
         exec,
+        arbiter,
     })
 }
 

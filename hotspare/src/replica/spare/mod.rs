@@ -17,6 +17,7 @@ mod conn;
 mod disk;
 mod takeover;
 
+use super::arbiter::ArbiterClient;
 use super::wire::{self, Key};
 use crate::image::ImageDir;
 use conn::{Conn, Phase};
@@ -57,6 +58,8 @@ pub struct SpareConfig {
     pub hook_timeout: Duration,
     /// The program (and arguments) to start in resume mode.
     pub exec: Vec<String>,
+    /// The arbiter, if one is configured: a takeover needs its compare-and-swap.
+    pub arbiter: Option<super::ArbiterConfig>,
 }
 
 /// Why the spare stopped without taking over.
@@ -140,6 +143,7 @@ struct Daemon<'a> {
     last_status: Instant,
     /// Set when the core said take over while input was being read.
     taking_over: Option<u64>,
+    arbiter: Option<ArbiterClient>,
 }
 
 impl<'a> Daemon<'a> {
@@ -159,6 +163,7 @@ impl<'a> Daemon<'a> {
                 startup_grace: cfg.startup_grace,
                 accept_new_lineage: cfg.accept_new_lineage,
                 apply_retry: Duration::from_millis(100),
+                arbiter: cfg.arbiter.as_ref().map(|a| a.node.clone()),
             },
             recovered,
             Time::ZERO,
@@ -176,6 +181,13 @@ impl<'a> Daemon<'a> {
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(setup("epoll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(setup("waker"))?);
+        let arbiter = match &cfg.arbiter {
+            Some(a) => Some(
+                ArbiterClient::start(a.clone(), waker.clone())
+                    .map_err(setup("starting the arbiter thread"))?,
+            ),
+            None => None,
+        };
         let (done_tx, disk_done) = mpsc::channel::<DiskDone>();
         let wake = Arc::new(move || {
             let _ = waker.wake();
@@ -196,7 +208,15 @@ impl<'a> Daemon<'a> {
                 ""
             }
         ));
-        log("two-machine mode: the spare decides alone, which is safe only because the primary's lease runs out first (docs/replication.md)");
+        match &cfg.arbiter {
+            Some(a) => log(format!(
+                "arbiter: etcd {} (key {}), node {}: a takeover needs the arbiter's term",
+                a.endpoints.join(","),
+                a.term_key(),
+                a.node
+            )),
+            None => log("NO ARBITER (two-machine mode): the spare decides alone. No two primaries serve at once (the primary's lease runs out first), but a cut between the two stops the primary and lets this spare take over even if clients can reach only the primary; use --arbiter for takeovers decided by etcd (docs/replication.md)"),
+        }
         let status = Arc::new(Mutex::new(String::new()));
         super::io::start_status_writer(cfg.image_dir.join("status"), status.clone());
         Ok(Daemon {
@@ -212,6 +232,7 @@ impl<'a> Daemon<'a> {
             status,
             last_status: Instant::now() - Duration::from_secs(1),
             taking_over: None,
+            arbiter,
         })
     }
 
@@ -251,6 +272,10 @@ impl<'a> Daemon<'a> {
             while let Ok(d) = self.disk_done.try_recv() {
                 let now = self.now();
                 self.core.handle_disk(now, d);
+            }
+            while let Some((id, outcome)) = self.arbiter.as_ref().and_then(|a| a.try_recv()) {
+                let now = self.now();
+                self.core.handle_arbiter(now, id, outcome);
             }
             self.read(readable, &mut buf);
             if let Some(term) = self.taking_over {
@@ -467,6 +492,16 @@ impl<'a> Daemon<'a> {
                     return Some(term);
                 }
                 Output::Log(l) => log(l),
+                Output::Arbiter(id, req) => match &self.arbiter {
+                    Some(a) => a.submit(id, req),
+                    None => {
+                        let now = self.now();
+                        let e = hotspare_proto::arbiter::ArbiterError::Failed(
+                            "no arbiter configured".into(),
+                        );
+                        self.core.handle_arbiter(now, id, Err(e));
+                    }
+                },
             }
         }
         None
@@ -508,14 +543,19 @@ impl<'a> Daemon<'a> {
             .primary_ack()
             .map_or("null".to_string(), |a| format!("\"{a}\""));
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = format!(
-            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"durability\":{durability},\"acked_not_durable\":{},\"listen\":\"{}\"}}\n",
+            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"durability\":{durability},\"acked_not_durable\":{},\"listen\":\"{}\",\"arbiter\":{},\"claiming\":{}}}\n",
             std::process::id(),
             self.core.term(),
             self.core.tip().map_or(0, |t| t.seq),
             self.core.applied(),
             self.core.has_primary(),
             self.core.acked_not_durable().unwrap_or(0),
-            self.cfg.listen
+            self.cfg.listen,
+            self.cfg.arbiter.as_ref().map_or("null".to_string(), |a| format!(
+                "{{\"service\":\"{}\",\"node\":\"{}\"}}",
+                a.service, a.node
+            )),
+            self.core.claiming(),
         );
     }
 }

@@ -26,12 +26,18 @@ pub(super) fn become_program(cfg: &SpareConfig, term: u64) -> SpareError {
     }
     super::super::log::flush(Duration::from_millis(200));
     let program = cfg.exec[0].clone();
-    let e = std::process::Command::new(&program)
-        .args(&cfg.exec[1..])
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&cfg.exec[1..])
         .env("HOTSPARE_RESUME", dir)
         .env("HOTSPARE_IMAGE_DIR", dir)
-        .env("HOTSPARE_TERM", term.to_string())
-        .exec();
+        .env("HOTSPARE_TERM", term.to_string());
+    if let Some(a) = &cfg.arbiter {
+        // The resumed program registers at the arbiter with the term this spare won there.
+        cmd.env("HOTSPARE_ARBITER", a.endpoints.join(","))
+            .env("HOTSPARE_SERVICE", &a.service)
+            .env("HOTSPARE_NODE", &a.node);
+    }
+    let e = cmd.exec();
     SpareError::Exec { program, source: e }
 }
 

@@ -1,0 +1,257 @@
+//! The arbiter client: the requests of [`hotspare_proto::arbiter`] carried out against etcd,
+//! on a thread of its own so that neither event loop ever waits for the network.
+//!
+//! ```text
+//! event loop ── submit(id, Request) ──▶ arbiter thread (tokio current-thread, etcd-client)
+//!     ▲                                   one etcd transaction per request, ≤ timeout
+//!     └── Waker ◀── (id, Outcome) ────────┘  every request answered exactly once
+//! ```
+//!
+//! Each request is one etcd transaction, so one linearization point:
+//!
+//! | request | compare | then | else |
+//! |---|---|---|---|
+//! | `Register(rec)` | `create_revision(term) == 0` | put term = rec | get term |
+//! | `Renew{rev}` | `mod_revision(term) == rev` | put alive | get term |
+//! | `Observe` | — | get term, get alive | — |
+//! | `Claim{t, a, rec}` | `mod_revision(term) == t`, `mod_revision(alive) == a` | put term = rec | — |
+//!
+//! etcd compares a missing key's revisions as 0, which is what the core sends for "absent".
+//! Requests go with `require_leader`, so a member cut off from its cluster's leader fails them
+//! at once instead of holding them; a request that times out may still be applied later, which
+//! the core allows for (`hotspare_proto::arbiter`, "An answer that never comes").
+
+use hotspare_proto::arbiter::{Answer, ArbiterError, Outcome, Request, Rev, TermRecord};
+use mio::Waker;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// Where the arbiter is and how this node uses it.
+#[derive(Debug, Clone)]
+pub struct ArbiterConfig {
+    /// etcd client URLs (`http://10.0.0.1:2379`; a bare `host:port` gets `http://`).
+    pub endpoints: Vec<String>,
+    /// The service's name: its keys are `/hotspare/<service>/term` and `…/alive`.
+    pub service: String,
+    /// This node's name (the holder of a term it claims).
+    pub node: String,
+    /// A request not answered within this fails (its outcome unknown).
+    pub timeout: Duration,
+    /// The primary's arbiter lease `La` (capped below the term record's `W`).
+    pub lease: Duration,
+    /// `W`, written into a term record a primary creates.
+    pub wait: Duration,
+}
+
+impl ArbiterConfig {
+    fn key(&self, name: &str) -> String {
+        format!("/hotspare/{}/{name}", self.service)
+    }
+
+    /// The term key (shown in logs and in the error of a fenced primary).
+    pub fn term_key(&self) -> String {
+        self.key("term")
+    }
+}
+
+/// This host's name, for a node name nobody configured.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The handle an event loop holds.
+#[derive(Debug)]
+pub(crate) struct ArbiterClient {
+    requests: mpsc::Sender<(u64, Request)>,
+    answers: mpsc::Receiver<(u64, Outcome)>,
+}
+
+impl ArbiterClient {
+    /// Starts the arbiter thread; `waker` wakes the event loop when an answer is ready.
+    pub fn start(cfg: ArbiterConfig, waker: Arc<Waker>) -> std::io::Result<ArbiterClient> {
+        let (req_tx, req_rx) = mpsc::channel::<(u64, Request)>();
+        let (ans_tx, ans_rx) = mpsc::channel::<(u64, Outcome)>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("hotspare-arbiter".into())
+            .spawn(move || {
+                let mut etcd = Etcd { cfg, client: None };
+                for (id, req) in req_rx {
+                    let outcome = rt.block_on(etcd.run(req));
+                    if ans_tx.send((id, outcome)).is_err() {
+                        return;
+                    }
+                    let _ = waker.wake();
+                }
+            })?;
+        Ok(ArbiterClient {
+            requests: req_tx,
+            answers: ans_rx,
+        })
+    }
+
+    /// Sends a request (answered through [`ArbiterClient::try_recv`], exactly once).
+    pub fn submit(&self, id: u64, req: Request) {
+        // The thread only ends with this handle; a send cannot fail before.
+        let _ = self.requests.send((id, req));
+    }
+
+    /// An answer, if one is ready.
+    pub fn try_recv(&self) -> Option<(u64, Outcome)> {
+        self.answers.try_recv().ok()
+    }
+}
+
+struct Etcd {
+    cfg: ArbiterConfig,
+    client: Option<etcd_client::Client>,
+}
+
+fn failed(e: impl std::fmt::Display) -> ArbiterError {
+    ArbiterError::Failed(e.to_string())
+}
+
+fn decode(kv: &etcd_client::KeyValue) -> Result<(Rev, TermRecord), ArbiterError> {
+    let rec: TermRecord = serde_json::from_slice(kv.value()).map_err(|e| {
+        failed(format!(
+            "the term key holds no term record ({e}): {:?}",
+            String::from_utf8_lossy(kv.value())
+        ))
+    })?;
+    Ok((kv.mod_revision(), rec))
+}
+
+fn first_get(resp: &etcd_client::TxnResponse, i: usize) -> Option<etcd_client::KeyValue> {
+    match resp.op_responses().into_iter().nth(i) {
+        Some(etcd_client::TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+        _ => None,
+    }
+}
+
+impl Etcd {
+    async fn run(&mut self, req: Request) -> Outcome {
+        let timeout = self.cfg.timeout;
+        match tokio::time::timeout(timeout, self.txn(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ArbiterError::Timeout(timeout.as_millis() as u64)),
+        }
+    }
+
+    async fn client(&mut self) -> Result<etcd_client::Client, ArbiterError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let endpoints: Vec<String> = self
+            .cfg
+            .endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(self.cfg.timeout)
+            .with_timeout(self.cfg.timeout)
+            .with_keep_alive(
+                Duration::from_secs(1),
+                self.cfg.timeout.max(Duration::from_millis(500)),
+            )
+            .with_require_leader(true);
+        let c = etcd_client::Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(failed)?;
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn txn(&mut self, req: Request) -> Outcome {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let (term_key, alive_key) = (self.cfg.key("term"), self.cfg.key("alive"));
+        let mut c = self.client().await?;
+        let encode = |r: &TermRecord| serde_json::to_vec(r).map_err(failed);
+        match req {
+            Request::Register(rec) => {
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        term_key.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![TxnOp::put(term_key.clone(), encode(&rec)?, None)])
+                    .or_else(vec![TxnOp::get(term_key, None)]);
+                let resp = c.txn(txn).await.map_err(failed)?;
+                if resp.succeeded() {
+                    let rev = resp.header().map_or(0, |h| h.revision());
+                    return Ok(Answer::Registered {
+                        term_rev: rev,
+                        record: rec,
+                    });
+                }
+                let kv = first_get(&resp, 0)
+                    .ok_or_else(|| failed("the term key vanished during registration"))?;
+                let (term_rev, record) = decode(&kv)?;
+                Ok(Answer::Registered { term_rev, record })
+            }
+            Request::Renew { term_rev } => {
+                let txn = Txn::new()
+                    .when(vec![Compare::mod_revision(
+                        term_key.clone(),
+                        CompareOp::Equal,
+                        term_rev,
+                    )])
+                    .and_then(vec![TxnOp::put(alive_key, self.cfg.node.clone(), None)])
+                    .or_else(vec![TxnOp::get(term_key, None)]);
+                let resp = c.txn(txn).await.map_err(failed)?;
+                if resp.succeeded() {
+                    return Ok(Answer::Renewed);
+                }
+                let record = match first_get(&resp, 0) {
+                    Some(kv) => Some(decode(&kv)?.1),
+                    None => None,
+                };
+                Ok(Answer::NotRenewed { record })
+            }
+            Request::Observe => {
+                let txn = Txn::new().and_then(vec![
+                    TxnOp::get(term_key, None),
+                    TxnOp::get(alive_key, None),
+                ]);
+                let resp = c.txn(txn).await.map_err(failed)?;
+                let term = match first_get(&resp, 0) {
+                    Some(kv) => Some(decode(&kv)?),
+                    None => None,
+                };
+                let alive_rev = first_get(&resp, 1).map_or(0, |kv| kv.mod_revision());
+                Ok(Answer::Observed { term, alive_rev })
+            }
+            Request::Claim {
+                term_rev,
+                alive_rev,
+                record,
+            } => {
+                let txn = Txn::new()
+                    .when(vec![
+                        Compare::mod_revision(term_key.clone(), CompareOp::Equal, term_rev),
+                        Compare::mod_revision(alive_key, CompareOp::Equal, alive_rev),
+                    ])
+                    .and_then(vec![TxnOp::put(term_key, encode(&record)?, None)]);
+                let resp = c.txn(txn).await.map_err(failed)?;
+                Ok(if resp.succeeded() {
+                    Answer::Claimed
+                } else {
+                    Answer::NotClaimed
+                })
+            }
+        }
+    }
+}
