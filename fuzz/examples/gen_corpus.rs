@@ -224,6 +224,49 @@ fn streams(dir: &Path) {
     let mut s = vec![0];
     s.extend_from_slice(&manifest_of(LINEAGE_A, 3));
     write(dir, "stream_decoder", "manifest", &s);
+    write(dir, "stream_decoder", "wire-delta", &wire_delta());
+}
+
+/// A wire stream (BASED + DELTA) on the `stream_decoder` target's base, made by the
+/// primary's encoder: a full stream of the base pages teaches it what the spare holds.
+fn wire_delta() -> Vec<u8> {
+    use hotspare::image::delta::Shadow;
+    use hotspare_fuzz::{wire_base_page, WIRE_BASE_ADDR, WIRE_BASE_PAGE, WIRE_BASE_PAGES};
+    let page = WIRE_BASE_PAGE as usize;
+    let mut mem = vec![0u8; WIRE_BASE_PAGES as usize * page];
+    for (i, p) in mem.chunks_mut(page).enumerate() {
+        wire_base_page(WIRE_BASE_ADDR + (i * page) as u64, p);
+    }
+    let begin = |seq, base_seq| Begin {
+        format_version: FORMAT_VERSION,
+        lineage: [0x11; 16],
+        term: 1,
+        seq,
+        base_seq,
+        exe_id: [7; 32],
+        page_size: page as u32,
+        ranges: vec![RangeEntry {
+            addr: WIRE_BASE_ADDR,
+            len: WIRE_BASE_PAGES * WIRE_BASE_PAGE,
+            complete: base_seq == 0,
+        }],
+        meta: b"m".to_vec(),
+    };
+    let mut sh = Shadow::default();
+    sh.encode(
+        &mut Vec::new(),
+        &begin(1, 0),
+        [Run::Data(WIRE_BASE_ADDR, &mem)],
+    );
+    mem[100..172].fill(b'v');
+    mem[3 * page + 7] ^= 1;
+    let mut out = vec![0u8];
+    sh.encode(
+        &mut out,
+        &begin(2, 1),
+        [Run::Data(WIRE_BASE_ADDR, &mem[..4 * page])],
+    );
+    out
 }
 
 fn images(dir: &Path) {

@@ -7,13 +7,18 @@
 //! Input: `flags | stream`. `flags & 1`: repair every frame's CRC32C first; `flags & 2`: repair
 //! the END frame too (sequence, counts, digest), so that mutations reach the checks behind the
 //! checksums. The BEGIN payload (if the stream has one) and the whole input also go to
-//! `decode_begin` raw.
+//! `decode_begin` raw. The same bytes also go to `delta::resolve_stream` (what a spare runs on
+//! a wire stream with BASED and DELTA frames) on a base of one 16-page range whose sequence
+//! is the one a BASED header names: no panic, and what it accepts is a valid stored stream
+//! with the header it reported.
 
 #![no_main]
 
+use hotspare::image::delta::{self, BasePages, Based};
 use hotspare::image::format::{decode_begin, encode_begin, scan_stream, HEADER_LEN};
 use hotspare::image::{write_stream, Run};
-use hotspare_fuzz::fix_stream;
+use hotspare::image::{Begin, RangeEntry};
+use hotspare_fuzz::{fix_stream, wire_base_page, WIRE_BASE_ADDR, WIRE_BASE_PAGE, WIRE_BASE_PAGES};
 use libfuzzer_sys::fuzz_target;
 use std::io::Read;
 
@@ -51,6 +56,50 @@ fn scan(r: impl Read) -> Result<(hotspare::image::Summary, Vec<OwnedRun>), Strin
     .map_err(|e| e.to_string())
 }
 
+struct Base;
+
+impl BasePages for Base {
+    fn base_page(&mut self, addr: u64, out: &mut [u8]) -> Result<(), String> {
+        let end = WIRE_BASE_ADDR + WIRE_BASE_PAGES * WIRE_BASE_PAGE;
+        if !(WIRE_BASE_ADDR..end).contains(&addr) || out.len() as u64 != WIRE_BASE_PAGE {
+            return Err("outside the base".into());
+        }
+        wire_base_page(addr, out);
+        Ok(())
+    }
+}
+
+/// `resolve_stream` on `stream`, on a base with the sequence its BASED header names.
+fn resolve(stream: &[u8]) {
+    let based = stream
+        .get(HEADER_LEN..)
+        .and_then(|p| postcard::take_from_bytes::<Based>(p).ok());
+    let base = Begin {
+        format_version: hotspare::image::FORMAT_VERSION,
+        lineage: [0x11; 16],
+        term: 1,
+        seq: based.map_or(1, |(b, _)| b.base_seq),
+        base_seq: 0,
+        exe_id: [7; 32],
+        page_size: WIRE_BASE_PAGE as u32,
+        ranges: vec![RangeEntry {
+            addr: WIRE_BASE_ADDR,
+            len: WIRE_BASE_PAGES * WIRE_BASE_PAGE,
+            complete: true,
+        }],
+        meta: b"m".to_vec(),
+    };
+    let mut out = Vec::new();
+    let mut runs = 0u64;
+    let Ok(r) = delta::resolve_stream(stream, Some(&base), &mut Base, &mut out, |_| runs += 1)
+    else {
+        return;
+    };
+    let s = scan(&out[..]).expect("a resolved stream is a valid stored stream");
+    assert_eq!(s.0.begin, r.begin);
+    assert_eq!(s.1.len() as u64, runs);
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
@@ -71,6 +120,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    resolve(&stream);
     let whole = scan(&stream[..]);
     let trickled = scan(Trickle {
         data: &stream,

@@ -105,6 +105,19 @@ pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
                 page = u64::from(b.page_size);
             }
             (frames, pages, digest) = (0, 0, 0);
+        } else if kind == FrameKind::Based as u8 {
+            if let Ok(b) =
+                postcard::from_bytes::<hotspare::image::delta::Based>(&stream[p..p + len])
+            {
+                seq = b.seq;
+                page = WIRE_BASE_PAGE;
+            }
+            (frames, pages, digest) = (0, 0, 0);
+        } else if kind == FrameKind::Delta as u8 {
+            let payload = &stream[p..p + len];
+            digest = crc32c::crc32c_append(digest, payload);
+            frames += 1;
+            pages = pages.wrapping_add(delta_entries(payload));
         } else if kind == FrameKind::Pages as u8 || kind == FrameKind::Zero as u8 {
             let payload = &stream[p..p + len];
             let n = if kind == FrameKind::Zero as u8 && len >= 16 {
@@ -126,6 +139,53 @@ pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&stream[h..h + 12]), &stream[p..p + len]);
         stream[h + 12..h + 16].copy_from_slice(&crc.to_le_bytes());
         off = p + len;
+    }
+}
+
+/// Page size of the base the `stream_decoder` target resolves wire streams on.
+pub const WIRE_BASE_PAGE: u64 = 4096;
+/// Address of the base's one range (16 pages).
+pub const WIRE_BASE_ADDR: u64 = 0x7000_0000_0000;
+/// Pages in it.
+pub const WIRE_BASE_PAGES: u64 = 16;
+
+/// The entries of a DELTA payload, walked leniently (stops at the first that does not parse).
+pub fn delta_entries(p: &[u8]) -> u64 {
+    fn varint(p: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = *p.get(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7f).checked_shl(7 * i)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let (mut at, mut n) = (8usize, 0u64);
+    while at < p.len() {
+        let ok = (|| {
+            varint(p, &mut at)?;
+            at = at.checked_add(8)?;
+            for _ in 0..varint(p, &mut at)?.min(4096) {
+                varint(p, &mut at)?;
+                at = at.checked_add(usize::try_from(varint(p, &mut at)?).ok()?)?;
+            }
+            (at <= p.len()).then_some(())
+        })();
+        if ok.is_none() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The base page at `addr` of the `stream_decoder` target's base: byte `i` is `addr/page + i`.
+pub fn wire_base_page(addr: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (addr / WIRE_BASE_PAGE).wrapping_add(i as u64) as u8;
     }
 }
 

@@ -14,6 +14,10 @@
 //! digest  = CRC32C over the PAGES and ZERO payloads in stream order
 //! ```
 //!
+//! Version 3 adds *wire streams* (`BASED (PAGES | ZERO | DELTA)* END`), which only travel to a
+//! spare and are resolved into stored streams there ([`super::delta`]); a stored stream never
+//! holds BASED or DELTA frames, and this module's reader refuses them.
+//!
 //! PAGES and END have fixed layouts so that a `cptfork` child can encode them without
 //! allocating (see [`frame_header`]).
 
