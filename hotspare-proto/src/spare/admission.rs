@@ -136,6 +136,10 @@ impl Spare {
     }
 
     pub(super) fn admit(&mut self, now: Time, a: Admission) {
+        // Back in touch: silence is judged afresh, from now (a primary just admitted has sent
+        // no heartbeat yet; without this a spare past its start-up grace would declare it
+        // dead at once).
+        self.claim_hold_until = now + self.cfg.detection;
         if let Some(old) = self.primary.take() {
             self.out.push_back(Output::Close(
                 old.conn,

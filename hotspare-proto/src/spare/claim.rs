@@ -60,23 +60,28 @@ impl Spare {
         }
         let id = self.ask(Request::Observe);
         self.claim = Some(Claim::Observing { id });
+        self.claim_started = Some(now);
     }
 
     /// Gives up this attempt: back to being a spare, the next one no sooner than `hold` from
     /// now.
     fn abandon_claim(&mut self, now: Time, hold: Duration, why: String) {
         self.claim = None;
-        self.hold_until = now + hold.max(self.cfg.detection);
+        self.claim_hold_until = now + hold.max(self.cfg.detection);
         if self.claim_note.as_deref() != Some(why.as_str()) {
             self.log(format!("not taking over: {why}"));
             self.claim_note = Some(why);
         }
     }
 
-    fn won(&mut self, term: u64) {
+    fn won(&mut self, now: Time, term: u64) {
         self.claim = None;
         self.claim_note = None;
-        self.log(format!("the arbiter gave us term {term}: taking over"));
+        let took = self.claim_started.map_or(Duration::ZERO, |t| now.since(t));
+        self.log(format!(
+            "the arbiter gave us term {term} ({} ms after asking it): taking over",
+            took.as_millis()
+        ));
         self.term = self.term.max(term);
         self.taking_over = Some(term);
         self.disk(DiskOp::SaveTerm(term));
@@ -112,7 +117,7 @@ impl Spare {
         };
         match (self.claim.take().expect("checked"), outcome) {
             (Claim::Observing { .. }, Ok(Answer::Observed { term, alive_rev })) => match term {
-                Some((_, rec)) if self.claimed_by_us(&rec) => self.won(rec.term),
+                Some((_, rec)) if self.claimed_by_us(&rec) => self.won(now, rec.term),
                 Some((_, rec)) if rec.term > self.term => {
                     let why = format!(
                         "the arbiter holds term {}, held by {} (ours {}): a newer primary exists",
@@ -150,7 +155,7 @@ impl Spare {
                     });
                 }
             },
-            (Claim::Claiming { record, .. }, Ok(Answer::Claimed)) => self.won(record.term),
+            (Claim::Claiming { record, .. }, Ok(Answer::Claimed)) => self.won(now, record.term),
             // The primary is alive: give it the start-up grace to reconnect (connections are
             // closed while a claim runs) before the next attempt.
             (Claim::Claiming { .. }, Ok(Answer::NotClaimed)) => self.abandon_claim(
@@ -171,7 +176,7 @@ impl Spare {
                 });
             }
             (Claim::Resolving { record, .. }, Ok(Answer::Observed { term, .. })) => match term {
-                Some((_, rec)) if rec == record || self.claimed_by_us(&rec) => self.won(rec.term),
+                Some((_, rec)) if rec == record || self.claimed_by_us(&rec) => self.won(now, rec.term),
                 _ => self.abandon_claim(now, Duration::ZERO, "the claim was not applied".into()),
             },
             (Claim::Resolving { record, .. }, Err(_)) => {

@@ -280,12 +280,18 @@ pub struct Spare {
     owed_logged: bool,
     last_grant: Option<Time>,
     hold_until: Time,
+    /// No takeover decision before this: after an abandoned claim (it spares the arbiter, and
+    /// gives the primary time to reconnect), and for `detection` after a primary is admitted.
+    /// Not a safety rule (those are `last_grant` and `hold_until`): it only delays.
+    claim_hold_until: Time,
     disk_outstanding: usize,
     adopting: Option<Lineage>,
     taking_over: Option<u64>,
     taken_over: bool,
     /// A takeover being decided at the arbiter.
     claim: Option<claim::Claim>,
+    /// When the current (or last) claim began.
+    claim_started: Option<Time>,
     arbiter_id: u64,
     /// Why the last claim was abandoned (logged once while it stays the reason).
     claim_note: Option<String>,
@@ -304,6 +310,7 @@ impl Spare {
             // Never shorter than the detection time: the previous incarnation may have granted a
             // lease just before it died, and leases are bounded by `detection`, not by the grace.
             hold_until: now + cfg.startup_grace.max(cfg.detection),
+            claim_hold_until: Time::ZERO,
             cfg,
             term,
             saved_term: recovered.term,
@@ -330,6 +337,7 @@ impl Spare {
             taking_over: None,
             taken_over: false,
             claim: None,
+            claim_started: None,
             arbiter_id: 0,
             claim_note: None,
             out: VecDeque::new(),

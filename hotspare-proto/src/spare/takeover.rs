@@ -69,6 +69,7 @@ impl Spare {
             .is_none_or(|g| now >= g + self.cfg.detection);
         let ready = quiet_enough
             && now >= self.hold_until
+            && now >= self.claim_hold_until
             && self.adopting.is_none()
             && self.admitting.is_none()
             && self.disk_outstanding == 0
@@ -124,9 +125,10 @@ impl Spare {
         // While a checkpoint acknowledged on receipt is owed, no timer can lead to a takeover
         // (a past deadline here would have the driver spin); only a disk answer can clear it.
         if self.tip.is_some() && self.taking_over.is_none() && self.owed.is_empty() {
-            let due = self.last_grant.map_or(self.hold_until, |g| {
-                (g + self.cfg.detection).max(self.hold_until)
-            });
+            let hold = self.hold_until.max(self.claim_hold_until);
+            let due = self
+                .last_grant
+                .map_or(hold, |g| (g + self.cfg.detection).max(hold));
             t = Some(t.map_or(due, |x| x.min(due)));
         }
         t

@@ -82,6 +82,9 @@ impl ArbiterClient {
             .name("hotspare-arbiter".into())
             .spawn(move || {
                 let mut etcd = Etcd { cfg, client: None };
+                // Connected before the first request: a spare's first request is its claim,
+                // where a connection set-up would add to the failover time.
+                let _ = rt.block_on(etcd.client());
                 for (id, req) in req_rx {
                     let outcome = rt.block_on(etcd.run(req));
                     if ans_tx.send((id, outcome)).is_err() {

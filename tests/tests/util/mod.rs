@@ -557,3 +557,89 @@ impl Drop for Lab {
         }
     }
 }
+
+/// A one-member etcd (Debian's `etcd-server`, 3.4) inside host `h` of a [`Lab`], its data on a
+/// tmpfs of its own (an `fsync` on a shared, noisy disk must not decide the test's timing):
+/// killed by pid and unmounted when dropped.
+pub struct Etcd {
+    child: Option<Killed>,
+    data: Option<Tmpfs>,
+    /// Its client URL.
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts it listening on `ip:2379` in host `h`; waits (bounded) until it answers.
+    pub fn start(lab: &Lab, h: &str, ip: &str, dir: &Path, log: &Path) -> Result<Etcd, String> {
+        let etcd = Command::new("etcd").arg("--version").output();
+        if !etcd.is_ok_and(|o| o.status.success()) {
+            return Err(
+                "ETCD UNAVAILABLE: install etcd-server (Debian's, 3.4; .ci/run does)".into(),
+            );
+        }
+        let data = Tmpfs::mount(&dir.join("etcd-data"), "128m")?;
+        let endpoint = format!("http://{ip}:2379");
+        let mut c = Command::new("etcd");
+        c.args(["--name", "arbiter", "--data-dir"])
+            .arg(data.0.join("member"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "arbiter=http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?,
+            ));
+        lab.place(h, &mut c);
+        let child = Killed(c.spawn().map_err(|e| format!("starting etcd: {e}"))?);
+        let e = Etcd {
+            child: Some(child),
+            data: Some(data),
+            endpoint,
+        };
+        let t = std::time::Instant::now();
+        loop {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &lab.ns(h), "etcdctl", "--endpoints"])
+                .arg(&e.endpoint)
+                .args(["endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return Ok(e);
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                return Err(format!(
+                    "etcd did not become healthy within 15 s (log: {})",
+                    log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `etcdctl get KEY --print-value-only`, run in host `h`.
+    pub fn get(&self, lab: &Lab, h: &str, key: &str) -> Result<String, String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(h), "etcdctl", "--endpoints"])
+            .arg(&self.endpoint)
+            .args(["get", key, "--print-value-only"])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .map_err(|e| format!("etcdctl: {e}"))?;
+        if !o.status.success() {
+            return Err(String::from_utf8_lossy(&o.stderr).trim().to_string());
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // The process first (by pid), then its tmpfs.
+        drop(self.child.take());
+        drop(self.data.take());
+    }
+}
