@@ -143,7 +143,7 @@ pub fn next_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
         .unwrap_or_else(|_| panic!("no '{what}' line within 20 s"))
 }
 
-// ---- Helpers of the real-process fault suite (tests/tests/faults.rs) ----
+// ---- Helpers of the real-process fault suite (tests/tests/faults/) ----
 
 /// Nanoseconds of the realtime clock (what `date +%s%N` prints, so a takeover hook's time stamp
 /// and the test's own can be compared).

@@ -1,0 +1,427 @@
+//! Section 11 of the fault suite, the arbiter: a one-member etcd in the clients' host, and
+//! takeovers decided by it (`docs/replication.md`, "The arbiter"). The harness (processes,
+//! writers, checks) is the suite's own, in `main.rs`.
+
+use super::*;
+
+/// A pair with an arbiter in namespaces: primary in A, spare in B, etcd and the clients in C.
+struct ArbiterPair {
+    // Field order is drop order: the processes before the lab they run in.
+    primary: Killed,
+    spare: Killed,
+    etcd: util::Etcd,
+    lab: Lab,
+    t: tempfile::TempDir,
+    /// The service's address on A and on B.
+    pa: SocketAddr,
+    pb: SocketAddr,
+    /// When the spare started.
+    started: Instant,
+}
+
+impl ArbiterPair {
+    fn dir(&self) -> &Path {
+        self.t.path()
+    }
+
+    fn c(&self) -> Option<i32> {
+        Some(self.lab.fd("C"))
+    }
+
+    /// Waits until the spare's start-up grace (1 s) is well over, so that a fault measures the
+    /// failover and not the grace.
+    fn past_grace(&self) {
+        std::thread::sleep(Duration::from_millis(1500).saturating_sub(self.started.elapsed()));
+    }
+
+    /// Sets the pair up and waits until the primary serves; `missed` heartbeats make the
+    /// spare's detection time.
+    fn start(tag: &str, every_write: bool, missed: &str) -> ArbiterPair {
+        let lab = Lab::setup(tag, "10.81.0").unwrap_or_else(|e| panic!("{e}"));
+        let (t, _key) = workdir();
+        let dir = t.path().to_path_buf();
+        let (a, b, c) = (lab.ip("A"), lab.ip("B"), lab.ip("C"));
+        let etcd = util::Etcd::start(&lab, "C", &c, &dir, &dir.join("etcd.log"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let args = kv_args(9000, every_write, "0.0.0.0");
+        let spare_addr = format!("{b}:7070");
+        let started = Instant::now();
+        let spare = start_spare(
+            &dir,
+            &dir.join("spare"),
+            &spare_addr,
+            &args,
+            &[
+                "--arbiter",
+                &etcd.endpoint,
+                "--service",
+                "kv",
+                "--node",
+                "B",
+                "--missed",
+                missed,
+            ],
+            At::Host(&lab, "B"),
+        );
+        let primary = start_primary(
+            &dir,
+            "spool",
+            &spare_addr,
+            &args,
+            &[
+                ("HOTSPARE_ARBITER", etcd.endpoint.as_str()),
+                ("HOTSPARE_SERVICE", "kv"),
+                ("HOTSPARE_NODE", "A"),
+            ],
+            "primary.log",
+            At::Host(&lab, "A"),
+        );
+        let pa: SocketAddr = format!("{a}:9000").parse().unwrap();
+        let pb: SocketAddr = format!("{b}:9000").parse().unwrap();
+        wait_serving(
+            pa,
+            Some(lab.fd("C")),
+            primary.pid(),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{e}{}", logs(&dir)));
+        assert!(
+            wait_log(
+                &dir,
+                "primary.log",
+                "registered at the arbiter",
+                Duration::from_secs(10)
+            ),
+            "the primary did not register at the arbiter{}",
+            logs(&dir)
+        );
+        ArbiterPair {
+            primary,
+            spare,
+            etcd,
+            lab,
+            t,
+            pa,
+            pb,
+            started,
+        }
+    }
+
+    /// The term record etcd holds now.
+    fn term_record(&self) -> String {
+        self.etcd
+            .get(&self.lab, "C", "/hotspare/kv/term")
+            .unwrap_or_else(|e| format!("(etcdctl failed: {e})"))
+    }
+
+    fn iptables(&self, rules: &[&[&str]]) {
+        for r in rules {
+            let mut v = vec!["iptables"];
+            v.extend_from_slice(r);
+            self.lab.exec("A", &v).unwrap_or_else(|e| {
+                panic!("IPTABLES IN A NAMESPACE FAILED, the scenario cannot run: {e}")
+            });
+        }
+    }
+}
+
+/// Acknowledgements by `pid` of writes sent at or after `from`.
+fn acks_by(acks: &[Ack], pid: i32, from: u128) -> usize {
+    acks.iter()
+        .filter(|a| a.pid == pid && a.sent >= from)
+        .count()
+}
+
+/// The cut that split brains in two-machine mode (s8): the primary cut off from its spare
+/// only, both still reaching etcd. The spare must try, lose the claim, and not take over; the
+/// primary must go on acknowledging writes (interval checkpoints: it needs no spare to
+/// acknowledge) on the arbiter's leases. Healed, the pair goes on; then the primary is killed
+/// and the spare takes over through etcd.
+#[test]
+fn s11_arbiter_cut_pair_keeps_the_primary_and_no_takeover() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let p = ArbiterPair::start("r", false, "10");
+    let (dir, c) = (p.dir().to_path_buf(), p.c());
+    let b = p.lab.ip("B");
+    let load = Load::start(&[("to-a", p.pa)], c, Duration::from_millis(1));
+    assert!(
+        wait_acks(&load, 50, Duration::from_secs(10)),
+        "no load{}",
+        logs(&dir)
+    );
+    let cut = now_ns();
+    p.iptables(&[
+        &["-A", "INPUT", "-s", &b, "-j", "DROP"],
+        &["-A", "OUTPUT", "-d", &b, "-j", "DROP"],
+    ]);
+    // Long enough for several claims (detection 100 ms, then W, then the start-up grace).
+    std::thread::sleep(Duration::from_millis(3000));
+    let during = acks_by(&load.acks(), p.primary.pid(), cut + 300 * MS);
+    let claimed = log(&dir, "spare.log").contains("the primary renewed its lease at the arbiter");
+    assert!(
+        !dir.join("takeover_ns").exists(),
+        "the spare took over a primary cut off from it only (etcd: {}){}",
+        p.term_record(),
+        logs(&dir)
+    );
+    assert!(
+        claimed,
+        "the spare never tried (and lost) a claim, so the cut was not tested{}",
+        logs(&dir)
+    );
+    assert!(
+        during > 100,
+        "the primary stopped serving while it still reached the arbiter: {during} acks in the cut{}",
+        logs(&dir)
+    );
+    p.lab.exec("A", &["iptables", "-F"]).unwrap();
+    assert!(
+        wait_log(&dir, "spare.log", "admitted", Duration::from_secs(5)),
+        "the primary did not reconnect after the cut{}",
+        logs(&dir)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Now a real failure: killed, taken over through etcd; the term there moves to 2.
+    let ArbiterPair {
+        primary,
+        spare,
+        etcd,
+        lab,
+        t,
+        pa: _,
+        pb,
+        ..
+    } = p;
+    let load_b = Load::start(&[("to-b", pb)], Some(lab.fd("C")), Duration::from_millis(1));
+    let killed = now_ns();
+    drop(primary);
+    let took = wait_takeover(&dir, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no takeover after the kill{}", logs(&dir)));
+    let first = wait_serving(pb, Some(lab.fd("C")), spare.pid(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}{}", logs(&dir)));
+    let record = etcd.get(&lab, "C", "/hotspare/kv/term").unwrap_or_default();
+    assert!(
+        record.contains("\"term\":2") && record.contains("\"holder\":\"B\""),
+        "the takeover is not recorded at the arbiter: {record}{}",
+        logs(&dir)
+    );
+    let tally = load.stop();
+    let tally_b = load_b.stop();
+    let mut all = tally.acks.clone();
+    all.extend(tally_b.acks.iter().cloned());
+    let w = windows(&all, took.min(killed));
+    f.trials = 1;
+    f.acked = all.len();
+    f.windows = w;
+    f.outage_ms = (first - killed) as f64 / MS as f64;
+    f.add("acks_by_the_primary_during_the_cut", during);
+    f.add("takeover_ms_after_kill", (took - killed) / MS);
+    f.print("arbiter_cut_pair");
+    assert_eq!(w, 0, "double-serving windows{}", logs(&dir));
+    drop(spare);
+    drop(etcd);
+    drop(lab);
+    drop(t);
+}
+
+/// The primary cut off from both its spare and etcd (its clients still reach it): it must stop
+/// acknowledging (and, `on_fence` defaulting to `exit` with an arbiter, exit) before the spare
+/// may take over; the spare takes over through etcd with every acknowledged write.
+#[test]
+fn s11b_arbiter_isolated_primary_stops_before_the_takeover() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let mut p = ArbiterPair::start("s", true, "10");
+    let dir = p.dir().to_path_buf();
+    let c = p.c();
+    let (b, cc) = (p.lab.ip("B"), p.lab.ip("C"));
+    let (pre, _) = set_each(p.pa, c, "to-b", 64, Duration::from_secs(20));
+    assert_eq!(pre.len(), 64, "prefill{}", logs(&dir));
+    let load = Load::start(
+        &[("to-a", p.pa), ("to-b", p.pb)],
+        c,
+        Duration::from_millis(1),
+    );
+    assert!(
+        wait_acks(&load, 50, Duration::from_secs(10)),
+        "no load{}",
+        logs(&dir)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    p.past_grace();
+    let cut = now_ns();
+    p.iptables(&[
+        &["-A", "INPUT", "-s", &b, "-j", "DROP"],
+        &["-A", "OUTPUT", "-d", &b, "-j", "DROP"],
+        &[
+            "-A", "OUTPUT", "-d", &cc, "-p", "tcp", "--dport", "2379", "-j", "DROP",
+        ],
+        &[
+            "-A", "INPUT", "-s", &cc, "-p", "tcp", "--sport", "2379", "-j", "DROP",
+        ],
+    ]);
+    let took = wait_takeover(&dir, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no takeover of the isolated primary{}", logs(&dir)));
+    let first = wait_serving(p.pb, c, p.spare.pid(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}{}", logs(&dir)));
+    std::thread::sleep(Duration::from_millis(1000));
+    let code = p.primary.wait_exit(Duration::from_secs(5));
+    p.lab.exec("A", &["iptables", "-F"]).unwrap();
+    let tally = load.stop();
+    let old_after = acks_by(&tally.acks, p.primary.pid(), took);
+    let w = windows(&tally.acks, took);
+    let (lost_n, _, ex) = lost(p.pb, c, p.spare.pid(), &tally.acks);
+    f.trials = 1;
+    f.acked = tally.acks.len();
+    f.lost = lost_n;
+    f.windows = w;
+    f.outage_ms = (first - cut) as f64 / MS as f64;
+    f.add("takeover_ms_after_cut", (took - cut) / MS);
+    f.add("old_primary_exit", format!("{code:?}"));
+    f.print("arbiter_isolated_primary");
+    assert_eq!(lost_n, 0, "acknowledged writes lost: {ex:?}{}", logs(&dir));
+    assert_eq!(w, 0, "double-serving windows{}", logs(&dir));
+    assert_eq!(
+        old_after,
+        0,
+        "the isolated primary acknowledged writes sent after the takeover{}",
+        logs(&dir)
+    );
+    assert_eq!(
+        code,
+        Some(75),
+        "the isolated primary did not exit as fenced{}",
+        logs(&dir)
+    );
+}
+
+/// A dead primary is taken over through etcd, with detection at the default 5 × 10 ms: the
+/// failover time with the arbiter in the loop, over a few trials (every-write, nothing lost).
+#[test]
+fn s11c_arbiter_kill_primary_failover_time() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let (mut times, mut claims, mut silences) = (Vec::new(), Vec::new(), Vec::new());
+    for trial in 0..trials(3) {
+        let p = ArbiterPair::start(&format!("k{trial}"), true, "5");
+        let dir = p.dir().to_path_buf();
+        let c = p.c();
+        let (pre, _) = set_each(p.pa, c, "to-b", 64, Duration::from_secs(20));
+        assert_eq!(pre.len(), 64, "prefill{}", logs(&dir));
+        let load = Load::start(
+            &[("to-a", p.pa), ("to-b", p.pb)],
+            c,
+            Duration::from_millis(1),
+        );
+        assert!(
+            wait_acks(&load, 50, Duration::from_secs(10)),
+            "no load{}",
+            logs(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        p.past_grace();
+        f.trials += 1;
+        let ArbiterPair {
+            primary,
+            spare,
+            etcd,
+            lab,
+            t,
+            pb,
+            ..
+        } = p;
+        let killed = now_ns();
+        let took = fail_over_and_check(
+            &dir,
+            primary,
+            spare.pid(),
+            pb,
+            Some(lab.fd("C")),
+            load,
+            &mut f,
+            "arbiter kill",
+        );
+        let spare_log = log(&dir, "spare.log");
+        assert!(
+            spare_log.contains("the arbiter gave us term 2"),
+            "the takeover did not go through the arbiter{}",
+            logs(&dir)
+        );
+        // The spare's own account: silence before it asked, and the claim's duration.
+        let number_before = |needle: &str| -> Option<u64> {
+            let i = spare_log.find(needle)?;
+            spare_log[..i]
+                .rsplit(|ch: char| !ch.is_ascii_digit())
+                .find(|w| !w.is_empty())?
+                .parse()
+                .ok()
+        };
+        claims.push(number_before(" ms after asking it").unwrap_or(0));
+        silences.push(number_before(" ms: asking the arbiter").unwrap_or(0));
+        times.push((took - killed) as f64 / MS as f64);
+        drop(spare);
+        drop(etcd);
+        drop(lab);
+        drop(t);
+    }
+    times.sort_by(f64::total_cmp);
+    f.add(
+        "takeover_ms_median",
+        format!("{:.0}", times[times.len() / 2]),
+    );
+    f.add("takeover_ms_all", format!("{times:.0?}"));
+    f.add("silence_before_asking_ms", format!("{silences:?}"));
+    f.add("claim_ms", format!("{claims:?}"));
+    f.print("arbiter_kill_primary");
+}
+
+/// The spare dies: with an arbiter the primary goes on acknowledging (interval checkpoints) on
+/// leases renewed at etcd — without one it would stop within its lease.
+#[test]
+fn s11d_arbiter_dead_spare_primary_keeps_serving() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let p = ArbiterPair::start("d", false, "10");
+    let dir = p.dir().to_path_buf();
+    let c = p.c();
+    let load = Load::start(&[("to-a", p.pa)], c, Duration::from_millis(1));
+    assert!(
+        wait_acks(&load, 50, Duration::from_secs(10)),
+        "no load{}",
+        logs(&dir)
+    );
+    let ArbiterPair {
+        mut primary,
+        spare,
+        etcd,
+        lab,
+        t,
+        ..
+    } = p;
+    let killed = now_ns();
+    drop(spare);
+    std::thread::sleep(Duration::from_millis(2000));
+    let tally = load.stop();
+    let after = acks_by(&tally.acks, primary.pid(), killed + 300 * MS);
+    let alive = primary.0.try_wait().unwrap().is_none();
+    f.trials = 1;
+    f.acked = tally.acks.len();
+    f.outage_ms = longest_gap(&tally.acks);
+    f.add("acks_after_the_spare_died", after);
+    f.print("arbiter_dead_spare");
+    assert!(
+        alive,
+        "the primary exited when its spare died{}",
+        logs(&dir)
+    );
+    assert!(
+        after > 100,
+        "the primary stopped serving when its spare died: {after} acks{}",
+        logs(&dir)
+    );
+    drop(primary);
+    drop(etcd);
+    drop(lab);
+    drop(t);
+}
