@@ -425,3 +425,180 @@ fn s11d_arbiter_dead_spare_primary_keeps_serving() {
     drop(lab);
     drop(t);
 }
+
+/// A host's spare daemon for the re-protection cycle: `--node H`, its image in `DIR/img-H`, and
+/// the program it resumes streams to the other host's daemon (`HOTSPARE_SPARE`), so that the
+/// host that died, once its daemon is back, is the new primary's spare with no re-pairing.
+fn daemon(lab: &Lab, dir: &Path, h: &'static str, peer: &'static str, etcd: &str) -> Killed {
+    let hook = format!(
+        "date +%s%N > {0}/takeover_ns.tmp && mv {0}/takeover_ns.tmp {0}/takeover_ns",
+        dir.display()
+    );
+    let listen = format!("{}:7070", lab.ip(h));
+    let log_name = format!("daemon-{h}.log");
+    let before = log(dir, &log_name).matches("listening on").count();
+    let mut c = Command::new(util::lib("hotspare-resume"));
+    c.args(["--listen", &listen, "--key-file"])
+        .arg(dir.join("key"))
+        .arg("--image-dir")
+        .arg(dir.join(format!("img-{h}")))
+        .args(["--missed", "10", "--on-takeover", &hook])
+        .args(["--arbiter", etcd, "--service", "kv", "--node", h])
+        .arg("--exec")
+        .arg(kv_bin())
+        .args(kv_args(9000, true, "0.0.0.0"))
+        .env("HOTSPARE_HEAP_SIZE", "16M")
+        .env("HOTSPARE_SPARE", format!("{}:7070", lab.ip(peer)))
+        .env("HOTSPARE_KEY_FILE", dir.join("key"))
+        .env("HOTSPARE_LEASE_MS", "80")
+        .env_remove("HOTSPARE_ON_FENCE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(&log_name))
+                .unwrap(),
+        ));
+    lab.place(h, &mut c);
+    let k = Killed(c.spawn().expect("start hotspare-resume"));
+    let t = Instant::now();
+    while log(dir, &log_name).matches("listening on").count() <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the daemon on {h} did not start listening{}",
+            logs(dir)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    k
+}
+
+/// Waits (bounded) until host `h`'s spare holds a durable image from a connected primary.
+fn wait_protected(dir: &Path, h: &str, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        let s = std::fs::read_to_string(dir.join(format!("img-{h}/status"))).unwrap_or_default();
+        if s.contains("\"primary_connected\":true") && !s.contains("\"seq\":0,") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Re-protection and failback: ten failovers in a row, alternating hosts, under an every-write
+/// load. After each takeover the host that died gets its daemon back (as its supervisor would
+/// restart it) and becomes the new primary's spare by itself: the resumed program streams to
+/// it (full image, then incremental). Every round: nothing acknowledged lost, no two primaries
+/// acknowledging in overlapping time, the term at etcd one higher.
+#[test]
+fn s11e_arbiter_ten_failovers_alternating_hosts_lose_nothing() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let lab = Lab::setup("f", "10.81.0").unwrap_or_else(|e| panic!("{e}"));
+    let (t, _key) = workdir();
+    let dir = t.path().to_path_buf();
+    let c = Some(lab.fd("C"));
+    let etcd = util::Etcd::start(&lab, "C", &lab.ip("C"), &dir, &dir.join("etcd.log"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = |h: &str| -> SocketAddr { format!("{}:9000", lab.ip(h)).parse().unwrap() };
+    // Round 0: a fresh program on A, B's daemon its spare.
+    let mut spare = daemon(&lab, &dir, "B", "A", &etcd.endpoint);
+    let mut primary = start_primary(
+        &dir,
+        "spool",
+        &format!("{}:7070", lab.ip("B")),
+        &kv_args(9000, true, "0.0.0.0"),
+        &[
+            ("HOTSPARE_ARBITER", etcd.endpoint.as_str()),
+            ("HOTSPARE_SERVICE", "kv"),
+            ("HOTSPARE_NODE", "A"),
+        ],
+        "primary.log",
+        At::Host(&lab, "A"),
+    );
+    wait_serving(addr("A"), c, primary.pid(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}{}", logs(&dir)));
+    assert!(
+        wait_protected(&dir, "B", Duration::from_secs(20)),
+        "B never held an image{}",
+        logs(&dir)
+    );
+    let (mut on, mut off) = ("A", "B");
+    let mut times = Vec::new();
+    let started = Instant::now();
+    for round in 1..=10u64 {
+        // Past the start-up grace of the spare's daemon (started last round).
+        std::thread::sleep(Duration::from_millis(1200));
+        let load = Load::start(
+            &[("to-a", addr("A")), ("to-b", addr("B"))],
+            c,
+            Duration::from_millis(1),
+        );
+        assert!(
+            wait_acks(&load, 30, Duration::from_secs(20)),
+            "round {round}: no load on {on}{}",
+            logs(&dir)
+        );
+        let _ = std::fs::remove_file(dir.join("takeover_ns"));
+        f.trials += 1;
+        let what = format!("round {round}, {on} killed");
+        let killed = now_ns();
+        drop(primary);
+        let took = wait_takeover(&dir, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{what}: no takeover{}", logs(&dir)));
+        times.push((took - killed) as f64 / MS as f64);
+        let record = etcd.get(&lab, "C", "/hotspare/kv/term").unwrap_or_default();
+        assert!(
+            record.contains(&format!("\"term\":{}", round + 1))
+                && record.contains(&format!("\"holder\":\"{off}\"")),
+            "{what}: the arbiter holds {record}{}",
+            logs(&dir)
+        );
+        // The resumed program is the primary now; the host that died comes back as its spare
+        // (until then, every-write replies wait: nothing is durable without a spare).
+        primary = spare;
+        std::mem::swap(&mut on, &mut off);
+        spare = daemon(&lab, &dir, off, on, &etcd.endpoint);
+        assert!(
+            wait_protected(&dir, off, Duration::from_secs(20)),
+            "{what}: {off} did not become the spare of the new primary on {on}{}",
+            logs(&dir)
+        );
+        wait_serving(addr(on), c, primary.pid(), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{what}: {e}{}", logs(&dir)));
+        let n = load.tally.lock().unwrap().acks.len();
+        assert!(
+            wait_acks(&load, n + 20, Duration::from_secs(10)),
+            "{what}: the new primary acknowledges nothing{}",
+            logs(&dir)
+        );
+        let tally = load.stop();
+        let (lost_n, _, ex) = lost(addr(on), c, primary.pid(), &tally.acks);
+        let w = windows(&tally.acks, took.min(killed));
+        f.acked += tally.acks.len();
+        f.lost += lost_n;
+        f.windows += w;
+        assert_eq!(
+            lost_n,
+            0,
+            "{what}: acknowledged writes lost: {ex:?}{}",
+            logs(&dir)
+        );
+        assert_eq!(w, 0, "{what}: double-serving windows{}", logs(&dir));
+    }
+    times.sort_by(f64::total_cmp);
+    f.add(
+        "takeover_ms_median",
+        format!("{:.0}", times[times.len() / 2]),
+    );
+    f.add("takeover_ms_max", format!("{:.0}", times[times.len() - 1]));
+    f.add("seconds", started.elapsed().as_secs());
+    f.print("arbiter_ten_failovers");
+    drop(primary);
+    drop(spare);
+    drop(etcd);
+    drop(lab);
+    drop(t);
+}

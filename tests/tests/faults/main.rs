@@ -74,7 +74,20 @@ fn log(dir: &Path, name: &str) -> String {
 /// Both logs, for assertion messages.
 fn logs(dir: &Path) -> String {
     let mut s = String::new();
-    for f in ["spare.log", "primary.log", "primary2.log"] {
+    let mut names: Vec<String> = ["spare.log", "primary.log", "primary2.log"]
+        .map(String::from)
+        .to_vec();
+    // Any other log of the scenario (the daemons of both hosts, etcd).
+    let mut others: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log") && !names.contains(n))
+        .collect();
+    others.sort();
+    names.extend(others);
+    for f in &names {
         let t = log(dir, f);
         if !t.is_empty() {
             let tail: Vec<&str> = t.lines().rev().take(40).collect();
