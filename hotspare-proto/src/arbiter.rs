@@ -37,10 +37,13 @@
 //! renewal fails) with no takeover yet — safe, and the spare, seeing the term held by its own
 //! node at its next attempt, takes over.
 //!
-//! A primary registers at start ([`Request::Register`]): the term key is created with its term
-//! if absent; if it holds another term, the primary is fenced (a takeover happened, or the key
-//! belongs to another history) and says which. Until it is registered it serves only on
-//! heartbeat leases, which is what it would do without an arbiter.
+//! A primary registers at start ([`Request::Register`]): the term key is created with its
+//! record if absent; a program resumed by a spare takes over that spare's claim (the spare
+//! hands it the claim's holder, `node#term`); any other record — a takeover happened, the key
+//! belongs to another history, or another process of the same term registered first — fences
+//! it, naming the holder. A primary's holder names its pid, so two processes never share one.
+//! Until it is registered it serves only on heartbeat leases, which is what it would do
+//! without an arbiter.
 
 use crate::lease;
 use serde::{Deserialize, Serialize};
@@ -76,9 +79,18 @@ pub type Rev = i64;
 /// One linearizable operation on the arbiter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Primary, at start: create the term key with `record` if it is absent; answer
-    /// [`Answer::Registered`] with what the key holds afterwards.
-    Register(TermRecord),
+    /// Primary, at start: create the term key with `record` if it is absent; or, if it holds
+    /// a record of `record.term` whose holder is `adopt` (the claim of the spare that resumed
+    /// this program), replace it with `record` keeping its `wait_us` (compare-and-swap on its
+    /// version); answer [`Answer::Registered`] with what the key holds afterwards. The primary
+    /// is registered only if that is its own record: a key held by anyone else — another
+    /// process of the same term included — fences it.
+    Register {
+        /// This primary's record.
+        record: TermRecord,
+        /// The holder of a claim this program may take over (`None`: a fresh start).
+        adopt: Option<String>,
+    },
     /// Primary: if the term key is still at `term_rev`, write the renewal key
     /// ([`Answer::Renewed`]); else [`Answer::NotRenewed`] with what the term key holds.
     Renew {
@@ -154,6 +166,14 @@ pub struct PrimaryArbiter {
     pub wait: Duration,
     /// Renew at most this often while renewals are needed.
     pub renew_every: Duration,
+    /// The claim this program may take over (set for a program resumed by a spare).
+    pub adopt: Option<String>,
+}
+
+/// The holder a spare on `node` writes when it claims `term`: what the program it resumes is
+/// given to adopt, and what a restarted spare recognises as its own claim.
+pub fn claim_holder(node: &str, term: u64) -> String {
+    format!("{node}#{term}")
 }
 
 /// The longest arbiter lease a primary may take against a record whose spare waits `wait`.

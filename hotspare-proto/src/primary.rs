@@ -227,8 +227,11 @@ impl Link {
                 .push_back(Event::Arbiter("the arbiter answers again".into()));
         }
         let a = self.arbiter.as_mut().expect("checked");
+        let node = a.cfg.node.clone();
         match outcome {
-            Ok(Answer::Registered { term_rev, record }) if record.term == term => {
+            Ok(Answer::Registered { term_rev, record })
+                if record.term == term && record.holder == a.cfg.node =>
+            {
                 let la = arbiter::arbiter_lease(a.cfg.lease, record.wait(), drift, margin);
                 a.registered = Some((term_rev, la));
                 a.next_at = now;
@@ -240,8 +243,8 @@ impl Link {
                 )));
             }
             Ok(Answer::Registered { record, .. }) => self.fence(format!(
-                "the arbiter holds term {} (held by {}), not ours ({term}): this service was taken over, or the key belongs to another history",
-                record.term, record.holder
+                "the arbiter holds term {} held by {}, not ours (term {term}, {}): this service was taken over, another process serves it, or the key belongs to another history; start this host as a spare, or delete the key to start the service afresh",
+                record.term, record.holder, node
             )),
             Ok(Answer::Renewed) => {
                 if let Some((_, la)) = a.registered {
@@ -306,11 +309,14 @@ impl Link {
         a.next_id += 1;
         a.in_flight = Some((id, now));
         let req = match a.registered {
-            None => Request::Register(arbiter::TermRecord {
-                term,
-                holder: a.cfg.node.clone(),
-                wait_us: a.cfg.wait.as_micros() as u64,
-            }),
+            None => Request::Register {
+                record: arbiter::TermRecord {
+                    term,
+                    holder: a.cfg.node.clone(),
+                    wait_us: a.cfg.wait.as_micros() as u64,
+                },
+                adopt: a.cfg.adopt.clone(),
+            },
             Some((term_rev, _)) => Request::Renew { term_rev },
         };
         a.out.push_back((id, req));

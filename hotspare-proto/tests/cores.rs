@@ -1914,7 +1914,7 @@ fn h_the_spare_observes_waits_w_claims_and_only_then_saves_its_term() {
     let want = Request::Claim {
         term_rev: 5,
         alive_rev: 7,
-        record: record(term + 1, "spare-b", 45),
+        record: record(term + 1, "spare-b#2", 45),
     };
     assert_eq!(reqs.iter().map(|r| &r.1).collect::<Vec<_>>(), vec![&want]);
     // A primary that reconnects meanwhile is granted nothing.
@@ -1999,7 +1999,7 @@ fn h_an_unanswered_claim_is_resolved_by_reading_the_term_key() {
         s.handle_msg(t0 + ms(201), c2, term, hello(OLD));
         assert!(closed(&drain(&mut s), c2));
         let held = if applied {
-            record(term + 1, "spare-b", 10)
+            record(term + 1, "spare-b#2", 10)
         } else {
             record(term, "a pid 9", 10)
         };
@@ -2054,6 +2054,7 @@ fn arbiter_link(term: u64) -> LinkConfig {
             lease: ms(40),
             wait: ms(45),
             renew_every: ms(10),
+            adopt: None,
         }),
         ..link_cfg(term, OLD)
     }
@@ -2072,7 +2073,7 @@ fn h_the_primary_serves_on_renewals_while_its_spare_is_silent_and_stops_when_the
     let mut l = link_up(arbiter_link(term), at(0), term, ms(DETECTION_MS));
     let reqs = link_arbiter_requests(&mut l);
     assert!(
-        matches!(&reqs[..], [(_, Request::Register(r))] if r.term == term),
+        matches!(&reqs[..], [(_, Request::Register { record: r, adopt: None })] if r.term == term),
         "{reqs:?}"
     );
     l.handle_arbiter(

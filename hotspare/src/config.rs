@@ -97,6 +97,8 @@ pub struct Config {
     pub arbiter_wait_ms: u64,
     /// An etcd request not answered within this fails, in milliseconds.
     pub arbiter_timeout_ms: u64,
+    /// The claim this program takes over at the arbiter (set by the spare that resumes it).
+    pub arbiter_adopt: Option<String>,
     /// A checkpoint the spare has not acknowledged this long after its last byte fails (a
     /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever).
     pub ack_timeout_ms: u64,
@@ -134,6 +136,7 @@ impl Default for Config {
             arbiter_lease_ms: 40,
             arbiter_wait_ms: 45,
             arbiter_timeout_ms: 200,
+            arbiter_adopt: None,
             ack_timeout_ms: 5000,
             durability: hotspare_proto::AckLevel::Fsynced,
             pipeline_depth: 0,
@@ -270,6 +273,9 @@ impl Config {
         if let Some(v) = var("HOTSPARE_NODE") {
             self.node = Some(v);
         }
+        if let Some(v) = var("HOTSPARE_ARBITER_ADOPT") {
+            self.arbiter_adopt = Some(v);
+        }
         for (name, field) in [
             ("HOTSPARE_ARBITER_LEASE_MS", &mut self.arbiter_lease_ms),
             ("HOTSPARE_ARBITER_WAIT_MS", &mut self.arbiter_wait_ms),
@@ -342,6 +348,7 @@ impl Config {
             timeout: ms(self.arbiter_timeout_ms.max(1)),
             lease: ms(self.arbiter_lease_ms.max(1)),
             wait: ms(self.arbiter_wait_ms.max(1)),
+            adopt: self.arbiter_adopt.clone(),
         }))
     }
 }

@@ -21,10 +21,20 @@ impl Store {
     /// Applies one request at its linearization point.
     fn apply(&mut self, req: Request) -> Answer {
         match req {
-            Request::Register(rec) => {
-                if self.term.is_none() {
-                    self.rev += 1;
-                    self.term = Some((self.rev, rec));
+            Request::Register { record, adopt } => {
+                match &self.term {
+                    None => {
+                        self.rev += 1;
+                        self.term = Some((self.rev, record));
+                    }
+                    Some((_, held))
+                        if adopt.as_ref() == Some(&held.holder) && held.term == record.term =>
+                    {
+                        let wait_us = held.wait_us;
+                        self.rev += 1;
+                        self.term = Some((self.rev, TermRecord { wait_us, ..record }));
+                    }
+                    Some(_) => {}
                 }
                 let (term_rev, record) = self.term.clone().expect("set");
                 Answer::Registered { term_rev, record }
@@ -233,7 +243,9 @@ impl World {
         let ending = a.ending;
         let held = a.store.term.clone();
         match held {
-            Some((_, rec)) if rec.term == term && rec.holder == SPARE_NODE => {}
+            Some((_, rec))
+                if rec.term == term
+                    && rec.holder == crate::arbiter::claim_holder(SPARE_NODE, term) => {}
             other => self.violation(format!(
                 "took over with term {term} that the arbiter did not give it (it holds {other:?})"
             )),

@@ -783,6 +783,7 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
             lease: Duration::from_millis(r.u64(15..80)),
             wait: Duration::from_millis(r.u64(20..80)),
             renew_every: Duration::from_millis(r.u64(1..15)),
+            adopt: None,
         });
         spare_cfg.arbiter = Some(arbiter::SPARE_NODE.into());
     }

@@ -9,6 +9,10 @@ impl World {
         let lineage = self.new_lineage();
         let mut cfg = self.link_cfg.clone();
         cfg.lineage = lineage;
+        // Every incarnation is another process: its record names it.
+        if let Some(a) = cfg.arbiter.as_mut() {
+            a.node = format!("primary #{}", self.p_inc);
+        }
         let clock = self.p_clock;
         let link = Link::new(cfg, clock.local(self.now));
         self.trace(format!(

@@ -94,7 +94,7 @@ impl Spare {
         self.cfg
             .arbiter
             .as_deref()
-            .is_some_and(|node| rec.holder == node)
+            .is_some_and(|node| rec.holder == arbiter::claim_holder(node, rec.term))
             && rec.term > self.saved_term
     }
 
@@ -128,9 +128,10 @@ impl Spare {
                     self.abandon_claim(now, self.cfg.startup_grace, why);
                 }
                 Some((term_rev, rec)) => {
+                    let term = self.term.max(rec.term) + 1;
                     let record = TermRecord {
-                        term: self.term.max(rec.term) + 1,
-                        holder: node,
+                        term,
+                        holder: arbiter::claim_holder(&node, term),
                         wait_us: rec.wait_us,
                     };
                     self.claim = Some(Claim::Waiting {
@@ -141,14 +142,17 @@ impl Spare {
                     });
                 }
                 None => {
-                    // No primary ever registered: none holds an arbiter lease.
+                    // No record: no primary registered, or the key was deleted under one that
+                    // did — whose lease was capped by a W we cannot know. Wait the longest W
+                    // any record may ask for.
+                    let term = self.term + 1;
                     let record = TermRecord {
-                        term: self.term + 1,
-                        holder: node,
+                        term,
+                        holder: arbiter::claim_holder(&node, term),
                         wait_us: arbiter::DEFAULT_WAIT.as_micros() as u64,
                     };
                     self.claim = Some(Claim::Waiting {
-                        until: now + arbiter::DEFAULT_WAIT,
+                        until: now + arbiter::MAX_WAIT,
                         term_rev: 0,
                         alive_rev,
                         record,

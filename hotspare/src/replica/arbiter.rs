@@ -11,7 +11,7 @@
 //!
 //! | request | compare | then | else |
 //! |---|---|---|---|
-//! | `Register(rec)` | `create_revision(term) == 0` | put term = rec | get term |
+//! | `Register{rec, adopt}` | `create_revision(term) == 0` | put term = rec | get term; if its holder is `adopt`: a second txn, `mod_revision(term) ==` its version → put term = rec |
 //! | `Renew{rev}` | `mod_revision(term) == rev` | put alive | get term |
 //! | `Observe` | — | get term, get alive | — |
 //! | `Claim{t, a, rec}` | `mod_revision(term) == t`, `mod_revision(alive) == a` | put term = rec | — |
@@ -41,6 +41,8 @@ pub struct ArbiterConfig {
     pub lease: Duration,
     /// `W`, written into a term record a primary creates.
     pub wait: Duration,
+    /// The claim a resumed program takes over (`HOTSPARE_ARBITER_ADOPT`, set by the spare).
+    pub adopt: Option<String>,
 }
 
 impl ArbiterConfig {
@@ -183,7 +185,7 @@ impl Etcd {
         let mut c = self.client().await?;
         let encode = |r: &TermRecord| serde_json::to_vec(r).map_err(failed);
         match req {
-            Request::Register(rec) => {
+            Request::Register { record: rec, adopt } => {
                 let txn = Txn::new()
                     .when(vec![Compare::create_revision(
                         term_key.clone(),
@@ -191,7 +193,7 @@ impl Etcd {
                         0,
                     )])
                     .and_then(vec![TxnOp::put(term_key.clone(), encode(&rec)?, None)])
-                    .or_else(vec![TxnOp::get(term_key, None)]);
+                    .or_else(vec![TxnOp::get(term_key.clone(), None)]);
                 let resp = c.txn(txn).await.map_err(failed)?;
                 if resp.succeeded() {
                     let rev = resp.header().map_or(0, |h| h.revision());
@@ -202,8 +204,37 @@ impl Etcd {
                 }
                 let kv = first_get(&resp, 0)
                     .ok_or_else(|| failed("the term key vanished during registration"))?;
-                let (term_rev, record) = decode(&kv)?;
-                Ok(Answer::Registered { term_rev, record })
+                let (held_rev, held) = decode(&kv)?;
+                if adopt.as_ref() != Some(&held.holder) || held.term != rec.term {
+                    return Ok(Answer::Registered {
+                        term_rev: held_rev,
+                        record: held,
+                    });
+                }
+                // The claim of the spare that resumed us: ours now, with its W.
+                let mine = TermRecord {
+                    wait_us: held.wait_us,
+                    ..rec
+                };
+                let txn = Txn::new()
+                    .when(vec![Compare::mod_revision(
+                        term_key.clone(),
+                        CompareOp::Equal,
+                        held_rev,
+                    )])
+                    .and_then(vec![TxnOp::put(term_key, encode(&mine)?, None)]);
+                let resp = c.txn(txn).await.map_err(failed)?;
+                if resp.succeeded() {
+                    let rev = resp.header().map_or(0, |h| h.revision());
+                    return Ok(Answer::Registered {
+                        term_rev: rev,
+                        record: mine,
+                    });
+                }
+                // It moved meanwhile (a newer claim): report what is there now.
+                Err(failed(
+                    "the term key changed while this program took it over",
+                ))
             }
             Request::Renew { term_rev } => {
                 let txn = Txn::new()

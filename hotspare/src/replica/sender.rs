@@ -346,6 +346,7 @@ impl LinkLoop {
                     lease: a.lease,
                     wait: a.wait,
                     renew_every: hotspare_proto::arbiter::DEFAULT_RENEW_EVERY,
+                    adopt: a.adopt.clone(),
                 }),
             },
             now(),

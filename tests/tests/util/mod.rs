@@ -439,14 +439,49 @@ impl Lab {
         format!("v{h}{}", &self.prefix[1..])
     }
 
-    /// Host `h`'s address.
+    /// Host `h`'s address: A .1, B .2, C .3, and hosts added later (D, E, F, …) .4 on.
     pub fn ip(&self, h: &str) -> String {
         let n = match h {
             "A" => 1,
             "B" => 2,
-            _ => 3,
+            "C" => 3,
+            other => 4 + other.bytes().next().map_or(0, |b| b.saturating_sub(b'D')),
         };
         format!("{}.{n}", self.net)
+    }
+
+    /// Adds host `h` (a one-letter name from `D`) on the bridge in C.
+    pub fn add_host(&mut self, h: &'static str) -> Result<(), String> {
+        run_ok(&["ip", "netns", "add", &self.ns(h)])?;
+        self.wire(h)?;
+        let p = format!("/run/netns/{}", self.ns(h));
+        let f = std::fs::File::open(&p).map_err(|e| format!("{p}: {e}"))?;
+        self.files.insert(h, f);
+        Ok(())
+    }
+
+    /// Host `h`'s veth into C's bridge, its address, its links up.
+    fn wire(&self, n: &str) -> Result<(), String> {
+        let (dev, peer) = (self.dev(n), format!("{}b", self.dev(n)));
+        run_ok(&[
+            "ip", "link", "add", &dev, "type", "veth", "peer", "name", &peer,
+        ])?;
+        run_ok(&["ip", "link", "set", &dev, "netns", &self.ns(n)])?;
+        run_ok(&["ip", "link", "set", &peer, "netns", &self.ns("C")])?;
+        self.exec("C", &["ip", "link", "set", &peer, "master", "br0", "up"])?;
+        self.exec(
+            n,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", self.ip(n)),
+                "dev",
+                &dev,
+            ],
+        )?;
+        self.exec(n, &["ip", "link", "set", &dev, "up"])?;
+        self.exec(n, &["ip", "link", "set", "lo", "up"])
     }
 
     /// Runs a command inside host `h` (`ip netns exec`).
@@ -472,26 +507,7 @@ impl Lab {
         }
         lab.exec("C", &["ip", "link", "add", "br0", "type", "bridge"])?;
         for n in ["A", "B"] {
-            let (dev, peer) = (lab.dev(n), format!("{}b", lab.dev(n)));
-            run_ok(&[
-                "ip", "link", "add", &dev, "type", "veth", "peer", "name", &peer,
-            ])?;
-            run_ok(&["ip", "link", "set", &dev, "netns", &lab.ns(n)])?;
-            run_ok(&["ip", "link", "set", &peer, "netns", &lab.ns("C")])?;
-            lab.exec("C", &["ip", "link", "set", &peer, "master", "br0", "up"])?;
-            lab.exec(
-                n,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("{}/24", lab.ip(n)),
-                    "dev",
-                    &dev,
-                ],
-            )?;
-            lab.exec(n, &["ip", "link", "set", &dev, "up"])?;
-            lab.exec(n, &["ip", "link", "set", "lo", "up"])?;
+            lab.wire(n)?;
         }
         lab.exec(
             "C",
@@ -549,8 +565,9 @@ pub fn enter_netns(fd: i32) -> std::io::Result<()> {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        let hosts: Vec<&'static str> = self.files.keys().copied().collect();
         self.files.clear();
-        for n in ["A", "B", "C"] {
+        for n in hosts {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(n)])
                 .output();
@@ -571,33 +588,91 @@ pub struct Etcd {
 impl Etcd {
     /// Starts it listening on `ip:2379` in host `h`; waits (bounded) until it answers.
     pub fn start(lab: &Lab, h: &str, ip: &str, dir: &Path, log: &Path) -> Result<Etcd, String> {
+        let e = Etcd::member(
+            lab,
+            h,
+            "arbiter",
+            ip,
+            &format!("arbiter=http://{ip}:2380"),
+            dir,
+            log,
+        )?;
+        e.wait_healthy(lab, h, Duration::from_secs(15))?;
+        Ok(e)
+    }
+
+    /// Starts members of one cluster, one per host of `hosts` (named after them), with fast
+    /// elections (10 ms heartbeats, 100 ms election timeout: a test must not wait a second for
+    /// a new leader); waits (bounded) until every one answers.
+    pub fn cluster(lab: &Lab, hosts: &[&str], dir: &Path) -> Result<Vec<Etcd>, String> {
+        let initial: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("m{h}=http://{}:2380", lab.ip(h)))
+            .collect();
+        let initial = initial.join(",");
+        let mut v = Vec::new();
+        for h in hosts {
+            let log = dir.join(format!("etcd-{h}.log"));
+            v.push(Etcd::member(
+                lab,
+                h,
+                &format!("m{h}"),
+                &lab.ip(h),
+                &initial,
+                dir,
+                &log,
+            )?);
+        }
+        for (h, e) in hosts.iter().zip(&v) {
+            e.wait_healthy(lab, h, Duration::from_secs(20))?;
+        }
+        Ok(v)
+    }
+
+    fn member(
+        lab: &Lab,
+        h: &str,
+        name: &str,
+        ip: &str,
+        initial_cluster: &str,
+        dir: &Path,
+        log: &Path,
+    ) -> Result<Etcd, String> {
         let etcd = Command::new("etcd").arg("--version").output();
         if !etcd.is_ok_and(|o| o.status.success()) {
             return Err(
                 "ETCD UNAVAILABLE: install etcd-server (Debian's, 3.4; .ci/run does)".into(),
             );
         }
-        let data = Tmpfs::mount(&dir.join("etcd-data"), "128m")?;
+        let data = Tmpfs::mount(&dir.join(format!("etcd-data-{name}")), "128m")?;
         let endpoint = format!("http://{ip}:2379");
+        let peer = format!("http://{ip}:2380");
         let mut c = Command::new("etcd");
-        c.args(["--name", "arbiter", "--data-dir"])
+        c.args(["--name", name, "--data-dir"])
             .arg(data.0.join("member"))
             .args(["--listen-client-urls", &endpoint])
             .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "arbiter=http://127.0.0.1:2380"])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?,
             ));
         lab.place(h, &mut c);
         let child = Killed(c.spawn().map_err(|e| format!("starting etcd: {e}"))?);
-        let e = Etcd {
+        Ok(Etcd {
             child: Some(child),
             data: Some(data),
             endpoint,
-        };
+        })
+    }
+
+    /// Waits (bounded) until `etcdctl endpoint health` passes for this member, run in host `h`.
+    pub fn wait_healthy(&self, lab: &Lab, h: &str, within: Duration) -> Result<(), String> {
+        let e = self;
         let t = std::time::Instant::now();
         loop {
             let ok = Command::new("ip")
@@ -608,16 +683,41 @@ impl Etcd {
                 .output()
                 .is_ok_and(|o| o.status.success());
             if ok {
-                return Ok(e);
+                return Ok(());
             }
-            if t.elapsed() > Duration::from_secs(15) {
+            if t.elapsed() > within {
                 return Err(format!(
-                    "etcd did not become healthy within 15 s (log: {})",
-                    log.display()
+                    "etcd at {} did not become healthy within {} s",
+                    e.endpoint,
+                    within.as_secs()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether this member is its cluster's leader (`etcdctl endpoint status`, run in `h`).
+    pub fn is_leader(&self, lab: &Lab, h: &str) -> bool {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(h), "etcdctl", "--endpoints"])
+            .arg(&self.endpoint)
+            .args(["endpoint", "status", "-w", "fields"])
+            .env("ETCDCTL_API", "3")
+            .output();
+        let Ok(o) = o else { return false };
+        let text = String::from_utf8_lossy(&o.stdout);
+        let field = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("\"{name}\"")))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        };
+        field("MemberID").is_some() && field("MemberID") == field("Leader")
+    }
+
+    /// Kills the member (by pid), keeping its data.
+    pub fn kill(&mut self) {
+        drop(self.child.take());
     }
 
     /// `etcdctl get KEY --print-value-only`, run in host `h`.

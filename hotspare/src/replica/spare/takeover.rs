@@ -35,7 +35,11 @@ pub(super) fn become_program(cfg: &SpareConfig, term: u64) -> SpareError {
         // The resumed program registers at the arbiter with the term this spare won there.
         cmd.env("HOTSPARE_ARBITER", a.endpoints.join(","))
             .env("HOTSPARE_SERVICE", &a.service)
-            .env("HOTSPARE_NODE", &a.node);
+            .env("HOTSPARE_NODE", &a.node)
+            .env(
+                "HOTSPARE_ARBITER_ADOPT",
+                hotspare_proto::arbiter::claim_holder(&a.node, term),
+            );
     }
     let e = cmd.exec();
     SpareError::Exec { program, source: e }
