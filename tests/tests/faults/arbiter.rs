@@ -9,7 +9,8 @@ struct ArbiterPair {
     // Field order is drop order: the processes before the lab they run in.
     primary: Killed,
     spare: Killed,
-    etcd: util::Etcd,
+    /// Its members (one in C, or three in D, E, F).
+    etcd: Vec<util::Etcd>,
     lab: Lab,
     t: tempfile::TempDir,
     /// The service's address on A and on B.
@@ -35,14 +36,30 @@ impl ArbiterPair {
     }
 
     /// Sets the pair up and waits until the primary serves; `missed` heartbeats make the
-    /// spare's detection time.
+    /// spare's detection time. One etcd member in C.
     fn start(tag: &str, every_write: bool, missed: &str) -> ArbiterPair {
-        let lab = Lab::setup(tag, "10.81.0").unwrap_or_else(|e| panic!("{e}"));
+        Self::start_with(tag, every_write, missed, false)
+    }
+
+    /// The same, with a three-member etcd cluster in hosts D, E and F when `cluster`.
+    fn start_with(tag: &str, every_write: bool, missed: &str, cluster: bool) -> ArbiterPair {
+        let mut lab = Lab::setup(tag, "10.81.0").unwrap_or_else(|e| panic!("{e}"));
         let (t, _key) = workdir();
         let dir = t.path().to_path_buf();
         let (a, b, c) = (lab.ip("A"), lab.ip("B"), lab.ip("C"));
-        let etcd = util::Etcd::start(&lab, "C", &c, &dir, &dir.join("etcd.log"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let etcd = if cluster {
+            for h in ETCD_HOSTS {
+                lab.add_host(h).unwrap_or_else(|e| panic!("{e}"));
+            }
+            util::Etcd::cluster(&lab, &ETCD_HOSTS, &dir).unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            vec![
+                util::Etcd::start(&lab, "C", &c, &dir, &dir.join("etcd.log"))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ]
+        };
+        let endpoints: Vec<&str> = etcd.iter().map(|e| e.endpoint.as_str()).collect();
+        let endpoints = endpoints.join(",");
         let args = kv_args(9000, every_write, "0.0.0.0");
         let spare_addr = format!("{b}:7070");
         let started = Instant::now();
@@ -53,7 +70,7 @@ impl ArbiterPair {
             &args,
             &[
                 "--arbiter",
-                &etcd.endpoint,
+                &endpoints,
                 "--service",
                 "kv",
                 "--node",
@@ -69,7 +86,7 @@ impl ArbiterPair {
             &spare_addr,
             &args,
             &[
-                ("HOTSPARE_ARBITER", etcd.endpoint.as_str()),
+                ("HOTSPARE_ARBITER", endpoints.as_str()),
                 ("HOTSPARE_SERVICE", "kv"),
                 ("HOTSPARE_NODE", "A"),
             ],
@@ -109,9 +126,7 @@ impl ArbiterPair {
 
     /// The term record etcd holds now.
     fn term_record(&self) -> String {
-        self.etcd
-            .get(&self.lab, "C", "/hotspare/kv/term")
-            .unwrap_or_else(|e| format!("(etcdctl failed: {e})"))
+        term_record(&self.etcd, &self.lab)
     }
 
     fn iptables(&self, rules: &[&[&str]]) {
@@ -123,6 +138,21 @@ impl ArbiterPair {
             });
         }
     }
+}
+
+/// The hosts of a three-member etcd cluster.
+const ETCD_HOSTS: [&str; 3] = ["D", "E", "F"];
+
+/// The term record, as the first member that answers has it (read from the clients' host).
+fn term_record(etcd: &[util::Etcd], lab: &Lab) -> String {
+    let mut why = String::new();
+    for e in etcd {
+        match e.get(lab, "C", "/hotspare/kv/term") {
+            Ok(v) => return v,
+            Err(e) => why = e,
+        }
+    }
+    format!("(no member answered: {why})")
 }
 
 /// Acknowledgements by `pid` of writes sent at or after `from`.
@@ -200,7 +230,7 @@ fn s11_arbiter_cut_pair_keeps_the_primary_and_no_takeover() {
         .unwrap_or_else(|| panic!("no takeover after the kill{}", logs(&dir)));
     let first = wait_serving(pb, Some(lab.fd("C")), spare.pid(), Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}{}", logs(&dir)));
-    let record = etcd.get(&lab, "C", "/hotspare/kv/term").unwrap_or_default();
+    let record = term_record(&etcd, &lab);
     assert!(
         record.contains("\"term\":2") && record.contains("\"holder\":\"B"),
         "the takeover is not recorded at the arbiter: {record}{}",
@@ -597,6 +627,188 @@ fn s11e_arbiter_ten_failovers_alternating_hosts_lose_nothing() {
     f.add("seconds", started.elapsed().as_secs());
     f.print("arbiter_ten_failovers");
     drop(primary);
+    drop(spare);
+    drop(etcd);
+    drop(lab);
+    drop(t);
+}
+
+/// Runs `rules` (iptables arguments) in host `h`.
+fn iptables_in(lab: &Lab, h: &str, rules: &[Vec<String>]) {
+    for r in rules {
+        let mut v = vec!["iptables"];
+        v.extend(r.iter().map(String::as_str));
+        lab.exec(h, &v).unwrap_or_else(|e| {
+            panic!("IPTABLES IN A NAMESPACE FAILED, the scenario cannot run: {e}")
+        });
+    }
+}
+
+/// Drops everything between the host it runs in and each host address of `others`.
+fn cut_from(others: &[String]) -> Vec<Vec<String>> {
+    let mut v = Vec::new();
+    for ip in others {
+        for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            v.push(
+                ["-A", chain, dir, ip, "-j", "DROP"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            );
+        }
+    }
+    v
+}
+
+/// A three-member etcd cluster (D, E, F; 100 ms elections). Its leader is killed under an
+/// every-write load: the pair does not notice (a healthy pair needs no etcd), nothing changes
+/// hands. Then the primary is killed: the spare takes over through the two members left.
+#[test]
+fn s11f_etcd_cluster_leader_killed_then_the_primary() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let mut p = ArbiterPair::start_with("j", true, "10", true);
+    let dir = p.dir().to_path_buf();
+    let c = p.c();
+    p.past_grace();
+    let load = Load::start(
+        &[("to-a", p.pa), ("to-b", p.pb)],
+        c,
+        Duration::from_millis(1),
+    );
+    assert!(
+        wait_acks(&load, 50, Duration::from_secs(10)),
+        "no load{}",
+        logs(&dir)
+    );
+    let leader = ETCD_HOSTS
+        .iter()
+        .position(|h| {
+            p.etcd[ETCD_HOSTS.iter().position(|x| x == h).unwrap()].is_leader(&p.lab, "C")
+        })
+        .unwrap_or_else(|| panic!("no etcd leader found{}", logs(&dir)));
+    let killed_leader = now_ns();
+    p.etcd[leader].kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = acks_by(&load.acks(), p.primary.pid(), killed_leader + 100 * MS);
+    assert!(
+        !dir.join("takeover_ns").exists(),
+        "a takeover followed the loss of the etcd leader{}",
+        logs(&dir)
+    );
+    assert!(
+        during > 100,
+        "the primary stopped acknowledging when the etcd leader died: {during}{}",
+        logs(&dir)
+    );
+    let ArbiterPair {
+        primary,
+        spare,
+        etcd,
+        lab,
+        t,
+        pb,
+        ..
+    } = p;
+    f.trials = 1;
+    let killed = now_ns();
+    let took = fail_over_and_check(
+        &dir,
+        primary,
+        spare.pid(),
+        pb,
+        Some(lab.fd("C")),
+        load,
+        &mut f,
+        "kill after the etcd leader",
+    );
+    let record = term_record(&etcd, &lab);
+    assert!(
+        record.contains("\"term\":2"),
+        "the takeover is not at the arbiter: {record}{}",
+        logs(&dir)
+    );
+    f.add("etcd_leader_killed", ETCD_HOSTS[leader]);
+    f.add("acks_after_the_leader_died", during);
+    f.add("takeover_ms_after_kill", (took - killed) / MS);
+    f.print("etcd_cluster_leader_killed");
+    drop(spare);
+    drop(etcd);
+    drop(lab);
+    drop(t);
+}
+
+/// The spare can reach only one etcd member, and that member is cut off from the other two (a
+/// minority). The primary dies: the spare must NOT take over — it cannot win the term — until
+/// its path to the majority is back; then it does, with every acknowledged write.
+#[test]
+fn s11g_etcd_minority_spare_waits_for_the_majority() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let p = ArbiterPair::start_with("m", true, "10", true);
+    let dir = p.dir().to_path_buf();
+    let c = p.c();
+    p.past_grace();
+    let (d, e) = (p.lab.ip("D"), p.lab.ip("E"));
+    // F alone: cut from D and E; B reaches only F.
+    iptables_in(&p.lab, "F", &cut_from(&[d.clone(), e.clone()]));
+    iptables_in(&p.lab, "B", &cut_from(&[d, e]));
+    // Time for D and E to elect a leader among themselves if F led.
+    std::thread::sleep(Duration::from_millis(1000));
+    let load = Load::start(
+        &[("to-a", p.pa), ("to-b", p.pb)],
+        c,
+        Duration::from_millis(1),
+    );
+    assert!(
+        wait_acks(&load, 50, Duration::from_secs(10)),
+        "no load{}",
+        logs(&dir)
+    );
+    let ArbiterPair {
+        primary,
+        spare,
+        etcd,
+        lab,
+        t,
+        pb,
+        ..
+    } = p;
+    let killed = now_ns();
+    drop(primary);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !dir.join("takeover_ns").exists(),
+        "the spare took over through a minority etcd member (etcd: {}){}",
+        term_record(&etcd, &lab),
+        logs(&dir)
+    );
+    let tried = log(&dir, "spare.log").contains("not taking over: arbiter");
+    assert!(
+        tried,
+        "the spare never tried to claim (so the minority was not tested){}",
+        logs(&dir)
+    );
+    // The path to the majority is back.
+    lab.exec("B", &["iptables", "-F"]).unwrap();
+    let took = wait_takeover(&dir, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no takeover once the majority was reachable{}", logs(&dir)));
+    wait_serving(pb, Some(lab.fd("C")), spare.pid(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}{}", logs(&dir)));
+    let n = load.tally.lock().unwrap().acks.len();
+    wait_acks(&load, n + 20, Duration::from_secs(5));
+    let tally = load.stop();
+    let (lost_n, _, ex) = lost(pb, Some(lab.fd("C")), spare.pid(), &tally.acks);
+    let w = windows(&tally.acks, killed);
+    f.trials = 1;
+    f.acked = tally.acks.len();
+    f.lost = lost_n;
+    f.windows = w;
+    f.add("takeover_ms_after_kill", (took - killed) / MS);
+    f.print("etcd_minority_spare");
+    assert_eq!(lost_n, 0, "acknowledged writes lost: {ex:?}{}", logs(&dir));
+    assert_eq!(w, 0, "double-serving windows{}", logs(&dir));
+    lab.exec("F", &["iptables", "-F"]).unwrap();
     drop(spare);
     drop(etcd);
     drop(lab);
