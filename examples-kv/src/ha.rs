@@ -70,7 +70,8 @@ impl HotSpareDurability {
     /// what clients see: from asking for the first lock to releasing the last. The capture's
     /// ticket is given to the output gate while the locks are held.
     fn checkpoint(&self, kind: Kind) -> Result<(CptStats, Duration), String> {
-        if self.hs.is_fenced() {
+        // A switchover has stopped serving and waits for one more checkpoint: take it.
+        if self.hs.is_fenced() && !self.hs.handover_pending() {
             return Err("fenced: a newer primary exists or the lease ran out".into());
         }
         let t = Instant::now();
@@ -105,6 +106,21 @@ impl HotSpareDurability {
             Err(e) => {
                 s.failed += 1;
                 Err(e.to_string())
+            }
+        }
+    }
+
+    /// In every-write mode checkpoints follow writes, and a switchover stops the writes: this
+    /// takes the checkpoint a switchover waits for (`HotSpare::handover_pending`). Runs
+    /// forever on the calling thread, looking every 2 ms.
+    pub fn run_handover_watch(&self) {
+        loop {
+            std::thread::sleep(Duration::from_millis(2));
+            if self.hs.handover_pending() {
+                if let Err(e) = self.checkpoint(Kind::Commit) {
+                    eprintln!("hotspare-kv: the switchover's checkpoint failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }

@@ -158,6 +158,9 @@ fn worker(hs: &HotSpare) {
         pin(args.serve_cpu);
         dur.run_interval();
     });
+    // A switchover waits for one checkpoint after serving stopped; in every-write mode no
+    // write comes to cause it.
+    std::thread::spawn(move || dur.run_handover_watch());
     eprintln!(
         "hotspare-kv: serving on {}",
         listener

@@ -153,6 +153,22 @@ pub enum Msg {
     },
     /// `hotspare status` → spare.
     StatusRequest,
+    /// `hotspare switchover` → spare, first message: move the primary role to this spare.
+    SwitchoverRequest,
+    /// Spare → `hotspare switchover`: the admitted primary (pid) was asked to hand over.
+    SwitchoverStarted {
+        /// The primary's pid.
+        pid: u32,
+    },
+    /// Spare → primary: stop serving, and hand over once a checkpoint taken after stopping
+    /// is acknowledged.
+    HandOver,
+    /// Primary → spare: this primary serves no more, for good; checkpoint `seq` (acknowledged)
+    /// holds everything it ever acknowledged. The spare takes over without waiting for silence.
+    HandedOver {
+        /// The final checkpoint.
+        seq: u64,
+    },
 }
 
 #[cfg(test)]

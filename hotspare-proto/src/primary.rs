@@ -78,6 +78,19 @@ pub enum Event {
     LeaseLost,
     /// Something for the log about the arbiter (registered, unreachable, reachable again).
     Arbiter(String),
+    /// The spare asked for a switchover: we serve no more from now ([`Link::may_serve`] is
+    /// false). The driver marks the first checkpoint captured from now on with
+    /// [`Link::mark_final`]; once it is acknowledged we hand over.
+    HandOverRequested,
+    /// We handed over at checkpoint `seq` (the message is queued): fenced for good. A driver
+    /// that exits when fenced does so once the message is out.
+    HandedOver {
+        /// The final checkpoint.
+        seq: u64,
+    },
+    /// The switchover was given up (the connection was lost, or no final checkpoint came in
+    /// time): serving is allowed again, as the leases say.
+    HandOverAborted(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +145,10 @@ pub struct Link {
     latest_seq: u64,
     acked_seq: u64,
     arbiter: Option<ArbiterLease>,
+    /// A switchover in progress: when it began (we serve no more meanwhile).
+    retiring: Option<Time>,
+    /// The checkpoint whose acknowledgement completes the switchover.
+    final_seq: Option<u64>,
 }
 
 /// Heartbeats remembered while unanswered (older ones could only renew an expired lease).
@@ -152,6 +169,8 @@ impl Link {
         });
         Link {
             arbiter,
+            retiring: None,
+            final_seq: None,
             lease: cfg.lease,
             cfg,
             conn: Conn::Down { retry_at: now },
@@ -181,13 +200,34 @@ impl Link {
     /// The end of the current lease: the later of the heartbeat lease and the arbiter's
     /// (`None`: never had one, or fenced).
     pub fn serving_until(&self) -> Option<Time> {
-        if self.fenced.is_some() {
+        if self.fenced.is_some() || self.retiring.is_some() {
             return None;
         }
         let arbiter = self.arbiter.as_ref().and_then(|a| a.until);
         match (self.lease_until, arbiter) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether a switchover is in progress (we serve no more meanwhile).
+    pub fn retiring(&self) -> bool {
+        self.retiring.is_some()
+    }
+
+    /// Checkpoint `seq` was captured after the switchover began (see
+    /// [`Event::HandOverRequested`]): its acknowledgement completes it. Only the first such
+    /// checkpoint counts.
+    pub fn mark_final(&mut self, seq: u64) {
+        if self.retiring.is_some() && self.final_seq.is_none() {
+            self.final_seq = Some(seq);
+        }
+    }
+
+    fn abort_handover(&mut self, why: String) {
+        if self.retiring.take().is_some() {
+            self.final_seq = None;
+            self.events.push_back(Event::HandOverAborted(why));
         }
     }
 
@@ -287,7 +327,9 @@ impl Link {
     /// When the arbiter must next be asked something (`None`: nothing to ask).
     fn arbiter_due(&self) -> Option<Time> {
         let a = self.arbiter.as_ref()?;
-        if a.in_flight.is_some() || self.fenced.is_some() {
+        // A primary handing over serves no more: a renewal would only make the spare's claim
+        // fail.
+        if a.in_flight.is_some() || self.fenced.is_some() || self.retiring.is_some() {
             return None;
         }
         if a.registered.is_none() {
@@ -375,6 +417,9 @@ impl Link {
             now + self.cfg.reconnect
         };
         self.conn = Conn::Down { retry_at };
+        if self.fenced.is_none() {
+            self.abort_handover(format!("the connection to the spare was lost ({why})"));
+        }
         self.control.clear();
         self.data.clear();
         self.unanswered.clear();
@@ -437,6 +482,12 @@ impl Link {
                 self.cfg.term
             )),
             Msg::Refused { reason } => self.fence(format!("the spare refuses us: {reason}")),
+            Msg::HandOver if self.conn == Conn::Up => {
+                if self.retiring.is_none() && self.fenced.is_none() {
+                    self.retiring = Some(now);
+                    self.events.push_back(Event::HandOverRequested);
+                }
+            }
             Msg::HeartbeatAck { id, .. } if self.conn == Conn::Up => {
                 // Anchored to when the answered heartbeat was sent.
                 if let Some(&(_, sent)) = self.unanswered.iter().find(|(i, _)| *i == id) {
@@ -465,6 +516,14 @@ impl Link {
                         seq,
                         result: Ok(()),
                     });
+                    if self.final_seq == Some(seq) && self.fenced.is_none() {
+                        // Everything we acknowledged is in `seq`, and we serve no more: the
+                        // spare may take over at once. Fenced for good (no reconnect).
+                        self.control.push_back(Msg::HandedOver { seq });
+                        self.fenced = Some(format!("handed over to the spare at checkpoint {seq}"));
+                        self.lease_until = None;
+                        self.events.push_back(Event::HandedOver { seq });
+                    }
                 }
             }
             Msg::Nack { seq, reason } if self.conn == Conn::Up => {
@@ -563,6 +622,14 @@ impl Link {
             });
         }
         self.arbiter_timeout(now);
+        if let Some(t) = self.retiring {
+            if now >= t + self.cfg.ack_timeout && self.fenced.is_none() {
+                self.abort_handover(format!(
+                    "no checkpoint taken after stopping was acknowledged within {} ms",
+                    self.cfg.ack_timeout.as_millis()
+                ));
+            }
+        }
         if let Some(until) = self.serving_until() {
             if now >= until && !self.lease_lost_reported {
                 self.lease_lost_reported = true;
@@ -600,6 +667,9 @@ impl Link {
         }
         if let Some(d) = self.arbiter_due() {
             at(d);
+        }
+        if let Some(r) = self.retiring.filter(|_| self.fenced.is_none()) {
+            at(r + self.cfg.ack_timeout);
         }
         t
     }

@@ -329,6 +329,18 @@ impl HotSpare {
         self.inner.remote.as_ref().is_none_or(|r| r.may_serve())
     }
 
+    /// Whether a switchover (`hotspare switchover`) waits for a checkpoint: serving has
+    /// stopped, and the primary hands over to its spare once a checkpoint captured from then on
+    /// is acknowledged. A program that checkpoints on an interval needs do nothing; one that
+    /// checkpoints only when it writes (every-write servers) must take one while this is true,
+    /// or the switchover is given up after the ack timeout (and serving resumes).
+    pub fn handover_pending(&self) -> bool {
+        self.inner
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.handover_pending())
+    }
+
     /// Bytes of checkpoint streams sent to the spare so far, framing and authentication
     /// included (`None` without a spare).
     pub fn wire_bytes(&self) -> Option<u64> {

@@ -58,6 +58,7 @@ fn main() {
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut received, mut exempted) = (0u64, 0u64);
     let mut endings: std::collections::BTreeMap<&str, u64> = Default::default();
+    let (mut switchovers, mut handovers) = (0u64, 0u64);
     for seed in from..from + n {
         let r = run(seed);
         received += u64::from(r.ack == hotspare_proto::AckLevel::Received);
@@ -65,6 +66,8 @@ fn main() {
         if let Some(e) = r.arbiter {
             *endings.entry(e).or_default() += 1;
         }
+        switchovers += u64::from(r.switchovers);
+        handovers += u64::from(r.handovers);
         sim += r.sim_nanos;
         acked += r.acked;
         events += r.events;
@@ -79,7 +82,7 @@ fn main() {
     }
     let real = t.elapsed().as_secs_f64();
     println!(
-        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}}}}",
+        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers}}}",
         n as f64 / real,
         sim as f64 / 1e9 / real,
         endings.get("kill-primary").unwrap_or(&0),

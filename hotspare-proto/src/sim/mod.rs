@@ -63,6 +63,10 @@ pub struct Report {
     pub exempted: u64,
     /// Takeovers (0 or 1).
     pub takeovers: u32,
+    /// Switchovers asked of the spare.
+    pub switchovers: u32,
+    /// Hand-overs completed by the primary (switchovers that reached their end).
+    pub handovers: u32,
     /// Faults injected.
     pub faults: u32,
     /// How the scenario used an arbiter: `None` (two-machine mode), or its ending
@@ -155,6 +159,8 @@ enum Ev {
     },
     /// The spare is killed for good (liveness phase, [`arbiter::Ending::KillSpare`]).
     KillSpare,
+    /// An operator asks the spare for a switchover.
+    Switchover,
     /// Is the primary still allowed to serve? (liveness phase with an arbiter)
     ServeProbe,
 }
@@ -283,6 +289,10 @@ struct World {
     arb: Option<arbiter::ArbiterWorld>,
     /// The spare was killed for good: no restarts.
     spare_gone: bool,
+    /// Draws for switchovers, apart from the others (so that older seeds' faults stay).
+    rng3: fastrand::Rng,
+    /// Connections of operators (`hotspare switchover`), numbered apart from the pair's.
+    next_op_conn: u64,
     report: Report,
     trace: VecDeque<String>,
 }
@@ -598,6 +608,10 @@ impl World {
                 self.fault();
                 if self.faults_on && self.taken_over_at.is_none() {
                     self.arbiter_fault();
+                    if self.rng3.u32(0..40) == 0 {
+                        let d = self.rng3.u64(0..20 * MS);
+                        self.after(d, Ev::Switchover);
+                    }
                 }
                 if self.faults_on {
                     let d = self.rng.u64(5 * MS..200 * MS);
@@ -643,6 +657,22 @@ impl World {
                 }
             }
             Ev::ServeProbe => self.serve_probe(),
+            Ev::Switchover => {
+                let paused = self.s.as_ref().is_some_and(|s| s.paused_until.is_some());
+                if self.faults_on && !paused {
+                    self.next_op_conn += 1;
+                    let c = ConnId(self.next_op_conn);
+                    let now = self.now;
+                    if let Some(s) = self.s.as_mut() {
+                        self.report.switchovers += 1;
+                        let l = s.clock.local(now);
+                        s.core.handle_open(l, c);
+                        s.core.handle_msg(l, c, 0, Msg::SwitchoverRequest);
+                    }
+                    self.trace("an operator asks the spare for a switchover".into());
+                    self.s_pump();
+                }
+            }
             Ev::Unpause { side, inc } => self.unpause(side, inc),
             Ev::DiskStep { inc } => self.disk_step(inc),
             Ev::Liveness => {
@@ -826,6 +856,8 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
         end: 0,
         arb,
         spare_gone: false,
+        rng3: fastrand::Rng::with_seed(seed ^ 0x5717_c400_0000_0000),
+        next_op_conn: 1 << 40,
         report: Report {
             seed,
             ack,

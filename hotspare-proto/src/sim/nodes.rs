@@ -259,6 +259,19 @@ impl World {
                 self.crash(Side::P);
             }
             Event::Arbiter(line) => self.trace(format!("primary: {line}")),
+            Event::HandOverRequested => {
+                self.trace("primary: asked to hand over; serving no more".into())
+            }
+            Event::HandOverAborted(why) => {
+                self.trace(format!("primary: switchover given up: {why}"))
+            }
+            Event::HandedOver { seq } => {
+                // Its last message is on the wire (sent before events are handled): it exits.
+                p.exited = true;
+                self.report.handovers += 1;
+                self.trace(format!("primary handed over at checkpoint {seq}; it exits"));
+                self.crash(Side::P);
+            }
             Event::LeaseLost => {
                 if self.exit_on_lease_loss {
                     self.trace("primary lost its lease; on_fence=exit".into());
@@ -283,6 +296,8 @@ impl World {
                 base_seq: base,
             };
             if p.link.start_checkpoint(local, h).is_ok() {
+                // Captured now: after a switchover began, if one did.
+                p.link.mark_final(seq);
                 p.last_seq = seq;
                 p.in_flight = Some(seq);
                 self.produced.insert((p.lineage, seq), p.value);

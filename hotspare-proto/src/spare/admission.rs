@@ -37,6 +37,26 @@ impl Spare {
 
     pub(super) fn first_msg(&mut self, now: Time, c: ConnId, term: u64, msg: Msg) {
         match msg {
+            Msg::SwitchoverRequest => {
+                let Some(p) = self.primary.as_ref() else {
+                    let reason = "no primary is connected to this spare".to_string();
+                    return self.refuse(
+                        c,
+                        Msg::Refused {
+                            reason: reason.clone(),
+                        },
+                        reason,
+                    );
+                };
+                let (pc, pid) = (p.conn, p.pid);
+                self.log(format!(
+                    "switchover requested: asking primary pid {pid} to hand over"
+                ));
+                self.send(pc, Msg::HandOver);
+                self.send(c, Msg::SwitchoverStarted { pid });
+                self.out
+                    .push_back(Output::Close(c, "switchover answered".into()));
+            }
             Msg::StatusRequest => {
                 let s = self.status(now);
                 self.send(c, s);

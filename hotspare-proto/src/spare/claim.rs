@@ -134,8 +134,14 @@ impl Spare {
                         holder: arbiter::claim_holder(&node, term),
                         wait_us: rec.wait_us,
                     };
+                    // After a hand-over the primary renews nothing and serves no more: no W.
+                    let wait = if self.handed_over.is_some() {
+                        Duration::ZERO
+                    } else {
+                        rec.wait()
+                    };
                     self.claim = Some(Claim::Waiting {
-                        until: now + rec.wait(),
+                        until: now + wait,
                         term_rev,
                         alive_rev,
                         record,

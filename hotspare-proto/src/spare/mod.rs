@@ -288,6 +288,9 @@ pub struct Spare {
     adopting: Option<Lineage>,
     taking_over: Option<u64>,
     taken_over: bool,
+    /// The primary handed over at this checkpoint (a switchover): take over without waiting
+    /// for its silence, and without the arbiter's wait (it renews nothing any more).
+    handed_over: Option<u64>,
     /// A takeover being decided at the arbiter.
     claim: Option<claim::Claim>,
     /// When the current (or last) claim began.
@@ -336,6 +339,7 @@ impl Spare {
             adopting: None,
             taking_over: None,
             taken_over: false,
+            handed_over: None,
             claim: None,
             claim_started: None,
             arbiter_id: 0,

@@ -49,6 +49,22 @@ impl Spare {
                 let s = self.status(now);
                 self.send(c, s);
             }
+            Msg::HandedOver { seq } => {
+                // It serves no more, for good: no need to wait for its silence.
+                self.log(format!(
+                    "the primary handed over at checkpoint {seq}: taking over without waiting for silence"
+                ));
+                self.handed_over = Some(seq);
+                self.out.push_back(Output::Close(c, "handed over".into()));
+                if let Some(p) = self.primary.take() {
+                    if let Some(inc) = p.incoming {
+                        if inc.refused.is_none() {
+                            self.disk(DiskOp::Discard { seq: inc.seq });
+                        }
+                    }
+                }
+                self.handle_timeout(now);
+            }
             Msg::StreamStart(h) => self.stream_start(c, term, h),
             Msg::Chunk { seq, bytes } => {
                 let p = self.primary.as_mut().expect("checked");

@@ -64,12 +64,15 @@ impl Spare {
             return self.claim_timeout(now);
         }
         let Some(tip) = self.tip else { return };
-        let quiet_enough = self
-            .last_grant
-            .is_none_or(|g| now >= g + self.cfg.detection);
+        // A primary that handed over serves no more: its leases do not have to run out.
+        let handed_over = self.handed_over.is_some_and(|s| s <= tip.seq);
+        let quiet_enough = handed_over
+            || self
+                .last_grant
+                .is_none_or(|g| now >= g + self.cfg.detection);
         let ready = quiet_enough
             && now >= self.hold_until
-            && now >= self.claim_hold_until
+            && (handed_over || now >= self.claim_hold_until)
             && self.adopting.is_none()
             && self.admitting.is_none()
             && self.disk_outstanding == 0

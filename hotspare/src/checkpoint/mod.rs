@@ -270,6 +270,11 @@ impl Engine {
             || self.shared.force_full.swap(false, Ordering::SeqCst);
         let seq = self.last_seq + 1;
         let base = if full { 0 } else { self.last_seq };
+        if let Some(r) = &self.remote {
+            // Before the first page is read: a switchover that stopped serving before this
+            // may end with this checkpoint.
+            r.capture_starting(seq);
+        }
         let page = page_size();
         let t0 = Instant::now();
         let heap = self.heap;

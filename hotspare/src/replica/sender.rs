@@ -83,6 +83,10 @@ fn now() -> Time {
 struct Shared {
     /// End of the lease as `Time` nanoseconds (0: none).
     serving_until: AtomicU64,
+    /// The sequence of the newest capture that has begun (set before its first page is read).
+    capture_started: AtomicU64,
+    /// A switchover waits for a checkpoint captured from now on.
+    handover_pending: AtomicBool,
     fenced: AtomicBool,
     needs_full: AtomicBool,
     wire_bytes: AtomicU64,
@@ -131,6 +135,8 @@ impl Remote {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let shared = Arc::new(Shared {
             serving_until: AtomicU64::new(0),
+            capture_started: AtomicU64::new(0),
+            handover_pending: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             needs_full: AtomicBool::new(true),
             wire_bytes: AtomicU64::new(0),
@@ -174,6 +180,18 @@ impl Remote {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(r)
+    }
+
+    /// Capture `seq` begins now (before its first page is read): a switchover that began
+    /// earlier may end with it.
+    pub fn capture_starting(&self, seq: u64) {
+        self.shared.capture_started.store(seq, Ordering::SeqCst);
+    }
+
+    /// Whether a switchover waits for a checkpoint (a program that takes none while idle must
+    /// take one: `HotSpare::handover_pending`).
+    pub fn handover_pending(&self) -> bool {
+        self.shared.handover_pending.load(Ordering::SeqCst)
     }
 
     /// Whether a connection was made since the last call (the next checkpoint must be full).
@@ -309,6 +327,10 @@ struct LinkLoop {
     lease_logged: bool,
     /// Why the last connection attempt failed (reported with checkpoints that cannot go).
     last_error: Option<String>,
+    /// A switchover in progress: captures numbered above this began after serving stopped.
+    handover_floor: Option<u64>,
+    /// Handed over: exit (`on_fence = exit`) once the hand-over message is on the wire.
+    exit_when_flushed: bool,
     /// The spare's address, resolved at start.
     addr: SocketAddr,
     /// What the status thread writes.
@@ -366,6 +388,8 @@ impl LinkLoop {
             last_status: Instant::now() - Duration::from_secs(1),
             lease_logged: false,
             last_error: None,
+            handover_floor: None,
+            exit_when_flushed: false,
             arbiter,
         }
     }
@@ -466,6 +490,9 @@ impl LinkLoop {
             };
             match self.link.start_checkpoint(now(), header) {
                 Ok(()) => {
+                    if self.handover_floor.is_some_and(|f| header.seq > f) {
+                        self.link.mark_final(header.seq);
+                    }
                     self.sending = Some(Sending {
                         seq: header.seq,
                         reader,
@@ -630,6 +657,10 @@ impl LinkLoop {
                     self.disconnect("write failed");
                     continue;
                 }
+                if self.exit_when_flushed && s.out.unsent() == 0 {
+                    log("handed over: exiting (on_fence = exit)");
+                    exit_fenced();
+                }
             }
             if !progressed {
                 break;
@@ -679,6 +710,34 @@ impl LinkLoop {
                 }
             }
             Event::Arbiter(line) => log(line),
+            Event::HandOverRequested => {
+                // Serving stops first; captures begun after that are numbered above the floor.
+                self.shared.serving_until.store(0, Ordering::SeqCst);
+                let floor = self.shared.capture_started.load(Ordering::SeqCst);
+                self.handover_floor = Some(floor);
+                self.shared.handover_pending.store(true, Ordering::SeqCst);
+                log(format!(
+                    "switchover: serving stopped; handing over once a checkpoint after {floor} is acknowledged"
+                ));
+            }
+            Event::HandOverAborted(why) => {
+                self.handover_floor = None;
+                self.shared.handover_pending.store(false, Ordering::SeqCst);
+                log(format!(
+                    "switchover given up: {why}; serving again as the leases allow"
+                ));
+            }
+            Event::HandedOver { seq } => {
+                self.handover_floor = None;
+                self.shared.handover_pending.store(false, Ordering::SeqCst);
+                self.shared.fenced.store(true, Ordering::SeqCst);
+                self.shared.serving_until.store(0, Ordering::SeqCst);
+                log(format!(
+                    "handed over to spare {} at checkpoint {seq}: this primary serves no more",
+                    self.cfg.addr
+                ));
+                self.exit_when_flushed = self.cfg.exit_when_fenced;
+            }
             Event::LeaseLost => {
                 self.shared.serving_until.store(
                     self.link.serving_until().map_or(0, |t| t.as_nanos()),

@@ -77,6 +77,17 @@ pub fn nonce() -> std::io::Result<[u8; 32]> {
 
 /// A blocking request for a spare's status (for `hotspare status --spare`): `(term, Status)`.
 pub fn request_status(addr: &str, key: &Key) -> Result<(u64, Msg), Box<dyn std::error::Error>> {
+    request(addr, key, &Msg::StatusRequest)
+}
+
+/// Asks a spare to take the primary role over (`hotspare switchover`): its answer,
+/// `SwitchoverStarted` (the primary was asked to hand over) or `Refused`.
+pub fn request_switchover(addr: &str, key: &Key) -> Result<(u64, Msg), Box<dyn std::error::Error>> {
+    request(addr, key, &Msg::SwitchoverRequest)
+}
+
+/// One authenticated request to a spare and its first answer: `(term, answer)`.
+fn request(addr: &str, key: &Key, msg: &Msg) -> Result<(u64, Msg), Box<dyn std::error::Error>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let (mut hs, hello) = hotspare_proto::codec::ClientHandshake::new(key, nonce()?);
@@ -93,7 +104,7 @@ pub fn request_status(addr: &str, key: &Key) -> Result<(u64, Msg), Box<dyn std::
     };
     s.write_all(&proof)?;
     let mut out = Vec::new();
-    session.sealer.seal(0, &Msg::StatusRequest, &mut out);
+    session.sealer.seal(0, msg, &mut out);
     s.write_all(&out)?;
     session.opener.push(&rest);
     loop {
