@@ -2144,3 +2144,88 @@ fn h_registration_against_another_term_fences_the_primary() {
     assert!(events(&mut l).iter().any(|e| matches!(e, Event::Fenced(_))));
     assert!(!l.may_serve(at(1)) && !l.arbiter_registered());
 }
+
+// ---------------------------------------------------------------------------------------------
+// i. Planned switchover: stop serving, hand over after a later checkpoint, take over at once.
+// ---------------------------------------------------------------------------------------------
+
+/// Guards against a primary that goes on serving once asked to hand over, one that hands over
+/// before a checkpoint taken after it stopped is acknowledged (interval-mode writes acknowledged
+/// since the previous checkpoint would be lost), and one that stays stopped when the
+/// switchover cannot finish.
+#[test]
+fn i_the_primary_stops_at_once_and_hands_over_after_its_final_checkpoint() {
+    let term = 1;
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    let id = heartbeat(&mut l, at(0));
+    l.handle_msg(at(0), term, Msg::HeartbeatAck { id, seq: 0 });
+    assert!(l.may_serve(at(1)));
+    // Checkpoint 1 was captured before the request.
+    l.start_checkpoint(at(1), header(1, 0)).unwrap();
+    l.end_checkpoint(at(1), 1);
+    l.handle_msg(at(2), term, Msg::HandOver);
+    assert!(events(&mut l).contains(&Event::HandOverRequested));
+    assert!(!l.may_serve(at(2)), "serving must stop at once");
+    // Checkpoint 1's ack completes nothing.
+    transmit(&mut l);
+    l.handle_msg(at(3), term, Msg::Ack { seq: 1 });
+    assert!(!transmit(&mut l).contains(&Msg::HandedOver { seq: 1 }));
+    // Checkpoint 2, captured after: final.
+    l.start_checkpoint(at(4), header(2, 1)).unwrap();
+    l.mark_final(2);
+    l.end_checkpoint(at(4), 2);
+    transmit(&mut l);
+    l.handle_msg(at(5), term, Msg::Ack { seq: 2 });
+    let sent = transmit(&mut l);
+    assert!(sent.contains(&Msg::HandedOver { seq: 2 }), "{sent:?}");
+    assert!(events(&mut l).contains(&Event::HandedOver { seq: 2 }));
+    assert!(!l.may_serve(at(6)) && l.fenced().is_some());
+    // A lost connection before the end gives it up: serving again as the leases allow.
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    l.handle_msg(at(1), term, Msg::HandOver);
+    events(&mut l);
+    l.handle_disconnected(at(2), "reset");
+    assert!(events(&mut l)
+        .iter()
+        .any(|e| matches!(e, Event::HandOverAborted(_))));
+    assert!(!l.retiring() && l.fenced().is_none());
+}
+
+/// Guards against a spare that takes over on the request alone (the primary may still be
+/// serving), and against one that waits for the primary's silence after it handed over.
+#[test]
+fn i_the_spare_takes_over_when_the_primary_hands_over_not_before() {
+    let (c, op, term) = (ConnId(1), ConnId(9), 1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+    // No primary: refused.
+    s.handle_open(at(1), op);
+    s.handle_msg(at(1), op, 0, Msg::SwitchoverRequest);
+    let out = drain(&mut s);
+    assert!(matches!(sent(&out, op)[..], [(_, Msg::Refused { .. })]), "{out:?}");
+    connect(&mut s, at(2), c, term, OLD);
+    let last = at(GRACE_MS + 100);
+    s.handle_msg(last, c, term, Msg::Heartbeat { id: 1, seq: 5 });
+    drain(&mut s);
+    let op2 = ConnId(10);
+    s.handle_open(last, op2);
+    s.handle_msg(last, op2, 0, Msg::SwitchoverRequest);
+    let out = drain(&mut s);
+    assert!(sent(&out, c).iter().any(|(_, m)| *m == Msg::HandOver), "{out:?}");
+    assert!(matches!(sent(&out, op2)[..], [(_, Msg::SwitchoverStarted { pid: 4242 })]));
+    // The request alone: no takeover, even past the detection time while heartbeats go on.
+    s.handle_msg(last + ms(10), c, term, Msg::Heartbeat { id: 2, seq: 5 });
+    s.handle_timeout(last + ms(20));
+    assert!(disk_ops(&drain(&mut s)).is_empty() && !s.taking_over());
+    // Handed over (its final checkpoint is the durable tip): the term at once.
+    s.handle_msg(last + ms(21), c, term, Msg::HandedOver { seq: 5 });
+    let out = drain(&mut s);
+    assert_eq!(disk_ops(&out), vec![DiskOp::SaveTerm(term + 1)], "{out:?}");
+    s.handle_disk(
+        last + ms(22),
+        DiskDone::TermSaved {
+            term: term + 1,
+            result: Ok(()),
+        },
+    );
+    assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 5)));
+}
