@@ -8,14 +8,26 @@
 //!     --exec ./app [ARGS…]
 //! ```
 //! or `hotspare-resume --config spare.toml` with the same keys (`exec` as an array).
+//!
+//! Under systemd (`Type=notify`, `deploy/systemd/hotspare-spare@.service`) it sends `READY=1`
+//! once its event loop answers a status request on its own listening address, and, with
+//! `WatchdogSec=`, `WATCHDOG=1` only while the event loop keeps answering them: a probe thread
+//! asks the spare for its status over the authenticated connection, as `hotspare status --spare`
+//! does, every third of the watchdog period. When the listener is gone (the event loop ended to
+//! take over) it sends `WATCHDOG_USEC=0`, turning the watchdog off for the program this process
+//! is about to become, which does not ping it. A takeover without a hook is faster than any
+//! probe, so with a watchdog the program is started through this executable itself
+//! (`hotspare-resume --become PROGRAM ARGS…`, one more `exec` in the same process): it sends
+//! `WATCHDOG_USEC=0` and then `exec`s the program.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hotspare::replica::spare::{self, SpareConfig};
 use hotspare::replica::wire;
 use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -155,14 +167,158 @@ fn config(a: Args) -> Result<SpareConfig> {
     })
 }
 
+/// Where to ask this spare for its status: its listening address, a wildcard one replaced by
+/// loopback.
+fn probe_addr(listen: &str) -> Option<SocketAddr> {
+    let mut a = listen.to_socket_addrs().ok()?.next()?;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Some(a)
+}
+
+/// What one status request through the event loop found.
+enum Probe {
+    /// The event loop answered: its term, and the image's checkpoint.
+    Answered(u64, u64),
+    /// Nothing listens: the event loop has ended (a takeover is under way), or has not started.
+    Refused,
+    /// Connected, but no answer (a stuck event loop times out here, after 2 s).
+    Failed(String),
+}
+
+fn probe(addr: &SocketAddr, key: &wire::Key) -> Probe {
+    match wire::request_status(&addr.to_string(), key) {
+        Ok((_, wire::Msg::Status { term, seq, .. })) => Probe::Answered(term, seq),
+        Ok((_, other)) => Probe::Failed(format!("unexpected answer {other:?}")),
+        Err(e) => match e.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Refused,
+            _ => Probe::Failed(e.to_string()),
+        },
+    }
+}
+
+/// The systemd side (`sd_notify`): readiness, then the watchdog while the event loop answers.
+fn notifier(addr: SocketAddr, key: wire::Key, watchdog: Option<Duration>) {
+    use sd_notify::NotifyState;
+    let say = |states: &[NotifyState]| {
+        if let Err(e) = sd_notify::notify(states) {
+            eprintln!("hotspare-resume: sd_notify: {e}");
+        }
+    };
+    // Readiness: the first answer of the event loop (bounded: the daemon exits on any set-up
+    // error, and systemd's TimeoutStartSec= bounds the start anyway).
+    let t = Instant::now();
+    loop {
+        if let Probe::Answered(term, seq) = probe(&addr, &key) {
+            let s = format!("spare on {addr}: term {term}, image at checkpoint {seq}");
+            say(&[NotifyState::Ready, NotifyState::Status(&s)]);
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            eprintln!("hotspare-resume: sd_notify: the event loop never answered; not ready");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(period) = watchdog else { return };
+    let every = (period / 3).max(Duration::from_millis(50));
+    let mut last_failure = None;
+    // Ends when the listener is gone (takeover: this process becomes the program) or with the
+    // process.
+    loop {
+        std::thread::sleep(every);
+        match probe(&addr, &key) {
+            Probe::Answered(term, seq) => {
+                let s = format!("spare on {addr}: term {term}, image at checkpoint {seq}");
+                say(&[NotifyState::Watchdog, NotifyState::Status(&s)]);
+                last_failure = None;
+            }
+            Probe::Refused => {
+                eprintln!(
+                    "hotspare-resume: the event loop has ended (taking over): watchdog off for the program"
+                );
+                say(&[
+                    NotifyState::WatchdogUsec(0),
+                    NotifyState::Status("taking over: starting the program"),
+                ]);
+                return;
+            }
+            Probe::Failed(e) => {
+                if last_failure.as_ref() != Some(&e) {
+                    eprintln!(
+                        "hotspare-resume: watchdog: the event loop did not answer a status request ({e}); not pinging"
+                    );
+                }
+                last_failure = Some(e);
+            }
+        }
+    }
+}
+
+/// The `--become` step of a takeover under a systemd watchdog: switch the watchdog off, then
+/// become the program (same pid: systemd's main process). Returns only if `exec` failed.
+fn become_program(argv: &[std::ffi::OsString]) -> ! {
+    use std::os::unix::process::CommandExt;
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::WatchdogUsec(0),
+        sd_notify::NotifyState::Status("took over: running the program"),
+    ]);
+    let Some((program, args)) = argv.split_first() else {
+        eprintln!("hotspare-resume: --become needs a program");
+        std::process::exit(2);
+    };
+    let e = std::process::Command::new(program).args(args).exec();
+    eprintln!("hotspare-resume: exec {}: {e}", program.to_string_lossy());
+    std::process::exit(1);
+}
+
 fn main() {
-    let cfg = match config(Args::parse()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "--become") {
+        become_program(&argv[2..]);
+    }
+    // The service manager's watchdog is this daemon's, not the program's it may become: take
+    // it out of the environment the program inherits (before any thread exists).
+    let watchdog = sd_notify::watchdog_enabled();
+    std::env::remove_var("WATCHDOG_USEC");
+    std::env::remove_var("WATCHDOG_PID");
+    let mut cfg = match config(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hotspare-resume: {e:#}");
             std::process::exit(2);
         }
     };
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if watchdog.is_some() {
+            match std::env::current_exe() {
+                Ok(me) => {
+                    let mut exec = vec![me.to_string_lossy().into_owned(), "--become".into()];
+                    exec.append(&mut cfg.exec);
+                    cfg.exec = exec;
+                }
+                Err(e) => eprintln!(
+                    "hotspare-resume: sd_notify: own executable unknown ({e}): the watchdog may outlive a takeover"
+                ),
+            }
+        }
+        match probe_addr(&cfg.listen) {
+            Some(addr) => {
+                let key = cfg.key.clone();
+                let _ = std::thread::Builder::new()
+                    .name("hotspare-notify".into())
+                    .spawn(move || notifier(addr, key, watchdog));
+            }
+            None => eprintln!(
+                "hotspare-resume: sd_notify: cannot resolve {}; not notifying",
+                cfg.listen
+            ),
+        }
+    }
     let e = spare::run(cfg);
     eprintln!("hotspare-resume: {e}");
     std::process::exit(1);

@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod metrics;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -43,6 +44,17 @@ enum Cmd {
         /// The shared secret, for --spare.
         #[arg(long)]
         key_file: Option<PathBuf>,
+    },
+    /// Serve `GET /metrics` (Prometheus / OpenMetrics text) built from the status files of
+    /// these directories (a primary's spool or image directory, a spare's image directory),
+    /// read afresh at every scrape.
+    Metrics {
+        /// Address to serve on, e.g. 0.0.0.0:9477.
+        #[arg(long)]
+        listen: String,
+        /// The directories whose `status` files to export.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
     /// Benchmarks (JSON lines on stdout).
     #[command(subcommand)]
@@ -233,6 +245,7 @@ fn main() -> ExitCode {
             spare,
             key_file,
         } => status(dir, spare, key_file),
+        Cmd::Metrics { listen, dirs } => metrics::serve(&listen, dirs).map(|()| true),
         Cmd::Bench(b) => bench::run(b).map(|()| true),
         Cmd::Demo { seconds } => demo::demo(seconds).map(|()| true),
         Cmd::DemoServer { port, bind } => demo::server(&bind, port).map(|()| true),
