@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use util::{free_port, Killed, RespConn};
 
+/// A scrape's samples: metric name → (labels, value) of each series.
+type Scrape = HashMap<String, Vec<(HashMap<String, String>, f64)>>;
+
 const KEY: &str = "operations test shared secret, 0600";
 
 fn workdir() -> (tempfile::TempDir, PathBuf) {
@@ -104,7 +107,7 @@ fn scrape(port: u16) -> Option<String> {
 }
 
 /// The samples of a scrape: metric name → list of (labels, value).
-fn samples(body: &str) -> HashMap<String, Vec<(HashMap<String, String>, f64)>> {
+fn samples(body: &str) -> Scrape {
     let mut m: HashMap<String, Vec<_>> = HashMap::new();
     for l in body
         .lines()
@@ -131,11 +134,7 @@ fn samples(body: &str) -> HashMap<String, Vec<(HashMap<String, String>, f64)>> {
 }
 
 /// The value of `name` for directory `dir` (and its role label, returned too).
-fn get(
-    m: &HashMap<String, Vec<(HashMap<String, String>, f64)>>,
-    name: &str,
-    dir: &Path,
-) -> Option<(String, f64)> {
+fn get(m: &Scrape, name: &str, dir: &Path) -> Option<(String, f64)> {
     let d = dir.display().to_string();
     m.get(name)?
         .iter()
@@ -144,12 +143,7 @@ fn get(
 }
 
 /// Scrapes until `ok` holds for a scrape (bounded); that scrape's samples.
-fn scrape_until(
-    port: u16,
-    dir: &Path,
-    what: &str,
-    ok: impl Fn(&HashMap<String, Vec<(HashMap<String, String>, f64)>>) -> bool,
-) -> HashMap<String, Vec<(HashMap<String, String>, f64)>> {
+fn scrape_until(port: u16, dir: &Path, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
     let t = Instant::now();
     let mut last = String::new();
     while t.elapsed() < Duration::from_secs(30) {
