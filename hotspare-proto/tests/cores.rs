@@ -2201,7 +2201,10 @@ fn i_the_spare_takes_over_when_the_primary_hands_over_not_before() {
     s.handle_open(at(1), op);
     s.handle_msg(at(1), op, 0, Msg::SwitchoverRequest);
     let out = drain(&mut s);
-    assert!(matches!(sent(&out, op)[..], [(_, Msg::Refused { .. })]), "{out:?}");
+    assert!(
+        matches!(sent(&out, op)[..], [(_, Msg::Refused { .. })]),
+        "{out:?}"
+    );
     connect(&mut s, at(2), c, term, OLD);
     let last = at(GRACE_MS + 100);
     s.handle_msg(last, c, term, Msg::Heartbeat { id: 1, seq: 5 });
@@ -2210,8 +2213,14 @@ fn i_the_spare_takes_over_when_the_primary_hands_over_not_before() {
     s.handle_open(last, op2);
     s.handle_msg(last, op2, 0, Msg::SwitchoverRequest);
     let out = drain(&mut s);
-    assert!(sent(&out, c).iter().any(|(_, m)| *m == Msg::HandOver), "{out:?}");
-    assert!(matches!(sent(&out, op2)[..], [(_, Msg::SwitchoverStarted { pid: 4242 })]));
+    assert!(
+        sent(&out, c).iter().any(|(_, m)| *m == Msg::HandOver),
+        "{out:?}"
+    );
+    assert!(matches!(
+        sent(&out, op2)[..],
+        [(_, Msg::SwitchoverStarted { pid: 4242 })]
+    ));
     // The request alone: no takeover, even past the detection time while heartbeats go on.
     s.handle_msg(last + ms(10), c, term, Msg::Heartbeat { id: 2, seq: 5 });
     s.handle_timeout(last + ms(20));

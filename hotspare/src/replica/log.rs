@@ -37,6 +37,12 @@ pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
             "{prefix}: ({dropped} log lines dropped: stderr is not keeping up)\n"
         ));
     }
+    if stamped() {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        text.push_str(&format!("{}.{:03} ", ms / 1000, ms % 1000));
+    }
     text.push_str(&format!("{prefix}: {msg}\n"));
     QUEUED.fetch_add(1, Ordering::SeqCst);
     match sender().try_send(text) {
@@ -46,6 +52,13 @@ pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
             DROPPED.fetch_add(1 + dropped, Ordering::SeqCst);
         }
     }
+}
+
+/// `HOTSPARE_LOG_TIME=1`: each line starts with the wall-clock time (seconds.milliseconds
+/// since 1970), for timing a failover from the logs of both machines.
+fn stamped() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HOTSPARE_LOG_TIME").is_some_and(|v| v == "1"))
 }
 
 /// Waits (at most `limit`) for queued lines to be written — before `exec` or `exit`.

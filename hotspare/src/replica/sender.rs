@@ -87,6 +87,8 @@ struct Shared {
     capture_started: AtomicU64,
     /// A switchover waits for a checkpoint captured from now on.
     handover_pending: AtomicBool,
+    /// The link to the spare is up (checkpoints can be sent).
+    connected: AtomicBool,
     fenced: AtomicBool,
     needs_full: AtomicBool,
     wire_bytes: AtomicU64,
@@ -137,6 +139,7 @@ impl Remote {
             serving_until: AtomicU64::new(0),
             capture_started: AtomicU64::new(0),
             handover_pending: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             needs_full: AtomicBool::new(true),
             wire_bytes: AtomicU64::new(0),
@@ -172,11 +175,14 @@ impl Remote {
             cmds,
             waker,
         };
+        // Connected, not merely allowed to serve: with an arbiter the lease can come from it
+        // before the spare has answered, and a first checkpoint then has nowhere to go.
         let t = Instant::now();
-        while !r.may_serve()
-            && !r.shared.fenced.load(Ordering::SeqCst)
-            && t.elapsed() < Duration::from_secs(1)
-        {
+        let settled = |r: &Remote| {
+            r.shared.fenced.load(Ordering::SeqCst)
+                || (r.may_serve() && r.shared.connected.load(Ordering::SeqCst))
+        };
+        while !settled(&r) && t.elapsed() < Duration::from_secs(1) {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(r)
@@ -671,6 +677,9 @@ impl LinkLoop {
         }
         let until = self.link.serving_until().map_or(0, |t| t.as_nanos());
         self.shared.serving_until.store(until, Ordering::SeqCst);
+        self.shared
+            .connected
+            .store(self.link.is_up(), Ordering::SeqCst);
         if self.last_status.elapsed() >= Duration::from_millis(100) {
             self.last_status = Instant::now();
             self.write_status();

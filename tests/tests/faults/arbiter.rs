@@ -814,3 +814,136 @@ fn s11g_etcd_minority_spare_waits_for_the_majority() {
     drop(lab);
     drop(t);
 }
+
+/// Planned switchover (`hotspare switchover`) under load, in interval mode (where the final
+/// checkpoint taken after the primary stopped is what carries its last acknowledged writes) and
+/// in every-write mode: nothing acknowledged lost, never two primaries acknowledging, the old
+/// primary gone, the term at etcd 2; the pause the clients saw (the longest gap between two
+/// acknowledgements) reported.
+#[test]
+fn s11h_switchover_moves_the_primary_with_nothing_lost() {
+    let _serial = serial();
+    let mut f = Figures::default();
+    let mut pauses = Vec::new();
+    for (i, every_write) in [false, true].into_iter().enumerate() {
+        let what = if every_write {
+            "every-write"
+        } else {
+            "interval"
+        };
+        let mut p = ArbiterPair::start(&format!("w{i}"), every_write, "10");
+        let dir = p.dir().to_path_buf();
+        let c = p.c();
+        p.past_grace();
+        let (pre, _) = set_each(p.pa, c, "to-b", 64, Duration::from_secs(20));
+        assert_eq!(pre.len(), 64, "{what}: prefill{}", logs(&dir));
+        let load = Load::start(
+            &[("to-a", p.pa), ("to-b", p.pb)],
+            c,
+            Duration::from_millis(1),
+        );
+        assert!(
+            wait_acks(&load, 100, Duration::from_secs(10)),
+            "{what}: no load{}",
+            logs(&dir)
+        );
+        let asked = now_ns();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &p.lab.ns("C")])
+            .arg(util::lib("hotspare"))
+            .args([
+                "switchover",
+                "--spare",
+                &format!("{}:7070", p.lab.ip("B")),
+                "--key-file",
+            ])
+            .arg(dir.join("key"))
+            .arg("--wait")
+            .output()
+            .expect("run hotspare switchover");
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{what}: hotspare switchover failed: {said}{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            logs(&dir)
+        );
+        let took = wait_takeover(&dir, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{what}: no takeover after the switchover{}", logs(&dir)));
+        wait_serving(p.pb, c, p.spare.pid(), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{what}: {e}{}", logs(&dir)));
+        let n = load.tally.lock().unwrap().acks.len();
+        assert!(
+            wait_acks(&load, n + 50, Duration::from_secs(10)),
+            "{what}: the new primary acknowledges nothing{}",
+            logs(&dir)
+        );
+        let code = p.primary.wait_exit(Duration::from_secs(5));
+        let tally = load.stop();
+        let (lost_n, _, ex) = lost(p.pb, c, p.spare.pid(), &tally.acks);
+        let w = windows(&tally.acks, asked);
+        // The pause: from the last acknowledgement by the old primary to the first by the new.
+        let last_old = tally
+            .acks
+            .iter()
+            .filter(|a| a.pid == p.primary.pid())
+            .map(|a| a.got)
+            .max()
+            .unwrap_or(asked);
+        let first_new = tally
+            .acks
+            .iter()
+            .filter(|a| a.pid == p.spare.pid())
+            .map(|a| a.got)
+            .min()
+            .unwrap_or(last_old);
+        let pause = first_new.saturating_sub(last_old) as f64 / MS as f64;
+        pauses.push(format!("{what} {pause:.0}"));
+        let record = p.term_record();
+        if std::env::var_os("HOTSPARE_LOG_TIME").is_some() {
+            eprintln!(
+                "--- {what}: asked at {}.{:03}{}",
+                asked / 1_000_000_000,
+                asked / 1_000_000 % 1000,
+                logs(&dir)
+            );
+        }
+        f.trials += 1;
+        f.acked += tally.acks.len();
+        f.lost += lost_n;
+        f.windows += w;
+        f.outage_ms = f.outage_ms.max(pause);
+        f.add(
+            &format!("{what}_takeover_ms_after_request"),
+            (took - asked) / MS,
+        );
+        assert_eq!(
+            lost_n,
+            0,
+            "{what}: acknowledged writes lost: {ex:?}{}",
+            logs(&dir)
+        );
+        assert_eq!(w, 0, "{what}: double-serving windows{}", logs(&dir));
+        assert_eq!(
+            code,
+            Some(75),
+            "{what}: the old primary did not exit{}",
+            logs(&dir)
+        );
+        assert!(
+            record.contains("\"term\":2"),
+            "{what}: the term at etcd is {record}{}",
+            logs(&dir)
+        );
+        assert!(
+            log(&dir, "spare.log").contains("handed over at checkpoint"),
+            "{what}: the takeover was not a hand-over{}",
+            logs(&dir)
+        );
+    }
+    f.add("pause_ms", pauses.join(", "));
+    f.print("switchover");
+    if std::env::var_os("HOTSPARE_LOG_TIME").is_some() {
+        eprintln!("(logs kept: HOTSPARE_LOG_TIME set)");
+    }
+}

@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod metrics;
+mod switchover;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -55,6 +56,19 @@ enum Cmd {
         /// The directories whose `status` files to export.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+    },
+    /// Move the primary role to the spare on purpose, nothing lost: the primary stops serving,
+    /// hands over after one more acknowledged checkpoint, and the spare takes over at once.
+    Switchover {
+        /// The spare to become the primary.
+        #[arg(long)]
+        spare: String,
+        /// The shared secret.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Wait until the spare has taken over (≤ 10 s) and say how long it took.
+        #[arg(long)]
+        wait: bool,
     },
     /// Benchmarks (JSON lines on stdout).
     #[command(subcommand)]
@@ -246,6 +260,11 @@ fn main() -> ExitCode {
             key_file,
         } => status(dir, spare, key_file),
         Cmd::Metrics { listen, dirs } => metrics::serve(&listen, dirs).map(|()| true),
+        Cmd::Switchover {
+            spare,
+            key_file,
+            wait,
+        } => switchover::run(&spare, key_file, wait).map(|()| true),
         Cmd::Bench(b) => bench::run(b).map(|()| true),
         Cmd::Demo { seconds } => demo::demo(seconds).map(|()| true),
         Cmd::DemoServer { port, bind } => demo::server(&bind, port).map(|()| true),
