@@ -7,7 +7,7 @@
 //! code: run them with `cargo test -p hotspare-proto --test arbiter_redteam -- --ignored`.
 //! The others pass: attacks the protocol withstood.
 
-use hotspare_proto::arbiter::{Answer, ArbiterError, PrimaryArbiter, Request, Rev, TermRecord};
+use hotspare_proto::arbiter::{Answer, ArbiterError, PrimaryArbiter, Request, TermRecord};
 use hotspare_proto::primary::{Event, Link, LinkConfig};
 use hotspare_proto::spare::{ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig, Tip};
 use hotspare_proto::{AckLevel, Lineage, Msg, Time};
@@ -29,73 +29,8 @@ fn at(n_ms: u64) -> Time {
 
 // --- the store --------------------------------------------------------------------------------
 
-/// etcd as the driver uses it: a revision counter, the term key, the renewal key.
-#[derive(Debug, Default)]
-struct Store {
-    rev: Rev,
-    term: Option<(Rev, TermRecord)>,
-    alive_rev: Rev,
-}
-
-impl Store {
-    fn apply(&mut self, req: &Request) -> Answer {
-        match req.clone() {
-            Request::Register { record, adopt } => {
-                match &self.term {
-                    None => {
-                        self.rev += 1;
-                        self.term = Some((self.rev, record));
-                    }
-                    Some((_, held))
-                        if adopt.as_ref() == Some(&held.holder) && held.term == record.term =>
-                    {
-                        let wait_us = held.wait_us;
-                        self.rev += 1;
-                        self.term = Some((self.rev, TermRecord { wait_us, ..record }));
-                    }
-                    Some(_) => {}
-                }
-                let (term_rev, record) = self.term.clone().expect("set");
-                Answer::Registered { term_rev, record }
-            }
-            Request::Renew { term_rev } => {
-                if self.term.as_ref().is_some_and(|(r, _)| *r == term_rev) {
-                    self.rev += 1;
-                    self.alive_rev = self.rev;
-                    Answer::Renewed
-                } else {
-                    Answer::NotRenewed {
-                        record: self.term.clone().map(|(_, r)| r),
-                    }
-                }
-            }
-            Request::Observe => Answer::Observed {
-                term: self.term.clone(),
-                alive_rev: self.alive_rev,
-            },
-            Request::Claim {
-                term_rev,
-                alive_rev,
-                record,
-            } => {
-                let now_rev = self.term.as_ref().map_or(0, |(r, _)| *r);
-                if now_rev == term_rev && self.alive_rev == alive_rev {
-                    self.rev += 1;
-                    self.term = Some((self.rev, record));
-                    Answer::Claimed
-                } else {
-                    Answer::NotClaimed
-                }
-            }
-        }
-    }
-
-    /// An operator's `etcdctl del /hotspare/<service>/term`.
-    fn delete_term(&mut self) {
-        self.rev += 1;
-        self.term = None;
-    }
-}
+/// etcd as the driver uses it: the simulator's store (one linearization point per request).
+type Store = hotspare_proto::sim::ArbiterStore;
 
 // --- helpers ----------------------------------------------------------------------------------
 

@@ -9,18 +9,26 @@
 use super::*;
 use crate::arbiter::{Answer, ArbiterError, Request, Rev, TermRecord};
 
-/// The store's state: etcd's revision counter and the two keys.
+/// The store's state: etcd's revision counter and the two keys, as the driver's transactions
+/// use them (`hotspare::replica::arbiter`). Public for tests that drive the cores by hand.
 #[derive(Debug, Default)]
-pub(super) struct Store {
+pub struct Store {
     rev: Rev,
-    pub(super) term: Option<(Rev, TermRecord)>,
+    /// The term key: its version and record (`None`: absent).
+    pub term: Option<(Rev, TermRecord)>,
     alive_rev: Rev,
 }
 
 impl Store {
+    /// An operator's `etcdctl del` of the term key.
+    pub fn delete_term(&mut self) {
+        self.rev += 1;
+        self.term = None;
+    }
+
     /// Applies one request at its linearization point.
-    fn apply(&mut self, req: Request) -> Answer {
-        match req {
+    pub fn apply(&mut self, req: &Request) -> Answer {
+        match req.clone() {
             Request::Register { record, adopt } => {
                 match &self.term {
                     None => {
@@ -135,7 +143,7 @@ impl World {
     /// cut by then).
     pub(super) fn arbiter_apply(&mut self, side: Side, inc: u64, id: u64, req: Request) {
         let a = self.arb.as_mut().expect("arbiter");
-        let answer = a.store.apply(req);
+        let answer = a.store.apply(&req);
         self.trace(format!("arbiter applies {side:?} #{id}: {answer:?}"));
         if self
             .arb

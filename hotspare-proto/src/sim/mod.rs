@@ -43,6 +43,9 @@ mod nodes;
 
 use disk::{Disk, DiskMode, Img};
 
+/// The simulated arbiter's store, for tests that drive the cores by hand.
+pub use arbiter::Store as ArbiterStore;
+
 const MS: u64 = 1_000_000;
 
 /// What one scenario found.
