@@ -13,7 +13,7 @@
 //! | `key_file` | `HOTSPARE_KEY_FILE` | none (required with `spare`) |
 //! | `heartbeat_ms` | `HOTSPARE_HEARTBEAT_MS` | `10` |
 //! | `lease_ms` | `HOTSPARE_LEASE_MS` | `40` (below the spare's default 5 × 10 ms detection) |
-//! | `on_fence` | `HOTSPARE_ON_FENCE` | `exit` with an arbiter, else `report` (`exit`: the process ends when fenced or when it holds no lease) |
+//! | `on_fence` | `HOTSPARE_ON_FENCE` | `exit` with an arbiter, else `report` (`exit`: the process ends when fenced, or when it holds no lease — at once without an arbiter, after 2 s with one, since the arbiter may renew it after an etcd stall) |
 //! | `arbiter` | `HOTSPARE_ARBITER` | none: two-machine mode, not partition-safe for availability (etcd endpoints, comma-separated: `10.0.0.1:2379,10.0.0.2:2379`) |
 //! | `service` | `HOTSPARE_SERVICE` | none (required with `arbiter`: the keys are `/hotspare/<service>/…`) |
 //! | `node` | `HOTSPARE_NODE` | the host name (this machine's name at the arbiter) |
@@ -21,6 +21,7 @@
 //! | `arbiter_wait_ms` | `HOTSPARE_ARBITER_WAIT_MS` | `45` (`W`, written into the term key the first primary creates) |
 //! | `arbiter_timeout_ms` | `HOTSPARE_ARBITER_TIMEOUT_MS` | `200` (an etcd request not answered by then fails) |
 //! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails) |
+//! | `spare_wait_ms` | `HOTSPARE_SPARE_WAIT_MS` | `1000` (at start, how long to wait for the spare before the first checkpoint; a fleet daemon starting a service raises it) |
 //! | `pipeline_depth` | `HOTSPARE_PIPELINE_DEPTH` | `0`: automatic — 2 with a spare, 1 without (checkpoints in flight at once, up to 64; see `docs/library.md`) |
 //! | `durability` | `HOTSPARE_DURABILITY` | `fsynced`: the spare acknowledges after its `fsync`; `received`: as soon as it holds the stream validated (survives either machine dying, not both; `docs/replication.md`). Without `spare` the level is `local` |
 //!
@@ -102,6 +103,10 @@ pub struct Config {
     /// A checkpoint the spare has not acknowledged this long after its last byte fails (a
     /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever).
     pub ack_timeout_ms: u64,
+    /// At start, how long to wait for the spare's connection (and the right to serve) before
+    /// the first checkpoint, which fails without them: hosts that boot together need longer
+    /// than a program started beside a running spare.
+    pub spare_wait_ms: u64,
     /// When the spare acknowledges a checkpoint (so when `wait_durable` returns): after its
     /// `fsync` (`fsynced`, the default: the checkpoint survives both machines losing power) or
     /// as soon as it holds the whole stream validated (`received`: one network round trip and
@@ -138,6 +143,7 @@ impl Default for Config {
             arbiter_timeout_ms: 200,
             arbiter_adopt: None,
             ack_timeout_ms: 5000,
+            spare_wait_ms: 1000,
             durability: hotspare_proto::AckLevel::Fsynced,
             pipeline_depth: 0,
         }
@@ -248,6 +254,11 @@ impl Config {
             self.ack_timeout_ms = v
                 .parse()
                 .map_err(|_| Error::Config(format!("bad HOTSPARE_ACK_TIMEOUT_MS '{v}'")))?;
+        }
+        if let Some(v) = var("HOTSPARE_SPARE_WAIT_MS") {
+            self.spare_wait_ms = v
+                .parse()
+                .map_err(|_| Error::Config(format!("bad HOTSPARE_SPARE_WAIT_MS '{v}'")))?;
         }
         if let Some(v) = var("HOTSPARE_PIPELINE_DEPTH") {
             self.pipeline_depth =

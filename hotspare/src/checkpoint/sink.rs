@@ -51,6 +51,7 @@ impl Sink {
             heartbeat: std::time::Duration::from_millis(config.heartbeat_ms.max(1)),
             lease: std::time::Duration::from_millis(config.lease_ms.max(1)),
             ack_timeout: std::time::Duration::from_millis(config.ack_timeout_ms.max(1)),
+            spare_wait: std::time::Duration::from_millis(config.spare_wait_ms),
             exit_when_fenced: on_fence_exit,
             lineage,
             term: config.term,

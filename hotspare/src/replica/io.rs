@@ -65,15 +65,19 @@ pub(crate) fn write_status_file(path: &Path, text: &str) {
 }
 
 /// Rewrites `path` from `snapshot` every 100 ms on a thread of its own: file creation and rename
-/// can block behind `fsync`s, and neither event loop may wait for them.
+/// can block behind `fsync`s, and neither event loop may wait for them. Ends once the writer
+/// is the snapshot's last owner (its event loop has ended: after a takeover in a fleet daemon
+/// the program this daemon started writes the same file).
 pub(crate) fn start_status_writer(path: PathBuf, snapshot: Arc<Mutex<String>>) {
     let _ = std::thread::Builder::new()
         .name("hotspare-status".into())
-        .spawn(move || loop {
-            let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if !text.is_empty() {
-                write_status_file(&path, &text);
+        .spawn(move || {
+            while Arc::strong_count(&snapshot) > 1 {
+                let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if !text.is_empty() {
+                    write_status_file(&path, &text);
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         });
 }

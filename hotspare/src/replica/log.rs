@@ -9,6 +9,22 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 static LINES: OnceLock<SyncSender<String>> = OnceLock::new();
+
+std::thread_local! {
+    /// The service this thread works for, in a daemon that serves several (`[name]` after the
+    /// prefix of each line); set on the service's threads by the fleet supervisor.
+    static SERVICE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Names the service this thread's lines are about (see [`line`]).
+pub(crate) fn set_service(name: Option<String>) {
+    SERVICE.with(|s| *s.borrow_mut() = name);
+}
+
+/// The service this thread works for, to pass on to the threads it starts.
+pub(crate) fn service() -> Option<String> {
+    SERVICE.with(|s| s.borrow().clone())
+}
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static QUEUED: AtomicU64 = AtomicU64::new(0);
 
@@ -43,7 +59,10 @@ pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
             .map_or(0, |d| d.as_millis());
         text.push_str(&format!("{}.{:03} ", ms / 1000, ms % 1000));
     }
-    text.push_str(&format!("{prefix}: {msg}\n"));
+    match service() {
+        Some(name) => text.push_str(&format!("{prefix}[{name}]: {msg}\n")),
+        None => text.push_str(&format!("{prefix}: {msg}\n")),
+    }
     QUEUED.fetch_add(1, Ordering::SeqCst);
     match sender().try_send(text) {
         Ok(()) => {}

@@ -46,6 +46,8 @@ pub struct RemoteConfig {
     pub lease: Duration,
     /// A checkpoint not acknowledged this long after its last byte fails.
     pub ack_timeout: Duration,
+    /// How long [`Remote::start`] waits for the spare's connection and the right to serve.
+    pub spare_wait: Duration,
     /// Exit the process when the lease is lost or the spare says we are fenced (else: report).
     pub exit_when_fenced: bool,
     /// Our term.
@@ -63,6 +65,12 @@ pub struct RemoteConfig {
     /// while its spare cannot answer).
     pub arbiter: Option<super::ArbiterConfig>,
 }
+
+/// With an arbiter and `on_fence = exit`, a primary that has held no lease this long exits:
+/// long enough for etcd to ride out a leader election or a stall, short enough that a primary
+/// cut off from both its spare and etcd makes way (its ports, its supervisor's restart as a
+/// spare) soon after a spare has taken over.
+pub const LEASE_LAPSE_EXIT: Duration = Duration::from_secs(2);
 
 fn log(msg: impl std::fmt::Display) {
     super::log::line("hotspare", msg);
@@ -133,6 +141,7 @@ impl Remote {
     /// Starts the link thread; waits up to a second for the first lease, so a primary whose
     /// spare is there may serve from its first request.
     pub fn start(cfg: RemoteConfig) -> std::io::Result<Remote> {
+        let r_wait = cfg.spare_wait;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let shared = Arc::new(Shared {
@@ -182,7 +191,7 @@ impl Remote {
             r.shared.fenced.load(Ordering::SeqCst)
                 || (r.may_serve() && r.shared.connected.load(Ordering::SeqCst))
         };
-        while !settled(&r) && t.elapsed() < Duration::from_secs(1) {
+        while !settled(&r) && t.elapsed() < r_wait {
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(r)
@@ -337,6 +346,9 @@ struct LinkLoop {
     handover_floor: Option<u64>,
     /// Handed over: exit (`on_fence = exit`) once the hand-over message is on the wire.
     exit_when_flushed: bool,
+    /// With an arbiter and `on_fence = exit`: since when no lease has been held (see
+    /// [`LEASE_LAPSE_EXIT`]).
+    lease_lost_since: Option<Instant>,
     /// The spare's address, resolved at start.
     addr: SocketAddr,
     /// What the status thread writes.
@@ -373,7 +385,10 @@ impl LinkLoop {
                     node: format!("{} pid {}", a.node, std::process::id()),
                     lease: a.lease,
                     wait: a.wait,
-                    renew_every: hotspare_proto::arbiter::DEFAULT_RENEW_EVERY,
+                    // A quarter of the lease (10 ms at the default 40): three renewals may be
+                    // lost or late before it runs out, and a longer lease, chosen to spare
+                    // etcd the writes of many services, also means fewer of them.
+                    renew_every: (a.lease / 4).max(hotspare_proto::arbiter::DEFAULT_RENEW_EVERY),
                     adopt: a.adopt.clone(),
                 }),
             },
@@ -396,6 +411,7 @@ impl LinkLoop {
             last_error: None,
             handover_floor: None,
             exit_when_flushed: false,
+            lease_lost_since: None,
             arbiter,
         }
     }
@@ -451,6 +467,29 @@ impl LinkLoop {
                 self.link.handle_arbiter(now(), id, outcome);
             }
             self.link.handle_timeout(now());
+            self.check_lease_lapse();
+        }
+    }
+
+    /// A lease lapsed with an arbiter configured: serving again once the arbiter renews it,
+    /// or exit (`on_fence = exit`) if it has not for [`LEASE_LAPSE_EXIT`].
+    fn check_lease_lapse(&mut self) {
+        let Some(since) = self.lease_lost_since else {
+            return;
+        };
+        if self.link.may_serve(now()) {
+            log(format!(
+                "lease held again after {} ms: serving",
+                since.elapsed().as_millis()
+            ));
+            self.lease_lost_since = None;
+            self.lease_logged = false;
+        } else if since.elapsed() >= LEASE_LAPSE_EXIT {
+            log(format!(
+                "FENCED: no lease for {} ms (neither the spare nor the arbiter renewed it); exiting",
+                since.elapsed().as_millis()
+            ));
+            exit_fenced();
         }
     }
 
@@ -765,7 +804,12 @@ impl LinkLoop {
                     ));
                 }
                 self.lease_logged = true;
-                if self.cfg.exit_when_fenced {
+                if self.cfg.exit_when_fenced && self.arbiter.is_some() {
+                    // Not serving already; the arbiter may renew the lease after a hiccup of
+                    // etcd's (its renewal is refused if the term key moved, so a spare that
+                    // took over fences us instead), and an exit would cost a failover.
+                    self.lease_lost_since.get_or_insert_with(Instant::now);
+                } else if self.cfg.exit_when_fenced {
                     log("FENCED: lease lost; exiting so that two primaries never both serve");
                     exit_fenced();
                 }

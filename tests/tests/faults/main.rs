@@ -28,6 +28,7 @@ mod util;
 
 // Scenarios with an etcd arbiter (section 11).
 mod arbiter;
+mod fleet;
 
 use hotspare_proto::codec::{ClientHandshake, Key, Opener, Sealer};
 use hotspare_proto::{Msg, StreamHeader};

@@ -7,7 +7,9 @@
 //!     [--heartbeat-ms 10] [--missed 5] [--on-takeover 'ip addr add 10.0.0.9/24 dev eth0'] \
 //!     --exec ./app [ARGS…]
 //! ```
-//! or `hotspare-resume --config spare.toml` with the same keys (`exec` as an array).
+//! or `hotspare-resume --config spare.toml` with the same keys (`exec` as an array, and an
+//! `[env]` table for the program), or, for every service of a host, one daemon:
+//! `hotspare-resume --fleet host.toml` (see [`fleet`] and `docs/operations.md`).
 //!
 //! Under systemd (`Type=notify`, `deploy/systemd/hotspare-spare@.service`) it sends `READY=1`
 //! once its event loop answers a status request on its own listening address, and, with
@@ -19,6 +21,8 @@
 //! probe, so with a watchdog the program is started through this executable itself
 //! (`hotspare-resume --become PROGRAM ARGS…`, one more `exec` in the same process): it sends
 //! `WATCHDOG_USEC=0` and then `exec`s the program.
+
+mod fleet;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -38,6 +42,10 @@ struct Args {
     /// TOML file with any of the options below (command-line options override it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// TOML file listing every service this host is the spare (or primary) of: one daemon for
+    /// all of them (no other option may be given).
+    #[arg(long, conflicts_with = "config")]
+    fleet: Option<PathBuf>,
     /// Address to listen on for the primary.
     #[arg(long)]
     listen: Option<String>,
@@ -108,6 +116,7 @@ struct FileConfig {
     node: Option<String>,
     arbiter_timeout_ms: Option<u64>,
     exec: Option<Vec<String>>,
+    env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn config(a: Args) -> Result<SpareConfig> {
@@ -163,6 +172,7 @@ fn config(a: Args) -> Result<SpareConfig> {
             a.hook_timeout_ms.or(f.hook_timeout_ms).unwrap_or(10_000),
         ),
         exec,
+        program_env: f.env.unwrap_or_default().into_iter().collect(),
         arbiter,
     })
 }
@@ -286,7 +296,28 @@ fn main() {
     let watchdog = sd_notify::watchdog_enabled();
     std::env::remove_var("WATCHDOG_USEC");
     std::env::remove_var("WATCHDOG_PID");
-    let mut cfg = match config(Args::parse()) {
+    let args = Args::parse();
+    if let Some(path) = &args.fleet {
+        match fleet::load(path) {
+            Ok((services, status)) => {
+                // Ready once every service's thread runs (each logs its own start); a fleet
+                // daemon has no watchdog: its services' own status files say if each is alive.
+                if std::env::var_os("NOTIFY_SOCKET").is_some() {
+                    let s = format!("fleet of {} services", services.len());
+                    let _ = sd_notify::notify(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&s),
+                    ]);
+                }
+                hotspare::replica::spare::fleet::run(services, status)
+            }
+            Err(e) => {
+                eprintln!("hotspare-resume: {}: {e:#}", path.display());
+                std::process::exit(2);
+            }
+        }
+    }
+    let mut cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hotspare-resume: {e:#}");

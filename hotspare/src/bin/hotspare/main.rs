@@ -45,6 +45,10 @@ enum Cmd {
         /// The shared secret, for --spare.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Every service of a fleet daemon (`hotspare-resume --fleet`): the `status` file its
+        /// configuration names; one line per service.
+        #[arg(long, conflicts_with_all = ["dir", "spare"])]
+        fleet: Option<PathBuf>,
     },
     /// Serve `GET /metrics` (Prometheus / OpenMetrics text) built from the status files of
     /// these directories (a primary's spool or image directory, a spare's image directory),
@@ -250,14 +254,117 @@ fn status(dir: Option<PathBuf>, spare: Option<String>, key_file: Option<PathBuf>
     Ok(true)
 }
 
+/// `hotspare status --fleet FILE`: the fleet daemon's table, each service joined with its own
+/// status file (a spare's, or the program's once this host took the service over).
+fn fleet_status(path: &std::path::Path) -> Result<bool> {
+    use serde_json::Value;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "{}: no fleet status (is hotspare-resume --fleet running?)",
+            path.display()
+        )
+    })?;
+    let age = std::fs::metadata(path)?
+        .modified()?
+        .elapsed()
+        .unwrap_or_default();
+    let fleet: Value = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    let fresh = age < std::time::Duration::from_secs(2);
+    println!(
+        "fleet daemon pid {}{}",
+        fleet["pid"],
+        if fresh {
+            String::new()
+        } else {
+            format!(
+                " (written {} ms ago: it may not be running)",
+                age.as_millis()
+            )
+        }
+    );
+    println!(
+        "{:<12} {:<13} {:>7} {:>5} {:>8} {:>8} {:>9} {:<9} detail",
+        "SERVICE", "HERE", "PID", "TERM", "SEQ", "LAG", "HEARTBEAT", "DURABLE"
+    );
+    let empty = Vec::new();
+    for s in fleet["services"].as_array().unwrap_or(&empty) {
+        let dir = std::path::PathBuf::from(s["image_dir"].as_str().unwrap_or_default());
+        let own: Value = std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let state = s["state"].as_str().unwrap_or("?");
+        let num = |v: &Value| v.as_i64().map_or("-".to_string(), |n| n.to_string());
+        let (term, seq, lag, hb, detail) = match (state, own["role"].as_str()) {
+            ("spare", Some("spare")) => (
+                num(&own["term"]),
+                num(&own["seq"]),
+                "-".to_string(),
+                match own["last_heartbeat_ms"].as_i64() {
+                    Some(ms) if ms >= 0 => format!("{ms} ms"),
+                    _ => "never".to_string(),
+                },
+                if own["primary_connected"] == Value::Bool(true) {
+                    format!(
+                        "spare of a connected primary (listening on {})",
+                        s["listen"].as_str().unwrap_or("?")
+                    )
+                } else {
+                    format!(
+                        "spare, no primary connected (listening on {})",
+                        s["listen"].as_str().unwrap_or("?")
+                    )
+                },
+            ),
+            ("primary", Some("primary")) => (
+                num(&own["term"]),
+                num(&own["acked_seq"]),
+                num(&own["lag"]),
+                "-".to_string(),
+                format!(
+                    "primary (took over); its spare {} {}",
+                    own["spare"].as_str().unwrap_or("?"),
+                    if own["connected"] == Value::Bool(true) {
+                        "connected"
+                    } else {
+                        "NOT connected"
+                    }
+                ),
+            ),
+            _ => (
+                num(&s["term"]),
+                "-".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+                s["why"].as_str().unwrap_or_default().to_string(),
+            ),
+        };
+        println!(
+            "{:<12} {:<13} {:>7} {:>5} {:>8} {:>8} {:>9} {:<9} {}",
+            s["name"].as_str().unwrap_or("?"),
+            state,
+            num(&s["pid"]),
+            term,
+            seq,
+            lag,
+            hb,
+            own["durability"].as_str().unwrap_or("-"),
+            detail
+        );
+    }
+    Ok(fresh)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Inspect { dir, no_data } => inspect(dir, no_data),
+        Cmd::Status { fleet: Some(f), .. } => fleet_status(&f),
         Cmd::Status {
             dir,
             spare,
             key_file,
+            fleet: None,
         } => status(dir, spare, key_file),
         Cmd::Metrics { listen, dirs } => metrics::serve(&listen, dirs).map(|()| true),
         Cmd::Switchover {

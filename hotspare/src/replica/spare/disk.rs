@@ -33,9 +33,20 @@ pub(super) struct Disk {
     /// Set by the event loop while a takeover may be near (no primary, or one silent for
     /// half the detection time): applies then run at once, since a takeover waits for them.
     pub(super) urgent: Arc<AtomicBool>,
+    /// The persister and the applier, joined by [`Disk::close`].
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Disk {
+    /// Ends both threads once they have done what was queued, and waits for them: the image
+    /// directory (and its lock) is closed when this returns, so another process may open it.
+    pub(super) fn close(self) {
+        drop(self.ops);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
     /// Queues an operation; its result arrives on the `done` channel given to [`start`].
     pub(super) fn submit(&self, op: DiskOp) {
         if let DiskOp::Spool { bytes, .. } = &op {
@@ -117,13 +128,16 @@ pub(super) fn start(
     let (apply_tx, apply_rx) = mpsc::channel::<()>();
     let queued = Arc::new(AtomicU64::new(0));
     let urgent = Arc::new(AtomicBool::new(false));
-    {
+    let service = super::super::log::service();
+    let applier = {
         let (dir, done, wake) = (applier_dir.clone(), done.clone(), wake.clone());
         let urgent = urgent.clone();
         let applied = applied.clone();
+        let service = service.clone();
         std::thread::Builder::new()
             .name("hotspare-applier".into())
             .spawn(move || {
+                super::super::log::set_service(service);
                 let mut last: Option<Instant> = None;
                 // One answer per Apply asked for: the core counts them (it asks for one at a
                 // time, so nothing is coalesced here).
@@ -153,12 +167,13 @@ pub(super) fn start(
                     }
                     wake();
                 }
-            })?;
-    }
+            })?
+    };
     let q = queued.clone();
-    std::thread::Builder::new()
+    let persister = std::thread::Builder::new()
         .name("hotspare-persister".into())
         .spawn(move || {
+            super::super::log::set_service(service);
             // Pages of streams durable before this persister started are known only to the
             // data files once those streams are applied.
             let cache = PageCache {
@@ -181,6 +196,7 @@ pub(super) fn start(
         ops,
         queued,
         urgent,
+        threads: vec![persister, applier],
     })
 }
 

@@ -15,6 +15,7 @@
 
 mod conn;
 mod disk;
+pub mod fleet;
 mod takeover;
 
 use super::arbiter::ArbiterClient;
@@ -58,6 +59,9 @@ pub struct SpareConfig {
     pub hook_timeout: Duration,
     /// The program (and arguments) to start in resume mode.
     pub exec: Vec<String>,
+    /// Environment variables set for the program besides the daemon's own (e.g. the
+    /// `HOTSPARE_SPARE` it streams to once it is the primary).
+    pub program_env: Vec<(String, String)>,
     /// The arbiter, if one is configured: a takeover needs its compare-and-swap.
     pub arbiter: Option<super::ArbiterConfig>,
 }
@@ -113,12 +117,22 @@ const MAX_UNSENT: usize = 4 << 20;
 /// Runs the spare until it takes over (then the process becomes the program, so this returns
 /// only on error).
 pub fn run(cfg: SpareConfig) -> SpareError {
-    let e = match Daemon::start(&cfg).and_then(|d| d.run()) {
+    let e = match Daemon::start(&cfg).and_then(|mut d| d.run()) {
         Ok(term) => takeover::become_program(&cfg, term),
         Err(e) => e,
     };
     super::log::flush(Duration::from_millis(200));
     e
+}
+
+/// Runs the spare until it takes over, like [`run`], but returns the term won instead of
+/// starting the program, once the image directory is closed (its lock released, so that the
+/// program can open it): what a daemon that serves several services uses ([`fleet`]).
+pub fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
+    let mut d = Daemon::start(cfg)?;
+    let term = d.run();
+    d.close();
+    term
 }
 
 fn setup(what: &str) -> impl FnOnce(std::io::Error) -> SpareError + '_ {
@@ -240,8 +254,23 @@ impl<'a> Daemon<'a> {
         Time::from_nanos(self.origin.elapsed().as_nanos() as u64)
     }
 
+    /// Stops listening, drops every connection, and waits for the disk threads to end (they
+    /// hold the image directory).
+    fn close(self) {
+        let Daemon {
+            listener,
+            conns,
+            disk,
+            arbiter,
+            status,
+            ..
+        } = self;
+        drop((listener, conns, arbiter, status));
+        disk.close();
+    }
+
     /// One round after another until the core says take over; returns the takeover term.
-    fn run(mut self) -> Result<u64, SpareError> {
+    fn run(&mut self) -> Result<u64, SpareError> {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 256 << 10];
         loop {

@@ -8,6 +8,86 @@ use std::time::{Duration, Instant};
 
 /// Runs the takeover hook, then becomes the program. Returns only on failure.
 pub(super) fn become_program(cfg: &SpareConfig, term: u64) -> SpareError {
+    match program(cfg, term) {
+        Ok(mut cmd) => {
+            let e = cmd.exec();
+            SpareError::Exec {
+                program: cfg.exec[0].clone(),
+                source: e,
+            }
+        }
+        Err(e) => e,
+    }
+}
+
+/// Runs the takeover hook, then starts the program as a child in a session of its own (it
+/// outlives this daemon: a daemon restarted under it finds the image in use and waits).
+pub(super) fn start_program(
+    cfg: &SpareConfig,
+    term: u64,
+) -> Result<std::process::Child, SpareError> {
+    spawn(cfg, program(cfg, term)?)
+}
+
+/// Starts the program fresh (no image to resume: the service's first start), its image
+/// directory the spare's, registering at the arbiter if one is configured; a child in a
+/// session of its own, as [`start_program`]. `previous`: the pid of an earlier first start of
+/// this daemon's that has ended (it may have registered at the arbiter before failing: the
+/// new start may take over that record, and only that one — see `primary.rs`'s holder).
+pub(super) fn start_fresh(
+    cfg: &SpareConfig,
+    previous: Option<u32>,
+) -> Result<std::process::Child, SpareError> {
+    let mut cmd = std::process::Command::new(&cfg.exec[0]);
+    // The hosts of a fleet start together: its spare's daemon may be a while coming up, and
+    // a first checkpoint without a spare fails the start (and a start that registered at the
+    // arbiter and failed leaves the service's term held by a dead process).
+    if std::env::var_os("HOTSPARE_SPARE_WAIT_MS").is_none() {
+        cmd.env("HOTSPARE_SPARE_WAIT_MS", "30000");
+    }
+    cmd.args(&cfg.exec[1..])
+        .envs(cfg.program_env.iter().map(|(k, v)| (k, v)))
+        .env_remove("HOTSPARE_RESUME")
+        .env_remove("HOTSPARE_TERM")
+        .env_remove("HOTSPARE_ARBITER_ADOPT")
+        .env("HOTSPARE_IMAGE_DIR", &cfg.image_dir);
+    if let Some(a) = &cfg.arbiter {
+        cmd.env("HOTSPARE_ARBITER", a.endpoints.join(","))
+            .env("HOTSPARE_SERVICE", &a.service)
+            .env("HOTSPARE_NODE", &a.node);
+        if let Some(pid) = previous {
+            cmd.env("HOTSPARE_ARBITER_ADOPT", format!("{} pid {pid}", a.node));
+        }
+    }
+    std::fs::create_dir_all(&cfg.image_dir).map_err(|source| SpareError::Setup {
+        what: format!("creating {}", cfg.image_dir.display()),
+        source,
+    })?;
+    spawn(cfg, cmd)
+}
+
+fn spawn(
+    cfg: &SpareConfig,
+    mut cmd: std::process::Command,
+) -> Result<std::process::Child, SpareError> {
+    // SAFETY: setsid(2) is async-signal-safe, and the closure touches nothing else between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn().map_err(|source| SpareError::Exec {
+        program: cfg.exec[0].clone(),
+        source,
+    })
+}
+
+/// The hook, run; then the program's command with its resume environment.
+fn program(cfg: &SpareConfig, term: u64) -> Result<std::process::Command, SpareError> {
     let dir = &cfg.image_dir;
     if let Some(cmd) = &cfg.on_takeover {
         let t = Instant::now();
@@ -20,14 +100,14 @@ pub(super) fn become_program(cfg: &SpareConfig, term: u64) -> SpareError {
                 log(format!(
                     "takeover hook failed: {why}; NOT starting the program (fail closed)"
                 ));
-                return SpareError::Hook(why);
+                return Err(SpareError::Hook(why));
             }
         }
     }
     super::super::log::flush(Duration::from_millis(200));
-    let program = cfg.exec[0].clone();
-    let mut cmd = std::process::Command::new(&program);
+    let mut cmd = std::process::Command::new(&cfg.exec[0]);
     cmd.args(&cfg.exec[1..])
+        .envs(cfg.program_env.iter().map(|(k, v)| (k, v)))
         .env("HOTSPARE_RESUME", dir)
         .env("HOTSPARE_IMAGE_DIR", dir)
         .env("HOTSPARE_TERM", term.to_string());
@@ -41,8 +121,7 @@ pub(super) fn become_program(cfg: &SpareConfig, term: u64) -> SpareError {
                 hotspare_proto::arbiter::claim_holder(&a.node, term),
             );
     }
-    let e = cmd.exec();
-    SpareError::Exec { program, source: e }
+    Ok(cmd)
 }
 
 fn run_hook(cmd: &str, term: u64, dir: &std::path::Path, limit: Duration) -> Result<(), String> {

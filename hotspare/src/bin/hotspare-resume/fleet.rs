@@ -1,0 +1,134 @@
+//! `hotspare-resume --fleet host.toml`: the host's file of services.
+//!
+//! ```toml
+//! node = "hostb"                        # this host at the arbiter (default: the host name)
+//! arbiter = "10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379"   # etcd; without it, two-machine mode
+//! key_file = "/etc/hotspare/key"        # defaults for every service (each may override them)
+//! heartbeat_ms = 10
+//! missed = 5
+//! status = "/run/hotspare/fleet.json"   # the fleet's state, for `hotspare status --fleet`
+//!
+//! [[service]]
+//! name = "kv1"                          # the arbiter's service name
+//! listen = "0.0.0.0:7101"               # where its primary streams to
+//! image_dir = "/var/lib/hotspare/kv1/spare"
+//! first_primary = true                 # on ONE host: the service starts here (while no image)
+//! exec = ["/usr/local/bin/hotspare-kv", "--port", "6101"]
+//! env = { HOTSPARE_SPARE = "hostc:7101" }             # its spare once it runs here
+//! on_takeover = "ip addr add 10.0.0.101/24 dev eth0"
+//! ```
+
+use anyhow::{bail, Context, Result};
+use hotspare::replica::spare::fleet::FleetService;
+use hotspare::replica::spare::SpareConfig;
+use hotspare::replica::wire;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    node: Option<String>,
+    arbiter: Option<String>,
+    arbiter_timeout_ms: Option<u64>,
+    key_file: Option<PathBuf>,
+    heartbeat_ms: Option<u64>,
+    missed: Option<u32>,
+    startup_grace_ms: Option<u64>,
+    hook_timeout_ms: Option<u64>,
+    status: Option<PathBuf>,
+    #[serde(default)]
+    service: Vec<ServiceEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceEntry {
+    name: String,
+    listen: String,
+    image_dir: PathBuf,
+    #[serde(default)]
+    first_primary: bool,
+    exec: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    on_takeover: Option<String>,
+    key_file: Option<PathBuf>,
+    heartbeat_ms: Option<u64>,
+    missed: Option<u32>,
+    startup_grace_ms: Option<u64>,
+    #[serde(default)]
+    accept_new_lineage: bool,
+}
+
+/// Reads and checks the file: the services, and where the fleet's status goes.
+pub fn load(path: &Path) -> Result<(Vec<FleetService>, Option<PathBuf>)> {
+    let text = std::fs::read_to_string(path)?;
+    let f: FleetFile = toml::from_str(&text)?;
+    if f.service.is_empty() {
+        bail!("no [[service]] listed");
+    }
+    let (mut names, mut listens, mut dirs) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut out = Vec::new();
+    for s in f.service {
+        let what = format!("service {}", s.name);
+        if !names.insert(s.name.clone()) {
+            bail!("{what} is listed twice");
+        }
+        if !listens.insert(s.listen.clone()) {
+            bail!("{what}: listen {} is another service's too", s.listen);
+        }
+        if !dirs.insert(s.image_dir.clone()) {
+            bail!(
+                "{what}: image_dir {} is another's too",
+                s.image_dir.display()
+            );
+        }
+        if s.exec.is_empty() {
+            bail!("{what}: exec is empty");
+        }
+        let key_file = s
+            .key_file
+            .or(f.key_file.clone())
+            .with_context(|| format!("{what}: no key_file (for it or for the fleet)"))?;
+        let missed = s.missed.or(f.missed).unwrap_or(5);
+        if missed == 0 {
+            bail!("{what}: missed must be at least 1");
+        }
+        let arbiter = hotspare::Config {
+            arbiter: f.arbiter.clone(),
+            service: Some(s.name.clone()),
+            node: f.node.clone(),
+            arbiter_timeout_ms: f.arbiter_timeout_ms.unwrap_or(200),
+            ..hotspare::Config::default()
+        }
+        .arbiter()
+        .with_context(|| what.clone())?;
+        let spare = SpareConfig {
+            listen: s.listen,
+            image_dir: s.image_dir,
+            key: wire::load_key(&key_file).with_context(|| what.clone())?,
+            heartbeat: Duration::from_millis(
+                s.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(10).max(1),
+            ),
+            missed,
+            startup_grace: Duration::from_millis(
+                s.startup_grace_ms.or(f.startup_grace_ms).unwrap_or(1000),
+            ),
+            accept_new_lineage: s.accept_new_lineage,
+            on_takeover: s.on_takeover,
+            hook_timeout: Duration::from_millis(f.hook_timeout_ms.unwrap_or(10_000)),
+            exec: s.exec,
+            program_env: s.env.into_iter().collect(),
+            arbiter,
+        };
+        out.push(FleetService {
+            name: s.name,
+            spare,
+            first_primary: s.first_primary,
+        });
+    }
+    Ok((out, f.status))
+}

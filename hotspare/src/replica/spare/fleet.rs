@@ -1,0 +1,296 @@
+//! One daemon per host for many services: a supervisor thread per service, each running that
+//! service's spare ([`super::serve`], its own `mio` event loop, disk threads and image
+//! directory) and, once it has taken over, the program it started; when that program ends, the
+//! service's spare starts again on this host, so the host goes back to protecting whichever
+//! host took the service over (re-protection without an operator).
+//!
+//! ```text
+//!  service thread (one per service)
+//!   ├─ `first_primary` and no image yet? → the program started fresh (the service's birth)
+//!   ├─ otherwise serve(): the spare's event loop … until it takes over (term T), the takeover
+//!   │  hook, then the program started in resume mode with HOTSPARE_TERM=T
+//!   │  (either way a child in a session of its own, with the image directory as its own)
+//!   └─ child ended (fenced, killed, crashed) → back to the top
+//! ```
+//! Why threads and not one event loop for all: a service's spare is the same code as a spare
+//! daemon of its own, so every guarantee tested for one holds for each; a stuck disk or
+//! arbiter of one service cannot delay another's heartbeats; and an idle service costs only a
+//! sleeping thread. The services share nothing but the log thread and this file's status.
+
+use super::super::log as logs;
+use super::SpareConfig;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One service this host is (or may become) the primary or the spare of.
+#[derive(Debug, Clone)]
+pub struct FleetService {
+    /// The service's name (the arbiter's `service`, and the log prefix).
+    pub name: String,
+    /// Its spare, as a spare daemon of its own would run it.
+    pub spare: SpareConfig,
+    /// This host starts the service: while its image directory has never held a checkpoint,
+    /// the program is started fresh here (a new lineage) instead of a spare. Set it on one
+    /// host per service; once the service has an image anywhere, every host is its spare or
+    /// its primary by takeover only.
+    pub first_primary: bool,
+}
+
+/// What one service is doing on this host.
+#[derive(Debug, Clone)]
+enum State {
+    Starting,
+    Spare,
+    /// This daemon started the service's program fresh (first start of the service).
+    Fresh {
+        pid: u32,
+        since: Instant,
+    },
+    /// This daemon took the service over and runs its program.
+    Primary {
+        pid: u32,
+        term: u64,
+        since: Instant,
+    },
+    /// The spare stopped on an error; tried again after a pause.
+    Retrying(String),
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    listen: String,
+    image_dir: PathBuf,
+    state: State,
+    takeovers: u64,
+}
+
+type Table = Arc<Mutex<Vec<Entry>>>;
+
+/// Runs every service until the process ends; never returns. `status` is rewritten with the
+/// fleet's state (one JSON object, see [`render`]) every 100 ms.
+pub fn run(services: Vec<FleetService>, status: Option<PathBuf>) -> ! {
+    let table: Table = Arc::new(Mutex::new(
+        services
+            .iter()
+            .map(|s| Entry {
+                name: s.name.clone(),
+                listen: s.spare.listen.clone(),
+                image_dir: s.spare.image_dir.clone(),
+                state: State::Starting,
+                takeovers: 0,
+            })
+            .collect(),
+    ));
+    let snapshot = Arc::new(Mutex::new(String::new()));
+    if let Some(p) = status {
+        super::super::io::start_status_writer(p, snapshot.clone());
+    }
+    logs::line(
+        "hotspare-resume",
+        format!(
+            "fleet of {} services: {}",
+            services.len(),
+            services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    for (i, s) in services.into_iter().enumerate() {
+        let (table, snapshot) = (table.clone(), snapshot.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("hs-{}", s.name))
+            .spawn(move || supervise(i, s, &table, &snapshot));
+        if let Err(e) = spawned {
+            logs::line("hotspare-resume", format!("cannot start a thread: {e}"));
+            logs::flush(Duration::from_millis(200));
+            std::process::exit(1);
+        }
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+fn set(i: usize, table: &Table, snapshot: &Mutex<String>, f: impl FnOnce(&mut Entry)) {
+    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut t[i]);
+    let text = render(&t);
+    *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = text;
+}
+
+/// The supervisor of one service (see the module doc); never returns.
+fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>) {
+    logs::set_service(Some(s.name.clone()));
+    let mut pause = Duration::from_millis(100);
+    let mut previous = None;
+    loop {
+        let born = s.spare.image_dir.join("born");
+        if s.first_primary && !has_image(&s.spare.image_dir) && !born.exists() {
+            let why = match super::takeover::start_fresh(&s.spare, previous) {
+                Ok(mut child) => {
+                    let pid = child.id();
+                    previous = Some(pid);
+                    log(format!(
+                        "no image yet: the service starts here, program pid {pid}"
+                    ));
+                    let since = Instant::now();
+                    set(i, table, snapshot, |e| {
+                        e.state = State::Fresh { pid, since }
+                    });
+                    let st = wait_fresh(&mut child, &s.spare.image_dir, &born);
+                    // A program that ran a while is not failing to start: no back-off.
+                    if since.elapsed() > Duration::from_secs(10) {
+                        pause = Duration::from_millis(100);
+                    }
+                    format!("the program (pid {pid}, first start) ended: {st}")
+                }
+                Err(e) => e.to_string(),
+            };
+            if born.exists() {
+                log(format!(
+                    "{why}; the service exists: this host is its spare from now on"
+                ));
+                continue;
+            }
+            log(format!("{why}; again in {} ms", pause.as_millis()));
+            set(i, table, snapshot, |e| e.state = State::Retrying(why));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        set(i, table, snapshot, |e| e.state = State::Spare);
+        let why = match super::serve(&s.spare) {
+            Ok(term) => match super::takeover::start_program(&s.spare, term) {
+                Ok(mut child) => {
+                    let pid = child.id();
+                    log(format!(
+                        "took over with term {term}: program started, pid {pid}"
+                    ));
+                    set(i, table, snapshot, |e| {
+                        e.state = State::Primary {
+                            pid,
+                            term,
+                            since: Instant::now(),
+                        };
+                        e.takeovers += 1;
+                    });
+                    pause = Duration::from_millis(100);
+                    match child.wait() {
+                        Ok(st) => log(format!(
+                            "the program (pid {pid}, term {term}) ended: {st}; this host is the service's spare again"
+                        )),
+                        Err(e) => log(format!("waiting for pid {pid}: {e}")),
+                    }
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        log(format!(
+            "the spare stopped: {why}; starting it again in {} ms",
+            pause.as_millis()
+        ));
+        set(i, table, snapshot, |e| e.state = State::Retrying(why));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn log(msg: impl std::fmt::Display) {
+    logs::line("hotspare-resume", msg);
+}
+
+/// Waits for a first start's program to end, marking the service born (`born`, made durable)
+/// as soon as it exists beyond this host: once a checkpoint of it has been acknowledged (its
+/// status file says so), or when the program was fenced (exit 75: a term of it exists at the
+/// arbiter). A primary keeps no image of its own while it has a spare, so without the mark a
+/// host coming back would start the service afresh; with it, the host is its spare.
+fn wait_fresh(child: &mut std::process::Child, dir: &Path, born: &Path) -> String {
+    let mark = |why: &str| {
+        if !born.exists() {
+            let _ = std::fs::write(born, format!("{why}\n"))
+                .and_then(|()| std::fs::File::open(born)?.sync_all())
+                .and_then(|()| std::fs::File::open(dir)?.sync_all());
+        }
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => {
+                if st.code() == Some(75) {
+                    mark("fenced at its first start: the service runs elsewhere");
+                }
+                return st.to_string();
+            }
+            Ok(None) => {}
+            Err(e) => return format!("waiting for it failed: {e}"),
+        }
+        if !born.exists() {
+            let acked = std::fs::read_to_string(dir.join("status"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["acked_seq"].as_u64())
+                .unwrap_or(0);
+            if acked > 0 {
+                mark("a checkpoint of it was acknowledged");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether `dir` holds a checkpoint: a manifest, or a complete stream not yet applied (the
+/// layout of [`crate::image`]). A directory that does not exist holds none.
+fn has_image(dir: &Path) -> bool {
+    dir.join("manifest").exists()
+        || std::fs::read_dir(dir.join("wal")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".cpt"))
+        })
+}
+
+/// The fleet's state: `{"role":"fleet","pid":P,"services":[{"name","listen","image_dir",
+/// "state","pid","term","takeovers","why"}…]}`; each service's own status (term, lag,
+/// durability) stays in its image directory's `status` file.
+fn render(t: &[Entry]) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let services: Vec<String> = t
+        .iter()
+        .map(|e| {
+            let (state, pid, term, why) = match &e.state {
+                State::Starting => ("starting", 0, 0, String::new()),
+                State::Fresh { pid, since } => (
+                    "primary",
+                    *pid,
+                    0,
+                    format!("first start, for {} ms", since.elapsed().as_millis()),
+                ),
+                State::Spare => ("spare", std::process::id(), 0, String::new()),
+                State::Primary { pid, term, since } => (
+                    "primary",
+                    *pid,
+                    *term,
+                    format!("for {} ms", since.elapsed().as_millis()),
+                ),
+                State::Retrying(why) => ("retrying", 0, 0, why.clone()),
+            };
+            format!(
+                "{{\"name\":{},\"listen\":{},\"image_dir\":{},\"state\":\"{state}\",\"pid\":{pid},\"term\":{term},\"takeovers\":{},\"why\":{}}}",
+                q(&e.name),
+                q(&e.listen),
+                q(&e.image_dir.to_string_lossy()),
+                e.takeovers,
+                q(&why)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"role\":\"fleet\",\"pid\":{},\"services\":[{}]}}\n",
+        std::process::id(),
+        services.join(",")
+    )
+}

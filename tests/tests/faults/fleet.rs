@@ -1,0 +1,401 @@
+//! Section 13 of the fault suite, a fleet: one `hotspare-resume --fleet` daemon per host for
+//! every service, services spread over three hosts (A, B, D) so that each host is the primary
+//! of a third and the spare of another third, an arbiter (one etcd member in C, with the
+//! clients). A whole host is lost under an every-write load on every service; afterwards its
+//! daemon comes back and protects again whatever was taken over, by itself.
+
+use super::*;
+
+const HOSTS: [&str; 3] = ["A", "B", "D"];
+
+/// Service `i`'s first primary host and its spare host (the next one round the three).
+fn placement(i: usize) -> (&'static str, &'static str) {
+    (HOSTS[i % 3], HOSTS[(i + 1) % 3])
+}
+
+fn kv_port(i: usize) -> u16 {
+    9100 + i as u16
+}
+
+fn spare_port(i: usize) -> u16 {
+    7100 + i as u16
+}
+
+/// Kills every process in host `h`'s namespace (a host lost: primaries, the fleet daemon, the
+/// programs it started), by pid; how many.
+fn kill_host(lab: &Lab, h: &str) -> usize {
+    let out = Command::new("ip")
+        .args(["netns", "pids", &lab.ns(h)])
+        .output()
+        .expect("ip netns pids");
+    let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for p in &pids {
+        // SAFETY: kill(2) of a process in a namespace this test made; none of ours is in it.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    pids.len()
+}
+
+/// Kills what runs in every host when dropped (a failed assertion included); with
+/// `HOTSPARE_KEEP_LOGS=DIR`, copies the scenario's logs there first (twenty services' lines
+/// are more than a failure message can show).
+struct Hosts<'a>(&'a Lab, &'a Path);
+
+impl Drop for Hosts<'_> {
+    fn drop(&mut self) {
+        for h in HOSTS.iter().chain(["C"].iter()) {
+            kill_host(self.0, h);
+        }
+        if let Some(keep) = std::env::var_os("HOTSPARE_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            for e in std::fs::read_dir(self.1).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().ends_with(".log") {
+                    let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+                }
+            }
+        }
+    }
+}
+
+/// Host `h`'s fleet file: every service it is the first primary or the spare of.
+fn fleet_file(lab: &Lab, dir: &Path, h: &str, n: usize, etcd: &str) -> PathBuf {
+    let mut s = format!(
+        "node = \"{h}\"\narbiter = \"{etcd}\"\nkey_file = \"{}\"\nmissed = 10\nstatus = \"{}\"\n",
+        dir.join("key").display(),
+        dir.join(format!("fleet-{h}.json")).display()
+    );
+    for i in 0..n {
+        let (p, sp) = placement(i);
+        let other = match h {
+            x if x == p => sp,
+            x if x == sp => p,
+            _ => continue,
+        };
+        let mut exec = vec![kv_bin().display().to_string()];
+        exec.extend(kv_args(kv_port(i), true, "0.0.0.0"));
+        let hook = format!(
+            "date +%s%N > {0}/takeover-{i}.tmp && mv {0}/takeover-{i}.tmp {0}/takeover-{i}_ns",
+            dir.display()
+        );
+        s.push_str(&format!(
+            "\n[[service]]\nname = \"svc{i}\"\nlisten = \"{}:{}\"\nimage_dir = \"{}\"\nfirst_primary = {}\nexec = {:?}\non_takeover = {:?}\nenv = {{ HOTSPARE_SPARE = \"{}:{}\" }}\n",
+            lab.ip(h),
+            spare_port(i),
+            dir.join(format!("{h}/svc{i}/image")).display(),
+            h == p,
+            exec,
+            hook,
+            lab.ip(other),
+            spare_port(i),
+        ));
+    }
+    let path = dir.join(format!("fleet-{h}.toml"));
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+fn start_fleet(lab: &Lab, dir: &Path, h: &'static str, file: &Path) -> Killed {
+    let log_name = format!("fleet-{h}.log");
+    let mut c = Command::new(util::lib("hotspare-resume"));
+    c.arg("--fleet")
+        .arg(file)
+        .env("HOTSPARE_HEAP_SIZE", "16M")
+        .env("HOTSPARE_KEY_FILE", dir.join("key"))
+        .env("HOTSPARE_LEASE_MS", "80")
+        // Twenty services renewing at the arbiter while their spares are gone: a 120 ms
+        // arbiter lease (renewed every 30 ms) instead of 40 ms (every 10), so that one etcd on
+        // a shared 2-core machine keeps up; a takeover then waits W = 150 ms.
+        .env("HOTSPARE_ARBITER_LEASE_MS", "120")
+        .env("HOTSPARE_ARBITER_WAIT_MS", "150")
+        .env_remove("HOTSPARE_SPARE")
+        .env_remove("HOTSPARE_ON_FENCE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(&log_name))
+                .unwrap(),
+        ));
+    lab.place(h, &mut c);
+    Killed(c.spawn().expect("start hotspare-resume --fleet"))
+}
+
+/// Service `i`'s entry in host `h`'s fleet status (`None` until it lists it).
+fn fleet_entry(dir: &Path, h: &str, i: usize) -> Option<serde_json::Value> {
+    let t = std::fs::read_to_string(dir.join(format!("fleet-{h}.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+    v["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == format!("svc{i}").as_str())
+        .cloned()
+}
+
+/// The pid of service `i`'s program that host `h`'s fleet daemon runs (bounded wait).
+fn program_pid(dir: &Path, h: &str, i: usize, within: Duration) -> Option<i32> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Some(e) = fleet_entry(dir, h, i) {
+            if e["state"] == "primary" {
+                return e["pid"].as_i64().map(|p| p as i32);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Waits (bounded) until host `h` holds service `i`'s image as the spare of a connected primary.
+fn wait_spare_of(dir: &Path, h: &str, i: usize, within: Duration) -> bool {
+    let t = Instant::now();
+    let status = dir.join(format!("{h}/svc{i}/image/status"));
+    while t.elapsed() < within {
+        let s = std::fs::read_to_string(&status).unwrap_or_default();
+        if s.contains("\"role\":\"spare\"")
+            && s.contains("\"primary_connected\":true")
+            && !s.contains("\"seq\":0,")
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Every service's writes on its primary now: (lost, double-serving windows) summed, and one
+/// line per service that lost something.
+fn check_all(
+    lab: &Lab,
+    n: usize,
+    tally: &Tally,
+    primary_of: &dyn Fn(usize) -> (&'static str, i32),
+    after: u128,
+) -> (usize, usize, Vec<String>) {
+    let c = Some(lab.fd("C"));
+    let (mut lost_n, mut win, mut bad) = (0, 0, Vec::new());
+    for i in 0..n {
+        let prefix = format!("s{i}-");
+        let acks: Vec<Ack> = tally
+            .acks
+            .iter()
+            .filter(|a| a.key.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let (h, pid) = primary_of(i);
+        let addr: SocketAddr = format!("{}:{}", lab.ip(h), kv_port(i)).parse().unwrap();
+        let (l, _, ex) = lost(addr, c, pid, &acks);
+        let w = windows(&acks, after);
+        if l > 0 || w > 0 {
+            bad.push(format!("svc{i}: {l} lost {ex:?}, {w} windows"));
+        }
+        lost_n += l;
+        win += w;
+    }
+    (lost_n, win, bad)
+}
+
+/// Twenty services (`HOTSPARE_FLEET_SERVICES` to change it) on three hosts, each host's fleet
+/// daemon the spare of a third of them. Host A is lost (every process in it killed) under an
+/// every-write load on all: A's services are taken over by their spares' daemons (each
+/// independently, each through the arbiter), the services whose spare A was go on serving, the
+/// rest do not notice. Nothing acknowledged is lost, no service has two primaries acknowledging
+/// in overlapping time. Then A's daemon comes back and is, by itself, the spare again of every
+/// service it was part of, including those that now run elsewhere.
+#[test]
+fn s13_fleet_twenty_services_three_hosts_lose_one() {
+    let _serial = serial();
+    let n: usize = std::env::var("HOTSPARE_FLEET_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut f = Figures::default();
+    let mut lab = Lab::setup("g", "10.83.0").unwrap_or_else(|e| panic!("{e}"));
+    lab.add_host("D").unwrap_or_else(|e| panic!("{e}"));
+    let (t, _key) = workdir();
+    let dir = t.path().to_path_buf();
+    let c = Some(lab.fd("C"));
+    let etcd = util::Etcd::start(&lab, "C", &lab.ip("C"), &dir, &dir.join("etcd.log"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let guard = Hosts(&lab, &dir);
+    let addr = |h: &str, i: usize| -> SocketAddr {
+        format!("{}:{}", lab.ip(h), kv_port(i)).parse().unwrap()
+    };
+    // One daemon per host; each starts the services it is the first primary of.
+    let mut daemons: Vec<Killed> = HOSTS
+        .iter()
+        .map(|h| {
+            let file = fleet_file(&lab, &dir, h, n, &etcd.endpoint);
+            start_fleet(&lab, &dir, h, &file)
+        })
+        .collect();
+    let mut primaries = Vec::new();
+    for i in 0..n {
+        let (p, sp) = placement(i);
+        let pid = program_pid(&dir, p, i, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("svc{i}: {p}'s fleet did not start it{}", logs(&dir)));
+        assert!(
+            wait_spare_of(&dir, sp, i, Duration::from_secs(30)),
+            "svc{i}: {sp} never held its image{}",
+            logs(&dir)
+        );
+        // A program that failed its first checkpoint (its spare not yet up) is started again:
+        // the pid that serves is the one running now.
+        let pid = program_pid(&dir, p, i, Duration::from_secs(5)).unwrap_or(pid);
+        wait_serving(addr(p, i), c, pid, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("svc{i}: {e}{}", logs(&dir)));
+        primaries.push(pid);
+    }
+    // Past the spares' start-up grace.
+    std::thread::sleep(Duration::from_millis(1200));
+    let names: Vec<(String, SocketAddr)> = (0..n)
+        .flat_map(|i| {
+            let (p, sp) = placement(i);
+            [
+                (format!("s{i}-p"), addr(p, i)),
+                (format!("s{i}-s"), addr(sp, i)),
+            ]
+        })
+        .collect();
+    let targets: Vec<(&str, SocketAddr)> = names.iter().map(|(s, a)| (s.as_str(), *a)).collect();
+    let load = Load::start(&targets, c, Duration::from_millis(5));
+    assert!(
+        wait_acks(&load, 20 * n, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
+    for i in 0..n {
+        let _ = std::fs::remove_file(dir.join(format!("takeover-{i}_ns")));
+    }
+    let started = Instant::now();
+    let killed = now_ns();
+    let gone = kill_host(&lab, "A");
+    let lost_primaries: Vec<usize> = (0..n).filter(|i| placement(*i).0 == "A").collect();
+    let mut times = Vec::new();
+    for &i in &lost_primaries {
+        let took = {
+            let t = Instant::now();
+            loop {
+                if let Some(v) = std::fs::read_to_string(dir.join(format!("takeover-{i}_ns")))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u128>().ok())
+                {
+                    break v;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "svc{i}: no takeover after host A was lost{}",
+                    logs(&dir)
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        times.push((took - killed) as f64 / MS as f64);
+    }
+    // The taken-over services serve from their spare's host; the pid is the daemon's child.
+    let new_pid = |i: usize| -> i32 {
+        let sp = placement(i).1;
+        let t = Instant::now();
+        loop {
+            if let Some(e) = fleet_entry(&dir, sp, i) {
+                if e["state"] == "primary" {
+                    return e["pid"].as_i64().unwrap() as i32;
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "svc{i}: {sp}'s fleet does not show it as primary{}",
+                logs(&dir)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    for &i in &lost_primaries {
+        new_pid(i);
+        let record = etcd
+            .get(&lab, "C", &format!("/hotspare/svc{i}/term"))
+            .unwrap_or_default();
+        assert!(
+            record.contains("\"term\":2")
+                // B's claim ("B#2"), or the resumed program's own registration ("B pid N").
+                && record.contains(&format!("\"holder\":\"{}", placement(i).1)),
+            "svc{i}: the arbiter holds {record}{}",
+            logs(&dir)
+        );
+    }
+    // Every-write replies need a spare (nothing is durable without one), so the services
+    // taken over and those whose spare A was acknowledge nothing until A is back: its daemon
+    // comes back and is, by itself, the spare again of every service it was part of.
+    daemons[0] = start_fleet(&lab, &dir, "A", &dir.join("fleet-A.toml"));
+    let back = Instant::now();
+    for i in (0..n).filter(|i| placement(*i).0 == "A" || placement(*i).1 == "A") {
+        assert!(
+            wait_spare_of(&dir, "A", i, Duration::from_secs(30)),
+            "svc{i}: A did not become its spare again{}",
+            logs(&dir)
+        );
+    }
+    let mut moved = std::collections::HashMap::new();
+    for &i in &lost_primaries {
+        let pid = new_pid(i);
+        wait_serving(addr(placement(i).1, i), c, pid, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("svc{i}: {e}{}", logs(&dir)));
+        moved.insert(i, pid);
+    }
+    let after_loss = load.acks().len();
+    assert!(
+        wait_acks(&load, after_loss + 20 * n, Duration::from_secs(20)),
+        "the fleet acknowledges little once A is back{}",
+        logs(&dir)
+    );
+    let tally = load.stop();
+    // Only A's services changed hands.
+    for i in 0..n {
+        if placement(i).0 != "A" {
+            assert!(
+                !dir.join(format!("takeover-{i}_ns")).exists(),
+                "svc{i} (primary on {}) was taken over{}",
+                placement(i).0,
+                logs(&dir)
+            );
+        }
+    }
+    let primary_of = |i: usize| -> (&'static str, i32) {
+        match moved.get(&i) {
+            Some(pid) => (placement(i).1, *pid),
+            None => (placement(i).0, primaries[i]),
+        }
+    };
+    let (lost_n, win, bad) = check_all(&lab, n, &tally, &primary_of, killed);
+    f.trials = 1;
+    f.acked = tally.acks.len();
+    f.lost = lost_n;
+    f.windows = win;
+    assert!(
+        bad.is_empty(),
+        "after host A was lost: {bad:?}{}",
+        logs(&dir)
+    );
+    let reprotect_s = back.elapsed().as_secs_f64();
+    times.sort_by(f64::total_cmp);
+    f.add("services", n);
+    f.add("processes_killed_with_host", gone);
+    f.add("taken_over", lost_primaries.len());
+    f.add(
+        "failover_ms_median",
+        format!("{:.0}", times[times.len() / 2]),
+    );
+    f.add("failover_ms_max", format!("{:.0}", times[times.len() - 1]));
+    f.add("reprotected_all_within_s", format!("{reprotect_s:.1}"));
+    f.add("seconds", started.elapsed().as_secs());
+    f.print("fleet_lose_one_host");
+    drop(daemons);
+    drop(guard);
+    drop(etcd);
+    drop(lab);
+    drop(t);
+}
