@@ -443,14 +443,15 @@ impl World {
                             term,
                             exe_id: EXE,
                         };
-                        // The lineage the spare protects (its tip's, or on an empty image the one
-                        // it owes a checkpoint) is replaced: deliberately (the harness checks
+                        // The lineage the spare protects (its tip's, or on an empty image the
+                        // first one it owes a checkpoint: later debts are those of lineages
+                        // admitted to replace it) is replaced: deliberately (the harness checks
                         // `replace_lineage` is only asked with `accept_new_lineage`).
                         let protected = self
                             .disk
                             .tip
                             .map(|t| t.lineage)
-                            .or(self.owed.last().map(|o| o.0));
+                            .or(self.owed.first().map(|o| o.0));
                         if protected.is_some_and(|l| l != lineage) {
                             self.acked.clear();
                         }

@@ -1815,6 +1815,155 @@ fn h_owed_checkpoints_of_two_lineages_are_both_kept() {
     );
 }
 
+/// A spare started on an empty image (term 0).
+fn spare_empty(cfg: SpareConfig) -> Spare {
+    let rec = Recovered {
+        term: 0,
+        tip: None,
+        applied: 0,
+    };
+    Spare::new(cfg, rec, at(0))
+}
+
+/// Opens `c`, says the hello of a `Received` primary of `lineage` in `term` and completes the
+/// term save it may need; returns what the spare did.
+fn admit_received(s: &mut Spare, now: Time, c: ConnId, term: u64, lineage: Lineage) -> Vec<Output> {
+    s.handle_open(now, c);
+    s.handle_msg(now, c, term, hello_at(lineage, AckLevel::Received));
+    let out = drain(s);
+    let mut all = out.clone();
+    all.extend(complete_all(s, now, disk_ops(&out), lineage, term));
+    all
+}
+
+/// Streams `h` from the admitted `Received` primary on `c`, acknowledges it on receipt, then
+/// fails its fsync (the connection is closed, the checkpoint is owed).
+fn receipt_ack_then_eio(s: &mut Spare, now: Time, c: ConnId, term: u64, h: StreamHeader) {
+    let out = stream(s, now, c, term, h);
+    for op in disk_ops(&out) {
+        if !matches!(op, DiskOp::Persist { .. }) {
+            s.handle_disk(now, DiskDone::Discarded);
+        }
+    }
+    s.handle_disk(now, DiskDone::Verified { seq: h.seq });
+    assert_eq!(acks(&drain(s), c), vec![h.seq]);
+    s.handle_disk(
+        now,
+        DiskDone::Persisted {
+            seq: h.seq,
+            result: Err("Input/output error (os error 5)".into()),
+        },
+    );
+    assert!(closed(&drain(s), c));
+}
+
+/// Takes the silent spare over at `t` and returns the (term, checkpoint) it resumed.
+fn take_over_at(s: &mut Spare, t: Time, lineage: Lineage, term: u64) -> Option<(u64, u64)> {
+    s.handle_timeout(t);
+    let ops = disk_ops(&drain(s));
+    let out = complete_all(s, t, ops, lineage, term);
+    takeover(&out)
+}
+
+/// Guards against the old lineage's debt outliving a deliberate replacement of an empty image
+/// (found by the simulator, seed 7662859): OLD's checkpoint 1, acknowledged on receipt, is lost
+/// to an EIO; NEW (accepted as a new lineage) then loses one of its own the same way, and its
+/// reconnection — its own debt being the newest — was taken for a primary of the image's
+/// lineage, which abandoned the replacement. Its full checkpoint then became durable without
+/// replacing anything, OLD's debt could never be paid, and the dead NEW was never taken over.
+#[test]
+fn h_an_owed_checkpoint_of_a_replaced_lineage_does_not_block_forever() {
+    let term = 1;
+    let mut s = spare_empty(spare_cfg(true));
+    admit_received(&mut s, at(0), ConnId(1), term, OLD);
+    receipt_ack_then_eio(&mut s, at(1), ConnId(1), term, header(1, 0));
+    assert_eq!(s.acked_not_durable(), Some(1));
+    // OLD dies; NEW replaces it (allowed) and loses its first checkpoint too.
+    let out = admit_received(&mut s, at(10), ConnId(2), term, NEW);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Log(l) if l.contains("REPLACING"))),
+        "{out:?}"
+    );
+    receipt_ack_then_eio(&mut s, at(11), ConnId(2), term, header(1, 0));
+    // NEW reconnects: still the replacement (OLD's debt is what the image protects).
+    admit_received(&mut s, at(20), ConnId(3), term, NEW);
+    let out = stream(&mut s, at(21), ConnId(3), term, header(2, 0));
+    assert!(
+        disk_ops(&out).contains(&DiskOp::Persist {
+            seq: 2,
+            replace_lineage: true
+        }),
+        "{out:?}"
+    );
+    let done = complete_all(&mut s, at(22), disk_ops(&out), NEW, term);
+    assert_eq!(acks(&done, ConnId(3)), vec![2]);
+    assert_eq!(s.tip(), Some(tip(NEW, 2, term)));
+    // NEW's full image is durable: OLD's 1 can never be paid, NEW's 1 is covered by 2.
+    assert_eq!(s.acked_not_durable(), None);
+    s.handle_closed(at(23), ConnId(3), "primary died");
+    drain(&mut s);
+    assert_eq!(
+        take_over_at(&mut s, at(10_000), NEW, term),
+        Some((term + 1, 2))
+    );
+}
+
+/// Guards against a primary of another lineage being admitted as if the image were
+/// unprotected while a checkpoint acknowledged on receipt is still being made durable: if that
+/// fsync then failed, the newcomer's full checkpoint became durable without replacing anything
+/// and the debt blocked every takeover (with `accept_new_lineage`); without it the newcomer
+/// must be refused, as it would be once the checkpoint is durable.
+#[test]
+fn h_a_checkpoint_acknowledged_on_receipt_and_in_flight_protects_its_lineage() {
+    let term = 1;
+    for accept in [true, false] {
+        let mut s = spare_empty(spare_cfg(accept));
+        let (o, n) = (ConnId(1), ConnId(2));
+        admit_received(&mut s, at(0), o, term, OLD);
+        let out = stream(&mut s, at(1), o, term, header(1, 0));
+        for op in disk_ops(&out) {
+            if !matches!(op, DiskOp::Persist { .. }) {
+                s.handle_disk(at(1), DiskDone::Discarded);
+            }
+        }
+        s.handle_disk(at(2), DiskDone::Verified { seq: 1 });
+        assert_eq!(acks(&drain(&mut s), o), vec![1]);
+        // OLD dies before the fsync; NEW says hello meanwhile.
+        s.handle_closed(at(3), o, "primary died");
+        drain(&mut s);
+        let out = admit_received(&mut s, at(4), n, term, NEW);
+        if !accept {
+            assert!(closed(&out, n) && !s.has_primary(), "{out:?}");
+            continue;
+        }
+        assert!(s.has_primary(), "{out:?}");
+        s.handle_disk(
+            at(5),
+            DiskDone::Persisted {
+                seq: 1,
+                result: Err("Input/output error (os error 5)".into()),
+            },
+        );
+        drain(&mut s);
+        assert_eq!(s.acked_not_durable(), Some(1));
+        let out = stream(&mut s, at(6), n, term, header(1, 0));
+        complete_all(&mut s, at(7), disk_ops(&out), NEW, term);
+        assert_eq!(s.tip(), Some(tip(NEW, 1, term)));
+        assert_eq!(
+            s.acked_not_durable(),
+            None,
+            "OLD's debt outlived NEW's replacement"
+        );
+        s.handle_closed(at(8), n, "primary died");
+        drain(&mut s);
+        assert_eq!(
+            take_over_at(&mut s, at(10_000), NEW, term),
+            Some((term + 1, 1))
+        );
+    }
+}
+
 /// Guards against a startup grace configured below the detection time (found by the
 /// simulator, seed 5015251: grace 121 ms, detection 160 ms): the spare that crashed may have
 /// granted a lease just before, which runs for up to the detection time, so a restarted spare

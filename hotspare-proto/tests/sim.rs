@@ -78,10 +78,14 @@ fn ten_thousand_seeded_scenarios_keep_every_guarantee() {
 /// the spare "adopt" it again after the image had moved on, and no takeover ever followed
 /// (1,152,808, 1,253,665, 1,263,698); a restarted spare whose startup grace (121 ms) was below
 /// the detection time (160 ms) took over while the primary still held a lease its previous
-/// incarnation had granted (5,015,251, at `received`). Both durability levels run them.
+/// incarnation had granted (5,015,251, at `received`); on an empty image, a replacing lineage's
+/// reconnection after one of its own receipt acknowledgements was lost to an `EIO` was taken
+/// for the image's own primary, so its full checkpoint replaced nothing and the first
+/// lineage's unpayable debt held back the takeover of the dead primary for good (7,662,859,
+/// at `received`). Both durability levels run them.
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [1_152_808, 1_253_665, 1_263_698, 5_015_251] {
+    for seed in [1_152_808, 1_253_665, 1_263_698, 5_015_251, 7_662_859] {
         for level in [AckLevel::Fsynced, AckLevel::Received] {
             let r = hotspare_proto::sim::run_with(seed, level);
             assert!(

@@ -104,14 +104,7 @@ impl Spare {
                 format!("primary pid {pid}: {reason}"),
             );
         }
-        // The lineage this spare protects: its tip's, or — on an image still empty — that of a
-        // checkpoint it acknowledged on receipt and could not make durable (it is owed to that
-        // lineage as much as a durable one would be).
-        let protected = self
-            .tip
-            .map(|t| (t.lineage, t.seq))
-            .or(self.owed.last().copied());
-        if let Some((image_lineage, image_seq)) = protected {
+        if let Some((image_lineage, image_seq)) = self.protected() {
             if image_lineage != lineage {
                 if !self.cfg.accept_new_lineage {
                     let reason = format!(
@@ -153,6 +146,36 @@ impl Spare {
         } else {
             self.admit(now, a);
         }
+    }
+
+    /// The lineage this spare protects, and its checkpoint: that of the durable tip; on an image
+    /// still empty, that of the oldest checkpoint it acknowledged on receipt and could not make
+    /// durable, or else of the oldest one acknowledged on receipt whose fsync is still running
+    /// (each is owed to its lineage as much as a durable one would be). A hello of another
+    /// lineage is a replacement (refused without `accept_new_lineage`); one of this lineage is
+    /// the image's own primary and abandons a pending replacement.
+    ///
+    /// Why the *oldest*: a lineage other than the first one owed can only have been admitted
+    /// as a replacement of it (this very rule), so a debt it incurred since is that of the
+    /// replacing lineage, not the image's. Taking the newest (as this once did) made the
+    /// replacing primary's reconnection, after one of its own receipt acknowledgements was lost
+    /// to the disk, look like the image's own primary: the replacement was abandoned, its full
+    /// checkpoint then became durable without replacing anything, and the first lineage's debt
+    /// — unpayable, its primary being gone — held back every takeover (simulator seed 7662859).
+    /// Why the fsyncs still running: they were acknowledged on a connection that was the
+    /// primary's, so before any hello that comes now; a primary admitted meanwhile as if the
+    /// image were unprotected would, if that fsync failed, fill the empty image without
+    /// replacing the debt's lineage, the same dead end.
+    pub(super) fn protected(&self) -> Option<(Lineage, u64)> {
+        if let Some(t) = self.tip {
+            return Some((t.lineage, t.seq));
+        }
+        self.owed.first().copied().or_else(|| {
+            self.persist_waiters
+                .iter()
+                .find(|w| w.acked_on_receipt)
+                .map(|w| (w.lineage, w.seq))
+        })
     }
 
     pub(super) fn admit(&mut self, now: Time, a: Admission) {

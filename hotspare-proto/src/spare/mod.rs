@@ -274,7 +274,8 @@ pub struct Spare {
     /// primary was told is safe). An entry is cleared once a checkpoint of its lineage at or
     /// after it is durable (the primary's next full one), or another lineage deliberately
     /// replaces the image (a persist asked to replace it, with `accept_new_lineage`) — not when
-    /// the image merely moves on in another lineage.
+    /// the image merely moves on in another lineage. On an empty image the first entry is the
+    /// lineage the image protects (`Spare::protected`); later ones are replacing lineages'.
     owed: Vec<(Lineage, u64)>,
     /// Whether the takeover held back by `owed` has been logged.
     owed_logged: bool,

@@ -256,9 +256,30 @@ impl Spare {
                     self.adopting = None;
                     self.log(format!("the image is now lineage {}", hex(&tip.lineage)));
                 }
-                // What this checkpoint covers of what was owed: a checkpoint of the same lineage
-                // at or after it; everything of other lineages if it deliberately replaces them.
-                let (covered, still): (Vec<_>, Vec<_>) =
+                // What this checkpoint settles of what was owed: a checkpoint of its own lineage
+                // at or before it is covered (the image holds it, or what superseded it); one of
+                // another lineage is given up if this checkpoint deliberately replaces the image,
+                // and kept otherwise (an image merely moving on in another lineage, as when the
+                // old lineage's primary returns, pays nothing).
+                //
+                // Why giving up cannot lose an acknowledged checkpoint that must survive: a
+                // replacement is asked only of a primary whose hello found another lineage's
+                // data protected here (`protected`: its tip, a debt, or a receipt
+                // acknowledgement still being made durable) and was let in by
+                // `accept_new_lineage`; any other primary admitted after that hello clears or
+                // retargets `adopting`, so the flag comes from the replacing primary's latest
+                // hello. Everything owed was acknowledged before that hello was answered: a
+                // receipt acknowledgement goes only to the current primary's connection, and
+                // admitting the replacing one ends the previous one's. The replacing primary was
+                // alive after that answer (it streams only once its hello is answered), so
+                // wherever one primary runs at a time — each start a fresh lineage, as in the
+                // simulator — it is a later run than every lineage it gives up. Acknowledgements
+                // of an earlier run, with `accept_new_lineage`, are exactly what a deliberate
+                // replacement discards (the simulator's `replaced_deliberately`: another lineage
+                // than the image's, created before it); keeping them owed would only hold back
+                // every takeover for good, their primary being gone. The image's own lineage is
+                // never given up: its debt is paid only by a checkpoint of its own at or after it.
+                let (settled, still): (Vec<_>, Vec<_>) =
                     self.owed.iter().partition(|&&(l, owed)| {
                         if l == tip.lineage {
                             tip.seq >= owed
@@ -267,12 +288,21 @@ impl Spare {
                         }
                     });
                 self.owed = still;
-                for (_, owed) in covered {
+                for (l, owed) in settled {
                     self.owed_logged = false;
-                    self.log(format!(
-                        "checkpoint {} is durable: checkpoint {owed}, acknowledged on receipt and lost to the disk, is covered",
-                        tip.seq
-                    ));
+                    let line = if l == tip.lineage {
+                        format!(
+                            "checkpoint {} is durable: checkpoint {owed}, acknowledged on receipt and lost to the disk, is covered",
+                            tip.seq
+                        )
+                    } else {
+                        format!(
+                            "checkpoint {} is durable and replaces the image: checkpoint {owed} of lineage {}, acknowledged on receipt and lost to the disk, is given up with its lineage",
+                            tip.seq,
+                            hex(&l)
+                        )
+                    };
+                    self.log(line);
                 }
                 if let Some(w) = waiter.filter(|w| !w.acked_on_receipt && Some(w.conn) == current) {
                     self.send(w.conn, Msg::Ack { seq });
