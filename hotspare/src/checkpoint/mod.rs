@@ -335,11 +335,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        {
-            let mut d = self.shared.lock();
-            d.issued += 1;
-            d.issued_seq = seq;
-        }
+        self.shared.lock().issue(seq);
         let done = Completion::new(self.shared.clone(), seq);
         let job = match snapshot {
             Some(snapshot) => {
