@@ -2238,3 +2238,68 @@ fn i_the_spare_takes_over_when_the_primary_hands_over_not_before() {
     );
     assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 5)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// j. Output commit
+// ---------------------------------------------------------------------------------------------
+
+/// Sends checkpoint `h` whole (one chunk) on an up link.
+fn send_whole(l: &mut Link, now: Time, h: StreamHeader) {
+    l.start_checkpoint(now, h).expect("up");
+    l.send_chunk(h.seq, vec![0; 16]);
+    l.end_checkpoint(now, h.seq);
+    transmit(l);
+}
+
+/// An acknowledged incremental checkpoint was validated on its base, so the spare holds the
+/// base: an older checkpoint whose own Ack did not come is acknowledged with it, after it (its
+/// ticket never reads as failed in between), and the next checkpoint need not be full. One the
+/// acknowledged checkpoint does not build on (it is full) was lost.
+#[test]
+fn j_an_acked_incremental_acknowledges_its_base_after_itself() {
+    let term = 1;
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert!(l.take_needs_full());
+    send_whole(&mut l, at(1), header(1, 0));
+    send_whole(&mut l, at(2), header(2, 1));
+    send_whole(&mut l, at(3), header(3, 2));
+    // The spare's Ack of 1 and 2 never came; 3 builds on 2, which builds on 1.
+    l.handle_msg(at(10), term, Msg::Ack { seq: 3 });
+    assert_eq!(
+        events(&mut l),
+        vec![
+            Event::Done {
+                seq: 3,
+                result: Ok(())
+            },
+            Event::Done {
+                seq: 1,
+                result: Ok(())
+            },
+            Event::Done {
+                seq: 2,
+                result: Ok(())
+            },
+        ]
+    );
+    assert!(!l.take_needs_full(), "nothing was lost: no full checkpoint");
+    assert_eq!(l.seqs(), (3, 3));
+
+    // Good side of the rule: 5 is full, so it says nothing of 4, which was lost (reported
+    // after 5, whose Ok covers its ticket anyway).
+    send_whole(&mut l, at(20), header(4, 3));
+    send_whole(&mut l, at(21), header(5, 0));
+    l.handle_msg(at(30), term, Msg::Ack { seq: 5 });
+    let ev = events(&mut l);
+    assert_eq!(
+        ev[0],
+        Event::Done {
+            seq: 5,
+            result: Ok(())
+        }
+    );
+    assert!(
+        matches!(&ev[1..], [Event::Done { seq: 4, result: Err(why) }] if why.contains("skipped")),
+        "{ev:?}"
+    );
+}
