@@ -185,7 +185,7 @@ impl Durability for HotSpareDurability {
             RoundNeed::Nothing => Ok(RoundTicket::Release),
             RoundNeed::Wait(t) => Ok(RoundTicket::Wait(t)),
             RoundNeed::Commit => Ok(match self.deferred_commit()? {
-                Some(t) => RoundTicket::Wait(t),
+                Some(t) => RoundTicket::Committed(t),
                 None => RoundTicket::NextCommit,
             }),
         }
