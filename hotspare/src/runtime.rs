@@ -430,6 +430,27 @@ impl HotSpare {
         Ok(Ticket(st.seq))
     }
 
+    /// [`HotSpare::commit`] that never waits: `None` if the pipeline is full (`pipeline_depth`
+    /// checkpoints in flight, or both staging buffers still being encoded), and nothing is
+    /// captured; ask again when the [`CommitNotifier`] says a checkpoint ended. Unlike
+    /// [`HotSpare::can_commit`] followed by [`HotSpare::commit`], no other thread can fill the
+    /// pipeline between the check and the capture, so a caller holding locks (to keep the state
+    /// consistent) never blocks on the spare with them. Call it where the state is consistent,
+    /// as `cpt()`.
+    pub fn try_commit(&self) -> Result<Option<Ticket>> {
+        Ok(self.try_cpt()?.map(|st| Ticket(st.seq)))
+    }
+
+    /// [`HotSpare::cpt`] that never waits for the pipeline: `None` where
+    /// [`HotSpare::try_commit`] would be; the statistics otherwise.
+    pub fn try_cpt(&self) -> Result<Option<CptStats>> {
+        if !self.can_commit() {
+            return Ok(None);
+        }
+        let meta = self.metadata();
+        self.engine().try_cpt(meta)
+    }
+
     /// The ticket of the newest checkpoint taken so far (everything captured by now), without
     /// taking one: a reply that only *read* state already captured waits for this one.
     pub fn latest_ticket(&self) -> Ticket {
@@ -439,7 +460,9 @@ impl HotSpare {
     /// Whether [`HotSpare::commit`] would start at once: fewer than `pipeline_depth`
     /// checkpoints are in flight. An event loop that finds it false goes on serving and commits
     /// when a [`CommitNotifier`] says one ended — so the next checkpoint carries everything
-    /// done meanwhile (group commit) instead of the loop waiting.
+    /// done meanwhile (group commit) instead of the loop waiting. Another thread may fill the
+    /// pipeline right after: to commit only if that does not wait, use
+    /// [`HotSpare::try_commit`].
     pub fn can_commit(&self) -> bool {
         self.inner.shared.lock().in_flight() < self.inner.config.depth()
     }
