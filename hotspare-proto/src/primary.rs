@@ -27,7 +27,9 @@ pub struct LinkConfig {
     /// The lease asked for; capped by what the spare's detection time allows.
     pub lease: Duration,
     /// How long a checkpoint may wait for its acknowledgement after its last byte was handed
-    /// over (a spare whose disk hangs must not block `cpt()` forever).
+    /// over (a spare whose disk hangs must not block `cpt()` forever), and, while it is being
+    /// sent, for the driver to hand over its next chunk (a spare that stopped reading must not
+    /// either).
     pub ack_timeout: Duration,
     /// How often to retry a lost connection.
     pub reconnect: Duration,
@@ -136,8 +138,9 @@ pub struct Link {
     next_heartbeat_at: Time,
     /// Checkpoints whose last byte went out: (header, deadline for the acknowledgement).
     awaiting_ack: VecDeque<(StreamHeader, Time)>,
-    /// The checkpoint being sent, if its end is not out yet.
-    sending: Option<StreamHeader>,
+    /// The checkpoint being sent, if its end is not out yet, and when it fails unless the
+    /// driver hands over more of it before.
+    sending: Option<(StreamHeader, Time)>,
     needs_full: bool,
     control: VecDeque<Msg>,
     data: VecDeque<Msg>,
@@ -425,7 +428,7 @@ impl Link {
         self.unanswered.clear();
         self.needs_full = true;
         let lost = format!("connection to the spare lost before acknowledgement ({why})");
-        if let Some(h) = self.sending.take() {
+        if let Some((h, _)) = self.sending.take() {
             self.events.push_back(Event::Done {
                 seq: h.seq,
                 result: Err(lost.clone()),
@@ -561,14 +564,14 @@ impl Link {
     }
 
     /// Starts sending checkpoint `seq` (its chunks follow through [`Link::send_chunk`]).
-    pub fn start_checkpoint(&mut self, _now: Time, header: StreamHeader) -> Result<(), String> {
+    pub fn start_checkpoint(&mut self, now: Time, header: StreamHeader) -> Result<(), String> {
         if let Some(why) = &self.fenced {
             return Err(format!("fenced: {why}"));
         }
         if self.conn != Conn::Up {
             return Err("no connection to the spare".into());
         }
-        if let Some(prev) = self.sending.replace(header) {
+        if let Some((prev, _)) = self.sending.replace((header, now + self.cfg.ack_timeout)) {
             self.events.push_back(Event::Done {
                 seq: prev.seq,
                 result: Err("abandoned: a newer checkpoint started".into()),
@@ -580,10 +583,19 @@ impl Link {
     }
 
     /// The next bytes of the checkpoint being sent. The driver should only add a chunk when
-    /// [`Link::data_queued`] is 0, so that heartbeats never wait behind more than one.
-    pub fn send_chunk(&mut self, seq: u64, bytes: Vec<u8>) {
-        if self.sending.is_some_and(|h| h.seq == seq) && self.conn == Conn::Up {
-            self.data.push_back(Msg::Chunk { seq, bytes });
+    /// [`Link::data_queued`] is 0 and the transport took (almost) all it was given, so that
+    /// heartbeats never wait behind more than one. A checkpoint whose next chunk does not come
+    /// within the ack timeout (of its start or of the previous chunk) fails, and the
+    /// connection is closed: the spare stopped reading.
+    pub fn send_chunk(&mut self, now: Time, seq: u64, bytes: Vec<u8>) {
+        if self.conn != Conn::Up {
+            return;
+        }
+        if let Some((h, deadline)) = self.sending.as_mut() {
+            if h.seq == seq {
+                *deadline = now + self.cfg.ack_timeout;
+                self.data.push_back(Msg::Chunk { seq, bytes });
+            }
         }
     }
 
@@ -594,9 +606,9 @@ impl Link {
 
     /// All bytes of `seq` are out: its acknowledgement is due within the ack timeout.
     pub fn end_checkpoint(&mut self, now: Time, seq: u64) {
-        let Some(h) = self
+        let Some((h, _)) = self
             .sending
-            .filter(|h| h.seq == seq && self.conn == Conn::Up)
+            .filter(|(h, _)| h.seq == seq && self.conn == Conn::Up)
         else {
             return;
         };
@@ -625,6 +637,26 @@ impl Link {
                 self.unanswered.pop_front();
             }
             self.next_heartbeat_at = now + self.cfg.heartbeat;
+        }
+        // A stream the driver could hand over no more of for the ack timeout: the spare stopped
+        // reading (the driver's TCP user timeout would end it too, but only much later).
+        // Heartbeats wait behind the stream, so the connection is no use any more: fail the
+        // checkpoint and close it (the reconnect sends a full one).
+        if let Some((h, deadline)) = self.sending {
+            if self.conn == Conn::Up && now >= deadline {
+                self.sending = None;
+                self.needs_full = true;
+                let why = format!(
+                    "checkpoint {} could not be sent: the spare took no more of it for {} ms (it stopped reading)",
+                    h.seq,
+                    self.cfg.ack_timeout.as_millis()
+                );
+                self.events.push_back(Event::Done {
+                    seq: h.seq,
+                    result: Err(why.clone()),
+                });
+                self.close(why);
+            }
         }
         // An overdue acknowledgement fails its checkpoint (and the ones after it), but keeps
         // the connection: the spare still answers heartbeats, and dropping it would leave a
@@ -680,6 +712,9 @@ impl Link {
             _ => {}
         }
         if let Some(&(_, d)) = self.awaiting_ack.front() {
+            at(d);
+        }
+        if let Some((_, d)) = self.sending.filter(|_| self.conn == Conn::Up) {
             at(d);
         }
         if let Some(u) = self.serving_until() {

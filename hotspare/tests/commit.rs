@@ -19,6 +19,8 @@ const KEY: &[u8] = b"commit test shared secret, 0600";
 enum Streams {
     /// Reads them and never acknowledges one.
     NeverAck,
+    /// Stops reading the connection at the first chunk of a stream (and keeps it open).
+    StopReading,
 }
 
 struct FakeSpare {
@@ -99,7 +101,13 @@ fn serve_session(
                 }
                 Msg::Chunk { .. } => {
                     chunks.fetch_add(1, Ordering::SeqCst);
-                    let Streams::NeverAck = streams;
+                    if streams == Streams::StopReading {
+                        let _ = s.write_all(&out);
+                        // The connection stays open; nothing more of it is read.
+                        loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                    }
                     0
                 }
                 _ => 0,
@@ -211,4 +219,37 @@ fn try_commit_takes_nothing_and_never_waits_when_the_pipeline_is_full() {
     wait_until("the spare gets the streams", || {
         spare.chunks.load(Ordering::SeqCst) > 0
     });
+}
+
+/// A spare that accepts the connection and the hello, then stops reading in the middle of a
+/// checkpoint stream: the checkpoint fails the ack timeout after the last chunk the socket
+/// took (the link's own deadline, named in the error), so `wait` returns and the ticket reads
+/// Failed. Before, only the connection's TCP user timeout (10 s) ended it.
+#[test]
+fn a_spare_that_stops_reading_mid_stream_fails_the_ticket() {
+    let t = tempfile::tempdir().unwrap();
+    let spare = fake_spare(Streams::StopReading);
+    let hs = primary(t.path(), &spare, 0x5f00_0000_0000, 128 << 20, 300);
+    wait_connected(&hs);
+    // 48 MiB that do not compress: far more than the socket buffers on the way hold.
+    let mut v = allocator_api2::vec::from_elem_in(0u8, 48 << 20, hs.heap().alloc());
+    fastrand::Rng::with_seed(7).fill(&mut v[..]);
+    let ticket = hs.commit().unwrap();
+    let h = hs.clone();
+    let r = bounded(Duration::from_secs(30), move || {
+        h.wait(ticket).map_err(|e| e.to_string())
+    });
+    match r {
+        Some(Err(why)) => assert!(why.contains("stopped reading"), "{why}"),
+        other => panic!("the checkpoint sent to a spare that stopped reading: {other:?}"),
+    }
+    assert!(matches!(
+        hs.ticket_state(ticket),
+        hotspare::TicketState::Failed(_)
+    ));
+    assert!(
+        spare.chunks.load(Ordering::SeqCst) > 0,
+        "the stream never started"
+    );
+    drop(v);
 }
