@@ -414,6 +414,7 @@ impl HotSpare {
     }
 
     /// Waits until checkpoint `seq` is durable in the image directory; reports its failure.
+    /// A `seq` beyond the newest checkpoint taken is [`crate::Error::NotTaken`], at once.
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
         self.inner.shared.wait(seq)
     }
@@ -477,7 +478,8 @@ impl HotSpare {
         self.inner.shared.lock().seq
     }
 
-    /// Blocks until `ticket` is durable; its checkpoint's failure otherwise.
+    /// Blocks until `ticket` is durable; its checkpoint's failure otherwise
+    /// ([`crate::Error::NotTaken`] at once for a ticket beyond [`HotSpare::latest_ticket`]).
     pub fn wait(&self, ticket: Ticket) -> Result<()> {
         self.inner.shared.wait(ticket.0)
     }

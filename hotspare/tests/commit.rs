@@ -253,3 +253,36 @@ fn a_spare_that_stops_reading_mid_stream_fails_the_ticket() {
     );
     drop(v);
 }
+
+/// `wait_durable` / `wait` on a checkpoint never taken fail at once instead of blocking forever
+/// (nothing would ever complete it); the C ABI's `hs_wait_durable` returns `HS_EINVAL` for it
+/// (`tests/c/hs_counter.c`).
+#[test]
+fn waiting_for_a_checkpoint_never_taken_is_an_error_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let config = Config {
+        image_dir: t.path().join("img"),
+        heap_base: 0x6100_0000_0000,
+        heap_size: 16 << 20,
+        ..Config::default()
+    };
+    let hs = Builder::new(config).open().unwrap();
+    let st = hs.cpt().unwrap();
+    // Good side: one that was taken is waited for.
+    hs.wait_durable(st.seq).unwrap();
+    let h = hs.clone();
+    let next = st.seq + 1;
+    let r = bounded(Duration::from_secs(30), move || {
+        (
+            h.wait_durable(next).map_err(|e| e.to_string()),
+            matches!(
+                h.wait(hotspare::Ticket::from_seq(next)),
+                Err(hotspare::Error::NotTaken { .. })
+            ),
+        )
+    });
+    match r {
+        Some((Err(why), true)) => assert!(why.contains("never taken"), "{why}"),
+        other => panic!("waiting for checkpoint {next}, never taken: {other:?}"),
+    }
+}

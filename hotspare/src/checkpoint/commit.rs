@@ -185,9 +185,16 @@ impl Shared {
         Ok(CommitNotifier { fd })
     }
 
-    /// Blocks until ticket `seq` is durable or failed.
+    /// Blocks until ticket `seq` is durable or failed; [`Error::NotTaken`] at once for a
+    /// sequence beyond the newest checkpoint taken (no completion would ever end the wait).
     pub fn wait(&self, seq: u64) -> Result<()> {
         let mut d = self.lock();
+        if seq > d.issued_seq {
+            return Err(Error::NotTaken {
+                seq,
+                newest: d.issued_seq,
+            });
+        }
         loop {
             match d.state(seq) {
                 TicketState::Durable => return Ok(()),
