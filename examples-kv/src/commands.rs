@@ -57,6 +57,10 @@ pub enum RoundTicket {
     Release,
     /// This ticket's durability.
     Wait(hotspare::Ticket),
+    /// The durability of this checkpoint, taken now for these replies. It holds everything
+    /// executed before it, so replies waiting for a deferred commit
+    /// ([`RoundTicket::NextCommit`]) wait for it too.
+    Committed(hotspare::Ticket),
     /// The next checkpoint, not taken yet (the pipeline is full): see
     /// [`Durability::deferred_commit`].
     NextCommit,

@@ -46,6 +46,9 @@ enum Kind {
     Interval,
     /// For a write that must become durable.
     Commit,
+    /// For a write that must become durable, only if the pipeline has room: never waits for
+    /// the spare while every shard lock is held.
+    TryCommit,
     /// Every page (`HOTSPARE.CPT FULL`).
     Full,
 }
@@ -68,8 +71,9 @@ impl HotSpareDurability {
 
     /// Stops the store (every shard lock), checkpoints, lets it go. The stop time recorded is
     /// what clients see: from asking for the first lock to releasing the last. The capture's
-    /// ticket is given to the output gate while the locks are held.
-    fn checkpoint(&self, kind: Kind) -> Result<(CptStats, Duration), String> {
+    /// ticket is given to the output gate while the locks are held. `None`: a
+    /// [`Kind::TryCommit`] found the pipeline full and took nothing.
+    fn checkpoint(&self, kind: Kind) -> Result<Option<(CptStats, Duration)>, String> {
         // A switchover has stopped serving and waits for one more checkpoint: take it.
         if self.hs.is_fenced() && !self.hs.handover_pending() {
             return Err("fenced: a newer primary exists or the lease ran out".into());
@@ -78,18 +82,25 @@ impl HotSpareDurability {
         let guards = self.store.lock_all();
         let writes = self.gate.writes_now();
         let r = match kind {
-            Kind::Interval => self.hs.cpt_or_coalesce(),
-            Kind::Commit => self.hs.cpt(),
-            Kind::Full => self.hs.cpt_full(),
+            Kind::Interval => self.hs.cpt_or_coalesce().map(Some),
+            Kind::Commit => self.hs.cpt().map(Some),
+            Kind::TryCommit => self.hs.try_cpt(),
+            Kind::Full => self.hs.cpt_full().map(Some),
         };
-        if let Some(st) = r.as_ref().ok().filter(|st| !st.coalesced) {
+        if let Some(st) = r
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .filter(|st| !st.coalesced)
+        {
             self.gate.captured(writes, Ticket::from_seq(st.seq));
         }
         drop(guards);
         let stopped = t.elapsed();
         let mut s = self.stats();
         match r {
-            Ok(st) => {
+            Ok(None) => Ok(None),
+            Ok(Some(st)) => {
                 if st.coalesced {
                     s.coalesced += 1;
                 } else if st.full {
@@ -101,7 +112,7 @@ impl HotSpareDurability {
                         st.stopped.as_secs_f64() * 1e3,
                     ));
                 }
-                Ok((st, stopped))
+                Ok(Some((st, stopped)))
             }
             Err(e) => {
                 s.failed += 1;
@@ -185,18 +196,20 @@ impl Durability for HotSpareDurability {
             RoundNeed::Nothing => Ok(RoundTicket::Release),
             RoundNeed::Wait(t) => Ok(RoundTicket::Wait(t)),
             RoundNeed::Commit => Ok(match self.deferred_commit()? {
-                Some(t) => RoundTicket::Wait(t),
+                Some(t) => RoundTicket::Committed(t),
                 None => RoundTicket::NextCommit,
             }),
         }
     }
 
     fn deferred_commit(&self) -> Result<Option<Ticket>, String> {
+        // Cheap look first (no shard lock taken for nothing); `try_cpt` decides, atomically.
         if !self.hs.can_commit() {
             return Ok(None);
         }
-        let (st, _) = self.checkpoint(Kind::Commit)?;
-        Ok(Some(Ticket::from_seq(st.seq)))
+        Ok(self
+            .checkpoint(Kind::TryCommit)?
+            .map(|(st, _)| Ticket::from_seq(st.seq)))
     }
 
     fn ticket_state(&self, t: Ticket) -> TicketState {
@@ -222,7 +235,9 @@ impl Durability for HotSpareDurability {
             CptMode::Full => Kind::Full,
             CptMode::NoWait => Kind::Interval,
         };
-        let (st, stopped) = self.checkpoint(kind)?;
+        let (st, stopped) = self
+            .checkpoint(kind)?
+            .ok_or_else(|| "no checkpoint was taken".to_string())?;
         if mode != CptMode::NoWait {
             self.hs.wait_durable(st.seq).map_err(|e| e.to_string())?;
         }

@@ -71,7 +71,9 @@ impl Conn {
         let end = self.wbuf.len();
         let last = self.pending.back().map(|p| p.1);
         match (wait, last) {
-            (RoundTicket::Wait(t), _) => self.pending.push_back((end, Some(t))),
+            (RoundTicket::Wait(t) | RoundTicket::Committed(t), _) => {
+                self.pending.push_back((end, Some(t)))
+            }
             (RoundTicket::NextCommit, _) => self.pending.push_back((end, None)),
             // Free to go once the replies before them are.
             (RoundTicket::Release, Some(t)) => self.pending.push_back((end, t)),
@@ -154,6 +156,15 @@ pub fn serve<A: Allocator + Clone>(
                     "hotspare-kv: checkpoint failed, closing {} unanswered clients: {e}",
                     touched.len()
                 );
+            }
+            if let Ok(RoundTicket::Committed(t)) = ticket {
+                // Taken after every reply that waits for a deferred commit: it is that commit
+                // (else the next wake would take another checkpoint for them).
+                for c in waiting.iter().chain(&touched) {
+                    if let Some(c) = conns.get_mut(c) {
+                        c.assign(t);
+                    }
+                }
             }
             for t in touched {
                 let Some(c) = conns.get_mut(&t) else { continue };
@@ -392,5 +403,136 @@ fn close<A: Allocator + Clone>(
     if let Some(mut c) = conns.remove(&t) {
         let _ = poll.registry().deregister(&mut c.stream);
         ctx.counters.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{Counters, CptMode};
+    use crate::store::Store;
+    use hotspare::Ticket;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// Every-write persistence whose answers the test scripts: what each round needs, whether
+    /// a deferred commit finds room, which tickets are durable.
+    #[derive(Default)]
+    struct Scripted {
+        rounds: Mutex<VecDeque<RoundTicket>>,
+        rounds_done: AtomicU64,
+        room: AtomicBool,
+        deferred_asked: AtomicU64,
+        /// Checkpoints taken by `deferred_commit` (tickets 101, 102, …).
+        deferred_taken: AtomicU64,
+        durable: AtomicU64,
+    }
+
+    impl Durability for Scripted {
+        fn every_write(&self) -> bool {
+            true
+        }
+        fn round_ticket(&self) -> Result<RoundTicket, String> {
+            let r = self
+                .rounds
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted round");
+            self.rounds_done.fetch_add(1, Ordering::SeqCst);
+            Ok(r)
+        }
+        fn deferred_commit(&self) -> Result<Option<Ticket>, String> {
+            self.deferred_asked.fetch_add(1, Ordering::SeqCst);
+            if !self.room.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let n = self.deferred_taken.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(Some(Ticket::from_seq(100 + n)))
+        }
+        fn ticket_state(&self, t: Ticket) -> TicketState {
+            if t.seq() <= self.durable.load(Ordering::SeqCst) {
+                TicketState::Durable
+            } else {
+                TicketState::Pending
+            }
+        }
+        fn cpt_now(&self, _mode: CptMode) -> Result<String, String> {
+            Err("scripted".into())
+        }
+        fn reset_stats(&self) {}
+        fn info(&self, _out: &mut String) {}
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "never happened: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn reply(s: &mut std::net::TcpStream) -> String {
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) => format!("no reply: {e}"),
+        }
+    }
+
+    /// A connection whose replies wait for a deferred commit (the pipeline was full) gets the
+    /// commit that a later round takes: no second checkpoint is taken for it.
+    #[test]
+    fn a_commit_taken_in_a_round_serves_the_replies_owed_a_deferred_commit() {
+        let dur: &'static Scripted = Box::leak(Box::default());
+        dur.rounds.lock().unwrap().extend([
+            RoundTicket::NextCommit,
+            RoundTicket::Committed(Ticket::from_seq(7)),
+        ]);
+        let store: &'static Store<allocator_api2::alloc::Global> =
+            Box::leak(Box::new(Store::new_in(allocator_api2::alloc::Global, 0)));
+        let counters: &'static Counters = Box::leak(Box::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let ctx = Ctx {
+                store,
+                dur,
+                counters,
+                started: Instant::now(),
+                port: addr.port(),
+            };
+            let _ = serve(&ctx, listener);
+        });
+        let timeout = Some(Duration::from_secs(5));
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        a.set_read_timeout(timeout).unwrap();
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        b.set_read_timeout(timeout).unwrap();
+        // Round 1: A's write needs a commit and the pipeline is full: A owes one.
+        a.write_all(b"SET a 1\r\n").unwrap();
+        wait_for("round 1 and its deferred commit", || {
+            dur.rounds_done.load(Ordering::SeqCst) == 1
+                && dur.deferred_asked.load(Ordering::SeqCst) == 1
+        });
+        // Room again; round 2 takes checkpoint 7 for B's write, which also holds A's.
+        dur.room.store(true, Ordering::SeqCst);
+        dur.durable.store(7, Ordering::SeqCst);
+        b.write_all(b"SET b 1\r\n").unwrap();
+        assert_eq!(reply(&mut b), "+OK\r\n");
+        assert_eq!(
+            reply(&mut a),
+            "+OK\r\n",
+            "A's reply waits for another commit"
+        );
+        assert_eq!(
+            dur.deferred_taken.load(Ordering::SeqCst),
+            0,
+            "a second checkpoint was taken for A"
+        );
     }
 }

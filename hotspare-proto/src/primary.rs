@@ -27,7 +27,9 @@ pub struct LinkConfig {
     /// The lease asked for; capped by what the spare's detection time allows.
     pub lease: Duration,
     /// How long a checkpoint may wait for its acknowledgement after its last byte was handed
-    /// over (a spare whose disk hangs must not block `cpt()` forever).
+    /// over (a spare whose disk hangs must not block `cpt()` forever), and, while it is being
+    /// sent, for the driver to hand over its next chunk (a spare that stopped reading must not
+    /// either).
     pub ack_timeout: Duration,
     /// How often to retry a lost connection.
     pub reconnect: Duration,
@@ -134,10 +136,11 @@ pub struct Link {
     /// Heartbeats sent and not yet answered: (id, send time). Bounded.
     unanswered: VecDeque<(u64, Time)>,
     next_heartbeat_at: Time,
-    /// Checkpoints whose last byte went out: (seq, deadline for the acknowledgement).
-    awaiting_ack: VecDeque<(u64, Time)>,
-    /// The checkpoint being sent, if its end is not out yet.
-    sending: Option<u64>,
+    /// Checkpoints whose last byte went out: (header, deadline for the acknowledgement).
+    awaiting_ack: VecDeque<(StreamHeader, Time)>,
+    /// The checkpoint being sent, if its end is not out yet, and when it fails unless the
+    /// driver hands over more of it before.
+    sending: Option<(StreamHeader, Time)>,
     needs_full: bool,
     control: VecDeque<Msg>,
     data: VecDeque<Msg>,
@@ -425,15 +428,15 @@ impl Link {
         self.unanswered.clear();
         self.needs_full = true;
         let lost = format!("connection to the spare lost before acknowledgement ({why})");
-        if let Some(seq) = self.sending.take() {
+        if let Some((h, _)) = self.sending.take() {
             self.events.push_back(Event::Done {
-                seq,
+                seq: h.seq,
                 result: Err(lost.clone()),
             });
         }
-        for (seq, _) in self.awaiting_ack.drain(..) {
+        for (h, _) in self.awaiting_ack.drain(..) {
             self.events.push_back(Event::Done {
-                seq,
+                seq: h.seq,
                 result: Err(lost.clone()),
             });
         }
@@ -502,20 +505,40 @@ impl Link {
                 self.unanswered.retain(|(i, _)| *i > id);
             }
             Msg::Ack { seq } if self.conn == Conn::Up => {
-                if let Some(i) = self.awaiting_ack.iter().position(|(s, _)| *s == seq) {
-                    // Acknowledgements come in order; anything before `seq` was lost.
-                    for (older, _) in self.awaiting_ack.drain(..i) {
-                        self.events.push_back(Event::Done {
-                            seq: older,
-                            result: Err("the spare skipped it".into()),
-                        });
-                    }
-                    self.awaiting_ack.pop_front();
+                if let Some(i) = self.awaiting_ack.iter().position(|(h, _)| h.seq == seq) {
+                    let older: Vec<StreamHeader> =
+                        self.awaiting_ack.drain(..i).map(|(h, _)| h).collect();
+                    let (acked, _) = self.awaiting_ack.pop_front().expect("found above");
                     self.acked_seq = self.acked_seq.max(seq);
+                    // Reported first: a ticket it covers never reads as failed meanwhile.
                     self.events.push_back(Event::Done {
                         seq,
                         result: Ok(()),
                     });
+                    // Acknowledgements come in order, so the older ones were not acknowledged
+                    // on their own. But the spare validated an incremental checkpoint on top of
+                    // its base, so it holds the base (and the base's base, …): those are
+                    // acknowledged with it. Only the others were lost.
+                    let mut base = acked.base_seq;
+                    let mut covered = vec![false; older.len()];
+                    for (h, c) in older.iter().zip(covered.iter_mut()).rev() {
+                        if base != 0 && h.seq == base {
+                            *c = true;
+                            base = h.base_seq;
+                        }
+                    }
+                    for (h, c) in older.iter().zip(covered) {
+                        self.events.push_back(Event::Done {
+                            seq: h.seq,
+                            result: if c {
+                                Ok(())
+                            } else {
+                                Err(format!(
+                                    "the spare skipped it (it acknowledged checkpoint {seq}, which does not build on it)"
+                                ))
+                            },
+                        });
+                    }
                     if self.final_seq == Some(seq) && self.fenced.is_none() {
                         // Everything we acknowledged is in `seq`, and we serve no more: the
                         // spare may take over at once. Fenced for good (no reconnect).
@@ -527,7 +550,7 @@ impl Link {
                 }
             }
             Msg::Nack { seq, reason } if self.conn == Conn::Up => {
-                if let Some(i) = self.awaiting_ack.iter().position(|(s, _)| *s == seq) {
+                if let Some(i) = self.awaiting_ack.iter().position(|(h, _)| h.seq == seq) {
                     self.awaiting_ack.remove(i);
                     self.needs_full = true;
                     self.events.push_back(Event::Done {
@@ -541,16 +564,16 @@ impl Link {
     }
 
     /// Starts sending checkpoint `seq` (its chunks follow through [`Link::send_chunk`]).
-    pub fn start_checkpoint(&mut self, _now: Time, header: StreamHeader) -> Result<(), String> {
+    pub fn start_checkpoint(&mut self, now: Time, header: StreamHeader) -> Result<(), String> {
         if let Some(why) = &self.fenced {
             return Err(format!("fenced: {why}"));
         }
         if self.conn != Conn::Up {
             return Err("no connection to the spare".into());
         }
-        if let Some(prev) = self.sending.replace(header.seq) {
+        if let Some((prev, _)) = self.sending.replace((header, now + self.cfg.ack_timeout)) {
             self.events.push_back(Event::Done {
-                seq: prev,
+                seq: prev.seq,
                 result: Err("abandoned: a newer checkpoint started".into()),
             });
         }
@@ -560,10 +583,19 @@ impl Link {
     }
 
     /// The next bytes of the checkpoint being sent. The driver should only add a chunk when
-    /// [`Link::data_queued`] is 0, so that heartbeats never wait behind more than one.
-    pub fn send_chunk(&mut self, seq: u64, bytes: Vec<u8>) {
-        if self.sending == Some(seq) && self.conn == Conn::Up {
-            self.data.push_back(Msg::Chunk { seq, bytes });
+    /// [`Link::data_queued`] is 0 and the transport took (almost) all it was given, so that
+    /// heartbeats never wait behind more than one. A checkpoint whose next chunk does not come
+    /// within the ack timeout (of its start or of the previous chunk) fails, and the
+    /// connection is closed: the spare stopped reading.
+    pub fn send_chunk(&mut self, now: Time, seq: u64, bytes: Vec<u8>) {
+        if self.conn != Conn::Up {
+            return;
+        }
+        if let Some((h, deadline)) = self.sending.as_mut() {
+            if h.seq == seq {
+                *deadline = now + self.cfg.ack_timeout;
+                self.data.push_back(Msg::Chunk { seq, bytes });
+            }
         }
     }
 
@@ -574,13 +606,15 @@ impl Link {
 
     /// All bytes of `seq` are out: its acknowledgement is due within the ack timeout.
     pub fn end_checkpoint(&mut self, now: Time, seq: u64) {
-        if self.sending != Some(seq) || self.conn != Conn::Up {
+        let Some((h, _)) = self
+            .sending
+            .filter(|(h, _)| h.seq == seq && self.conn == Conn::Up)
+        else {
             return;
-        }
+        };
         self.sending = None;
         self.data.push_back(Msg::EndStream { seq });
-        self.awaiting_ack
-            .push_back((seq, now + self.cfg.ack_timeout));
+        self.awaiting_ack.push_back((h, now + self.cfg.ack_timeout));
     }
 
     /// Timers: reconnect, heartbeats, acknowledgement deadlines, the lease.
@@ -604,17 +638,37 @@ impl Link {
             }
             self.next_heartbeat_at = now + self.cfg.heartbeat;
         }
+        // A stream the driver could hand over no more of for the ack timeout: the spare stopped
+        // reading (the driver's TCP user timeout would end it too, but only much later).
+        // Heartbeats wait behind the stream, so the connection is no use any more: fail the
+        // checkpoint and close it (the reconnect sends a full one).
+        if let Some((h, deadline)) = self.sending {
+            if self.conn == Conn::Up && now >= deadline {
+                self.sending = None;
+                self.needs_full = true;
+                let why = format!(
+                    "checkpoint {} could not be sent: the spare took no more of it for {} ms (it stopped reading)",
+                    h.seq,
+                    self.cfg.ack_timeout.as_millis()
+                );
+                self.events.push_back(Event::Done {
+                    seq: h.seq,
+                    result: Err(why.clone()),
+                });
+                self.close(why);
+            }
+        }
         // An overdue acknowledgement fails its checkpoint (and the ones after it), but keeps
         // the connection: the spare still answers heartbeats, and dropping it would leave a
         // live primary silent. The next checkpoint is full, so a late Ack changes nothing.
-        while let Some(&(seq, deadline)) = self.awaiting_ack.front() {
+        while let Some(&(h, deadline)) = self.awaiting_ack.front() {
             if now < deadline {
                 break;
             }
             self.awaiting_ack.pop_front();
             self.needs_full = true;
             self.events.push_back(Event::Done {
-                seq,
+                seq: h.seq,
                 result: Err(format!(
                     "not acknowledged within {} ms: the spare is stuck (its disk?)",
                     self.cfg.ack_timeout.as_millis()
@@ -658,6 +712,9 @@ impl Link {
             _ => {}
         }
         if let Some(&(_, d)) = self.awaiting_ack.front() {
+            at(d);
+        }
+        if let Some((_, d)) = self.sending.filter(|_| self.conn == Conn::Up) {
             at(d);
         }
         if let Some(u) = self.serving_until() {

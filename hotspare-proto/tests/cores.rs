@@ -1119,7 +1119,7 @@ fn f_a_missed_ack_deadline_fails_the_checkpoint_and_keeps_the_connection() {
 
     // Positive control: acknowledged in time → Ok, no full checkpoint needed.
     l.start_checkpoint(at(1), header(1, 0)).expect("up");
-    l.send_chunk(1, vec![0; 16]);
+    l.send_chunk(at(1), 1, vec![0; 16]);
     l.end_checkpoint(at(2), 1);
     transmit(&mut l);
     l.handle_msg(at(50), term, Msg::Ack { seq: 1 });
@@ -2386,4 +2386,124 @@ fn i_the_spare_takes_over_when_the_primary_hands_over_not_before() {
         },
     );
     assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 5)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// j. Output commit
+// ---------------------------------------------------------------------------------------------
+
+/// Sends checkpoint `h` whole (one chunk) on an up link.
+fn send_whole(l: &mut Link, now: Time, h: StreamHeader) {
+    l.start_checkpoint(now, h).expect("up");
+    l.send_chunk(now, h.seq, vec![0; 16]);
+    l.end_checkpoint(now, h.seq);
+    transmit(l);
+}
+
+/// An acknowledged incremental checkpoint was validated on its base, so the spare holds the
+/// base: an older checkpoint whose own Ack did not come is acknowledged with it, after it (its
+/// ticket never reads as failed in between), and the next checkpoint need not be full. One the
+/// acknowledged checkpoint does not build on (it is full) was lost.
+#[test]
+fn j_an_acked_incremental_acknowledges_its_base_after_itself() {
+    let term = 1;
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert!(l.take_needs_full());
+    send_whole(&mut l, at(1), header(1, 0));
+    send_whole(&mut l, at(2), header(2, 1));
+    send_whole(&mut l, at(3), header(3, 2));
+    // The spare's Ack of 1 and 2 never came; 3 builds on 2, which builds on 1.
+    l.handle_msg(at(10), term, Msg::Ack { seq: 3 });
+    assert_eq!(
+        events(&mut l),
+        vec![
+            Event::Done {
+                seq: 3,
+                result: Ok(())
+            },
+            Event::Done {
+                seq: 1,
+                result: Ok(())
+            },
+            Event::Done {
+                seq: 2,
+                result: Ok(())
+            },
+        ]
+    );
+    assert!(!l.take_needs_full(), "nothing was lost: no full checkpoint");
+    assert_eq!(l.seqs(), (3, 3));
+
+    // Good side of the rule: 5 is full, so it says nothing of 4, which was lost (reported
+    // after 5, whose Ok covers its ticket anyway).
+    send_whole(&mut l, at(20), header(4, 3));
+    send_whole(&mut l, at(21), header(5, 0));
+    l.handle_msg(at(30), term, Msg::Ack { seq: 5 });
+    let ev = events(&mut l);
+    assert_eq!(
+        ev[0],
+        Event::Done {
+            seq: 5,
+            result: Ok(())
+        }
+    );
+    assert!(
+        matches!(&ev[1..], [Event::Done { seq: 4, result: Err(why) }] if why.contains("skipped")),
+        "{ev:?}"
+    );
+}
+
+/// A checkpoint being sent has a deadline too: the driver hands over its next chunk only once
+/// the transport took the previous one, so a spare that stops reading in the middle of a
+/// stream stops the chunks; the ack timeout after the last one, the checkpoint fails and the
+/// connection (useless: heartbeats wait behind the stream) is closed. Chunks that keep coming,
+/// however long the whole stream takes, keep it alive.
+#[test]
+fn j_a_stream_the_spare_stops_reading_fails_within_the_ack_timeout() {
+    let term = 1;
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    // Good side: a stream of 250 ms (ack timeout 100 ms), a chunk every 50 ms.
+    l.start_checkpoint(at(0), header(1, 0)).expect("up");
+    for i in 1..=5 {
+        l.handle_timeout(at(i * 50 - 1));
+        l.send_chunk(at(i * 50), 1, vec![0; 16]);
+        transmit(&mut l);
+    }
+    l.handle_timeout(at(251));
+    assert!(events(&mut l).is_empty(), "a stream still moving failed");
+    l.end_checkpoint(at(260), 1);
+    l.handle_msg(at(270), term, Msg::Ack { seq: 1 });
+    assert_eq!(
+        events(&mut l),
+        vec![Event::Done {
+            seq: 1,
+            result: Ok(())
+        }]
+    );
+    // Checkpoint 2: one chunk at 300, then the spare reads nothing more.
+    l.start_checkpoint(at(300), header(2, 1)).expect("up");
+    l.send_chunk(at(300), 2, vec![0; 16]);
+    transmit(&mut l);
+    assert!(l.poll_timeout().is_some_and(|t| t <= at(400)));
+    l.handle_timeout(at(399));
+    assert!(
+        !events(&mut l)
+            .iter()
+            .any(|e| matches!(e, Event::Done { .. } | Event::Close(_))),
+        "failed before its deadline"
+    );
+    l.handle_timeout(at(400));
+    let ev = events(&mut l);
+    assert!(
+        matches!(&ev[..], [Event::Done { seq: 2, result: Err(why) }, Event::Close(_)] if why.contains("stopped reading")),
+        "{ev:?}"
+    );
+    l.handle_disconnected(at(400), "closed");
+    assert!(
+        events(&mut l)
+            .iter()
+            .all(|e| !matches!(e, Event::Done { .. })),
+        "checkpoint 2 ended twice"
+    );
+    assert!(l.take_needs_full());
 }

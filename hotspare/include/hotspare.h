@@ -85,6 +85,8 @@ int hs_fd_get(const char *name);
 
 int hs_cpt(struct hs_cpt_stats *out);
 int hs_cpt_full(struct hs_cpt_stats *out);
+/* Waits until checkpoint seq is durable (HS_ECPT: it failed). A seq beyond the newest checkpoint
+ * taken is HS_EINVAL, at once (nothing would end the wait). */
 int hs_wait_durable(uint64_t seq);
 
 /* Output commit (pipelined): hs_commit captures everything done so far and returns at once

@@ -20,7 +20,7 @@
 //! | `arbiter_lease_ms` | `HOTSPARE_ARBITER_LEASE_MS` | `40` (capped below the spare's wait `W`) |
 //! | `arbiter_wait_ms` | `HOTSPARE_ARBITER_WAIT_MS` | `45` (`W`, written into the term key the first primary creates) |
 //! | `arbiter_timeout_ms` | `HOTSPARE_ARBITER_TIMEOUT_MS` | `200` (an etcd request not answered by then fails) |
-//! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails) |
+//! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails, or not sent on: no chunk taken for that long) |
 //! | `spare_wait_ms` | `HOTSPARE_SPARE_WAIT_MS` | `1000` (at start, how long to wait for the spare before the first checkpoint; a fleet daemon starting a service raises it) |
 //! | `pipeline_depth` | `HOTSPARE_PIPELINE_DEPTH` | `0`: automatic — 2 with a spare, 1 without (checkpoints in flight at once, up to 64; see `docs/library.md`) |
 //! | `durability` | `HOTSPARE_DURABILITY` | `fsynced`: the spare acknowledges after its `fsync`; `received`: as soon as it holds the stream validated (survives either machine dying, not both; `docs/replication.md`). Without `spare` the level is `local` |
@@ -101,7 +101,9 @@ pub struct Config {
     /// The claim this program takes over at the arbiter (set by the spare that resumes it).
     pub arbiter_adopt: Option<String>,
     /// A checkpoint the spare has not acknowledged this long after its last byte fails (a
-    /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever).
+    /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever); so does one
+    /// being sent of which the connection took nothing more for this long (a spare that
+    /// stopped reading).
     pub ack_timeout_ms: u64,
     /// At start, how long to wait for the spare's connection (and the right to serve) before
     /// the first checkpoint, which fails without them: hosts that boot together need longer

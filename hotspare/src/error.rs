@@ -56,6 +56,16 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// A wait for a checkpoint that was never taken: it would never end.
+    #[error(
+        "checkpoint {seq} was never taken (the newest is {newest}): nothing would end the wait"
+    )]
+    NotTaken {
+        /// The sequence waited for.
+        seq: u64,
+        /// The newest checkpoint taken.
+        newest: u64,
+    },
     /// An operating-system call failed.
     #[error("{what}: {source}")]
     Os {

@@ -129,6 +129,7 @@ fn code(e: &Error) -> c_int {
         Error::BadMetadata(_) => HS_EMETA,
         Error::CheckpointFailed { .. } => HS_ECPT,
         Error::Os { .. } => HS_EOS,
+        Error::NotTaken { .. } => HS_EINVAL,
     }
 }
 
@@ -458,7 +459,8 @@ pub extern "C" fn hs_cpt_full(out: *mut hs_cpt_stats) -> c_int {
     })
 }
 
-/// `int hs_wait_durable(uint64_t seq)`: waits until checkpoint `seq` is durable.
+/// `int hs_wait_durable(uint64_t seq)`: waits until checkpoint `seq` is durable (`HS_ECPT`: it
+/// failed); `HS_EINVAL` at once for a `seq` beyond the newest checkpoint taken.
 #[no_mangle]
 pub extern "C" fn hs_wait_durable(seq: u64) -> c_int {
     guard(|| hs()?.wait_durable(seq).map(|()| 0).map_err(lib))

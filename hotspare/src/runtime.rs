@@ -414,6 +414,7 @@ impl HotSpare {
     }
 
     /// Waits until checkpoint `seq` is durable in the image directory; reports its failure.
+    /// A `seq` beyond the newest checkpoint taken is [`crate::Error::NotTaken`], at once.
     pub fn wait_durable(&self, seq: u64) -> Result<()> {
         self.inner.shared.wait(seq)
     }
@@ -430,6 +431,27 @@ impl HotSpare {
         Ok(Ticket(st.seq))
     }
 
+    /// [`HotSpare::commit`] that never waits: `None` if the pipeline is full (`pipeline_depth`
+    /// checkpoints in flight, or both staging buffers still being encoded), and nothing is
+    /// captured; ask again when the [`CommitNotifier`] says a checkpoint ended. Unlike
+    /// [`HotSpare::can_commit`] followed by [`HotSpare::commit`], no other thread can fill the
+    /// pipeline between the check and the capture, so a caller holding locks (to keep the state
+    /// consistent) never blocks on the spare with them. Call it where the state is consistent,
+    /// as `cpt()`.
+    pub fn try_commit(&self) -> Result<Option<Ticket>> {
+        Ok(self.try_cpt()?.map(|st| Ticket(st.seq)))
+    }
+
+    /// [`HotSpare::cpt`] that never waits for the pipeline: `None` where
+    /// [`HotSpare::try_commit`] would be; the statistics otherwise.
+    pub fn try_cpt(&self) -> Result<Option<CptStats>> {
+        if !self.can_commit() {
+            return Ok(None);
+        }
+        let meta = self.metadata();
+        self.engine().try_cpt(meta)
+    }
+
     /// The ticket of the newest checkpoint taken so far (everything captured by now), without
     /// taking one: a reply that only *read* state already captured waits for this one.
     pub fn latest_ticket(&self) -> Ticket {
@@ -439,7 +461,9 @@ impl HotSpare {
     /// Whether [`HotSpare::commit`] would start at once: fewer than `pipeline_depth`
     /// checkpoints are in flight. An event loop that finds it false goes on serving and commits
     /// when a [`CommitNotifier`] says one ended — so the next checkpoint carries everything
-    /// done meanwhile (group commit) instead of the loop waiting.
+    /// done meanwhile (group commit) instead of the loop waiting. Another thread may fill the
+    /// pipeline right after: to commit only if that does not wait, use
+    /// [`HotSpare::try_commit`].
     pub fn can_commit(&self) -> bool {
         self.inner.shared.lock().in_flight() < self.inner.config.depth()
     }
@@ -454,7 +478,8 @@ impl HotSpare {
         self.inner.shared.lock().seq
     }
 
-    /// Blocks until `ticket` is durable; its checkpoint's failure otherwise.
+    /// Blocks until `ticket` is durable; its checkpoint's failure otherwise
+    /// ([`crate::Error::NotTaken`] at once for a ticket beyond [`HotSpare::latest_ticket`]).
     pub fn wait(&self, ticket: Ticket) -> Result<()> {
         self.inner.shared.wait(ticket.0)
     }

@@ -57,6 +57,12 @@ static void worker(void)
             int rc = hs_cpt(&st);
             if (rc == 0)
                 rc = hs_wait_durable(st.seq);
+            /* A checkpoint never taken: an error at once, not a wait that never ends. */
+            if (rc == 0 && hs_wait_durable(st.seq + 1) != HS_EINVAL) {
+                fprintf(stderr, "hs_wait_durable(%llu) did not fail with HS_EINVAL\n",
+                        (unsigned long long)st.seq + 1);
+                exit(1);
+            }
             if (rc < 0) {
                 fprintf(stderr, "hs_cpt: %s: %s\n", hs_strerror(rc), hs_last_error());
                 exit(1);

@@ -309,12 +309,13 @@ impl World {
                     value: p.value,
                 };
                 p.link.send_chunk(
+                    local,
                     seq,
                     postcard::to_allocvec(&(img.lineage, img.seq, img.base, img.value))
                         .expect("encode"),
                 );
                 for _ in 0..self.rng.u32(0..3) {
-                    p.link.send_chunk(seq, vec![0; 16]);
+                    p.link.send_chunk(local, seq, vec![0; 16]);
                 }
                 p.link.end_checkpoint(local, seq);
             } else {

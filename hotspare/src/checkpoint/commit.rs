@@ -13,6 +13,7 @@
 //! variable) and event loops (one `eventfd` per [`CommitNotifier`]).
 
 use crate::error::{Error, Result};
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -52,18 +53,26 @@ pub enum TicketState {
 pub(crate) struct Durable {
     /// Highest sequence that is durable.
     pub seq: u64,
-    /// The highest failed sequence, and why.
+    /// The highest failed sequence at or below which every checkpoint has ended, and why: a
+    /// ticket up to it that `seq` does not cover has failed.
     pub failed: Option<(u64, String)>,
-    /// Checkpoints handed to the writer.
-    pub issued: u64,
+    /// Failures above a checkpoint still in flight, and why: not reported yet, since that
+    /// checkpoint (or a later one) may still make their tickets durable. Few: checkpoints end
+    /// in order but for an Ack that covers older ones, and every one ends in bounded time.
+    unsettled: Vec<(u64, String)>,
+    /// Sequences handed to the writer and not ended yet.
+    open: BTreeSet<u64>,
     /// The sequence of the newest one handed over (the durable one at start).
     pub issued_seq: u64,
-    /// Checkpoints that ended (durable or failed).
-    pub ended: u64,
 }
 
 impl Durable {
     /// The state of ticket `seq`.
+    ///
+    /// Failed only once every checkpoint up to the failed one has ended: while an earlier
+    /// checkpoint (the ticket's own, with a pipeline) is in flight, its success would still make
+    /// the ticket durable, and reporting Failed would close connections whose replies were about
+    /// to be released.
     pub fn state(&self, seq: u64) -> TicketState {
         if self.seq >= seq {
             return TicketState::Durable;
@@ -76,7 +85,35 @@ impl Durable {
 
     /// Checkpoints handed over and not ended.
     pub fn in_flight(&self) -> u64 {
-        self.issued.saturating_sub(self.ended)
+        self.open.len() as u64
+    }
+
+    /// Checkpoint `seq` is handed to the writer (sequences only grow).
+    pub fn issue(&mut self, seq: u64) {
+        self.open.insert(seq);
+        self.issued_seq = seq;
+    }
+
+    /// Checkpoint `seq` ended with `result`.
+    fn end(&mut self, seq: u64, result: std::result::Result<(), String>) {
+        self.open.remove(&seq);
+        match result {
+            Ok(()) => self.seq = self.seq.max(seq),
+            Err(why) => self.unsettled.push((seq, why)),
+        }
+        // Failures below every checkpoint still in flight are settled: report them.
+        let low = self.open.first().copied().unwrap_or(u64::MAX);
+        let mut i = 0;
+        while i < self.unsettled.len() {
+            if self.unsettled[i].0 < low {
+                let (f, why) = self.unsettled.swap_remove(i);
+                if self.failed.as_ref().is_none_or(|(g, _)| *g <= f) {
+                    self.failed = Some((f, why));
+                }
+            } else {
+                i += 1;
+            }
+        }
     }
 }
 
@@ -108,20 +145,11 @@ impl Shared {
 
     /// Checkpoint `seq` ended with `result`.
     fn end(&self, seq: u64, result: std::result::Result<(), String>) {
-        {
-            let mut d = self.lock();
-            d.ended += 1;
-            match result {
-                Ok(()) => d.seq = d.seq.max(seq),
-                Err(why) => {
-                    self.force_full
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                    if d.failed.as_ref().is_none_or(|(f, _)| *f <= seq) {
-                        d.failed = Some((seq, why));
-                    }
-                }
-            }
+        if result.is_err() {
+            self.force_full
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        self.lock().end(seq, result);
         self.changed.notify_all();
         self.notify();
     }
@@ -157,9 +185,16 @@ impl Shared {
         Ok(CommitNotifier { fd })
     }
 
-    /// Blocks until ticket `seq` is durable or failed.
+    /// Blocks until ticket `seq` is durable or failed; [`Error::NotTaken`] at once for a
+    /// sequence beyond the newest checkpoint taken (no completion would ever end the wait).
     pub fn wait(&self, seq: u64) -> Result<()> {
         let mut d = self.lock();
+        if seq > d.issued_seq {
+            return Err(Error::NotTaken {
+                seq,
+                newest: d.issued_seq,
+            });
+        }
         loop {
             match d.state(seq) {
                 TicketState::Durable => return Ok(()),
@@ -235,5 +270,82 @@ impl AsRawFd for CommitNotifier {
 impl AsFd for CommitNotifier {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoints `seqs` handed over, with their completions.
+    fn issue(shared: &Arc<Shared>, seqs: &[u64]) -> Vec<Completion> {
+        seqs.iter()
+            .map(|&s| {
+                shared.lock().issue(s);
+                Completion::new(shared.clone(), s)
+            })
+            .collect()
+    }
+
+    fn state(shared: &Shared, seq: u64) -> TicketState {
+        shared.lock().state(seq)
+    }
+
+    fn failed(s: TicketState) -> bool {
+        matches!(s, TicketState::Failed(_))
+    }
+
+    #[test]
+    fn a_later_failure_leaves_an_earlier_ticket_pending_until_its_checkpoint_ends() {
+        let shared = Shared::new(0);
+        let mut c = issue(&shared, &[1, 2]);
+        let two = c.pop().unwrap();
+        let one = c.pop().unwrap();
+        two.finish(Err("refused".into()));
+        // Ticket 1's own checkpoint is still in flight and may succeed.
+        assert_eq!(state(&shared, 1), TicketState::Pending);
+        assert_eq!(state(&shared, 2), TicketState::Pending);
+        assert_eq!(shared.lock().in_flight(), 1);
+        one.finish(Ok(()));
+        assert_eq!(state(&shared, 1), TicketState::Durable);
+        assert!(failed(state(&shared, 2)));
+        assert!(shared.force_full.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_failure_is_reported_once_everything_up_to_it_ended() {
+        let shared = Shared::new(0);
+        let mut c = issue(&shared, &[1, 2, 3]).into_iter();
+        let (one, two, three) = (c.next().unwrap(), c.next().unwrap(), c.next().unwrap());
+        one.finish(Err("lost".into()));
+        assert!(failed(state(&shared, 1)));
+        assert_eq!(state(&shared, 2), TicketState::Pending);
+        three.finish(Err("lost too".into()));
+        // 2 is still in flight: tickets 2 and 3 wait for it.
+        assert_eq!(state(&shared, 2), TicketState::Pending);
+        assert_eq!(state(&shared, 3), TicketState::Pending);
+        drop(two); // dropped unreported: a failure
+        assert!(failed(state(&shared, 2)));
+        assert_eq!(state(&shared, 3), TicketState::Failed("lost too".into()));
+        assert_eq!(shared.lock().in_flight(), 0);
+        // A later durable checkpoint covers them all.
+        let four = issue(&shared, &[4]).pop().unwrap();
+        four.finish(Ok(()));
+        for t in 1..=4 {
+            assert_eq!(state(&shared, t), TicketState::Durable);
+        }
+    }
+
+    #[test]
+    fn a_later_durable_checkpoint_covers_a_failed_earlier_one() {
+        let shared = Shared::new(0);
+        let mut c = issue(&shared, &[1, 2]);
+        let two = c.pop().unwrap();
+        let one = c.pop().unwrap();
+        two.finish(Ok(()));
+        one.finish(Err("timed out".into()));
+        assert_eq!(state(&shared, 1), TicketState::Durable);
+        assert_eq!(state(&shared, 2), TicketState::Durable);
+        assert!(shared.wait(1).is_ok());
     }
 }

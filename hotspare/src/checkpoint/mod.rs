@@ -335,11 +335,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        {
-            let mut d = self.shared.lock();
-            d.issued += 1;
-            d.issued_seq = seq;
-        }
+        self.shared.lock().issue(seq);
         let done = Completion::new(self.shared.clone(), seq);
         let job = match snapshot {
             Some(snapshot) => {
@@ -372,6 +368,23 @@ impl Engine {
             strategy,
             coalesced: false,
         })
+    }
+
+    /// Takes an incremental checkpoint only if that needs no waiting: fewer than `depth`
+    /// checkpoints in flight and a staging buffer free; else `None` (nothing is captured, and a
+    /// checkpoint in flight will end and wake the commit notifiers). Checked under the engine's
+    /// lock, which every capture holds, so no other caller can fill the pipeline in between.
+    pub fn try_cpt(&mut self, meta: Vec<u8>) -> Result<Option<CptStats>> {
+        if self.shared.lock().in_flight() >= self.depth {
+            return Ok(None);
+        }
+        while let Ok(s) = self.staging_back.try_recv() {
+            self.staging.push(s);
+        }
+        if self.staging.is_empty() && self.staging_made >= MAX_STAGING {
+            return Ok(None);
+        }
+        self.cpt(meta, false, false).map(Some)
     }
 
     /// A free staging buffer: a returned one, a new one while fewer than [`MAX_STAGING`]

@@ -44,7 +44,8 @@ pub struct RemoteConfig {
     pub heartbeat: Duration,
     /// The lease asked for (capped below the spare's detection time, with a drift margin).
     pub lease: Duration,
-    /// A checkpoint not acknowledged this long after its last byte fails.
+    /// A checkpoint not acknowledged this long after its last byte fails; so does one being
+    /// sent whose next chunk the socket did not take for this long.
     pub ack_timeout: Duration,
     /// How long [`Remote::start`] waits for the spare's connection and the right to serve.
     pub spare_wait: Duration,
@@ -674,7 +675,7 @@ impl LinkLoop {
                             self.link.end_checkpoint(now(), s.seq);
                             self.waiting.insert(s.seq, s.done);
                         }
-                        Ok(chunk) => self.link.send_chunk(snd.seq, chunk),
+                        Ok(chunk) => self.link.send_chunk(now(), snd.seq, chunk),
                         Err(e) => {
                             let s = self.sending.take().expect("checked");
                             s.done.finish(Err(format!("reading the spool: {e}")));
