@@ -9,7 +9,8 @@
 //! ```
 //! or `hotspare-resume --config spare.toml` with the same keys (`exec` as an array, and an
 //! `[env]` table for the program), or, for every service of a host, one daemon:
-//! `hotspare-resume --fleet host.toml` (see [`fleet`] and `docs/operations.md`).
+//! `hotspare-resume --fleet host.toml` (`hotspare::replica::spare::fleet_file`,
+//! `docs/operations.md`).
 //!
 //! Under systemd (`Type=notify`, `deploy/systemd/hotspare-spare@.service`) it sends `READY=1`
 //! once its event loop answers a status request on its own listening address, and, with
@@ -21,8 +22,6 @@
 //! probe, so with a watchdog the program is started through this executable itself
 //! (`hotspare-resume --become PROGRAM ARGS…`, one more `exec` in the same process): it sends
 //! `WATCHDOG_USEC=0` and then `exec`s the program.
-
-mod fleet;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -298,8 +297,8 @@ fn main() {
     std::env::remove_var("WATCHDOG_PID");
     let args = Args::parse();
     if let Some(path) = &args.fleet {
-        match fleet::load(path) {
-            Ok((services, status)) => {
+        match hotspare::replica::spare::fleet_file::load(path) {
+            Ok(hotspare::replica::spare::fleet_file::Fleet { services, status }) => {
                 // Ready once every service's thread runs (each logs its own start); a fleet
                 // daemon has no watchdog: its services' own status files say if each is alive.
                 if std::env::var_os("NOTIFY_SOCKET").is_some() {
@@ -312,7 +311,7 @@ fn main() {
                 hotspare::replica::spare::fleet::run(services, status)
             }
             Err(e) => {
-                eprintln!("hotspare-resume: {}: {e:#}", path.display());
+                eprintln!("hotspare-resume: {}: {e}", path.display());
                 std::process::exit(2);
             }
         }

@@ -64,9 +64,17 @@ enum Cmd {
     /// Move the primary role to the spare on purpose, nothing lost: the primary stops serving,
     /// hands over after one more acknowledged checkpoint, and the spare takes over at once.
     Switchover {
+        /// The service to move, found in the fleet file given with --fleet (its spare's
+        /// address and key: this host's own listening address if this host is its spare, the
+        /// program's HOTSPARE_SPARE if it runs here).
+        #[arg(requires = "fleet", conflicts_with = "spare")]
+        service: Option<String>,
+        /// This host's fleet file (`hotspare-resume --fleet`), with SERVICE.
+        #[arg(long, requires = "service")]
+        fleet: Option<PathBuf>,
         /// The spare to become the primary.
-        #[arg(long)]
-        spare: String,
+        #[arg(long, required_unless_present = "fleet")]
+        spare: Option<String>,
         /// The shared secret.
         #[arg(long)]
         key_file: Option<PathBuf>,
@@ -368,10 +376,20 @@ fn main() -> ExitCode {
         } => status(dir, spare, key_file),
         Cmd::Metrics { listen, dirs } => metrics::serve(&listen, dirs).map(|()| true),
         Cmd::Switchover {
-            spare,
+            service: Some(service),
+            fleet: Some(fleet),
+            wait,
+            ..
+        } => switchover::run_in_fleet(&fleet, &service, wait).map(|()| true),
+        Cmd::Switchover {
+            spare: Some(spare),
             key_file,
             wait,
+            ..
         } => switchover::run(&spare, key_file, wait).map(|()| true),
+        Cmd::Switchover { .. } => Err(anyhow::anyhow!(
+            "give --spare ADDR --key-file KEY, or SERVICE --fleet FILE"
+        )),
         Cmd::Bench(b) => bench::run(b).map(|()| true),
         Cmd::Demo { seconds } => demo::demo(seconds).map(|()| true),
         Cmd::DemoServer { port, bind } => demo::server(&bind, port).map(|()| true),

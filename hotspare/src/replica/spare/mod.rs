@@ -16,6 +16,7 @@
 mod conn;
 mod disk;
 pub mod fleet;
+pub mod fleet_file;
 mod takeover;
 
 use super::arbiter::ArbiterClient;

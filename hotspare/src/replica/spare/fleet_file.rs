@@ -1,4 +1,5 @@
-//! `hotspare-resume --fleet host.toml`: the host's file of services.
+//! The fleet file (`hotspare-resume --fleet host.toml`): every service of a host. Read by the
+//! fleet daemon, and by `hotspare switchover --fleet` and `hotspare status` to find a service.
 //!
 //! ```toml
 //! node = "hostb"                        # this host at the arbiter (default: the host name)
@@ -18,10 +19,9 @@
 //! on_takeover = "ip addr add 10.0.0.101/24 dev eth0"
 //! ```
 
-use anyhow::{bail, Context, Result};
-use hotspare::replica::spare::fleet::FleetService;
-use hotspare::replica::spare::SpareConfig;
-use hotspare::replica::wire;
+use super::fleet::FleetService;
+use super::SpareConfig;
+use crate::replica::wire;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -63,53 +63,88 @@ struct ServiceEntry {
     accept_new_lineage: bool,
 }
 
-/// Reads and checks the file: the services, and where the fleet's status goes.
-pub fn load(path: &Path) -> Result<(Vec<FleetService>, Option<PathBuf>)> {
+/// A fleet file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetFileError {
+    /// It cannot be read.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// It is not valid TOML, or has unknown keys.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// It lists no service.
+    #[error("no [[service]] listed")]
+    Empty,
+    /// One service's entry is wrong.
+    #[error("service {service}: {why}")]
+    Service {
+        /// The service.
+        service: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// What a fleet file says: its services, and where the fleet's status is written.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The services, in the file's order.
+    pub services: Vec<FleetService>,
+    /// The fleet status file, if one is configured.
+    pub status: Option<PathBuf>,
+}
+
+/// Reads and checks the file.
+pub fn load(path: &Path) -> Result<Fleet, FleetFileError> {
     let text = std::fs::read_to_string(path)?;
     let f: FleetFile = toml::from_str(&text)?;
     if f.service.is_empty() {
-        bail!("no [[service]] listed");
+        return Err(FleetFileError::Empty);
     }
     let (mut names, mut listens, mut dirs) = (HashSet::new(), HashSet::new(), HashSet::new());
     let mut out = Vec::new();
     for s in f.service {
-        let what = format!("service {}", s.name);
+        let bad = |why: String| FleetFileError::Service {
+            service: s.name.clone(),
+            why,
+        };
         if !names.insert(s.name.clone()) {
-            bail!("{what} is listed twice");
+            return Err(bad("listed twice".into()));
         }
         if !listens.insert(s.listen.clone()) {
-            bail!("{what}: listen {} is another service's too", s.listen);
+            return Err(bad(format!("listen {} is another service's too", s.listen)));
         }
         if !dirs.insert(s.image_dir.clone()) {
-            bail!(
-                "{what}: image_dir {} is another's too",
+            return Err(bad(format!(
+                "image_dir {} is another's too",
                 s.image_dir.display()
-            );
+            )));
         }
         if s.exec.is_empty() {
-            bail!("{what}: exec is empty");
+            return Err(bad("exec is empty".into()));
         }
         let key_file = s
             .key_file
+            .clone()
             .or(f.key_file.clone())
-            .with_context(|| format!("{what}: no key_file (for it or for the fleet)"))?;
+            .ok_or_else(|| bad("no key_file (for it or for the fleet)".into()))?;
         let missed = s.missed.or(f.missed).unwrap_or(5);
         if missed == 0 {
-            bail!("{what}: missed must be at least 1");
+            return Err(bad("missed must be at least 1".into()));
         }
-        let arbiter = hotspare::Config {
+        let arbiter = crate::Config {
             arbiter: f.arbiter.clone(),
             service: Some(s.name.clone()),
             node: f.node.clone(),
             arbiter_timeout_ms: f.arbiter_timeout_ms.unwrap_or(200),
-            ..hotspare::Config::default()
+            ..crate::Config::default()
         }
         .arbiter()
-        .with_context(|| what.clone())?;
+        .map_err(|e| bad(e.to_string()))?;
         let spare = SpareConfig {
             listen: s.listen,
             image_dir: s.image_dir,
-            key: wire::load_key(&key_file).with_context(|| what.clone())?,
+            key: wire::load_key(&key_file).map_err(|e| bad(e.to_string()))?,
             heartbeat: Duration::from_millis(
                 s.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(10).max(1),
             ),
@@ -130,5 +165,8 @@ pub fn load(path: &Path) -> Result<(Vec<FleetService>, Option<PathBuf>)> {
             first_primary: s.first_primary,
         });
     }
-    Ok((out, f.status))
+    Ok(Fleet {
+        services: out,
+        status: f.status,
+    })
 }
