@@ -350,6 +350,9 @@ struct LinkLoop {
     /// With an arbiter and `on_fence = exit`: since when no lease has been held (see
     /// [`LEASE_LAPSE_EXIT`]).
     lease_lost_since: Option<Instant>,
+    /// The image directory this program was resumed from, until a checkpoint of it has been
+    /// acknowledged by the spare (see [`LinkLoop::retire_resumed_image`]).
+    resumed_image: Option<PathBuf>,
     /// The spare's address, resolved at start.
     addr: SocketAddr,
     /// What the status thread writes.
@@ -395,6 +398,14 @@ impl LinkLoop {
             },
             now(),
         );
+        // A fresh start's directory holds no image (the library refuses one); a resumed
+        // program's holds the one it was resumed from. Its status file is in it.
+        let resumed_image = cfg
+            .status_file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .filter(|d| d.join("manifest").exists())
+            .map(PathBuf::from);
         LinkLoop {
             cfg,
             addr,
@@ -413,6 +424,7 @@ impl LinkLoop {
             handover_floor: None,
             exit_when_flushed: false,
             lease_lost_since: None,
+            resumed_image,
             arbiter,
         }
     }
@@ -743,6 +755,10 @@ impl LinkLoop {
                 ))
             }
             Event::Done { seq, result } => {
+                let result = match result {
+                    Ok(()) => self.retire_resumed_image(seq),
+                    e => e,
+                };
                 if let Some(done) = self.waiting.remove(&seq) {
                     done.finish(result);
                 } else if self.sending.as_ref().is_some_and(|s| s.seq == seq) {
@@ -815,6 +831,41 @@ impl LinkLoop {
                     exit_fenced();
                 }
             }
+        }
+    }
+
+    /// Before the first acknowledgement of a resumed program is passed on: the image it was
+    /// resumed from (in its own directory, on this host) no longer holds everything
+    /// acknowledged — the spare's does — so it must never be resumed again. Its manifest is
+    /// renamed `manifest.superseded` (and the directory `fsync`ed): the spare started again on
+    /// this directory once this program ends (a fleet daemon's re-protection, or the systemd
+    /// unit's restart) holds no image, so it cannot take over from the old one — which would
+    /// lose every write acknowledged since — and is given a full checkpoint by whoever is the
+    /// primary then. Fails closed: if the rename cannot be made durable, the checkpoint is
+    /// reported failed (and this is tried again at the next one).
+    fn retire_resumed_image(&mut self, seq: u64) -> Result<(), String> {
+        let Some(dir) = self.resumed_image.clone() else {
+            return Ok(());
+        };
+        let from = dir.join("manifest");
+        let to = dir.join("manifest.superseded");
+        let r = match std::fs::rename(&from, &to) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => std::fs::File::open(&dir).and_then(|d| d.sync_all()),
+        };
+        match r {
+            Ok(()) => {
+                self.resumed_image = None;
+                log(format!(
+                    "checkpoint {seq} acknowledged by the spare: the image this program was resumed from ({}) is superseded (manifest renamed manifest.superseded); this directory is an empty spare's from now on",
+                    dir.display()
+                ));
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "acknowledged by the spare, but the image this program was resumed from cannot be retired ({}: {e}): failed, so that it is never resumed without this checkpoint",
+                from.display()
+            )),
         }
     }
 

@@ -253,7 +253,6 @@ fn start_both(
 /// sequence passes M, overwrite A's image with it). The service must wait for A instead:
 /// nothing acknowledged may be lost, whoever serves at the end.
 #[test]
-#[ignore = "defect: a host whose resumed program had checkpoints acknowledged by its spare is the spare again on the image it resumed, and takes over from it (13 acknowledged writes lost)"]
 fn s13r_stale_image_of_a_crashed_takeover_is_not_resumed() {
     let _serial = serial();
     let env = lab_with_etcd("r1", "10.91.0");

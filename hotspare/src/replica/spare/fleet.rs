@@ -164,7 +164,15 @@ fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>)
         }
         set(i, table, snapshot, |e| e.state = State::Spare);
         let why = match super::serve(&s.spare) {
-            Ok(term) => match super::takeover::start_program(&s.spare, term) {
+            Ok(term) => match {
+                // A takeover: the service exists, and this host must never start it fresh,
+                // even once its program has retired the image it resumed (a failure to say so
+                // is only logged: such a start would be fenced or refused, and marked then).
+                if let Err(e) = mark_born(&born, "taken over") {
+                    log(e);
+                }
+                super::takeover::start_program(&s.spare, term)
+            } {
                 Ok(mut child) => {
                     let pid = child.id();
                     log(format!(
@@ -212,11 +220,7 @@ fn log(msg: impl std::fmt::Display) {
 /// host coming back would start the service afresh; with it, the host is its spare.
 fn wait_fresh(child: &mut std::process::Child, dir: &Path, born: &Path) -> String {
     let mark = |why: &str| {
-        if !born.exists() {
-            let _ = std::fs::write(born, format!("{why}\n"))
-                .and_then(|()| std::fs::File::open(born)?.sync_all())
-                .and_then(|()| std::fs::File::open(dir)?.sync_all());
-        }
+        let _ = mark_born(born, why);
     };
     loop {
         match child.try_wait() {
@@ -241,6 +245,21 @@ fn wait_fresh(child: &mut std::process::Child, dir: &Path, born: &Path) -> Strin
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Writes the `born` marker `path` (in its image directory), made durable, unless it exists.
+fn mark_born(path: &Path, why: &str) -> Result<(), super::SpareError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::write(path, format!("{why}\n"))
+        .and_then(|()| std::fs::File::open(path)?.sync_all())
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|source| super::SpareError::Setup {
+            what: format!("writing {}", path.display()),
+            source,
+        })
 }
 
 /// Whether `dir` holds a checkpoint: a manifest, or a complete stream not yet applied (the
