@@ -360,7 +360,6 @@ fn born_of(dir: &Path, h: &str, i: usize) -> Option<String> {
 /// daemon that took every exit 75 for "the service exists elsewhere" marks it born, becomes
 /// its spare on an empty image, and nobody ever starts it.)
 #[test]
-#[ignore = "defect: a first start that exits 75 because its lease lapsed (etcd stalled, spare not up yet) marks the service born: nobody ever starts it"]
 fn s13r_first_start_lapsed_in_an_etcd_stall_is_started_again() {
     let _serial = serial();
     let env = lab_with_etcd("r2", "10.92.0");
@@ -406,7 +405,6 @@ fn s13r_first_start_lapsed_in_an_etcd_stall_is_started_again() {
 /// by the dead first start's registration (the daemon that started it, and knew its pid, is
 /// gone too), leaving A marked born and the service never started.
 #[test]
-#[ignore = "defect: after a restart the daemon forgets its first start's pid, so the next first start is fenced by that dead start's registration, marked born, and the service never starts"]
 fn s13r_host_lost_during_the_first_start_still_starts_the_service() {
     let _serial = serial();
     let env = lab_with_etcd("r3", "10.93.0");
@@ -426,6 +424,13 @@ fn s13r_host_lost_during_the_first_start_still_starts_the_service() {
         .unwrap_or_else(|| panic!("A did not start svc0{}", logs(&dir)));
     wait_record(&env, 0, &format!("A pid {p1}"), Duration::from_secs(20))
         .unwrap_or_else(|| panic!("pid {p1} did not register{}", logs(&dir)));
+    // … and says so in its status file (what a daemon coming back can know of it).
+    let status = dir.join("A/svc0/image/status");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&status).unwrap_or_default().contains("\"registered\":true") {
+        assert!(t.elapsed() < Duration::from_secs(10), "pid {p1}'s status never said registered{}", logs(&dir));
+        std::thread::sleep(Duration::from_millis(10));
+    }
     kill_host(lab, "A");
     drop(da);
     let da = start_fleet(lab, &dir, "A", &fa);
