@@ -962,3 +962,59 @@ fn s13r_etcd_stalls_with_every_primary_on_the_arbiter() {
     );
     drop(guard);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Programs killed again and again.
+
+/// Six times in a row, the program serving the service is killed (SIGKILL, the program only:
+/// its daemon stays): the other host's daemon takes over, the killed program's daemon becomes
+/// its spare — on a directory whose image the killed program had resumed, then retired at its
+/// first acknowledgement. Every round must change hosts, nothing acknowledged may be lost,
+/// and no two programs may acknowledge in overlapping time.
+#[test]
+fn s13r_taken_over_programs_killed_again_and_again() {
+    let _serial = serial();
+    let env = lab_with_etcd("rb", "10.89.0");
+    let lab = &env.lab;
+    let dir = env.t.path().to_path_buf();
+    let guard = Hosts(lab, &dir);
+    let c = Some(lab.fd("C"));
+    let svcs = [Svc {
+        i: 0,
+        first: "A",
+        other: "B",
+        both_first: false,
+    }];
+    let (_da, _db, pids) = start_both(lab, &dir, &svcs, Some(&env.etcd.endpoint));
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_names, load) = load_all(lab, &svcs);
+    let (mut h, mut pid) = ("A", pids[0]);
+    let mut gone = Vec::new();
+    let first_kill = now_ns();
+    for round in 0..6 {
+        let other = if h == "A" { "B" } else { "A" };
+        assert!(
+            wait_spare_of(&dir, other, 0, Duration::from_secs(30)),
+            "round {round}: {other} is not the spare of {h}'s pid {pid}{}",
+            logs(&dir)
+        );
+        assert!(
+            wait_acks_by(&load, pid, 30, Duration::from_secs(30)),
+            "round {round}: pid {pid} on {h} acknowledges nothing{}",
+            logs(&dir)
+        );
+        signal(pid, libc::SIGKILL);
+        gone.push(pid);
+        let (nh, np) = wait_new_primary(lab, &dir, 0, &gone, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("round {round}: nobody took over from {h}{}", logs(&dir)));
+        assert_eq!(nh, other, "round {round}: taken over by the wrong host{}", logs(&dir));
+        (h, pid) = (nh, np);
+    }
+    assert!(wait_acks_by(&load, pid, 30, Duration::from_secs(30)), "the last primary acknowledges nothing{}", logs(&dir));
+    let tally = load.stop();
+    let acks = of_service(&tally.acks, 0);
+    let (l, _, ex) = lost(kv_addr(lab, h, 0), c, pid, &acks);
+    let w = windows(&acks, first_kill);
+    assert!(l == 0 && w == 0, "{l} lost {ex:?}, {w} windows{}", logs(&dir));
+    drop(guard);
+}
