@@ -776,7 +776,11 @@ impl LinkLoop {
             self.registration_written = true;
             self.write_status();
             if let Some(path) = &self.cfg.status_file {
-                let text = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let text = self
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 write_status_file(path, &text);
             }
         }

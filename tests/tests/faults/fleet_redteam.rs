@@ -170,9 +170,7 @@ fn of_service(acks: &[Ack], i: usize) -> Vec<Ack> {
 fn load_all(lab: &Lab, svcs: &[Svc]) -> (Vec<(String, SocketAddr)>, Load) {
     let names: Vec<(String, SocketAddr)> = svcs
         .iter()
-        .flat_map(|v| {
-            ["A", "B"].map(|h| (format!("s{}-{h}", v.i), kv_addr(lab, h, v.i)))
-        })
+        .flat_map(|v| ["A", "B"].map(|h| (format!("s{}-{h}", v.i), kv_addr(lab, h, v.i))))
         .collect();
     let targets: Vec<(&str, SocketAddr)> = names.iter().map(|(s, a)| (s.as_str(), *a)).collect();
     let load = Load::start(&targets, Some(lab.fd("C")), Duration::from_millis(5));
@@ -205,8 +203,14 @@ struct Env {
 fn lab_with_etcd(tag: &str, net: &str) -> Env {
     let lab = Lab::setup(tag, net).unwrap_or_else(|e| panic!("{e}"));
     let (t, _key) = workdir();
-    let etcd = util::Etcd::start(&lab, "C", &lab.ip("C"), t.path(), &t.path().join("etcd.log"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let etcd = util::Etcd::start(
+        &lab,
+        "C",
+        &lab.ip("C"),
+        t.path(),
+        &t.path().join("etcd.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     Env { etcd, t, lab }
 }
 
@@ -225,8 +229,14 @@ fn start_both(
     let c = Some(lab.fd("C"));
     let mut pids = Vec::new();
     for v in svcs {
-        let pid = program_pid(dir, v.first, v.i, Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("svc{}: {}'s fleet did not start it{}", v.i, v.first, logs(dir)));
+        let pid = program_pid(dir, v.first, v.i, Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!(
+                "svc{}: {}'s fleet did not start it{}",
+                v.i,
+                v.first,
+                logs(dir)
+            )
+        });
         assert!(
             wait_spare_of(dir, v.other, v.i, Duration::from_secs(40)),
             "svc{}: {} never held its image{}",
@@ -270,7 +280,11 @@ fn s13r_stale_image_of_a_crashed_takeover_is_not_resumed() {
     // Past B's start-up grace.
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     kill_host(lab, "A");
     drop(da);
     let (_, pb) = wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20))
@@ -309,7 +323,11 @@ fn s13r_stale_image_of_a_crashed_takeover_is_not_resumed() {
         if resumed { "" } else { "; no acknowledgements since" },
         logs(&dir)
     );
-    assert!(resumed, "the service acknowledges nothing after A's stall{}", logs(&dir));
+    assert!(
+        resumed,
+        "the service acknowledges nothing after A's stall{}",
+        logs(&dir)
+    );
     drop(da);
     drop(guard);
 }
@@ -323,7 +341,13 @@ fn wait_service_acks(lab: &Lab, dir: &Path, i: usize, within: Duration) -> Optio
     let t = Instant::now();
     while t.elapsed() < within {
         if let Some((h, _)) = primary_now(dir, i, &[]) {
-            let (acks, _) = set_each(kv_addr(lab, h, i), c, &format!("s{i}-x"), 1, Duration::from_secs(3));
+            let (acks, _) = set_each(
+                kv_addr(lab, h, i),
+                c,
+                &format!("s{i}-x"),
+                1,
+                Duration::from_secs(3),
+            );
             if let Some(a) = acks.into_iter().next() {
                 return Some(a);
             }
@@ -427,8 +451,15 @@ fn s13r_host_lost_during_the_first_start_still_starts_the_service() {
     // … and says so in its status file (what a daemon coming back can know of it).
     let status = dir.join("A/svc0/image/status");
     let t = Instant::now();
-    while !std::fs::read_to_string(&status).unwrap_or_default().contains("\"registered\":true") {
-        assert!(t.elapsed() < Duration::from_secs(10), "pid {p1}'s status never said registered{}", logs(&dir));
+    while !std::fs::read_to_string(&status)
+        .unwrap_or_default()
+        .contains("\"registered\":true")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "pid {p1}'s status never said registered{}",
+            logs(&dir)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     kill_host(lab, "A");
@@ -472,14 +503,22 @@ fn s13r_born_marker_missing_host_comes_back_as_spare() {
     let (da, _db, pids) = start_both(lab, &dir, &svcs, Some(&env.etcd.endpoint));
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     kill_host(lab, "A");
     drop(da);
     let killed = now_ns();
     let (_, pb) = wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("B did not take over{}", logs(&dir)));
     let img = dir.join("A/svc0/image");
-    assert!(born_of(&dir, "A", 0).is_some(), "A was never marked born{}", logs(&dir));
+    assert!(
+        born_of(&dir, "A", 0).is_some(),
+        "A was never marked born{}",
+        logs(&dir)
+    );
     let _ = std::fs::remove_file(img.join("born"));
     let _ = std::fs::remove_file(img.join("status"));
     let da = start_fleet(lab, &dir, "A", &dir.join("fleet-A.toml"));
@@ -489,7 +528,11 @@ fn s13r_born_marker_missing_host_comes_back_as_spare() {
         logs(&dir)
     );
     let n = load.acks().len();
-    assert!(wait_acks(&load, n + 50, Duration::from_secs(30)), "no acknowledgements{}", logs(&dir));
+    assert!(
+        wait_acks(&load, n + 50, Duration::from_secs(30)),
+        "no acknowledgements{}",
+        logs(&dir)
+    );
     let tally = load.stop();
     let acks = of_service(&tally.acks, 0);
     let strangers: Vec<i32> = acks
@@ -504,7 +547,11 @@ fn s13r_born_marker_missing_host_comes_back_as_spare() {
         "{l} lost {ex:?}, {w} windows, acknowledged by other processes: {strangers:?}{}",
         logs(&dir)
     );
-    assert!(born_of(&dir, "A", 0).is_some(), "A's fenced fresh start was not marked born{}", logs(&dir));
+    assert!(
+        born_of(&dir, "A", 0).is_some(),
+        "A's fenced fresh start was not marked born{}",
+        logs(&dir)
+    );
     drop(da);
     drop(guard);
 }
@@ -554,7 +601,11 @@ fn s13r_two_first_primaries_one_service() {
     let other = if h == "A" { "B" } else { "A" };
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks_by(&load, p1, 100, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, p1, 100, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     kill_host(lab, h);
     let killed = now_ns();
     drop(daemons.remove(h));
@@ -570,10 +621,18 @@ fn s13r_two_first_primaries_one_service() {
         logs(&dir)
     );
     let n = load.acks().len();
-    assert!(wait_acks(&load, n + 50, Duration::from_secs(30)), "no acknowledgements{}", logs(&dir));
+    assert!(
+        wait_acks(&load, n + 50, Duration::from_secs(30)),
+        "no acknowledgements{}",
+        logs(&dir)
+    );
     let tally = load.stop();
     let acks = of_service(&tally.acks, 0);
-    let strangers: Vec<i32> = acks.iter().map(|a| a.pid).filter(|p| *p != p1 && *p != p2).collect();
+    let strangers: Vec<i32> = acks
+        .iter()
+        .map(|a| a.pid)
+        .filter(|p| *p != p1 && *p != p2)
+        .collect();
     let (l, _, ex) = lost(kv_addr(lab, other, 0), c, p2, &acks);
     let w = windows(&acks, killed);
     assert!(
@@ -610,7 +669,11 @@ fn s13r_fleet_daemon_restarted_under_its_programs() {
     let (da, db, pids) = start_both(lab, &dir, &svcs, Some(&env.etcd.endpoint));
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     kill_host(lab, "A");
     drop(da);
     let (_, pb0) = wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20))
@@ -624,25 +687,41 @@ fn s13r_fleet_daemon_restarted_under_its_programs() {
             logs(&dir)
         );
     }
-    assert!(wait_acks_by(&load, pb0, 50, Duration::from_secs(30)), "svc0 idle{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pb0, 50, Duration::from_secs(30)),
+        "svc0 idle{}",
+        logs(&dir)
+    );
     // B's daemon only.
     drop(db);
-    let hooks_before = hooks_of(&dir, 0).matches('B').count() + hooks_of(&dir, 1).matches('B').count();
+    let hooks_before =
+        hooks_of(&dir, 0).matches('B').count() + hooks_of(&dir, 1).matches('B').count();
     let db = start_fleet(lab, &dir, "B", &dir.join("fleet-B.toml"));
     let (a0, a1) = (acks_by(&load, pb0), acks_by(&load, pb1));
     std::thread::sleep(Duration::from_secs(4));
-    assert!(alive(pb0) && alive(pb1), "B's programs did not outlive their daemon{}", logs(&dir));
+    assert!(
+        alive(pb0) && alive(pb1),
+        "B's programs did not outlive their daemon{}",
+        logs(&dir)
+    );
     assert!(
         acks_by(&load, pb0) > a0 + 20 && acks_by(&load, pb1) > a1 + 20,
         "B's programs stopped acknowledging under the restarted daemon{}",
         logs(&dir)
     );
-    let hooks_after = hooks_of(&dir, 0).matches('B').count() + hooks_of(&dir, 1).matches('B').count();
-    assert_eq!(hooks_before, hooks_after, "the restarted daemon ran a takeover hook{}", logs(&dir));
+    let hooks_after =
+        hooks_of(&dir, 0).matches('B').count() + hooks_of(&dir, 1).matches('B').count();
+    assert_eq!(
+        hooks_before,
+        hooks_after,
+        "the restarted daemon ran a takeover hook{}",
+        logs(&dir)
+    );
     for i in 0..2 {
         let e = fleet_entry(&dir, "B", i);
         assert!(
-            e.as_ref().is_some_and(|e| e["state"] != "primary" && e["state"] != "spare"),
+            e.as_ref()
+                .is_some_and(|e| e["state"] != "primary" && e["state"] != "spare"),
             "svc{i}: B's restarted daemon claims to run it: {e:?}{}",
             logs(&dir)
         );
@@ -662,13 +741,21 @@ fn s13r_fleet_daemon_restarted_under_its_programs() {
         now.push(np);
     }
     let n = load.acks().len();
-    assert!(wait_acks(&load, n + 50, Duration::from_secs(30)), "no acknowledgements{}", logs(&dir));
+    assert!(
+        wait_acks(&load, n + 50, Duration::from_secs(30)),
+        "no acknowledgements{}",
+        logs(&dir)
+    );
     let tally = load.stop();
     for (i, np) in now.iter().enumerate() {
         let acks = of_service(&tally.acks, i);
         let (l, _, ex) = lost(kv_addr(lab, "A", i), c, *np, &acks);
         let w = windows(&acks, 0);
-        assert!(l == 0 && w == 0, "svc{i}: {l} lost {ex:?}, {w} windows{}", logs(&dir));
+        assert!(
+            l == 0 && w == 0,
+            "svc{i}: {l} lost {ex:?}, {w} windows{}",
+            logs(&dir)
+        );
     }
     drop((da, db));
     drop(guard);
@@ -694,7 +781,11 @@ fn s13r_takeover_hook_failing_then_succeeding() {
     let (da, _db, pids) = start_both(lab, &dir, &svcs, Some(&env.etcd.endpoint));
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     std::fs::write(dir.join("hookfail-0-B"), "").unwrap();
     kill_host(lab, "A");
     drop(da);
@@ -709,20 +800,38 @@ fn s13r_takeover_hook_failing_then_succeeding() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let tries = log(&dir, "fleet-B.log").matches("takeover hook failed").count();
-    assert!(tries >= 2, "B did not try again ({tries} hook failures){}", logs(&dir));
+    let tries = log(&dir, "fleet-B.log")
+        .matches("takeover hook failed")
+        .count();
+    assert!(
+        tries >= 2,
+        "B did not try again ({tries} hook failures){}",
+        logs(&dir)
+    );
     std::fs::remove_file(dir.join("hookfail-0-B")).unwrap();
     let (_, pb) = wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("B did not take over once its hook succeeded{}", logs(&dir)));
     let da = start_fleet(lab, &dir, "A", &dir.join("fleet-A.toml"));
-    assert!(wait_spare_of(&dir, "A", 0, Duration::from_secs(30)), "A is not the spare{}", logs(&dir));
+    assert!(
+        wait_spare_of(&dir, "A", 0, Duration::from_secs(30)),
+        "A is not the spare{}",
+        logs(&dir)
+    );
     let n = load.acks().len();
-    assert!(wait_acks(&load, n + 50, Duration::from_secs(30)), "no acknowledgements{}", logs(&dir));
+    assert!(
+        wait_acks(&load, n + 50, Duration::from_secs(30)),
+        "no acknowledgements{}",
+        logs(&dir)
+    );
     let tally = load.stop();
     let acks = of_service(&tally.acks, 0);
     let (l, _, ex) = lost(kv_addr(lab, "B", 0), c, pb, &acks);
     let w = windows(&acks, killed);
-    assert!(l == 0 && w == 0, "{l} lost {ex:?}, {w} windows{}", logs(&dir));
+    assert!(
+        l == 0 && w == 0,
+        "{l} lost {ex:?}, {w} windows{}",
+        logs(&dir)
+    );
     drop(da);
     drop(guard);
 }
@@ -748,7 +857,11 @@ fn s13r_taken_over_program_crashing_at_once_in_a_loop() {
     let (da, _db, pids) = start_both(lab, &dir, &svcs, Some(&env.etcd.endpoint));
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     std::fs::write(dir.join("crash-0-B"), "").unwrap();
     kill_host(lab, "A");
     drop(da);
@@ -761,17 +874,34 @@ fn s13r_taken_over_program_crashing_at_once_in_a_loop() {
         logs(&dir)
     );
     std::fs::remove_file(dir.join("crash-0-B")).unwrap();
-    let (_, pb) = wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("B did not take over once the program could start{}", logs(&dir)));
+    let (_, pb) =
+        wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20)).unwrap_or_else(|| {
+            panic!(
+                "B did not take over once the program could start{}",
+                logs(&dir)
+            )
+        });
     let da = start_fleet(lab, &dir, "A", &dir.join("fleet-A.toml"));
-    assert!(wait_spare_of(&dir, "A", 0, Duration::from_secs(30)), "A is not the spare{}", logs(&dir));
+    assert!(
+        wait_spare_of(&dir, "A", 0, Duration::from_secs(30)),
+        "A is not the spare{}",
+        logs(&dir)
+    );
     let n = load.acks().len();
-    assert!(wait_acks(&load, n + 50, Duration::from_secs(30)), "no acknowledgements{}", logs(&dir));
+    assert!(
+        wait_acks(&load, n + 50, Duration::from_secs(30)),
+        "no acknowledgements{}",
+        logs(&dir)
+    );
     let tally = load.stop();
     let acks = of_service(&tally.acks, 0);
     let (l, _, ex) = lost(kv_addr(lab, "B", 0), c, pb, &acks);
     let w = windows(&acks, killed);
-    assert!(l == 0 && w == 0, "{l} lost {ex:?}, {w} windows{}", logs(&dir));
+    assert!(
+        l == 0 && w == 0,
+        "{l} lost {ex:?}, {w} windows{}",
+        logs(&dir)
+    );
     drop(da);
     drop(guard);
 }
@@ -797,7 +927,11 @@ fn s13r_primary_stopped_past_the_lapse_rule() {
     let (_da, _db, pids) = start_both(lab, &dir, &svcs, Some(&env.etcd.endpoint));
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pids[0], 50, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     signal(pids[0], libc::SIGSTOP);
     let stopped = now_ns();
     let (_, pb) = wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20))
@@ -806,7 +940,8 @@ fn s13r_primary_stopped_past_the_lapse_rule() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no takeover time stamp{}", logs(&dir)));
-    let rest = Duration::from_secs(3).saturating_sub(Duration::from_nanos((now_ns() - stopped) as u64));
+    let rest =
+        Duration::from_secs(3).saturating_sub(Duration::from_nanos((now_ns() - stopped) as u64));
     std::thread::sleep(rest);
     signal(pids[0], libc::SIGCONT);
     let t = Instant::now();
@@ -818,12 +953,23 @@ fn s13r_primary_stopped_past_the_lapse_rule() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(wait_spare_of(&dir, "A", 0, Duration::from_secs(30)), "A is not the spare{}", logs(&dir));
+    assert!(
+        wait_spare_of(&dir, "A", 0, Duration::from_secs(30)),
+        "A is not the spare{}",
+        logs(&dir)
+    );
     let n = load.acks().len();
-    assert!(wait_acks(&load, n + 50, Duration::from_secs(30)), "no acknowledgements{}", logs(&dir));
+    assert!(
+        wait_acks(&load, n + 50, Duration::from_secs(30)),
+        "no acknowledgements{}",
+        logs(&dir)
+    );
     let tally = load.stop();
     let acks = of_service(&tally.acks, 0);
-    let late = acks.iter().filter(|a| a.pid == pids[0] && a.sent >= took).count();
+    let late = acks
+        .iter()
+        .filter(|a| a.pid == pids[0] && a.sent >= took)
+        .count();
     let (l, _, ex) = lost(kv_addr(lab, "B", 0), c, pb, &acks);
     let w = windows(&acks, stopped);
     assert!(
@@ -901,10 +1047,16 @@ fn s13r_etcd_stalls_with_every_primary_on_the_arbiter() {
     let (_da, _db, _pids) = start_both(lab, &dir, &svcs, Some(&env.etcd.endpoint));
     std::thread::sleep(Duration::from_millis(1200));
     let (_names, load) = load_all(lab, &svcs);
-    assert!(wait_acks(&load, 20 * n, Duration::from_secs(30)), "no load{}", logs(&dir));
+    assert!(
+        wait_acks(&load, 20 * n, Duration::from_secs(30)),
+        "no load{}",
+        logs(&dir)
+    );
     let (ib, ia) = (lab.ip("B"), lab.ip("A"));
-    lab.exec("A", &["iptables", "-A", "INPUT", "-s", &ib, "-j", "DROP"]).unwrap();
-    lab.exec("A", &["iptables", "-A", "OUTPUT", "-d", &ib, "-j", "DROP"]).unwrap();
+    lab.exec("A", &["iptables", "-A", "INPUT", "-s", &ib, "-j", "DROP"])
+        .unwrap();
+    lab.exec("A", &["iptables", "-A", "OUTPUT", "-d", &ib, "-j", "DROP"])
+        .unwrap();
     let cut = now_ns();
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<(usize, JoinHandle<Vec<Ack>>)> = svcs
@@ -913,7 +1065,10 @@ fn s13r_etcd_stalls_with_every_primary_on_the_arbiter() {
         .map(|(i, h)| {
             let (addr, ns, stop) = (kv_addr(lab, h, i), lab.fd("C"), stop.clone());
             let key = format!("s{i}-A:1");
-            (i, std::thread::spawn(move || read_answers(addr, ns, key, stop)))
+            (
+                i,
+                std::thread::spawn(move || read_answers(addr, ns, key, stop)),
+            )
         })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
@@ -1007,14 +1162,27 @@ fn s13r_taken_over_programs_killed_again_and_again() {
         gone.push(pid);
         let (nh, np) = wait_new_primary(lab, &dir, 0, &gone, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("round {round}: nobody took over from {h}{}", logs(&dir)));
-        assert_eq!(nh, other, "round {round}: taken over by the wrong host{}", logs(&dir));
+        assert_eq!(
+            nh,
+            other,
+            "round {round}: taken over by the wrong host{}",
+            logs(&dir)
+        );
         (h, pid) = (nh, np);
     }
-    assert!(wait_acks_by(&load, pid, 30, Duration::from_secs(30)), "the last primary acknowledges nothing{}", logs(&dir));
+    assert!(
+        wait_acks_by(&load, pid, 30, Duration::from_secs(30)),
+        "the last primary acknowledges nothing{}",
+        logs(&dir)
+    );
     let tally = load.stop();
     let acks = of_service(&tally.acks, 0);
     let (l, _, ex) = lost(kv_addr(lab, h, 0), c, pid, &acks);
     let w = windows(&acks, first_kill);
-    assert!(l == 0 && w == 0, "{l} lost {ex:?}, {w} windows{}", logs(&dir));
+    assert!(
+        l == 0 && w == 0,
+        "{l} lost {ex:?}, {w} windows{}",
+        logs(&dir)
+    );
     drop(guard);
 }

@@ -168,15 +168,7 @@ fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>)
         }
         set(i, table, snapshot, |e| e.state = State::Spare);
         let why = match super::serve(&s.spare) {
-            Ok(term) => match {
-                // A takeover: the service exists, and this host must never start it fresh,
-                // even once its program has retired the image it resumed (a failure to say so
-                // is only logged: such a start would be fenced or refused, and marked then).
-                if let Err(e) = mark_born(&born, "taken over") {
-                    log(e);
-                }
-                super::takeover::start_program(&s.spare, term)
-            } {
+            Ok(term) => match start_taken_over(&s.spare, &born, term) {
                 Ok(mut child) => {
                     let pid = child.id();
                     log(format!(
@@ -215,6 +207,21 @@ fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>)
 
 fn log(msg: impl std::fmt::Display) {
     logs::line("hotspare-resume", msg);
+}
+
+/// After a takeover with `term`: the service exists, and this host must never start it fresh
+/// again, even once its program has retired the image it resumed (a failure to mark it so is
+/// only logged: such a start would be fenced or refused, and marked then); then the hook and
+/// the program.
+fn start_taken_over(
+    cfg: &SpareConfig,
+    born: &Path,
+    term: u64,
+) -> Result<std::process::Child, super::SpareError> {
+    if let Err(e) = mark_born(born, "taken over") {
+        log(e);
+    }
+    super::takeover::start_program(cfg, term)
 }
 
 /// Waits for a first start's program to end, marking the service born (`born`, made durable)
