@@ -16,7 +16,7 @@
 //! ```
 
 use super::arbiter::ArbiterClient;
-use super::io::{start_status_writer, OutBuf};
+use super::io::{start_status_writer, write_status_file, OutBuf};
 use super::wire::{self, Key};
 use crate::checkpoint::Completion;
 use hotspare_proto::arbiter::PrimaryArbiter;
@@ -77,10 +77,27 @@ fn log(msg: impl std::fmt::Display) {
     super::log::line("hotspare", msg);
 }
 
-/// Ends the process (fenced, `on_fence = exit`) once the reason is in the log.
-fn exit_fenced() -> ! {
-    super::log::flush(Duration::from_millis(200));
-    std::process::exit(75);
+/// Why a primary ends itself with exit status 75 (`on_fence = exit`), as its last status file
+/// says (`"exit"`): a fleet daemon tells a first start that was fenced — the service exists
+/// elsewhere — from one whose lease merely ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// A newer term, another holder at the arbiter, or a spare that refuses us.
+    Fenced,
+    /// A switchover handed the service over.
+    HandedOver,
+    /// No lease (nobody renewed it): nothing says another primary exists.
+    LeaseLapsed,
+}
+
+impl Exit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Exit::Fenced => "fenced",
+            Exit::HandedOver => "handed over",
+            Exit::LeaseLapsed => "lease lapsed",
+        }
+    }
 }
 
 /// The clock both threads read: nanoseconds since the first use.
@@ -350,6 +367,11 @@ struct LinkLoop {
     /// With an arbiter and `on_fence = exit`: since when no lease has been held (see
     /// [`LEASE_LAPSE_EXIT`]).
     lease_lost_since: Option<Instant>,
+    /// The image directory this program was resumed from, until a checkpoint of it has been
+    /// acknowledged by the spare (see [`LinkLoop::retire_resumed_image`]).
+    resumed_image: Option<PathBuf>,
+    /// The status file has said `registered` (written at once when registration succeeds).
+    registration_written: bool,
     /// The spare's address, resolved at start.
     addr: SocketAddr,
     /// What the status thread writes.
@@ -395,6 +417,14 @@ impl LinkLoop {
             },
             now(),
         );
+        // A fresh start's directory holds no image (the library refuses one); a resumed
+        // program's holds the one it was resumed from. Its status file is in it.
+        let resumed_image = cfg
+            .status_file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .filter(|d| d.join("manifest").exists())
+            .map(PathBuf::from);
         LinkLoop {
             cfg,
             addr,
@@ -413,6 +443,8 @@ impl LinkLoop {
             handover_floor: None,
             exit_when_flushed: false,
             lease_lost_since: None,
+            resumed_image,
+            registration_written: false,
             arbiter,
         }
     }
@@ -490,8 +522,22 @@ impl LinkLoop {
                 "FENCED: no lease for {} ms (neither the spare nor the arbiter renewed it); exiting",
                 since.elapsed().as_millis()
             ));
-            exit_fenced();
+            self.exit_fenced(Exit::LeaseLapsed);
         }
+    }
+
+    /// Ends the process (75) once the reason is in the log and the status file says why
+    /// (written here, with the status writer held off, so that it is the last one).
+    fn exit_fenced(&self, why: Exit) -> ! {
+        let mut held = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if self.cfg.status_file.is_some() {
+            *held = self.status_text(Some(why));
+        }
+        super::log::flush(Duration::from_millis(200));
+        if let Some(path) = &self.cfg.status_file {
+            write_status_file(path, &held);
+        }
+        std::process::exit(75);
     }
 
     fn disconnect(&mut self, why: &str) {
@@ -705,7 +751,7 @@ impl LinkLoop {
                 }
                 if self.exit_when_flushed && s.out.unsent() == 0 {
                     log("handed over: exiting (on_fence = exit)");
-                    exit_fenced();
+                    self.exit_fenced(Exit::HandedOver);
                 }
             }
             if !progressed {
@@ -723,6 +769,20 @@ impl LinkLoop {
         if self.last_status.elapsed() >= Duration::from_millis(100) {
             self.last_status = Instant::now();
             self.write_status();
+        }
+        if !self.registration_written && self.link.arbiter_registered() {
+            // Said at once, not within 100 ms: a fleet daemon's next first start takes this
+            // registration over only if the status file names it (`registered`).
+            self.registration_written = true;
+            self.write_status();
+            if let Some(path) = &self.cfg.status_file {
+                let text = self
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                write_status_file(path, &text);
+            }
         }
     }
 
@@ -743,6 +803,10 @@ impl LinkLoop {
                 ))
             }
             Event::Done { seq, result } => {
+                let result = match result {
+                    Ok(()) => self.retire_resumed_image(seq),
+                    e => e,
+                };
                 if let Some(done) = self.waiting.remove(&seq) {
                     done.finish(result);
                 } else if self.sending.as_ref().is_some_and(|s| s.seq == seq) {
@@ -755,7 +819,7 @@ impl LinkLoop {
                 self.shared.serving_until.store(0, Ordering::SeqCst);
                 log(format!("FENCED: {why}; this primary must stop serving"));
                 if self.cfg.exit_when_fenced {
-                    exit_fenced();
+                    self.exit_fenced(Exit::Fenced);
                 }
             }
             Event::Arbiter(line) => log(line),
@@ -812,9 +876,44 @@ impl LinkLoop {
                     self.lease_lost_since.get_or_insert_with(Instant::now);
                 } else if self.cfg.exit_when_fenced {
                     log("FENCED: lease lost; exiting so that two primaries never both serve");
-                    exit_fenced();
+                    self.exit_fenced(Exit::LeaseLapsed);
                 }
             }
+        }
+    }
+
+    /// Before the first acknowledgement of a resumed program is passed on: the image it was
+    /// resumed from (in its own directory, on this host) no longer holds everything
+    /// acknowledged — the spare's does — so it must never be resumed again. Its manifest is
+    /// renamed `manifest.superseded` (and the directory `fsync`ed): the spare started again on
+    /// this directory once this program ends (a fleet daemon's re-protection, or the systemd
+    /// unit's restart) holds no image, so it cannot take over from the old one — which would
+    /// lose every write acknowledged since — and is given a full checkpoint by whoever is the
+    /// primary then. Fails closed: if the rename cannot be made durable, the checkpoint is
+    /// reported failed (and this is tried again at the next one).
+    fn retire_resumed_image(&mut self, seq: u64) -> Result<(), String> {
+        let Some(dir) = self.resumed_image.clone() else {
+            return Ok(());
+        };
+        let from = dir.join("manifest");
+        let to = dir.join("manifest.superseded");
+        let r = match std::fs::rename(&from, &to) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => std::fs::File::open(&dir).and_then(|d| d.sync_all()),
+        };
+        match r {
+            Ok(()) => {
+                self.resumed_image = None;
+                log(format!(
+                    "checkpoint {seq} acknowledged by the spare: the image this program was resumed from ({}) is superseded (manifest renamed manifest.superseded); this directory is an empty spare's from now on",
+                    dir.display()
+                ));
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "acknowledged by the spare, but the image this program was resumed from cannot be retired ({}: {e}): failed, so that it is never resumed without this checkpoint",
+                from.display()
+            )),
         }
     }
 
@@ -822,11 +921,17 @@ impl LinkLoop {
         if self.cfg.status_file.is_none() {
             return;
         }
+        let text = self.status_text(None);
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = text;
+    }
+
+    /// The status file's text; `exit`: the process is ending (`"exit":"fenced"`, …).
+    fn status_text(&self, exit: Option<Exit>) -> String {
         let (sent, acked) = self.link.seqs();
         let connected = self.link.is_up();
         let until = self.link.serving_until();
-        let text = format!(
-            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"durability\":\"{}\",\"lag\":{},\"lease_left_ms\":{},\"fenced\":{},\"arbiter\":{}}}\n",
+        format!(
+            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"durability\":\"{}\",\"lag\":{},\"lease_left_ms\":{},\"fenced\":{},\"arbiter\":{}{}}}\n",
             std::process::id(),
             self.cfg.term,
             self.cfg.addr,
@@ -841,8 +946,8 @@ impl LinkLoop {
                     a.service, a.node
                 ),
             },
-        );
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = text;
+            exit.map_or(String::new(), |e| format!(",\"exit\":\"{}\"", e.as_str())),
+        )
     }
 }
 

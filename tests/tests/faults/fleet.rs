@@ -13,17 +13,17 @@ fn placement(i: usize) -> (&'static str, &'static str) {
     (HOSTS[i % 3], HOSTS[(i + 1) % 3])
 }
 
-fn kv_port(i: usize) -> u16 {
+pub(super) fn kv_port(i: usize) -> u16 {
     9100 + i as u16
 }
 
-fn spare_port(i: usize) -> u16 {
+pub(super) fn spare_port(i: usize) -> u16 {
     7100 + i as u16
 }
 
 /// Kills every process in host `h`'s namespace (a host lost: primaries, the fleet daemon, the
 /// programs it started), by pid; how many.
-fn kill_host(lab: &Lab, h: &str) -> usize {
+pub(super) fn kill_host(lab: &Lab, h: &str) -> usize {
     let out = Command::new("ip")
         .args(["netns", "pids", &lab.ns(h)])
         .output()
@@ -42,7 +42,7 @@ fn kill_host(lab: &Lab, h: &str) -> usize {
 /// Kills what runs in every host when dropped (a failed assertion included); with
 /// `HOTSPARE_KEEP_LOGS=DIR`, copies the scenario's logs there first (twenty services' lines
 /// are more than a failure message can show).
-struct Hosts<'a>(&'a Lab, &'a Path);
+pub(super) struct Hosts<'a>(pub(super) &'a Lab, pub(super) &'a Path);
 
 impl Drop for Hosts<'_> {
     fn drop(&mut self) {
@@ -98,7 +98,7 @@ fn fleet_file(lab: &Lab, dir: &Path, h: &str, n: usize, etcd: &str) -> PathBuf {
     path
 }
 
-fn start_fleet(lab: &Lab, dir: &Path, h: &'static str, file: &Path) -> Killed {
+pub(super) fn start_fleet(lab: &Lab, dir: &Path, h: &'static str, file: &Path) -> Killed {
     let log_name = format!("fleet-{h}.log");
     let mut c = Command::new(util::lib("hotspare-resume"));
     c.arg("--fleet")
@@ -126,7 +126,7 @@ fn start_fleet(lab: &Lab, dir: &Path, h: &'static str, file: &Path) -> Killed {
 }
 
 /// Service `i`'s entry in host `h`'s fleet status (`None` until it lists it).
-fn fleet_entry(dir: &Path, h: &str, i: usize) -> Option<serde_json::Value> {
+pub(super) fn fleet_entry(dir: &Path, h: &str, i: usize) -> Option<serde_json::Value> {
     let t = std::fs::read_to_string(dir.join(format!("fleet-{h}.json"))).ok()?;
     let v: serde_json::Value = serde_json::from_str(&t).ok()?;
     v["services"]
@@ -137,7 +137,7 @@ fn fleet_entry(dir: &Path, h: &str, i: usize) -> Option<serde_json::Value> {
 }
 
 /// The pid of service `i`'s program that host `h`'s fleet daemon runs (bounded wait).
-fn program_pid(dir: &Path, h: &str, i: usize, within: Duration) -> Option<i32> {
+pub(super) fn program_pid(dir: &Path, h: &str, i: usize, within: Duration) -> Option<i32> {
     let t = Instant::now();
     while t.elapsed() < within {
         if let Some(e) = fleet_entry(dir, h, i) {
@@ -151,7 +151,7 @@ fn program_pid(dir: &Path, h: &str, i: usize, within: Duration) -> Option<i32> {
 }
 
 /// Waits (bounded) until host `h` holds service `i`'s image as the spare of a connected primary.
-fn wait_spare_of(dir: &Path, h: &str, i: usize, within: Duration) -> bool {
+pub(super) fn wait_spare_of(dir: &Path, h: &str, i: usize, within: Duration) -> bool {
     let t = Instant::now();
     let status = dir.join(format!("{h}/svc{i}/image/status"));
     while t.elapsed() < within {

@@ -29,6 +29,7 @@ mod util;
 // Scenarios with an etcd arbiter (section 11).
 mod arbiter;
 mod fleet;
+mod fleet_redteam;
 
 use hotspare_proto::codec::{ClientHandshake, Key, Opener, Sealer};
 use hotspare_proto::{Msg, StreamHeader};

@@ -130,7 +130,11 @@ fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>)
     loop {
         let born = s.spare.image_dir.join("born");
         if s.first_primary && !has_image(&s.spare.image_dir) && !born.exists() {
-            let why = match super::takeover::start_fresh(&s.spare, previous) {
+            // The registration at the arbiter this start may take over: that of the last first
+            // start whose status says it registered (it outlives a restart of this daemon),
+            // else that of this daemon's last one.
+            let adopt = registered_first_start(&s.spare.image_dir).or(previous);
+            let why = match super::takeover::start_fresh(&s.spare, adopt) {
                 Ok(mut child) => {
                     let pid = child.id();
                     previous = Some(pid);
@@ -164,7 +168,7 @@ fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>)
         }
         set(i, table, snapshot, |e| e.state = State::Spare);
         let why = match super::serve(&s.spare) {
-            Ok(term) => match super::takeover::start_program(&s.spare, term) {
+            Ok(term) => match start_taken_over(&s.spare, &born, term) {
                 Ok(mut child) => {
                     let pid = child.id();
                     log(format!(
@@ -205,23 +209,46 @@ fn log(msg: impl std::fmt::Display) {
     logs::line("hotspare-resume", msg);
 }
 
+/// After a takeover with `term`: the service exists, and this host must never start it fresh
+/// again, even once its program has retired the image it resumed (a failure to mark it so is
+/// only logged: such a start would be fenced or refused, and marked then); then the hook and
+/// the program.
+fn start_taken_over(
+    cfg: &SpareConfig,
+    born: &Path,
+    term: u64,
+) -> Result<std::process::Child, super::SpareError> {
+    if let Err(e) = mark_born(born, "taken over") {
+        log(e);
+    }
+    super::takeover::start_program(cfg, term)
+}
+
 /// Waits for a first start's program to end, marking the service born (`born`, made durable)
 /// as soon as it exists beyond this host: once a checkpoint of it has been acknowledged (its
 /// status file says so), or when the program was fenced (exit 75: a term of it exists at the
-/// arbiter). A primary keeps no image of its own while it has a spare, so without the mark a
-/// host coming back would start the service afresh; with it, the host is its spare.
+/// arbiter, or its spare refuses it). A primary keeps no image of its own while it has a
+/// spare, so without the mark a host coming back would start the service afresh; with it, the
+/// host is its spare. An exit 75 that its last status file calls a lease lapse (`"exit":"lease
+/// lapsed"`: nobody renewed its lease — etcd stalled, its spare gone — nobody fenced it) says
+/// nothing of the kind, and with no checkpoint acknowledged the service may exist nowhere: it
+/// is started fresh again (a start of a service that exists is fenced or refused, and marks it
+/// then).
 fn wait_fresh(child: &mut std::process::Child, dir: &Path, born: &Path) -> String {
     let mark = |why: &str| {
-        if !born.exists() {
-            let _ = std::fs::write(born, format!("{why}\n"))
-                .and_then(|()| std::fs::File::open(born)?.sync_all())
-                .and_then(|()| std::fs::File::open(dir)?.sync_all());
-        }
+        let _ = mark_born(born, why);
     };
     loop {
         match child.try_wait() {
             Ok(Some(st)) => {
-                if st.code() == Some(75) {
+                let last = own_status(dir, child.id());
+                let field = |k: &str| last.as_ref().map(|v| v[k].clone());
+                if field("acked_seq").and_then(|v| v.as_u64()).unwrap_or(0) > 0 {
+                    mark("a checkpoint of it was acknowledged");
+                } else if st.code() == Some(75) {
+                    if field("exit").is_some_and(|v| v == "lease lapsed") {
+                        return format!("{st}, its lease lapsed with nothing acknowledged");
+                    }
                     mark("fenced at its first start: the service runs elsewhere");
                 }
                 return st.to_string();
@@ -241,6 +268,40 @@ fn wait_fresh(child: &mut std::process::Child, dir: &Path, born: &Path) -> Strin
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The primary status file in `dir` if process `pid` wrote it.
+fn own_status(dir: &Path, pid: u32) -> Option<serde_json::Value> {
+    let t = std::fs::read_to_string(dir.join("status")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+    (v["role"] == "primary" && v["pid"].as_u64() == Some(u64::from(pid))).then_some(v)
+}
+
+/// The pid of the first start that last wrote `dir`'s status file, if it says it registered at
+/// the arbiter (its record there is the one a new first start may take over). It has ended: a
+/// live one would hold the directory's lock, and the new start would fail before registering.
+fn registered_first_start(dir: &Path) -> Option<u32> {
+    let t = std::fs::read_to_string(dir.join("status")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+    if v["role"] != "primary" || v["arbiter"]["registered"] != true {
+        return None;
+    }
+    v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
+/// Writes the `born` marker `path` (in its image directory), made durable, unless it exists.
+fn mark_born(path: &Path, why: &str) -> Result<(), super::SpareError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::write(path, format!("{why}\n"))
+        .and_then(|()| std::fs::File::open(path)?.sync_all())
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|source| super::SpareError::Setup {
+            what: format!("writing {}", path.display()),
+            source,
+        })
 }
 
 /// Whether `dir` holds a checkpoint: a manifest, or a complete stream not yet applied (the
