@@ -29,6 +29,9 @@ mod util;
 // Scenarios with an etcd arbiter (section 11).
 mod arbiter;
 
+// Jepsen-style faults: a three-member etcd on the hosts, partitions, pauses, restarts (12).
+mod jepsen;
+
 use hotspare_proto::codec::{ClientHandshake, Key, Opener, Sealer};
 use hotspare_proto::{Msg, StreamHeader};
 use std::collections::{BTreeMap, HashMap};
