@@ -102,8 +102,9 @@ impl ArbiterClient {
                     answered: None,
                 };
                 // Connected before the first request: a spare's first request is its claim,
-                // where a connection set-up would add to the failover time.
-                let _ = rt.block_on(etcd.client());
+                // and a primary's first renewal comes when its spare falls silent, where a
+                // connection set-up would add to the failover time or cost the lease.
+                rt.block_on(etcd.connect_all());
                 for (id, req) in req_rx {
                     let outcome = rt.block_on(etcd.run(req));
                     if ans_tx.send((id, outcome)).is_err() {
@@ -245,8 +246,22 @@ impl Etcd {
         Ok(c)
     }
 
+    /// Makes the clients and a connection to every member that answers (a read of the term
+    /// key on each, one after the other, each bounded by the timeout).
+    async fn connect_all(&mut self) {
+        if self.client().await.is_err() {
+            return;
+        }
+        let read = etcd_client::Txn::new()
+            .and_then(vec![etcd_client::TxnOp::get(self.cfg.key("term"), None)]);
+        for m in &self.members {
+            let mut m = m.clone();
+            let _ = tokio::time::timeout(self.cfg.timeout, m.txn(read.clone())).await;
+        }
+    }
+
     /// `txn` sent to every member at once: the first answer, and which member gave it.
-    async fn to_all(
+    async fn send_to_all(
         &mut self,
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse, ArbiterError> {
@@ -265,7 +280,7 @@ impl Etcd {
     }
 
     /// `txn` sent once: to the member that answered first last time, if any did.
-    async fn to_one(
+    async fn send_to_one(
         &mut self,
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse, ArbiterError> {
@@ -290,7 +305,7 @@ impl Etcd {
                     )])
                     .and_then(vec![TxnOp::put(term_key.clone(), encode(&rec)?, None)])
                     .or_else(vec![TxnOp::get(term_key.clone(), None)]);
-                let resp = self.to_one(txn).await?;
+                let resp = self.send_to_one(txn).await?;
                 if resp.succeeded() {
                     let rev = resp.header().map_or(0, |h| h.revision());
                     return Ok(Answer::Registered {
@@ -319,7 +334,7 @@ impl Etcd {
                         held_rev,
                     )])
                     .and_then(vec![TxnOp::put(term_key, encode(&mine)?, None)]);
-                let resp = self.to_one(txn).await?;
+                let resp = self.send_to_one(txn).await?;
                 if resp.succeeded() {
                     let rev = resp.header().map_or(0, |h| h.revision());
                     return Ok(Answer::Registered {
@@ -341,7 +356,7 @@ impl Etcd {
                     )])
                     .and_then(vec![TxnOp::put(alive_key, self.cfg.node.clone(), None)])
                     .or_else(vec![TxnOp::get(term_key, None)]);
-                let resp = self.to_all(txn).await?;
+                let resp = self.send_to_all(txn).await?;
                 if resp.succeeded() {
                     return Ok(Answer::Renewed);
                 }
@@ -356,7 +371,7 @@ impl Etcd {
                     TxnOp::get(term_key, None),
                     TxnOp::get(alive_key, None),
                 ]);
-                let resp = self.to_all(txn).await?;
+                let resp = self.send_to_all(txn).await?;
                 let term = match first_get(&resp, 0) {
                     Some(kv) => Some(decode(&kv)?),
                     None => None,
@@ -375,7 +390,7 @@ impl Etcd {
                         Compare::mod_revision(alive_key, CompareOp::Equal, alive_rev),
                     ])
                     .and_then(vec![TxnOp::put(term_key, encode(&record)?, None)]);
-                let resp = self.to_one(txn).await?;
+                let resp = self.send_to_one(txn).await?;
                 Ok(if resp.succeeded() {
                     Answer::Claimed
                 } else {

@@ -61,16 +61,18 @@ impl ArbiterPair {
     /// Sets the pair up and waits until the primary serves; `missed` heartbeats make the
     /// spare's detection time. One etcd member in C.
     fn start(tag: &str, every_write: bool, missed: &str) -> ArbiterPair {
-        Self::start_with(tag, every_write, missed, &[])
+        Self::start_with(tag, every_write, missed, &[], &[])
     }
 
     /// The same, with a three-member etcd cluster, one member in each host of `cluster` (hosts
-    /// beyond A, B and C are added), when it is not empty.
+    /// beyond A, B and C are added), when it is not empty; `primary_env` added to the primary's
+    /// environment.
     pub(super) fn start_with(
         tag: &str,
         every_write: bool,
         missed: &str,
         cluster: &[&'static str],
+        primary_env: &[(&str, &str)],
     ) -> ArbiterPair {
         let mut lab = Lab::setup(tag, "10.81.0").unwrap_or_else(|e| panic!("{e}"));
         let (t, _key) = workdir();
@@ -118,16 +120,18 @@ impl ArbiterPair {
             &extra,
             At::Host(&lab, "B"),
         );
+        let mut env = vec![
+            ("HOTSPARE_ARBITER", endpoints.as_str()),
+            ("HOTSPARE_SERVICE", "kv"),
+            ("HOTSPARE_NODE", "A"),
+        ];
+        env.extend_from_slice(primary_env);
         let primary = start_primary(
             &dir,
             "spool",
             &spare_addr,
             &args,
-            &[
-                ("HOTSPARE_ARBITER", endpoints.as_str()),
-                ("HOTSPARE_SERVICE", "kv"),
-                ("HOTSPARE_NODE", "A"),
-            ],
+            &env,
             "primary.log",
             At::Host(&lab, "A"),
         );
@@ -708,7 +712,7 @@ pub(super) fn cut_from(others: &[String]) -> Vec<Vec<String>> {
 fn s11f_etcd_cluster_leader_killed_then_the_primary() {
     let _serial = serial();
     let mut f = Figures::default();
-    let mut p = ArbiterPair::start_with("j", true, "10", &ETCD_HOSTS);
+    let mut p = ArbiterPair::start_with("j", true, "10", &ETCD_HOSTS, &[]);
     let dir = p.dir().to_path_buf();
     let c = p.c();
     p.past_grace();
@@ -786,7 +790,7 @@ fn s11f_etcd_cluster_leader_killed_then_the_primary() {
 fn s11g_etcd_minority_spare_waits_for_the_majority() {
     let _serial = serial();
     let mut f = Figures::default();
-    let p = ArbiterPair::start_with("m", true, "10", &ETCD_HOSTS);
+    let p = ArbiterPair::start_with("m", true, "10", &ETCD_HOSTS, &[]);
     let dir = p.dir().to_path_buf();
     let c = p.c();
     p.past_grace();

@@ -19,7 +19,12 @@ const HOSTS: [&str; 3] = ["A", "B", "D"];
 /// writer to B already written (a resumed program then serves keys it has seen: s9), and an
 /// every-write load from C on both service addresses (B's answers only after a takeover).
 fn begin(tag: &str) -> (ArbiterPair, PathBuf, Load) {
-    let p = ArbiterPair::start_with(tag, true, "10", &HOSTS);
+    begin_with(tag, &[])
+}
+
+/// [`begin`], with `primary_env` added to the primary's environment.
+fn begin_with(tag: &str, primary_env: &[(&str, &str)]) -> (ArbiterPair, PathBuf, Load) {
+    let p = ArbiterPair::start_with(tag, true, "10", &HOSTS, primary_env);
     let dir = p.dir().to_path_buf();
     let c = p.c();
     p.past_grace();
@@ -435,11 +440,16 @@ fn s12b_jepsen_one_way_partitions_between_primary_and_spare() {
 fn s12c_jepsen_pauses_of_the_primary_and_of_the_spare() {
     let _serial = serial();
     let mut failures = Vec::new();
-    // 1. The primary paused.
-    {
-        let name = "primary_paused";
+    // 1. The primary paused; continued, it exits (`on_fence = exit`, the default with an
+    // arbiter), or stays up refusing writes (`report`) while its clients keep sending them.
+    for (i, on_fence) in ["exit", "report"].into_iter().enumerate() {
+        let name = if on_fence == "exit" {
+            "primary_paused"
+        } else {
+            "primary_paused_on_fence_report"
+        };
         let mut f = Figures::default();
-        let (p, dir, load) = begin("jc0");
+        let (p, dir, load) = begin_with(&format!("jc{i}"), &[("HOTSPARE_ON_FENCE", on_fence)]);
         let c = p.c();
         let old = p.primary.pid();
         let stopped = now_ns();
@@ -461,7 +471,15 @@ fn s12c_jepsen_pauses_of_the_primary_and_of_the_spare() {
                 .expect("checked")
                 .unwrap_or_else(|e| panic!("{name}: {e}{}", logs(&dir)));
             let mut p = p;
-            let code = p.primary.wait_exit(Duration::from_secs(10));
+            let code = if on_fence == "exit" {
+                p.primary.wait_exit(Duration::from_secs(10))
+            } else {
+                // Up, and sent writes for a while (the writer to A goes on; its SET queued
+                // in the pause waits up to 2 s for its reply).
+                std::thread::sleep(Duration::from_millis(3000));
+                p.primary.0.try_wait().unwrap().and_then(|s| s.code())
+            };
+            let alive = p.primary.0.try_wait().unwrap().is_none();
             let n = load.tally.lock().unwrap().acks.len();
             assert!(
                 wait_acks(&load, n + 20, Duration::from_secs(10)),
@@ -487,6 +505,9 @@ fn s12c_jepsen_pauses_of_the_primary_and_of_the_spare() {
             f.add("old_primary_acks_after_takeover", old_after);
             f.add("old_primary_replies_after_takeover", late);
             f.add("old_primary_exit", format!("{code:?}"));
+            // What the writers got instead of acknowledgements (the fenced primary answers
+            // TRYAGAIN, or closes a connection whose reply would wait for a checkpoint).
+            f.add("writes_refused_or_dropped", tally.errors + tally.broken);
             assert_eq!(
                 lost_n,
                 0,
@@ -500,12 +521,20 @@ fn s12c_jepsen_pauses_of_the_primary_and_of_the_spare() {
                 "{name}: the paused primary acknowledged writes sent after the takeover{}",
                 logs(&dir)
             );
-            assert_eq!(
-                code,
-                Some(75),
-                "{name}: the old primary did not exit as fenced{}",
-                logs(&dir)
-            );
+            if on_fence == "exit" {
+                assert_eq!(
+                    code,
+                    Some(75),
+                    "{name}: the old primary did not exit as fenced{}",
+                    logs(&dir)
+                );
+            } else {
+                assert!(
+                    alive,
+                    "{name}: the old primary should be up (refusing writes){}",
+                    logs(&dir)
+                );
+            }
             let record = p.term_record();
             assert!(
                 record.contains("\"term\":2") && record.contains("\"holder\":\"B"),
@@ -529,7 +558,7 @@ fn s12c_jepsen_pauses_of_the_primary_and_of_the_spare() {
         let (mut p, dir, load) = if every_write {
             begin(&format!("jd{i}"))
         } else {
-            let p = ArbiterPair::start_with(&format!("jd{i}"), false, "10", &HOSTS);
+            let p = ArbiterPair::start_with(&format!("jd{i}"), false, "10", &HOSTS, &[]);
             let dir = p.dir().to_path_buf();
             p.past_grace();
             let load = Load::start(&[("to-a", p.pa)], p.c(), Duration::from_millis(1));
@@ -675,6 +704,21 @@ fn status_field(dir: &Path, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// A number of the service's `INFO hotspare` at `addr` (asked from namespace `ns`).
+fn info_field(addr: SocketAddr, ns: Option<i32>, name: &str) -> Option<u64> {
+    in_ns(ns, || {
+        let mut c =
+            RespConn::connect(addr, Duration::from_millis(300), Duration::from_secs(2)).ok()?;
+        let Reply::Bulk(Some(b)) = c.cmd(&["INFO", "hotspare"]).ok()? else {
+            return None;
+        };
+        String::from_utf8_lossy(&b)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 /// Waits (bounded) until the spare's status says a primary is connected and its image is at
 /// least at checkpoint `seq`, applied.
 fn wait_spare_at(dir: &Path, seq: u64, within: Duration) -> bool {
@@ -710,6 +754,8 @@ fn s12e_jepsen_spare_daemon_restarted_becomes_the_spare_again() {
     let since = now_ns();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let before = status_field(&dir, "seq").unwrap_or(0);
+        let full = |p: &ArbiterPair| info_field(p.pa, p.c(), "hotspare_full_image_bytes");
+        let full_before = full(&p).unwrap_or_else(|| panic!("{name}: no INFO hotspare"));
         let connects = log(&dir, "primary.log")
             .matches("connected to spare")
             .count();
@@ -747,6 +793,14 @@ fn s12e_jepsen_spare_daemon_restarted_becomes_the_spare_again() {
             "{name}: no write acknowledged after the spare came back{}",
             logs(&dir)
         );
+        // A full image was sent since (the largest full checkpoint grew from the first one,
+        // taken of an empty store).
+        let full_after = full(&p).unwrap_or(0);
+        assert!(
+            full_after > full_before,
+            "{name}: no full checkpoint since the spare was killed ({full_before} → {full_after} bytes){}",
+            logs(&dir)
+        );
         let now_at = status_field(&dir, "seq").unwrap_or(0);
         assert!(
             wait_spare_at(&dir, now_at + 3, Duration::from_secs(10)),
@@ -773,6 +827,10 @@ fn s12e_jepsen_spare_daemon_restarted_becomes_the_spare_again() {
             status_field(&dir, "seq").unwrap_or(0),
         );
         f.add("spare_down_ms", (restarted - killed) / MS);
+        f.add(
+            "full_image_bytes_before_after",
+            format!("{full_before} {full_after}"),
+        );
         f.add("reconnect_ms", reconnect_ms);
         // Past the restarted daemon's start-up grace, then the real failure.
         p.past_grace();
