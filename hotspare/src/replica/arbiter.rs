@@ -20,6 +20,18 @@
 //! Requests go with `require_leader`, so a member cut off from its cluster's leader fails them
 //! at once instead of holding them; a request that times out may still be applied later, which
 //! the core allows for (`hotspare_proto::arbiter`, "An answer that never comes").
+//!
+//! **A member that does not answer at all** (cut off by a partition that drops its packets,
+//! rather than killed) holds a request until the timeout, and the core sends one request at a
+//! time: through a client that spreads requests over the members, a third of the renewals would
+//! wait 200 ms for one, while the primary's arbiter lease is 40 ms. So `Renew` and `Observe` are
+//! sent to every member at once and the first answer wins (fault scenario s12b found this: a
+//! one-way cut between the primary's and the spare's hosts, each running an etcd member, made
+//! the primary lose its lease and exit although it reached the etcd majority). That is safe: a
+//! renewal applied several times only changes the renewal key more often, which can only make a
+//! claim fail, and its lease is anchored at the core's send time, before every copy was sent;
+//! an observation is a read. `Claim` and `Register` are sent once, to the member that answered
+//! first last time (through the spreading client before any did).
 
 use hotspare_proto::arbiter::{Answer, ArbiterError, Outcome, Request, Rev, TermRecord};
 use mio::Waker;
@@ -83,10 +95,16 @@ impl ArbiterClient {
         std::thread::Builder::new()
             .name("hotspare-arbiter".into())
             .spawn(move || {
-                let mut etcd = Etcd { cfg, client: None };
+                let mut etcd = Etcd {
+                    cfg,
+                    client: None,
+                    members: Vec::new(),
+                    answered: None,
+                };
                 // Connected before the first request: a spare's first request is its claim,
-                // where a connection set-up would add to the failover time.
-                let _ = rt.block_on(etcd.client());
+                // and a primary's first renewal comes when its spare falls silent, where a
+                // connection set-up would add to the failover time or cost the lease.
+                rt.block_on(etcd.connect_all());
                 for (id, req) in req_rx {
                     let outcome = rt.block_on(etcd.run(req));
                     if ans_tx.send((id, outcome)).is_err() {
@@ -115,7 +133,43 @@ impl ArbiterClient {
 
 struct Etcd {
     cfg: ArbiterConfig,
+    /// Over all members (requests spread among them).
     client: Option<etcd_client::Client>,
+    /// One per member, in the order of the endpoints.
+    members: Vec<etcd_client::Client>,
+    /// The member that answered a request sent to all first, last time.
+    answered: Option<usize>,
+}
+
+/// A transaction's future on one member.
+type TxnFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<etcd_client::TxnResponse, etcd_client::Error>>>,
+>;
+
+/// The first of `futs` to finish with `Ok`, and its index; or, if every one fails, the error of
+/// the last to fail. The others are dropped (a request they sent may still be applied).
+async fn first_ok(futs: Vec<TxnFuture>) -> Result<(usize, etcd_client::TxnResponse), String> {
+    use std::task::Poll;
+    let mut futs: Vec<Option<TxnFuture>> = futs.into_iter().map(Some).collect();
+    let mut last_err = String::from("no etcd member to ask");
+    std::future::poll_fn(move |cx| {
+        for (i, slot) in futs.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                if let Poll::Ready(r) = f.as_mut().poll(cx) {
+                    *slot = None;
+                    match r {
+                        Ok(resp) => return Poll::Ready(Ok((i, resp))),
+                        Err(e) => last_err = e.to_string(),
+                    }
+                }
+            }
+        }
+        if futs.iter().all(Option::is_none) {
+            return Poll::Ready(Err(std::mem::take(&mut last_err)));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn failed(e: impl std::fmt::Display) -> ArbiterError {
@@ -148,6 +202,18 @@ impl Etcd {
         }
     }
 
+    /// The options of every connection to etcd.
+    fn options(&self) -> etcd_client::ConnectOptions {
+        etcd_client::ConnectOptions::new()
+            .with_connect_timeout(self.cfg.timeout)
+            .with_timeout(self.cfg.timeout)
+            .with_keep_alive(
+                Duration::from_secs(1),
+                self.cfg.timeout.max(Duration::from_millis(500)),
+            )
+            .with_require_leader(true)
+    }
+
     async fn client(&mut self) -> Result<etcd_client::Client, ArbiterError> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
@@ -164,25 +230,70 @@ impl Etcd {
                 }
             })
             .collect();
-        let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(self.cfg.timeout)
-            .with_timeout(self.cfg.timeout)
-            .with_keep_alive(
-                Duration::from_secs(1),
-                self.cfg.timeout.max(Duration::from_millis(500)),
-            )
-            .with_require_leader(true);
-        let c = etcd_client::Client::connect(endpoints, Some(opts))
+        let c = etcd_client::Client::connect(&endpoints, Some(self.options()))
             .await
             .map_err(failed)?;
+        let mut members = Vec::new();
+        for e in &endpoints {
+            members.push(
+                etcd_client::Client::connect([e], Some(self.options()))
+                    .await
+                    .map_err(failed)?,
+            );
+        }
+        self.members = members;
         self.client = Some(c.clone());
         Ok(c)
+    }
+
+    /// Makes the clients and a connection to every member that answers (a read of the term
+    /// key on each, one after the other, each bounded by the timeout).
+    async fn connect_all(&mut self) {
+        if self.client().await.is_err() {
+            return;
+        }
+        let read = etcd_client::Txn::new()
+            .and_then(vec![etcd_client::TxnOp::get(self.cfg.key("term"), None)]);
+        for m in &self.members {
+            let mut m = m.clone();
+            let _ = tokio::time::timeout(self.cfg.timeout, m.txn(read.clone())).await;
+        }
+    }
+
+    /// `txn` sent to every member at once: the first answer, and which member gave it.
+    async fn send_to_all(
+        &mut self,
+        txn: etcd_client::Txn,
+    ) -> Result<etcd_client::TxnResponse, ArbiterError> {
+        self.client().await?;
+        let futs: Vec<TxnFuture> = self
+            .members
+            .iter()
+            .map(|m| {
+                let (mut m, txn) = (m.clone(), txn.clone());
+                Box::pin(async move { m.txn(txn).await }) as TxnFuture
+            })
+            .collect();
+        let (i, resp) = first_ok(futs).await.map_err(failed)?;
+        self.answered = Some(i);
+        Ok(resp)
+    }
+
+    /// `txn` sent once: to the member that answered first last time, if any did.
+    async fn send_to_one(
+        &mut self,
+        txn: etcd_client::Txn,
+    ) -> Result<etcd_client::TxnResponse, ArbiterError> {
+        let mut c = self.client().await?;
+        if let Some(m) = self.answered.and_then(|i| self.members.get(i)) {
+            c = m.clone();
+        }
+        c.txn(txn).await.map_err(failed)
     }
 
     async fn txn(&mut self, req: Request) -> Outcome {
         use etcd_client::{Compare, CompareOp, Txn, TxnOp};
         let (term_key, alive_key) = (self.cfg.key("term"), self.cfg.key("alive"));
-        let mut c = self.client().await?;
         let encode = |r: &TermRecord| serde_json::to_vec(r).map_err(failed);
         match req {
             Request::Register { record: rec, adopt } => {
@@ -194,7 +305,7 @@ impl Etcd {
                     )])
                     .and_then(vec![TxnOp::put(term_key.clone(), encode(&rec)?, None)])
                     .or_else(vec![TxnOp::get(term_key.clone(), None)]);
-                let resp = c.txn(txn).await.map_err(failed)?;
+                let resp = self.send_to_one(txn).await?;
                 if resp.succeeded() {
                     let rev = resp.header().map_or(0, |h| h.revision());
                     return Ok(Answer::Registered {
@@ -223,7 +334,7 @@ impl Etcd {
                         held_rev,
                     )])
                     .and_then(vec![TxnOp::put(term_key, encode(&mine)?, None)]);
-                let resp = c.txn(txn).await.map_err(failed)?;
+                let resp = self.send_to_one(txn).await?;
                 if resp.succeeded() {
                     let rev = resp.header().map_or(0, |h| h.revision());
                     return Ok(Answer::Registered {
@@ -245,7 +356,7 @@ impl Etcd {
                     )])
                     .and_then(vec![TxnOp::put(alive_key, self.cfg.node.clone(), None)])
                     .or_else(vec![TxnOp::get(term_key, None)]);
-                let resp = c.txn(txn).await.map_err(failed)?;
+                let resp = self.send_to_all(txn).await?;
                 if resp.succeeded() {
                     return Ok(Answer::Renewed);
                 }
@@ -260,7 +371,7 @@ impl Etcd {
                     TxnOp::get(term_key, None),
                     TxnOp::get(alive_key, None),
                 ]);
-                let resp = c.txn(txn).await.map_err(failed)?;
+                let resp = self.send_to_all(txn).await?;
                 let term = match first_get(&resp, 0) {
                     Some(kv) => Some(decode(&kv)?),
                     None => None,
@@ -279,7 +390,7 @@ impl Etcd {
                         Compare::mod_revision(alive_key, CompareOp::Equal, alive_rev),
                     ])
                     .and_then(vec![TxnOp::put(term_key, encode(&record)?, None)]);
-                let resp = c.txn(txn).await.map_err(failed)?;
+                let resp = self.send_to_one(txn).await?;
                 Ok(if resp.succeeded() {
                     Answer::Claimed
                 } else {

@@ -4,54 +4,90 @@
 
 use super::*;
 
-/// A pair with an arbiter in namespaces: primary in A, spare in B, etcd and the clients in C.
-struct ArbiterPair {
+/// A pair with an arbiter in namespaces: primary in A, spare in B, etcd and the clients in C
+/// (or a three-member etcd cluster on other hosts: [`ArbiterPair::start_with`]).
+pub(super) struct ArbiterPair {
     // Field order is drop order: the processes before the lab they run in.
-    primary: Killed,
-    spare: Killed,
-    /// Its members (one in C, or three in D, E, F).
-    etcd: Vec<util::Etcd>,
-    lab: Lab,
-    t: tempfile::TempDir,
+    pub(super) primary: Killed,
+    pub(super) spare: Killed,
+    /// Its members (one in C, or three, one per host of the cluster).
+    pub(super) etcd: Vec<util::Etcd>,
+    /// The hosts of `etcd`, in its order.
+    pub(super) etcd_hosts: Vec<&'static str>,
+    pub(super) lab: Lab,
+    pub(super) t: tempfile::TempDir,
     /// The service's address on A and on B.
-    pa: SocketAddr,
-    pb: SocketAddr,
+    pub(super) pa: SocketAddr,
+    pub(super) pb: SocketAddr,
     /// When the spare started.
-    started: Instant,
+    pub(super) started: Instant,
+    /// The spare's arguments beyond [`start_spare`]'s own, and the program's (for a restart).
+    spare_extra: Vec<String>,
+    kv_args: Vec<String>,
 }
 
 impl ArbiterPair {
-    fn dir(&self) -> &Path {
+    pub(super) fn dir(&self) -> &Path {
         self.t.path()
     }
 
-    fn c(&self) -> Option<i32> {
+    pub(super) fn c(&self) -> Option<i32> {
         Some(self.lab.fd("C"))
+    }
+
+    /// Kills the spare's daemon and starts it again on the same image directory, with the same
+    /// arguments (as its supervisor would); its start-up grace begins again.
+    pub(super) fn restart_spare(&mut self) {
+        self.spare.signal(libc::SIGKILL);
+        let _ = self.spare.0.wait();
+        let extra: Vec<&str> = self.spare_extra.iter().map(String::as_str).collect();
+        self.started = Instant::now();
+        self.spare = start_spare(
+            self.t.path(),
+            &self.t.path().join("spare"),
+            &format!("{}:7070", self.lab.ip("B")),
+            &self.kv_args,
+            &extra,
+            At::Host(&self.lab, "B"),
+        );
     }
 
     /// Waits until the spare's start-up grace (1 s) is well over, so that a fault measures the
     /// failover and not the grace.
-    fn past_grace(&self) {
+    pub(super) fn past_grace(&self) {
         std::thread::sleep(Duration::from_millis(1500).saturating_sub(self.started.elapsed()));
     }
 
     /// Sets the pair up and waits until the primary serves; `missed` heartbeats make the
     /// spare's detection time. One etcd member in C.
     fn start(tag: &str, every_write: bool, missed: &str) -> ArbiterPair {
-        Self::start_with(tag, every_write, missed, false)
+        Self::start_with(tag, every_write, missed, &[], &[])
     }
 
-    /// The same, with a three-member etcd cluster in hosts D, E and F when `cluster`.
-    fn start_with(tag: &str, every_write: bool, missed: &str, cluster: bool) -> ArbiterPair {
+    /// The same, with a three-member etcd cluster, one member in each host of `cluster` (hosts
+    /// beyond A, B and C are added), when it is not empty; `primary_env` added to the primary's
+    /// environment.
+    pub(super) fn start_with(
+        tag: &str,
+        every_write: bool,
+        missed: &str,
+        cluster: &[&'static str],
+        primary_env: &[(&str, &str)],
+    ) -> ArbiterPair {
         let mut lab = Lab::setup(tag, "10.81.0").unwrap_or_else(|e| panic!("{e}"));
         let (t, _key) = workdir();
         let dir = t.path().to_path_buf();
         let (a, b, c) = (lab.ip("A"), lab.ip("B"), lab.ip("C"));
-        let etcd = if cluster {
-            for h in ETCD_HOSTS {
+        let etcd_hosts = if cluster.is_empty() {
+            vec!["C"]
+        } else {
+            cluster.to_vec()
+        };
+        let etcd = if !cluster.is_empty() {
+            for h in cluster.iter().filter(|h| !["A", "B", "C"].contains(h)) {
                 lab.add_host(h).unwrap_or_else(|e| panic!("{e}"));
             }
-            util::Etcd::cluster(&lab, &ETCD_HOSTS, &dir).unwrap_or_else(|e| panic!("{e}"))
+            util::Etcd::cluster(&lab, cluster, &dir).unwrap_or_else(|e| panic!("{e}"))
         } else {
             vec![
                 util::Etcd::start(&lab, "C", &c, &dir, &dir.join("etcd.log"))
@@ -63,33 +99,39 @@ impl ArbiterPair {
         let args = kv_args(9000, every_write, "0.0.0.0");
         let spare_addr = format!("{b}:7070");
         let started = Instant::now();
+        let spare_extra: Vec<String> = [
+            "--arbiter",
+            &endpoints,
+            "--service",
+            "kv",
+            "--node",
+            "B",
+            "--missed",
+            missed,
+        ]
+        .map(String::from)
+        .to_vec();
+        let extra: Vec<&str> = spare_extra.iter().map(String::as_str).collect();
         let spare = start_spare(
             &dir,
             &dir.join("spare"),
             &spare_addr,
             &args,
-            &[
-                "--arbiter",
-                &endpoints,
-                "--service",
-                "kv",
-                "--node",
-                "B",
-                "--missed",
-                missed,
-            ],
+            &extra,
             At::Host(&lab, "B"),
         );
+        let mut env = vec![
+            ("HOTSPARE_ARBITER", endpoints.as_str()),
+            ("HOTSPARE_SERVICE", "kv"),
+            ("HOTSPARE_NODE", "A"),
+        ];
+        env.extend_from_slice(primary_env);
         let primary = start_primary(
             &dir,
             "spool",
             &spare_addr,
             &args,
-            &[
-                ("HOTSPARE_ARBITER", endpoints.as_str()),
-                ("HOTSPARE_SERVICE", "kv"),
-                ("HOTSPARE_NODE", "A"),
-            ],
+            &env,
             "primary.log",
             At::Host(&lab, "A"),
         );
@@ -116,16 +158,19 @@ impl ArbiterPair {
             primary,
             spare,
             etcd,
+            etcd_hosts,
             lab,
             t,
             pa,
             pb,
             started,
+            spare_extra,
+            kv_args: args,
         }
     }
 
     /// The term record etcd holds now.
-    fn term_record(&self) -> String {
+    pub(super) fn term_record(&self) -> String {
         term_record(&self.etcd, &self.lab)
     }
 
@@ -144,7 +189,7 @@ impl ArbiterPair {
 const ETCD_HOSTS: [&str; 3] = ["D", "E", "F"];
 
 /// The term record, as the first member that answers has it (read from the clients' host).
-fn term_record(etcd: &[util::Etcd], lab: &Lab) -> String {
+pub(super) fn term_record(etcd: &[util::Etcd], lab: &Lab) -> String {
     let mut why = String::new();
     for e in etcd {
         match e.get(lab, "C", "/hotspare/kv/term") {
@@ -156,7 +201,7 @@ fn term_record(etcd: &[util::Etcd], lab: &Lab) -> String {
 }
 
 /// Acknowledgements by `pid` of writes sent at or after `from`.
-fn acks_by(acks: &[Ack], pid: i32, from: u128) -> usize {
+pub(super) fn acks_by(acks: &[Ack], pid: i32, from: u128) -> usize {
     acks.iter()
         .filter(|a| a.pid == pid && a.sent >= from)
         .count()
@@ -634,7 +679,7 @@ fn s11e_arbiter_ten_failovers_alternating_hosts_lose_nothing() {
 }
 
 /// Runs `rules` (iptables arguments) in host `h`.
-fn iptables_in(lab: &Lab, h: &str, rules: &[Vec<String>]) {
+pub(super) fn iptables_in(lab: &Lab, h: &str, rules: &[Vec<String>]) {
     for r in rules {
         let mut v = vec!["iptables"];
         v.extend(r.iter().map(String::as_str));
@@ -645,7 +690,7 @@ fn iptables_in(lab: &Lab, h: &str, rules: &[Vec<String>]) {
 }
 
 /// Drops everything between the host it runs in and each host address of `others`.
-fn cut_from(others: &[String]) -> Vec<Vec<String>> {
+pub(super) fn cut_from(others: &[String]) -> Vec<Vec<String>> {
     let mut v = Vec::new();
     for ip in others {
         for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
@@ -667,7 +712,7 @@ fn cut_from(others: &[String]) -> Vec<Vec<String>> {
 fn s11f_etcd_cluster_leader_killed_then_the_primary() {
     let _serial = serial();
     let mut f = Figures::default();
-    let mut p = ArbiterPair::start_with("j", true, "10", true);
+    let mut p = ArbiterPair::start_with("j", true, "10", &ETCD_HOSTS, &[]);
     let dir = p.dir().to_path_buf();
     let c = p.c();
     p.past_grace();
@@ -745,7 +790,7 @@ fn s11f_etcd_cluster_leader_killed_then_the_primary() {
 fn s11g_etcd_minority_spare_waits_for_the_majority() {
     let _serial = serial();
     let mut f = Figures::default();
-    let p = ArbiterPair::start_with("m", true, "10", true);
+    let p = ArbiterPair::start_with("m", true, "10", &ETCD_HOSTS, &[]);
     let dir = p.dir().to_path_buf();
     let c = p.c();
     p.past_grace();

@@ -31,6 +31,9 @@ mod arbiter;
 mod fleet;
 mod fleet_redteam;
 
+// Jepsen-style faults: a three-member etcd on the hosts, partitions, pauses, restarts (12).
+mod jepsen;
+
 use hotspare_proto::codec::{ClientHandshake, Key, Opener, Sealer};
 use hotspare_proto::{Msg, StreamHeader};
 use std::collections::{BTreeMap, HashMap};

@@ -583,6 +583,8 @@ pub struct Etcd {
     data: Option<Tmpfs>,
     /// Its client URL.
     pub endpoint: String,
+    /// How it was started, for [`Etcd::restart`]: its host, name, address, cluster and log.
+    how: (String, String, String, String, PathBuf),
 }
 
 impl Etcd {
@@ -645,11 +647,37 @@ impl Etcd {
             );
         }
         let data = Tmpfs::mount(&dir.join(format!("etcd-data-{name}")), "128m")?;
+        let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Etcd::spawn(lab, h, name, ip, initial_cluster, &data.0, log_file)?;
+        Ok(Etcd {
+            child: Some(child),
+            data: Some(data),
+            endpoint: format!("http://{ip}:2379"),
+            how: (
+                h.into(),
+                name.into(),
+                ip.into(),
+                initial_cluster.into(),
+                log.to_path_buf(),
+            ),
+        })
+    }
+
+    /// The etcd process of a member whose data directory is under `data`.
+    fn spawn(
+        lab: &Lab,
+        h: &str,
+        name: &str,
+        ip: &str,
+        initial_cluster: &str,
+        data: &Path,
+        log: std::fs::File,
+    ) -> Result<Killed, String> {
         let endpoint = format!("http://{ip}:2379");
         let peer = format!("http://{ip}:2380");
         let mut c = Command::new("etcd");
         c.args(["--name", name, "--data-dir"])
-            .arg(data.0.join("member"))
+            .arg(data.join("member"))
             .args(["--listen-client-urls", &endpoint])
             .args(["--advertise-client-urls", &endpoint])
             .args(["--listen-peer-urls", &peer])
@@ -658,16 +686,31 @@ impl Etcd {
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?,
-            ));
+            .stderr(Stdio::from(log));
         lab.place(h, &mut c);
-        let child = Killed(c.spawn().map_err(|e| format!("starting etcd: {e}"))?);
-        Ok(Etcd {
-            child: Some(child),
-            data: Some(data),
-            endpoint,
-        })
+        Ok(Killed(
+            c.spawn().map_err(|e| format!("starting etcd: {e}"))?,
+        ))
+    }
+
+    /// Starts a member killed by [`Etcd::kill`] again, on the data it kept (it rejoins its
+    /// cluster: etcd ignores the initial-cluster flags when its data directory exists); waits
+    /// (bounded) until it answers. Its log goes on in the same file.
+    pub fn restart(&mut self, lab: &Lab) -> Result<(), String> {
+        assert!(self.child.is_none(), "etcd member restarted while running");
+        let (h, name, ip, initial, log) = self.how.clone();
+        let data = self
+            .data
+            .as_ref()
+            .expect("the data outlive the process")
+            .0
+            .clone();
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        self.child = Some(Etcd::spawn(lab, &h, &name, &ip, &initial, &data, log_file)?);
+        self.wait_healthy(lab, &h, Duration::from_secs(20))
     }
 
     /// Waits (bounded) until `etcdctl endpoint health` passes for this member, run in host `h`.
