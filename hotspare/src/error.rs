@@ -56,6 +56,10 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// The image's state points into code and static data that are not at the same addresses
+    /// (or not the same build) in this process.
+    #[error("resume refused: {0} (the state's function pointers, vtables and static strings would dangle)")]
+    CodeMoved(String),
     /// An operating-system call failed.
     #[error("{what}: {source}")]
     Os {

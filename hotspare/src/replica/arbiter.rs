@@ -83,6 +83,7 @@ impl ArbiterClient {
         std::thread::Builder::new()
             .name("hotspare-arbiter".into())
             .spawn(move || {
+                crate::global::library_thread();
                 let mut etcd = Etcd { cfg, client: None };
                 // Connected before the first request: a spare's first request is its claim,
                 // where a connection set-up would add to the failover time.

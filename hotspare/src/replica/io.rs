@@ -69,11 +69,14 @@ pub(crate) fn write_status_file(path: &Path, text: &str) {
 pub(crate) fn start_status_writer(path: PathBuf, snapshot: Arc<Mutex<String>>) {
     let _ = std::thread::Builder::new()
         .name("hotspare-status".into())
-        .spawn(move || loop {
-            let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if !text.is_empty() {
-                write_status_file(&path, &text);
+        .spawn(move || {
+            crate::global::library_thread();
+            loop {
+                let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if !text.is_empty() {
+                    write_status_file(&path, &text);
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         });
 }
