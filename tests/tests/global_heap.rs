@@ -161,7 +161,7 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)], n: usize) {
     let mut first = Run::start(&dir, env, false, None, 1);
     let cpt = |l: &[String]| l.iter().any(|l| l.starts_with("CPT "));
     assert!(first.read_until(Duration::from_secs(60), cpt), "no checkpoint\n{}", first.why());
-    first.read_until(Duration::from_millis(rng.u64(0..300)), |_| false);
+    first.read_until(Duration::from_millis(rng.u64(0..800)), |_| false);
     first.kill();
     assert_eq!(first.count("CPTFAIL"), 0, "{}", first.why());
     // 2: resumed, checked, then going on (allocating and freeing on top of the image) until it
@@ -173,7 +173,7 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)], n: usize) {
         "resume did not verify and checkpoint\n{}",
         second.why()
     );
-    second.read_until(Duration::from_millis(rng.u64(0..300)), |_| false);
+    second.read_until(Duration::from_millis(rng.u64(0..800)), |_| false);
     second.kill();
     check_resumed(&first, &second);
     // 3: resumed again; 2,000 more operations per shard, checked again, and a clean exit.

@@ -3,7 +3,9 @@
 //! `Box<dyn Shape>`, `Arc<Node>` shared between two containers, `&'static str`, a function
 //! pointer, large `Vec<u8>`s. Several threads mutate it (each its own shard, driven by a
 //! deterministic stream of operations, making garbage outside the lock as they go); the main
-//! thread checkpoints every few milliseconds with every shard locked.
+//! thread checkpoints every few milliseconds with every shard locked, while one more thread
+//! allocates and frees garbage all the time, captures included, checking its blocks' contents
+//! (`CHURN corrupt …` and exit status 4 if one changed).
 //!
 //! `stdmodel SEED TOTAL` (operations per shard). Prints `CODE <addr>` (where a function of the
 //! executable is) at start, `CPT <seq> <ops,ops,…>` once checkpoint `seq` is durable, and on
@@ -316,18 +318,24 @@ fn mutator(hs: &HotSpare, j: usize) {
         }
     }
     let mut garbage: Vec<String> = Vec::new();
-    loop {
-        // Garbage outside the lock, freed in another order: the allocator works while a
-        // checkpoint may be capturing.
-        let mut r = Rng::new(root.seed ^ 1, j as u64, garbage.len() as u64);
+    let mut make_garbage = |n: u64| {
+        let mut r = Rng::new(root.seed ^ 1, j as u64, n ^ garbage.len() as u64);
         for k in 0..r.below(6) {
             garbage.push(format!("scratch-{k}-{}", r.next()));
         }
         if garbage.len() > 64 {
             garbage.drain(..32);
         }
+    };
+    let mut n = 0;
+    loop {
+        // Garbage outside the lock, freed in another order — also while the checkpointer holds
+        // the shards and captures: the allocator is busy during captures.
+        n += 1;
+        make_garbage(n);
         while PAUSE.load(Ordering::Relaxed) {
-            std::thread::yield_now();
+            n += 1;
+            make_garbage(n);
         }
         let mut s = root.shards[j].lock();
         if s.ops >= limit {
@@ -339,6 +347,32 @@ fn mutator(hs: &HotSpare, j: usize) {
         verify(root, j, "AFTER");
     }
     FINISHED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A thread that only makes garbage, all the time — also while a checkpoint captures the heap —
+/// and checks that its own blocks keep their contents (no block is handed out twice).
+fn churn(hs: &HotSpare) {
+    let root = hs.heap().root::<Root>().expect("root");
+    let mut live: VecDeque<(u64, Vec<u64>)> = VecDeque::new();
+    let mut r = Rng::new(root.seed, 99, std::process::id() as u64);
+    while FINISHED.load(Ordering::SeqCst) < root.shards.len() {
+        for _ in 0..64 {
+            let tag = r.next();
+            let n = match r.below(20) {
+                0 => r.below(8192),
+                _ => r.below(48),
+            } as usize;
+            live.push_back((tag, vec![tag; n + 1]));
+            if live.len() > 256 {
+                let (tag, v) = live.pop_front().unwrap();
+                if v.iter().any(|&x| x != tag) {
+                    say(format!("CHURN corrupt block {:p}", v.as_ptr()));
+                    std::process::exit(4);
+                }
+            }
+        }
+        std::thread::yield_now();
+    }
 }
 
 fn checkpointer(hs: &HotSpare) {
@@ -353,10 +387,10 @@ fn checkpointer(hs: &HotSpare) {
         std::thread::sleep(Duration::from_millis(3));
         PAUSE.store(true, Ordering::Relaxed);
         let guards: Vec<_> = root.shards.iter().map(|s| s.lock()).collect();
-        PAUSE.store(false, Ordering::Relaxed);
         let ops: Vec<String> = guards.iter().map(|g| g.ops.to_string()).collect();
         let st = hs.cpt();
         drop(guards);
+        PAUSE.store(false, Ordering::Relaxed);
         match st.and_then(|st| hs.wait_durable(st.seq).map(|()| st)) {
             Ok(st) => say(format!("CPT {} {}", st.seq, ops.join(","))),
             Err(e) => say(format!("CPTFAIL {e}")),
@@ -383,7 +417,9 @@ fn real_main() -> anyhow::Result<()> {
     let [seed, total] = args[..] else {
         anyhow::bail!("usage: stdmodel SEED TOTAL")
     };
-    let mut b = HotSpare::builder()?.worker("main", checkpointer);
+    let mut b = HotSpare::builder()?
+        .worker("main", checkpointer)
+        .worker("churn", churn);
     for j in 0..threads() {
         b = b.worker(&format!("m{j}"), move |hs| mutator(hs, j));
     }
