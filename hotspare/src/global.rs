@@ -170,12 +170,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) const fn new() -> Shared {
         Shared {
-            lists: UnsafeCell::new(
-                [List {
-                    head: 0,
-                    count: 0,
-                }; NCLASSES],
-            ),
+            lists: UnsafeCell::new([List { head: 0, count: 0 }; NCLASSES]),
             slots: AtomicUsize::new(0),
             slots_used: AtomicUsize::new(0),
         }
@@ -328,7 +323,10 @@ impl GlobalHeap {
                 p = unsafe { *(p as *const usize) };
             }
             if n != l.count {
-                return Err(format!("{what}, class {c}: {n} blocks, {} counted", l.count));
+                return Err(format!(
+                    "{what}, class {c}: {n} blocks, {} counted",
+                    l.count
+                ));
             }
             st.free_blocks += n;
             st.free_bytes += n * class_size(c);
@@ -903,7 +901,10 @@ mod tests {
         for size in 1..=MAX_SMALL {
             let c = class_of_size(size);
             assert!(class_size(c) >= size, "size {size} class {c}");
-            assert!(c == 0 || class_size(c - 1) < size, "size {size}: class {c} not the least");
+            assert!(
+                c == 0 || class_size(c - 1) < size,
+                "size {size}: class {c} not the least"
+            );
         }
     }
 
@@ -922,6 +923,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(class_of(Layout::from_size_align(MAX_SMALL + 1, 8).unwrap()), None);
+        assert_eq!(
+            class_of(Layout::from_size_align(MAX_SMALL + 1, 8).unwrap()),
+            None
+        );
     }
 }

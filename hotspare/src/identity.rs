@@ -109,7 +109,8 @@ pub fn loaded_objects() -> Vec<LoadedObject> {
             }
             let start = (info.dlpi_addr + ph.p_vaddr) as usize;
             // SAFETY: a PT_NOTE segment of a loaded object is mapped readable at its address.
-            let notes = unsafe { std::slice::from_raw_parts(start as *const u8, ph.p_memsz as usize) };
+            let notes =
+                unsafe { std::slice::from_raw_parts(start as *const u8, ph.p_memsz as usize) };
             if let Some(id) = gnu_build_id(notes) {
                 build_id = id.to_vec();
                 break;
@@ -229,7 +230,11 @@ pub(crate) fn fix_addresses() -> Result<(), crate::Error> {
     }
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let cstr = |b: &[u8]| CString::new(b).map_err(|_| crate::Error::Config("an argument or environment entry holds a NUL byte".into()));
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| {
+            crate::Error::Config("an argument or environment entry holds a NUL byte".into())
+        })
+    };
     let args: Vec<CString> = std::env::args_os()
         .map(|a| cstr(a.as_bytes()))
         .collect::<Result<_, _>>()?;
@@ -276,9 +281,15 @@ mod tests {
     fn this_process_has_an_executable_with_a_build_id_and_libc() {
         let objs = loaded_objects();
         assert!(objs[0].path.is_empty(), "{objs:?}");
-        assert!(objs.iter().any(|o| o.key().starts_with("libc.so")), "{objs:?}");
+        assert!(
+            objs.iter().any(|o| o.key().starts_with("libc.so")),
+            "{objs:?}"
+        );
         assert!(objs.iter().all(|o| !o.path.contains("vdso")));
-        let libc = objs.iter().find(|o| o.key().starts_with("libc.so")).unwrap();
+        let libc = objs
+            .iter()
+            .find(|o| o.key().starts_with("libc.so"))
+            .unwrap();
         assert!(!libc.build_id.is_empty(), "Debian's libc has a build ID");
         assert_eq!(compare_code(&objs, &objs), Ok(()));
     }
@@ -304,7 +315,10 @@ mod tests {
             lib.clone(),
         ];
         let e = compare_code(&image, &moved).unwrap_err();
-        assert!(e.contains("the executable is loaded at 0x560000000000 here but was at 0x555555554000"), "{e}");
+        assert!(
+            e.contains("the executable is loaded at 0x560000000000 here but was at 0x555555554000"),
+            "{e}"
+        );
         let rebuilt = vec![
             exe.clone(),
             LoadedObject {
@@ -314,7 +328,10 @@ mod tests {
             },
         ];
         let e = compare_code(&image, &rebuilt).unwrap_err();
-        assert!(e.contains("libc.so.6 here is build cd, the image's is build ab"), "{e}");
+        assert!(
+            e.contains("libc.so.6 here is build cd, the image's is build ab"),
+            "{e}"
+        );
         let e = compare_code(&image, &[exe.clone()]).unwrap_err();
         assert!(e.contains("is not loaded here"), "{e}");
         // Another path for the same file name and extra libraries are fine.

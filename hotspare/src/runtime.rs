@@ -4,8 +4,8 @@ use crate::checkpoint::{CommitNotifier, CptStats, Engine, Settings, Shared, Tick
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fds;
-use crate::heap::Heap;
 use crate::global::Outside;
+use crate::heap::Heap;
 use crate::identity::{ExeId, LoadedObject};
 use crate::image::{ImageDir, ImageError};
 use crate::meta::{FdRecord, Metadata};

@@ -107,7 +107,13 @@ impl Run {
 
 /// The resumed run's report against what the previous incarnation reported durable.
 fn check_resumed(prev: &Run, run: &Run) {
-    let why = || format!("{}\n--- previous incarnation ---\n{}", run.why(), prev.why());
+    let why = || {
+        format!(
+            "{}\n--- previous incarnation ---\n{}",
+            run.why(),
+            prev.why()
+        )
+    };
     let seq: u64 = run
         .lines
         .iter()
@@ -117,7 +123,11 @@ fn check_resumed(prev: &Run, run: &Run) {
         .unwrap();
     let durable = prev.durable();
     if let Some((&last, _)) = durable.last_key_value() {
-        assert!(seq >= last, "resumed checkpoint {seq}, but {last} was reported durable\n{}", why());
+        assert!(
+            seq >= last,
+            "resumed checkpoint {seq}, but {last} was reported durable\n{}",
+            why()
+        );
     }
     let verify: Vec<Vec<&str>> = run
         .lines
@@ -160,7 +170,11 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)], n: usize) {
     // 1: a fresh run, killed at a random point after its first durable checkpoint.
     let mut first = Run::start(&dir, env, false, None, 1);
     let cpt = |l: &[String]| l.iter().any(|l| l.starts_with("CPT "));
-    assert!(first.read_until(Duration::from_secs(60), cpt), "no checkpoint\n{}", first.why());
+    assert!(
+        first.read_until(Duration::from_secs(60), cpt),
+        "no checkpoint\n{}",
+        first.why()
+    );
     first.read_until(Duration::from_millis(rng.u64(0..800)), |_| false);
     first.kill();
     assert_eq!(first.count("CPTFAIL"), 0, "{}", first.why());
@@ -183,9 +197,18 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)], n: usize) {
         "third incarnation did not finish\n{}",
         third.why()
     );
-    assert_eq!(third.child.wait_exit(Duration::from_secs(20)), Some(0), "{}", third.why());
+    assert_eq!(
+        third.child.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        third.why()
+    );
     check_resumed(&second, &third);
-    let after: Vec<&String> = third.lines.iter().filter(|l| l.starts_with("AFTER ")).collect();
+    let after: Vec<&String> = third
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("AFTER "))
+        .collect();
     assert_eq!(after.len(), THREADS, "{}", third.why());
     assert!(after.iter().all(|l| l.ends_with(" ok")), "{}", third.why());
     assert_eq!(third.count("HEAPCHECK ok"), 2, "{}", third.why());
@@ -193,7 +216,11 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)], n: usize) {
         "{env:?} trial {n}: durable {:?} / {:?}, resumed {}",
         first.durable().keys().last(),
         second.durable().keys().last(),
-        third.lines.iter().find(|l| l.starts_with("RESUMED")).unwrap()
+        third
+            .lines
+            .iter()
+            .find(|l| l.starts_with("RESUMED"))
+            .unwrap()
     );
 }
 
@@ -234,7 +261,11 @@ fn resume_refuses_code_at_other_addresses() {
     let dir = tmp.path().join("image");
     let mut first = Run::start(&dir, &[], false, None, 1);
     let cpt = |l: &[String]| l.iter().any(|l| l.starts_with("CPT "));
-    assert!(first.read_until(Duration::from_secs(60), cpt), "{}", first.why());
+    assert!(
+        first.read_until(Duration::from_secs(60), cpt),
+        "{}",
+        first.why()
+    );
     first.kill();
     let out = Command::new(env!("CARGO_BIN_EXE_stdmodel"))
         .args(["7", "100000000"])
@@ -245,7 +276,10 @@ fn resume_refuses_code_at_other_addresses() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let line = stderr.lines().find(|l| l.contains("resume refused")).unwrap_or_else(|| panic!("{stderr}"));
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("resume refused"))
+        .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
         line.contains("the executable is loaded at 0x") && line.contains("here but was at 0x"),
         "{line}"

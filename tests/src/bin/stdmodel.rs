@@ -106,7 +106,9 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64, shard: u64, op: u64) -> Rng {
-        Rng(seed ^ shard.wrapping_mul(0xa076_1d64_78bd_642f) ^ op.wrapping_mul(0xe703_7ed1_a0b4_28db))
+        Rng(seed
+            ^ shard.wrapping_mul(0xa076_1d64_78bd_642f)
+            ^ op.wrapping_mul(0xe703_7ed1_a0b4_28db))
     }
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -295,7 +297,9 @@ fn verify(root: &Root, j: usize, what: &str) -> u64 {
     let s = root.shards[j].lock();
     // The state's own memory is in the checkpoint heap.
     let inside = (s.log.capacity() == 0 || GlobalHeap::contains(s.log.as_ptr()))
-        && s.shapes.iter().all(|b| GlobalHeap::contains((&**b as *const dyn Shape).cast()));
+        && s.shapes
+            .iter()
+            .all(|b| GlobalHeap::contains((&**b as *const dyn Shape).cast()));
     let (ops, got) = (s.ops, digest(&s));
     drop(s);
     let want = replay(root.seed, j as u64, ops);
@@ -424,7 +428,9 @@ fn real_main() -> anyhow::Result<()> {
         b = b.worker(&format!("m{j}"), move |hs| mutator(hs, j));
     }
     let hs = b.start()?;
-    let shards = (0..threads()).map(|_| Mutex::new(Shard::default())).collect();
+    let shards = (0..threads())
+        .map(|_| Mutex::new(Shard::default()))
+        .collect();
     hs.heap().set_root(Root {
         seed,
         total,
