@@ -85,7 +85,7 @@ pub(crate) const fn class_size(c: usize) -> usize {
 /// The class of a request of `size` bytes (non-zero, at most [`MAX_SMALL`]).
 const fn class_of_size(size: usize) -> usize {
     if size <= 128 {
-        (size + 15) / 16 - 1
+        size.div_ceil(16) - 1
     } else {
         let k = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
         let sub = ((size - 1) >> (k - 2)) & 3;

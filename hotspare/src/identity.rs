@@ -332,7 +332,7 @@ mod tests {
             e.contains("libc.so.6 here is build cd, the image's is build ab"),
             "{e}"
         );
-        let e = compare_code(&image, &[exe.clone()]).unwrap_err();
+        let e = compare_code(&image, std::slice::from_ref(&exe)).unwrap_err();
         assert!(e.contains("is not loaded here"), "{e}");
         // Another path for the same file name and extra libraries are fine.
         let mut more = image.clone();
