@@ -285,4 +285,27 @@ fn resume_refuses_code_at_other_addresses() {
         "{line}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("RESUMED"));
+    // Fixed addresses, but one more library loaded first: the libraries after it moved.
+    let z = Path::new("/lib/x86_64-linux-gnu/libz.so.1");
+    if z.exists() {
+        let out = Command::new(env!("CARGO_BIN_EXE_stdmodel"))
+            .args(["7", "100000000"])
+            .env("HOTSPARE_RESUME", &dir)
+            .env("HOTSPARE_HEAP_SIZE", "256M")
+            .env("LD_PRELOAD", z)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("resume refused"))
+            .unwrap_or_else(|| panic!("{stderr}"));
+        assert!(
+            line.contains(".so")
+                && line.contains("is loaded at 0x")
+                && line.contains("here but was at 0x"),
+            "{line}"
+        );
+    }
 }
