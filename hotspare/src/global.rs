@@ -71,8 +71,42 @@ pub(crate) const NSLOTS: usize = 256;
 /// Frees a capturing thread may defer.
 const DEFER: usize = 64;
 
+/// Size in bytes of class `c` (from the table).
+#[inline(always)]
+pub(crate) fn class_size(c: usize) -> usize {
+    SIZES[c]
+}
+
+const SIZES: [usize; NCLASSES] = {
+    let mut t = [0; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = compute_class_size(c);
+        c += 1;
+    }
+    t
+};
+
+/// `limit` of each class, precomputed (a division per free otherwise).
+const LIMITS: [usize; NCLASSES] = {
+    let mut t = [0; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        let b = 16384 / compute_class_size(c);
+        t[c] = 2 * if b < 4 {
+            4
+        } else if b > 64 {
+            64
+        } else {
+            b
+        };
+        c += 1;
+    }
+    t
+};
+
 /// Size in bytes of class `c`.
-pub(crate) const fn class_size(c: usize) -> usize {
+const fn compute_class_size(c: usize) -> usize {
     if c < 8 {
         (c + 1) * 16
     } else {
@@ -83,6 +117,7 @@ pub(crate) const fn class_size(c: usize) -> usize {
 }
 
 /// The class of a request of `size` bytes (non-zero, at most [`MAX_SMALL`]).
+#[inline(always)]
 const fn class_of_size(size: usize) -> usize {
     if size <= 128 {
         size.div_ceil(16) - 1
@@ -95,20 +130,23 @@ const fn class_of_size(size: usize) -> usize {
 
 /// The class serving `layout`, if it is small: its size fits and its blocks (at multiples of the
 /// class size from a 4 KiB-aligned chunk) are aligned enough.
+#[inline(always)]
 pub(crate) fn class_of(layout: Layout) -> Option<usize> {
     let (size, align) = (layout.size(), layout.align());
     if size == 0 || size > MAX_SMALL || align > 4096 {
         return None;
     }
-    let need = size.checked_next_multiple_of(align)?;
+    // Alignments are powers of two: masks, not divisions (this runs on every allocation).
+    let need = (size + align - 1) & !(align - 1);
     if need > MAX_SMALL {
         return None;
     }
     let c = class_of_size(need);
-    class_size(c).is_multiple_of(align).then_some(c)
+    (class_size(c) & (align - 1) == 0).then_some(c)
 }
 
 /// The alignment every block of class `c` has.
+#[inline(always)]
 fn class_align(c: usize) -> usize {
     1 << class_size(c).trailing_zeros().min(12)
 }
@@ -119,8 +157,9 @@ fn batch(c: usize) -> usize {
 }
 
 /// A slot gives a batch back once it caches more than this.
+#[inline(always)]
 fn limit(c: usize) -> usize {
-    2 * batch(c)
+    LIMITS[c]
 }
 
 /// Bytes of a chunk carved into blocks of class `c`.
@@ -452,6 +491,7 @@ fn slot(h: &Header, i: usize) -> &Slot {
 }
 
 /// The heap's header if `p` is inside the heap.
+#[inline(always)]
 fn header_for(p: usize) -> Option<&'static Header> {
     let base = HEADER.load(Ordering::Acquire);
     if base != 0 && p >= base && p < HEAP_END.load(Ordering::Relaxed) {
@@ -513,6 +553,7 @@ fn claim(h: &Header) -> Option<usize> {
 /// This thread's slot, claiming one at its first call; `None`: use the shared path. A thread
 /// allocating outside the heap (a library thread) that frees or grows a heap block uses the
 /// shared path rather than claim a slot for a stray operation.
+#[inline(always)]
 fn my_slot(t: &Tls, h: &Header) -> Option<&'static Slot> {
     if t.outside.get() > 0 && t.state.get() != ACTIVE {
         return None;
@@ -549,6 +590,7 @@ fn my_slot(t: &Tls, h: &Header) -> Option<&'static Slot> {
 ///
 /// # Safety
 /// The caller holds the slot's lock or the heap-wide lock (and is the slot's owner).
+#[inline(always)]
 unsafe fn take_local(l: &mut Local, c: usize) -> usize {
     if l.list.head != 0 {
         let p = l.list.head;
@@ -706,64 +748,56 @@ unsafe fn heap_alloc(h: &Header, layout: Layout) -> *mut u8 {
 /// # Safety
 /// `p` is a live heap block allocated with `layout`.
 unsafe fn heap_free(h: &Header, p: usize, layout: Layout) {
-    let deferred = TLS.with(|t| {
-        if !t.capturing.get() {
-            return false;
+    let class = class_of(layout);
+    let done = TLS.with(|t| {
+        if t.capturing.get() {
+            let n = t.deferred_len.get();
+            if n < DEFER {
+                // SAFETY: only this thread touches its deferral buffer.
+                unsafe { (*t.deferred.get())[n] = (p, layout.size(), layout.align()) };
+                t.deferred_len.set(n + 1);
+            } else {
+                LEAKED.fetch_add(1, Ordering::Relaxed);
+            }
+            return true;
         }
-        let n = t.deferred_len.get();
-        if n < DEFER {
-            // SAFETY: only this thread touches its deferral buffer.
-            unsafe { (*t.deferred.get())[n] = (p, layout.size(), layout.align()) };
-            t.deferred_len.set(n + 1);
-        } else {
-            LEAKED.fetch_add(1, Ordering::Relaxed);
+        let (Some(c), Some(s)) = (class, my_slot(t, h)) else {
+            return false;
+        };
+        s.lock.lock();
+        // SAFETY: our slot, under its lock.
+        let l = unsafe { &mut (*s.local.get())[c] };
+        // SAFETY: the block is ours to reuse; its first word becomes the link.
+        unsafe { *(p as *mut usize) = l.list.head };
+        l.list.head = p;
+        l.list.count += 1;
+        let over = l.list.count > limit(c);
+        s.lock.unlock();
+        if over {
+            h.lock.lock();
+            // SAFETY: our slot, under the heap-wide lock.
+            unsafe { give_back(h, &mut (*s.local.get())[c], c) };
+            h.lock.unlock();
         }
         true
     });
-    if deferred {
+    if done {
         return;
     }
-    match class_of(layout) {
-        Some(c) => TLS.with(|t| {
-            match my_slot(t, h) {
-                Some(s) => {
-                    s.lock.lock();
-                    // SAFETY: our slot, under its lock.
-                    let l = unsafe { &mut (*s.local.get())[c] };
-                    // SAFETY: the block is ours to reuse; its first word becomes the link.
-                    unsafe { *(p as *mut usize) = l.list.head };
-                    l.list.head = p;
-                    l.list.count += 1;
-                    let over = l.list.count > limit(c);
-                    s.lock.unlock();
-                    if over {
-                        h.lock.lock();
-                        // SAFETY: our slot, under the heap-wide lock.
-                        unsafe { give_back(h, &mut (*s.local.get())[c], c) };
-                        h.lock.unlock();
-                    }
-                }
-                None => {
-                    h.lock.lock();
-                    // SAFETY: under the heap-wide lock; the block is ours to reuse.
-                    unsafe {
-                        let shared = &mut (*h.global.lists.get())[c];
-                        *(p as *mut usize) = shared.head;
-                        shared.head = p;
-                        shared.count += 1;
-                    }
-                    h.lock.unlock();
-                }
-            }
-        }),
-        None => {
-            h.lock.lock();
-            // SAFETY: the caller promises `p` was allocated by talc (a large block) with
-            // `layout`; under the heap-wide lock.
-            unsafe { (*h.talc.get()).free(NonNull::new_unchecked(p as *mut u8), layout) };
-            h.lock.unlock();
-        }
+    h.lock.lock();
+    match class {
+        // SAFETY: under the heap-wide lock; the block is ours to reuse.
+        Some(c) => unsafe {
+            let shared = &mut (*h.global.lists.get())[c];
+            *(p as *mut usize) = shared.head;
+            shared.head = p;
+            shared.count += 1;
+        },
+        // SAFETY: the caller promises `p` was allocated by talc (a large block) with
+        // `layout`; under the heap-wide lock.
+        None => unsafe { (*h.talc.get()).free(NonNull::new_unchecked(p as *mut u8), layout) },
     }
+    h.lock.unlock();
 }
 
 /// One line on stderr, once, when the heap is full (the allocation then fails and Rust aborts
@@ -802,6 +836,7 @@ impl std::fmt::Write for Writer<'_> {
 }
 
 /// Where a new allocation of this thread goes: the heap, or (`None`) the system allocator.
+#[inline(always)]
 fn heap_for_alloc() -> Option<&'static Header> {
     let base = HEADER.load(Ordering::Acquire);
     if base == 0 || TLS.with(|t| t.outside.get() > 0) {
@@ -890,6 +925,14 @@ unsafe impl GlobalAlloc for GlobalHeap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_match_the_formulas() {
+        for c in 0..NCLASSES {
+            assert_eq!(class_size(c), compute_class_size(c));
+            assert_eq!(limit(c), 2 * batch(c));
+        }
+    }
 
     #[test]
     fn classes_cover_every_small_size_in_order() {
