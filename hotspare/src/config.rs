@@ -23,6 +23,7 @@
 //! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails, or not sent on: no chunk taken for that long) |
 //! | `spare_wait_ms` | `HOTSPARE_SPARE_WAIT_MS` | `1000` (at start, how long to wait for the spare before the first checkpoint; a fleet daemon starting a service raises it) |
 //! | `pipeline_depth` | `HOTSPARE_PIPELINE_DEPTH` | `0`: automatic — 2 with a spare, 1 without (checkpoints in flight at once, up to 64; see `docs/library.md`) |
+//! | `fixed_addresses` | `HOTSPARE_FIXED_ADDRESSES` | `auto`: with [`crate::GlobalHeap`] as the global allocator, re-execute once with address-space randomisation off so code and static data keep their addresses across a resume (`on`: always; `off`: never — arrange it yourself, resume still checks) |
 //! | `durability` | `HOTSPARE_DURABILITY` | `fsynced`: the spare acknowledges after its `fsync`; `received`: as soon as it holds the stream validated (survives either machine dying, not both; `docs/replication.md`). Without `spare` the level is `local` |
 //!
 //! Resume is chosen by `HOTSPARE_RESUME=<image dir>` (see [`crate::HotSpare`]).
@@ -53,6 +54,35 @@ impl std::str::FromStr for Strategy {
             "auto" => Ok(Strategy::Auto),
             _ => Err(Error::Config(format!(
                 "unknown strategy '{s}' (copy, fork, auto)"
+            ))),
+        }
+    }
+}
+
+/// Whether the library turns address-space randomisation off for this program (so that
+/// function pointers, vtables and `&'static str` in the state stay valid after a resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FixedAddresses {
+    /// When [`crate::GlobalHeap`] is the global allocator.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never: the library does not re-execute; with `GlobalHeap` resume still refuses code at
+    /// other addresses (run it under `setarch -R`, or build a non-PIE static executable).
+    Off,
+}
+
+impl std::str::FromStr for FixedAddresses {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<FixedAddresses> {
+        match s {
+            "auto" => Ok(FixedAddresses::Auto),
+            "on" => Ok(FixedAddresses::On),
+            "off" => Ok(FixedAddresses::Off),
+            _ => Err(Error::Config(format!(
+                "unknown fixed_addresses '{s}' (auto, on, off)"
             ))),
         }
     }
@@ -121,6 +151,8 @@ pub struct Config {
     /// per-checkpoint costs dominate (loopback, a local disk). A capture beyond it waits for
     /// the oldest.
     pub pipeline_depth: u64,
+    /// Whether to turn address-space randomisation off (re-executing once at start).
+    pub fixed_addresses: FixedAddresses,
 }
 
 impl Default for Config {
@@ -148,6 +180,7 @@ impl Default for Config {
             spare_wait_ms: 1000,
             durability: hotspare_proto::AckLevel::Fsynced,
             pipeline_depth: 0,
+            fixed_addresses: FixedAddresses::Auto,
         }
     }
 }
@@ -270,6 +303,9 @@ impl Config {
                     .ok_or_else(|| {
                         Error::Config(format!("bad HOTSPARE_PIPELINE_DEPTH '{v}' (0 to 64)"))
                     })?;
+        }
+        if let Some(v) = var("HOTSPARE_FIXED_ADDRESSES") {
+            self.fixed_addresses = v.parse()?;
         }
         if let Some(v) = var("HOTSPARE_DURABILITY") {
             self.durability = parse_durability(&v)?;

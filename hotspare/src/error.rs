@@ -66,6 +66,10 @@ pub enum Error {
         /// The newest checkpoint taken.
         newest: u64,
     },
+    /// The image's state points into code and static data that are not at the same addresses
+    /// (or not the same build) in this process.
+    #[error("resume refused: {0} (the state's function pointers, vtables and static strings would dangle)")]
+    CodeMoved(String),
     /// An operating-system call failed.
     #[error("{what}: {source}")]
     Os {

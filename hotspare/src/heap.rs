@@ -3,16 +3,21 @@
 //! same address) every pointer between objects in it is still valid.
 //!
 //! ```text
-//! base                      base + HEADER_BYTES                                  base + size
-//! | Header: magic, lock, talc | arena managed by talc: your objects, the root     |
+//! base                                   base + HEADER_BYTES                     base + size
+//! | Header: magic, lock, talc, root,       | arena managed by talc: your objects, the root, |
+//! | size-class lists of the GlobalHeap     | the GlobalHeap's slot table and chunks         |
 //! ```
 //!
-//! **What may live here.** Plain data and pointers into the heap. Not: pointers into the ordinary
-//! heap (`Box`, `String`, `Vec` with the global allocator), `&'static str`, trait objects
-//! (vtables), function pointers, file descriptors, or hashers seeded per process (std's
-//! `RandomState`, hashbrown's default): use [`HeapAlloc`] for every container and
-//! [`StableHasher`] for maps. The executable identity check makes function and vtable pointers
-//! survive only on the very same binary; do not rely on it.
+//! Two allocators share it: [`HeapAlloc`] (talc under the heap-wide lock, for containers given
+//! an allocator) and, when the program makes it its global allocator, [`crate::GlobalHeap`]
+//! (thread slots and size classes over talc; `global.rs`).
+//!
+//! **What may live here** without [`crate::GlobalHeap`]: plain data and pointers into the heap.
+//! Not: pointers into the ordinary heap (`Box`, `String`, `Vec` with the system allocator),
+//! `&'static str`, trait objects (vtables), function pointers, file descriptors, or hashers
+//! seeded per process (hashbrown's default): use [`HeapAlloc`] for every container and
+//! [`StableHasher`] for maps. With `GlobalHeap` as the global allocator, std's types allocate
+//! here and code stays at its addresses (`docs/library.md`, "Ordinary Rust in the heap").
 
 use crate::error::Error;
 use crate::sync::RawLock;
@@ -23,7 +28,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use talc::{ErrOnOom, Span, Talc};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"HSHEAP01");
+const MAGIC: u64 = u64::from_le_bytes(*b"HSHEAP02");
 /// Bytes reserved at the start of the heap for its header.
 pub const HEADER_BYTES: usize = 4096;
 
@@ -31,15 +36,21 @@ pub const HEADER_BYTES: usize = 4096;
 /// per process, so a map's buckets would be wrong after resume.
 pub type StableHasher = foldhash::fast::FixedState;
 
+/// The heap's first page.
 #[repr(C)]
-struct Header {
+pub(crate) struct Header {
     magic: u64,
     size: usize,
-    lock: RawLock,
-    talc: UnsafeCell<Talc<ErrOnOom>>,
+    /// The heap-wide lock: talc, and the GlobalHeap's shared state.
+    pub(crate) lock: RawLock,
+    pub(crate) talc: UnsafeCell<Talc<ErrOnOom>>,
     root: AtomicUsize,
     root_tag: AtomicU64,
+    /// The GlobalHeap's size-class lists and slot table.
+    pub(crate) global: crate::global::Shared,
 }
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
 
 /// The checkpoint heap. It is never unmapped (objects in it are `'static`).
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +138,7 @@ impl Heap {
                 talc: UnsafeCell::new(Talc::new(ErrOnOom)),
                 root: AtomicUsize::new(0),
                 root_tag: AtomicU64::new(0),
+                global: crate::global::Shared::new(),
             });
             let arena = Span::from_base_size((base + HEADER_BYTES) as *mut u8, size - HEADER_BYTES);
             (*(*header).talc.get())
@@ -171,13 +183,14 @@ impl Heap {
         }
     }
 
-    /// Runs `f` with the allocator locked, so that its bookkeeping is consistent (used while a
-    /// checkpoint captures the heap).
+    /// Runs `f` with the allocators stopped — the heap-wide lock and every GlobalHeap slot's
+    /// lock held — so that their bookkeeping is consistent (used while a checkpoint captures the
+    /// heap). Meanwhile this thread allocates outside the heap and its heap frees wait for the
+    /// end (`global.rs`, "While capturing").
     pub(crate) fn with_allocator_locked<R>(&self, f: impl FnOnce() -> R) -> R {
-        let h = self.header();
-        h.lock.lock();
+        let stopped = crate::global::Capture::begin(self.header());
         let r = f();
-        h.lock.unlock();
+        drop(stopped);
         r
     }
 

@@ -31,6 +31,14 @@
 //! }
 //! ```
 //!
+//! With [`GlobalHeap`] as the program's global allocator, ordinary Rust (`String`, `Vec`,
+//! `Box<dyn Trait>`, std's collections) lives in the heap too:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static A: hotspare::GlobalHeap = hotspare::GlobalHeap::new();
+//! ```
+//!
 //! See `docs/library.md` for the rules (what may live in the heap), and `docs/format.md` for the
 //! image format.
 #![deny(missing_docs)]
@@ -40,6 +48,7 @@ pub mod config;
 mod error;
 mod fds;
 pub mod ffi;
+mod global;
 pub mod heap;
 pub mod identity;
 pub mod image;
@@ -52,8 +61,9 @@ pub mod sync;
 pub use checkpoint::{
     CommitNotifier, CptStats, Op, OutputGate, RoundNeed, Ticket, TicketState, MAX_IN_FLIGHT,
 };
-pub use config::{Config, Strategy};
+pub use config::{Config, FixedAddresses, Strategy};
 pub use error::{Error, Result};
+pub use global::{GlobalHeap, GlobalHeapStats};
 pub use heap::{Heap, HeapAlloc, StableHasher};
 pub use kmod_shim;
 pub use meta::MetaError;

@@ -272,6 +272,9 @@ pub(crate) struct Metadata {
     pub fds: Vec<(String, FdRecord)>,
     /// Installed signal handlers: (signal number, handler name).
     pub signals: Vec<(i32, String)>,
+    /// Where the executable and its libraries were loaded, when the state may point into them
+    /// (a `GlobalHeap` program, or `fixed_addresses = "on"`): resume refuses other addresses.
+    pub code: Option<Vec<crate::identity::LoadedObject>>,
 }
 
 impl Metadata {

@@ -4,8 +4,9 @@ use crate::checkpoint::{CommitNotifier, CptStats, Engine, Settings, Shared, Tick
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fds;
+use crate::global::Outside;
 use crate::heap::Heap;
-use crate::identity::ExeId;
+use crate::identity::{ExeId, LoadedObject};
 use crate::image::{ImageDir, ImageError};
 use crate::meta::{FdRecord, Metadata};
 use kmod_shim::{BackendChoice, Range, Shim};
@@ -50,6 +51,9 @@ struct Inner {
     handlers: Vec<(String, SignalFn)>,
     signals: Mutex<Vec<(i32, String)>>,
     lost: Vec<(String, FdRecord)>,
+    /// Where code and libraries are loaded, recorded in every checkpoint when the state may
+    /// point into them.
+    code: Option<Vec<LoadedObject>>,
 }
 
 /// What a resume restored.
@@ -129,12 +133,32 @@ impl Builder {
     /// Like [`Builder::start`], but on resume returns the restored program *without* calling
     /// the workers: the caller must then call [`HotSpare::run`] and exit. For embedders that
     /// need the handle before the workers run (the C ABI does).
+    ///
+    /// With [`crate::GlobalHeap`] as the global allocator (or `fixed_addresses = "on"`), this
+    /// first makes sure code and libraries are at fixed addresses: if address-space
+    /// randomisation is on, the process re-executes itself once with it off (the program starts
+    /// again from `main`, with the same arguments and environment), so call this early. From
+    /// its return on, the program's allocations go to the checkpoint heap.
     pub fn open(self) -> Result<HotSpare> {
-        let t0 = Instant::now();
-        match std::env::var_os("HOTSPARE_RESUME") {
-            Some(dir) => resume(self, PathBuf::from(dir), t0),
-            None => fresh(self),
+        // The library's own data (the engine, its buffers) is not state: ordinary memory.
+        let _outside = Outside::enter();
+        let global = crate::global::is_global_allocator();
+        let fixed = match self.config.fixed_addresses {
+            crate::FixedAddresses::On => true,
+            crate::FixedAddresses::Auto => global,
+            crate::FixedAddresses::Off => false,
+        };
+        if fixed {
+            crate::identity::fix_addresses()?;
         }
+        let code = (fixed || global).then(crate::identity::loaded_objects);
+        let t0 = Instant::now();
+        let hs = match std::env::var_os("HOTSPARE_RESUME") {
+            Some(dir) => resume(self, PathBuf::from(dir), t0, code)?,
+            None => fresh(self, code)?,
+        };
+        crate::global::install(hs.inner.heap.base(), hs.inner.heap.size());
+        Ok(hs)
     }
 }
 
@@ -147,7 +171,7 @@ fn shared() -> Arc<Shared> {
     Shared::new(0)
 }
 
-fn fresh(b: Builder) -> Result<HotSpare> {
+fn fresh(b: Builder, code: Option<Vec<LoadedObject>>) -> Result<HotSpare> {
     let exe = ExeId::current().map_err(|e| Error::Os {
         what: "executable identity".into(),
         source: e,
@@ -203,11 +227,17 @@ fn fresh(b: Builder) -> Result<HotSpare> {
             handlers: b.handlers,
             signals: Mutex::new(Vec::new()),
             lost: Vec::new(),
+            code,
         }),
     })
 }
 
-fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
+fn resume(
+    b: Builder,
+    dir: PathBuf,
+    t0: Instant,
+    code: Option<Vec<LoadedObject>>,
+) -> Result<HotSpare> {
     let exe = ExeId::current().map_err(|e| Error::Os {
         what: "executable identity".into(),
         source: e,
@@ -233,6 +263,15 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
         |name| b.workers.iter().any(|(n, _)| n == name),
         |name| b.handlers.iter().any(|(n, _)| n == name),
     )?;
+    // State that points into code needs the same code at the same addresses.
+    let code = match (&meta.code, code) {
+        (Some(image), code) => {
+            let here = code.unwrap_or_else(crate::identity::loaded_objects);
+            crate::identity::compare_code(image, &here).map_err(Error::CodeMoved)?;
+            Some(here)
+        }
+        (None, code) => code,
+    };
     let mut entries = Vec::new();
     let mut lost = Vec::new();
     for (name, record) in &meta.fds {
@@ -288,6 +327,7 @@ fn resume(b: Builder, dir: PathBuf, t0: Instant) -> Result<HotSpare> {
             handlers: b.handlers,
             signals: Mutex::new(meta.signals),
             lost,
+            code,
         }),
     })
 }
@@ -384,6 +424,7 @@ impl HotSpare {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            code: self.inner.code.clone(),
         }
         .encode()
     }
@@ -393,6 +434,7 @@ impl HotSpare {
     /// time is [`CptStats::stopped`]; the checkpoint becomes durable in the background
     /// ([`HotSpare::wait_durable`]).
     pub fn cpt(&self) -> Result<CptStats> {
+        let _outside = Outside::enter();
         let meta = self.metadata();
         self.engine().cpt(meta, false, false)
     }
@@ -403,12 +445,14 @@ impl HotSpare {
     /// and can accept that the spare holds a slightly older state (timeline consistency); the
     /// memory this needs is one bit per page, whatever the spare's speed.
     pub fn cpt_or_coalesce(&self) -> Result<CptStats> {
+        let _outside = Outside::enter();
         let meta = self.metadata();
         self.engine().cpt(meta, false, true)
     }
 
     /// Takes a full checkpoint (every page of every range).
     pub fn cpt_full(&self) -> Result<CptStats> {
+        let _outside = Outside::enter();
         let meta = self.metadata();
         self.engine().cpt(meta, true, false)
     }
@@ -487,6 +531,7 @@ impl HotSpare {
     /// A descriptor that becomes readable whenever a checkpoint ends (durable or failed), for
     /// an event loop to register; one per loop.
     pub fn commit_notifier(&self) -> Result<CommitNotifier> {
+        let _outside = Outside::enter();
         self.inner.shared.notifier().map_err(|e| Error::Os {
             what: "eventfd for commit notifications".into(),
             source: e,
@@ -496,6 +541,7 @@ impl HotSpare {
     /// Tracks another page-aligned range of private read-write memory; its pages all go into
     /// the next checkpoint, and resume maps it back at the same address.
     pub fn register_range(&self, addr: usize, len: usize) -> Result<()> {
+        let _outside = Outside::enter();
         let r = Range::new(addr, len)?;
         let mut e = self.engine();
         e.shim.add(&[r])?;
@@ -506,6 +552,7 @@ impl HotSpare {
 
     /// Stops tracking a range given to [`HotSpare::register_range`]; the next checkpoint drops it.
     pub fn unregister_range(&self, addr: usize, len: usize) -> Result<()> {
+        let _outside = Outside::enter();
         let r = Range::new(addr, len)?;
         let mut e = self.engine();
         if r.start() == self.inner.heap.base() {
@@ -521,6 +568,7 @@ impl HotSpare {
 
     /// Stores a small named blob that travels with every later checkpoint.
     pub fn set_blob(&self, name: &str, bytes: &[u8]) {
+        let _outside = Outside::enter();
         let mut b = self.inner.blobs.lock().unwrap_or_else(|p| p.into_inner());
         b.retain(|(n, _)| n != name);
         b.push((name.to_owned(), bytes.to_vec()));
@@ -533,6 +581,7 @@ impl HotSpare {
     }
 
     fn add_fd(&self, name: &str, record: FdRecord, fd: Option<OwnedFd>) {
+        let _outside = Outside::enter();
         let mut v = self.inner.fds.lock().unwrap_or_else(|p| p.into_inner());
         v.retain(|e| e.name != name);
         v.push(fds::Entry {
@@ -586,6 +635,7 @@ impl HotSpare {
 
     /// Forgets a registered descriptor (closing the library's copy).
     pub fn remove_fd(&self, name: &str) {
+        let _outside = Outside::enter();
         self.inner
             .fds
             .lock()
@@ -630,6 +680,7 @@ impl HotSpare {
     /// `hs_sigreg`: installs the handler registered as `name` for `signal`, and records it so
     /// that resume installs it again.
     pub fn sigreg(&self, signal: i32, name: &str) -> Result<()> {
+        let _outside = Outside::enter();
         let f = self
             .inner
             .handlers

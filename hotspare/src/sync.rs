@@ -39,6 +39,7 @@ impl RawLock {
     }
 
     /// Takes the lock, taking over one left held by a previous incarnation.
+    #[inline]
     pub fn lock(&self) {
         let me = incarnation();
         let mut spins = 0u32;
@@ -62,6 +63,7 @@ impl RawLock {
     }
 
     /// Releases the lock.
+    #[inline]
     pub fn unlock(&self) {
         self.0.store(0, Ordering::Release);
     }

@@ -35,6 +35,8 @@ struct Meta {
     blobs: Vec<(String, Vec<u8>)>,
     fds: Vec<(String, Fd)>,
     signals: Vec<(i32, String)>,
+    /// Loaded objects (path, base, build ID), recorded only for GlobalHeap programs.
+    code: Option<Vec<(String, u64, Vec<u8>)>>,
 }
 
 #[derive(Serialize)]
@@ -344,6 +346,7 @@ fn a_good_image_resumes_and_never_truncates_the_recorded_file() {
             },
         )],
         signals: vec![(libc::SIGUSR1, "usr1".into())],
+        code: None,
     };
     let dir = t.path().join("image");
     image(&dir, &[(E, bytes)], &meta);

@@ -200,7 +200,10 @@ impl Engine {
         let w_shared = shared.clone();
         std::thread::Builder::new()
             .name("hotspare-writer".into())
-            .spawn(move || sink::writer(sink, exe, job_rx, back_tx, w_shared))
+            .spawn(move || {
+                crate::global::library_thread();
+                sink::writer(sink, exe, job_rx, back_tx, w_shared)
+            })
             .expect("spawn writer thread");
         Engine {
             shim,

@@ -95,6 +95,7 @@ impl ArbiterClient {
         std::thread::Builder::new()
             .name("hotspare-arbiter".into())
             .spawn(move || {
+                crate::global::library_thread();
                 let mut etcd = Etcd {
                     cfg,
                     client: None,

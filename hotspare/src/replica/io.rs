@@ -72,6 +72,7 @@ pub(crate) fn start_status_writer(path: PathBuf, snapshot: Arc<Mutex<String>>) {
     let _ = std::thread::Builder::new()
         .name("hotspare-status".into())
         .spawn(move || {
+            crate::global::library_thread();
             while Arc::strong_count(&snapshot) > 1 {
                 let text = snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if !text.is_empty() {

@@ -34,6 +34,7 @@ fn sender() -> &'static SyncSender<String> {
         let _ = std::thread::Builder::new()
             .name("hotspare-log".into())
             .spawn(move || {
+                crate::global::library_thread();
                 let mut err = std::io::stderr();
                 for line in rx {
                     let _ = err.write_all(line.as_bytes());

@@ -196,7 +196,10 @@ impl Remote {
         };
         std::thread::Builder::new()
             .name("hotspare-link".into())
-            .spawn(move || LinkLoop::new(cfg, addr, status, poll, s, rx, arbiter).run())?;
+            .spawn(move || {
+                crate::global::library_thread();
+                LinkLoop::new(cfg, addr, status, poll, s, rx, arbiter).run()
+            })?;
         let r = Remote {
             shared,
             cmds,
