@@ -24,8 +24,9 @@
 //! **A member that does not answer at all** (cut off by a partition that drops its packets,
 //! rather than killed) holds a request until the timeout, and the core sends one request at a
 //! time: through a client that spreads requests over the members, a third of the renewals would
-//! wait 200 ms for one, while the primary's arbiter lease is 40 ms. So `Renew` and `Observe` are
-//! sent to every member at once and the first answer wins (fault scenario s12b found this: a
+//! wait 200 ms for one, while the primary's arbiter lease is 40 ms. So `Renew` and `Observe` go
+//! to the member that answered first last time and, if it has not answered within 10 ms, to
+//! every member; the first answer wins (fault scenario s12b found this: a
 //! one-way cut between the primary's and the spare's hosts, each running an etcd member, made
 //! the primary lose its lease and exit although it reached the etcd majority). That is safe: a
 //! renewal applied several times only changes the renewal key more often, which can only make a
@@ -141,6 +142,11 @@ struct Etcd {
     /// The member that answered a request sent to all first, last time.
     answered: Option<usize>,
 }
+
+/// How long the member that answered last has to answer a renewal or an observation before the
+/// others are asked too: a quarter of the default arbiter lease (40 ms), so that the renewal
+/// that follows still fits in it.
+const HEDGE_AFTER: Duration = Duration::from_millis(10);
 
 /// A transaction's future on one member.
 type TxnFuture = std::pin::Pin<
@@ -261,18 +267,29 @@ impl Etcd {
         }
     }
 
-    /// `txn` sent to every member at once: the first answer, and which member gave it.
+    /// `txn` sent to every member: the first answer, and which member gave it. The member that
+    /// answered first last time is asked at once and the others only if it has not answered
+    /// within [`HEDGE_AFTER`] (so that a healthy cluster sees one transaction per request, not
+    /// one per member); with no such member yet, all at once.
     async fn send_to_all(
         &mut self,
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse, ArbiterError> {
         self.client().await?;
+        let first = self.answered;
         let futs: Vec<TxnFuture> = self
             .members
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(i, m)| {
                 let (mut m, txn) = (m.clone(), txn.clone());
-                Box::pin(async move { m.txn(txn).await }) as TxnFuture
+                let wait = first.is_some_and(|f| f != i);
+                Box::pin(async move {
+                    if wait {
+                        tokio::time::sleep(HEDGE_AFTER).await;
+                    }
+                    m.txn(txn).await
+                }) as TxnFuture
             })
             .collect();
         let (i, resp) = first_ok(futs).await.map_err(failed)?;

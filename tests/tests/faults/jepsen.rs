@@ -7,7 +7,12 @@
 //! killed and restarted, and the spare's daemon restarted. After each, the primary is killed and
 //! the checker of the suite (`main.rs`: `lost`, `windows`) looks at what the clients saw. Each
 //! scenario prints one JSON line (`acked`, `lost`, `double_serving_windows`, `failover_ms`,
-//! `outage_ms`, …); `docs/reliability.md` ("The arbiter") has a table of them.
+//! `outage_ms`, …); `docs/reliability.md` ("The arbiter") has a table of them. About 80 s in a
+//! release build, as many in a debug one (the time is the faults', not the code's):
+//!
+//! ```text
+//! cargo test --release -p hotspare-tests --test faults -- --test-threads=1 --nocapture s12
+//! ```
 
 use super::arbiter::{acks_by, iptables_in, term_record, ArbiterPair};
 use super::*;

@@ -20,7 +20,8 @@
 //! ```
 //! Needs root (tmpfs, a loop device, namespaces, iptables; `.ci/run` installs iptables). A scenario whose
 //! fault cannot be injected FAILS with the reason; none passes without having run. The
-//! scenarios (s1…s9) and their figures are described in `docs/reliability.md`. A defect found by a scenario is pinned by marking it `#[ignore = "BUG: …"]` until fixed
+//! scenarios (s1…s10 here, s11* with an etcd arbiter in `arbiter.rs`, the Jepsen-style s12* in
+//! `jepsen.rs`) and their figures are described in `docs/reliability.md`. A defect found by a scenario is pinned by marking it `#[ignore = "BUG: …"]` until fixed
 //! (none are today).
 
 #[path = "../util/mod.rs"]
