@@ -61,13 +61,45 @@ impl Drop for Hosts<'_> {
     }
 }
 
-/// Host `h`'s fleet file: every service it is the first primary or the spare of.
-fn fleet_file(lab: &Lab, dir: &Path, h: &str, n: usize, etcd: &str) -> PathBuf {
+/// The fleet file's head for host `h` (detection 10 × 10 ms, the status in `DIR/fleet-H.json`).
+pub(super) fn fleet_head(dir: &Path, h: &str, etcd: Option<&str>) -> String {
     let mut s = format!(
-        "node = \"{h}\"\narbiter = \"{etcd}\"\nkey_file = \"{}\"\nmissed = 10\nstatus = \"{}\"\n",
+        "node = \"{h}\"\nkey_file = \"{}\"\nmissed = 10\nstatus = \"{}\"\n",
         dir.join("key").display(),
         dir.join(format!("fleet-{h}.json")).display()
     );
+    if let Some(e) = etcd {
+        s.push_str(&format!("arbiter = \"{e}\"\n"));
+    }
+    s
+}
+
+/// Service `i`'s entry in host `h`'s fleet file: its image in `DIR/H/svcI/image`, its program
+/// streaming to `other`'s daemon once it runs on `h`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn service_entry(
+    lab: &Lab,
+    dir: &Path,
+    h: &str,
+    i: usize,
+    first_primary: bool,
+    other: &str,
+    exec: &[String],
+    hook: &str,
+) -> String {
+    format!(
+        "\n[[service]]\nname = \"svc{i}\"\nlisten = \"{}:{}\"\nimage_dir = \"{}\"\nfirst_primary = {first_primary}\nexec = {exec:?}\non_takeover = {hook:?}\nenv = {{ HOTSPARE_SPARE = \"{}:{}\" }}\n",
+        lab.ip(h),
+        spare_port(i),
+        dir.join(format!("{h}/svc{i}/image")).display(),
+        lab.ip(other),
+        spare_port(i),
+    )
+}
+
+/// Host `h`'s fleet file: every service it is the first primary or the spare of.
+fn fleet_file(lab: &Lab, dir: &Path, h: &str, n: usize, etcd: &str) -> PathBuf {
+    let mut s = fleet_head(dir, h, Some(etcd));
     for i in 0..n {
         let (p, sp) = placement(i);
         let other = match h {
@@ -81,17 +113,7 @@ fn fleet_file(lab: &Lab, dir: &Path, h: &str, n: usize, etcd: &str) -> PathBuf {
             "date +%s%N > {0}/takeover-{i}.tmp && mv {0}/takeover-{i}.tmp {0}/takeover-{i}_ns",
             dir.display()
         );
-        s.push_str(&format!(
-            "\n[[service]]\nname = \"svc{i}\"\nlisten = \"{}:{}\"\nimage_dir = \"{}\"\nfirst_primary = {}\nexec = {:?}\non_takeover = {:?}\nenv = {{ HOTSPARE_SPARE = \"{}:{}\" }}\n",
-            lab.ip(h),
-            spare_port(i),
-            dir.join(format!("{h}/svc{i}/image")).display(),
-            h == p,
-            exec,
-            hook,
-            lab.ip(other),
-            spare_port(i),
-        ));
+        s.push_str(&service_entry(lab, dir, h, i, h == p, other, &exec, &hook));
     }
     let path = dir.join(format!("fleet-{h}.toml"));
     std::fs::write(&path, s).unwrap();
@@ -381,6 +403,61 @@ fn s13_fleet_twenty_services_three_hosts_lose_one() {
         logs(&dir)
     );
     let reprotect_s = back.elapsed().as_secs_f64();
+    // The operator's view of one host: `hotspare status --fleet` lists B's services, the ones
+    // it took over as primaries (with their own status joined in), the others as spares.
+    let out = Command::new(util::lib("hotspare"))
+        .args(["status", "--fleet"])
+        .arg(dir.join("fleet-B.json"))
+        .output()
+        .expect("run hotspare status --fleet");
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{table}");
+    assert!(
+        out.status.success(),
+        "hotspare status --fleet failed: {table}"
+    );
+    for i in (0..n).filter(|i| placement(*i).0 == "B" || placement(*i).1 == "B") {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("svc{i} ")))
+            .unwrap_or_else(|| panic!("svc{i} missing from the fleet status:\n{table}"));
+        // A's services were taken over by B; B's own were started there.
+        let want = if placement(i).0 == "A" {
+            "primary (took over)"
+        } else {
+            "primary (first start)"
+        };
+        assert!(row.contains(want), "svc{i}: {row}");
+    }
+    // A planned switchover by service name, from the host that runs it: svc1 (first primary
+    // B, spare D) moves to D; B's program exits and B becomes its spare.
+    let old = primaries[1];
+    let _ = std::fs::remove_file(dir.join("takeover-1_ns"));
+    lab.exec(
+        "B",
+        &[
+            &util::lib("hotspare").display().to_string(),
+            "switchover",
+            "svc1",
+            "--fleet",
+            &dir.join("fleet-B.toml").display().to_string(),
+            "--wait",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("switchover svc1: {e}{}", logs(&dir)));
+    let moved_pid = program_pid(&dir, "D", 1, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("svc1 did not move to D{}", logs(&dir)));
+    wait_serving(addr("D", 1), c, moved_pid, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("svc1 on D: {e}{}", logs(&dir)));
+    assert!(
+        wait_spare_of(&dir, "B", 1, Duration::from_secs(30)),
+        "B is not svc1's spare after the switchover{}",
+        logs(&dir)
+    );
+    assert!(
+        std::fs::metadata(format!("/proc/{old}")).is_err(),
+        "B's old program (pid {old}) still runs after the switchover"
+    );
     times.sort_by(f64::total_cmp);
     f.add("services", n);
     f.add("processes_killed_with_host", gone);

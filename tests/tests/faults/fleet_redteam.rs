@@ -9,7 +9,8 @@
 //! 3 at once, `hookfail-<i>-<h>` makes the takeover hook fail.
 
 use super::fleet::{
-    fleet_entry, kill_host, kv_port, program_pid, spare_port, start_fleet, wait_spare_of, Hosts,
+    fleet_entry, fleet_head, kill_host, kv_port, program_pid, service_entry, start_fleet,
+    wait_spare_of, Hosts,
 };
 use super::*;
 
@@ -39,14 +40,7 @@ fn spread(n: usize) -> Vec<Svc> {
 
 /// Host `h`'s fleet file for `svcs` (with the arbiter at `etcd`, or in two-machine mode).
 fn fleet_toml(lab: &Lab, dir: &Path, h: &str, svcs: &[Svc], etcd: Option<&str>) -> PathBuf {
-    let mut s = format!(
-        "node = \"{h}\"\nkey_file = \"{}\"\nmissed = 10\nstatus = \"{}\"\n",
-        dir.join("key").display(),
-        dir.join(format!("fleet-{h}.json")).display()
-    );
-    if let Some(e) = etcd {
-        s.push_str(&format!("arbiter = \"{e}\"\n"));
-    }
+    let mut s = fleet_head(dir, h, etcd);
     for v in svcs {
         let other = if h == v.first { v.other } else { v.first };
         let i = v.i;
@@ -67,17 +61,8 @@ fn fleet_toml(lab: &Lab, dir: &Path, h: &str, svcs: &[Svc], etcd: Option<&str>) 
             "test -e {0}/hookfail-{i}-{h} && exit 1; echo {h} >> {0}/hooks-{i}; date +%s%N > {0}/takeover-{i}.tmp && mv {0}/takeover-{i}.tmp {0}/takeover-{i}_ns",
             dir.display()
         );
-        s.push_str(&format!(
-            "\n[[service]]\nname = \"svc{i}\"\nlisten = \"{}:{}\"\nimage_dir = \"{}\"\nfirst_primary = {}\nexec = {:?}\non_takeover = {:?}\nenv = {{ HOTSPARE_SPARE = \"{}:{}\" }}\n",
-            lab.ip(h),
-            spare_port(i),
-            dir.join(format!("{h}/svc{i}/image")).display(),
-            h == v.first || v.both_first,
-            exec,
-            hook,
-            lab.ip(other),
-            spare_port(i),
-        ));
+        let first = h == v.first || v.both_first;
+        s.push_str(&service_entry(lab, dir, h, i, first, other, &exec, &hook));
     }
     let path = dir.join(format!("fleet-{h}.toml"));
     std::fs::write(&path, s).unwrap();
@@ -647,6 +632,35 @@ fn s13r_two_first_primaries_one_service() {
 // ---------------------------------------------------------------------------------------------
 // The daemon and its programs.
 
+/// The end of several attacks: A's daemon comes back and must become the spare of svc0's
+/// program on B (pid `pb`) by itself; B goes on acknowledging, and every write acknowledged
+/// since the load began is on B, with no two processes acknowledging in overlapping time
+/// after `since`.
+fn a_back_then_check_b(lab: &Lab, dir: &Path, load: Load, pb: i32, since: u128) {
+    let c = Some(lab.fd("C"));
+    let _da = start_fleet(lab, dir, "A", &dir.join("fleet-A.toml"));
+    assert!(
+        wait_spare_of(dir, "A", 0, Duration::from_secs(30)),
+        "A is not the spare{}",
+        logs(dir)
+    );
+    let n = load.acks().len();
+    assert!(
+        wait_acks(&load, n + 50, Duration::from_secs(30)),
+        "no acknowledgements{}",
+        logs(dir)
+    );
+    let tally = load.stop();
+    let acks = of_service(&tally.acks, 0);
+    let (l, _, ex) = lost(kv_addr(lab, "B", 0), c, pb, &acks);
+    let w = windows(&acks, since);
+    assert!(
+        l == 0 && w == 0,
+        "{l} lost {ex:?}, {w} windows{}",
+        logs(dir)
+    );
+}
+
 fn hooks_of(dir: &Path, i: usize) -> String {
     std::fs::read_to_string(dir.join(format!("hooks-{i}"))).unwrap_or_default()
 }
@@ -771,7 +785,6 @@ fn s13r_takeover_hook_failing_then_succeeding() {
     let lab = &env.lab;
     let dir = env.t.path().to_path_buf();
     let guard = Hosts(lab, &dir);
-    let c = Some(lab.fd("C"));
     let svcs = [Svc {
         i: 0,
         first: "A",
@@ -811,28 +824,7 @@ fn s13r_takeover_hook_failing_then_succeeding() {
     std::fs::remove_file(dir.join("hookfail-0-B")).unwrap();
     let (_, pb) = wait_new_primary(lab, &dir, 0, &pids, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("B did not take over once its hook succeeded{}", logs(&dir)));
-    let da = start_fleet(lab, &dir, "A", &dir.join("fleet-A.toml"));
-    assert!(
-        wait_spare_of(&dir, "A", 0, Duration::from_secs(30)),
-        "A is not the spare{}",
-        logs(&dir)
-    );
-    let n = load.acks().len();
-    assert!(
-        wait_acks(&load, n + 50, Duration::from_secs(30)),
-        "no acknowledgements{}",
-        logs(&dir)
-    );
-    let tally = load.stop();
-    let acks = of_service(&tally.acks, 0);
-    let (l, _, ex) = lost(kv_addr(lab, "B", 0), c, pb, &acks);
-    let w = windows(&acks, killed);
-    assert!(
-        l == 0 && w == 0,
-        "{l} lost {ex:?}, {w} windows{}",
-        logs(&dir)
-    );
-    drop(da);
+    a_back_then_check_b(lab, &dir, load, pb, killed);
     drop(guard);
 }
 
@@ -847,7 +839,6 @@ fn s13r_taken_over_program_crashing_at_once_in_a_loop() {
     let lab = &env.lab;
     let dir = env.t.path().to_path_buf();
     let guard = Hosts(lab, &dir);
-    let c = Some(lab.fd("C"));
     let svcs = [Svc {
         i: 0,
         first: "A",
@@ -881,28 +872,7 @@ fn s13r_taken_over_program_crashing_at_once_in_a_loop() {
                 logs(&dir)
             )
         });
-    let da = start_fleet(lab, &dir, "A", &dir.join("fleet-A.toml"));
-    assert!(
-        wait_spare_of(&dir, "A", 0, Duration::from_secs(30)),
-        "A is not the spare{}",
-        logs(&dir)
-    );
-    let n = load.acks().len();
-    assert!(
-        wait_acks(&load, n + 50, Duration::from_secs(30)),
-        "no acknowledgements{}",
-        logs(&dir)
-    );
-    let tally = load.stop();
-    let acks = of_service(&tally.acks, 0);
-    let (l, _, ex) = lost(kv_addr(lab, "B", 0), c, pb, &acks);
-    let w = windows(&acks, killed);
-    assert!(
-        l == 0 && w == 0,
-        "{l} lost {ex:?}, {w} windows{}",
-        logs(&dir)
-    );
-    drop(da);
+    a_back_then_check_b(lab, &dir, load, pb, killed);
     drop(guard);
 }
 

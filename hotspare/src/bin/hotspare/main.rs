@@ -330,7 +330,12 @@ fn fleet_status(path: &std::path::Path) -> Result<bool> {
                 num(&own["lag"]),
                 "-".to_string(),
                 format!(
-                    "primary (took over); its spare {} {}",
+                    "primary ({}); its spare {} {}",
+                    if s["term"].as_u64() == Some(0) {
+                        "first start"
+                    } else {
+                        "took over"
+                    },
                     own["spare"].as_str().unwrap_or("?"),
                     if own["connected"] == Value::Bool(true) {
                         "connected"
