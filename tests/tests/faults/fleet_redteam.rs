@@ -9,8 +9,8 @@
 //! 3 at once, `hookfail-<i>-<h>` makes the takeover hook fail.
 
 use super::fleet::{
-    fleet_entry, fleet_head, kill_host, kv_port, program_pid, service_entry, start_fleet,
-    wait_spare_of, Hosts,
+    alive, fleet_entry, fleet_head, fleet_primary, kill_host, kv_port, program_pid, service_entry,
+    start_fleet, wait_spare_of, Hosts,
 };
 use super::*;
 
@@ -91,34 +91,13 @@ fn signal(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let exists = unsafe { libc::kill(pid, 0) == 0 };
-    exists
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-}
-
 fn kv_addr(lab: &Lab, h: &str, i: usize) -> SocketAddr {
     format!("{}:{}", lab.ip(h), kv_port(i)).parse().unwrap()
 }
 
 /// The program of service `i` that a fleet shows as primary now, other than `not`: (host, pid).
 fn primary_now(dir: &Path, i: usize, not: &[i32]) -> Option<(&'static str, i32)> {
-    for h in ["A", "B"] {
-        if let Some(e) = fleet_entry(dir, h, i) {
-            if e["state"] == "primary" {
-                let pid = e["pid"].as_i64().unwrap_or(0) as i32;
-                if pid > 0 && !not.contains(&pid) && alive(pid) {
-                    return Some((h, pid));
-                }
-            }
-        }
-    }
-    None
+    fleet_primary(dir, &["A", "B"], i, not)
 }
 
 /// Waits (bounded) for a program of service `i` other than `not` that answers as the primary.
@@ -994,7 +973,7 @@ fn read_answers(addr: SocketAddr, ns: i32, key: String, stop: Arc<AtomicBool>) -
     seen
 }
 
-/// A dozen services (`HOTSPARE_FLEET_SERVICES`), half first on each host. A and B are cut
+/// A dozen services ([`fleet_services`]), half first on each host. A and B are cut
 /// from each other (both still reach etcd and the clients), so every primary serves on
 /// arbiter renewals and every spare tries to claim; then etcd is stopped (SIGSTOP) for 1, 2, 3
 /// and 1.5 s in turn. Primaries that lapse stop answering and, past 2 s, exit; spares win
@@ -1004,10 +983,7 @@ fn read_answers(addr: SocketAddr, ns: i32, key: String, stop: Arc<AtomicBool>) -
 #[test]
 fn s13r_etcd_stalls_with_every_primary_on_the_arbiter() {
     let _serial = serial();
-    let n: usize = std::env::var("HOTSPARE_FLEET_SERVICES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let n = fleet_services(12);
     let env = lab_with_etcd("ra", "10.90.0");
     let lab = &env.lab;
     let dir = env.t.path().to_path_buf();
@@ -1069,11 +1045,12 @@ fn s13r_etcd_stalls_with_every_primary_on_the_arbiter() {
         let pids: std::collections::BTreeSet<i32> = r.iter().map(|a| a.pid).collect();
         let acks = of_service(&tally.acks, v.i);
         let ww = windows(&acks, 0);
-        let l = match primary_now(&dir, v.i, &[]) {
-            Some((h, pid)) => lost(kv_addr(lab, h, v.i), c, pid, &acks).0,
-            None => usize::MAX,
+        // Whoever serves it now (waited for: a service may be changing hands at this moment).
+        let l = match wait_new_primary(lab, &dir, v.i, &[], Duration::from_secs(30)) {
+            Some((h, pid)) => lost(kv_addr(lab, h, v.i), c, pid, &acks).0.to_string(),
+            None => "? (no primary to read from)".into(),
         };
-        if wr > 0 || ww > 0 || l > 0 {
+        if wr > 0 || ww > 0 || l != "0" {
             bad.push(format!(
                 "svc{}: {wr} read windows (answered by {pids:?}), {ww} write windows, {l} lost",
                 v.i
