@@ -284,9 +284,14 @@ impl Drop for ExitHook {
 /// #[global_allocator]
 /// static A: hotspare::GlobalHeap = hotspare::GlobalHeap::new();
 /// ```
+///
+/// `F` is where allocations outside the heap go (before the library has its heap, on the
+/// library's own threads, during a capture): the system allocator for a Rust program. A
+/// `malloc` replacement (`libhotspare_malloc.so`) cannot use it — `System` calls `malloc`, which is
+/// itself — and gives glibc's `__libc_malloc` family instead ([`GlobalHeap::with_fallback`]).
 #[derive(Debug, Default)]
-pub struct GlobalHeap {
-    _private: (),
+pub struct GlobalHeap<F = System> {
+    fallback: F,
 }
 
 /// What [`GlobalHeap::check`] found.
@@ -310,7 +315,7 @@ pub struct GlobalHeapStats {
 impl GlobalHeap {
     /// The allocator (a `const fn`, for a `static`).
     pub const fn new() -> GlobalHeap {
-        GlobalHeap { _private: () }
+        GlobalHeap { fallback: System }
     }
 
     /// Whether `p` lies in the checkpoint heap (the library has started and the address is
@@ -399,6 +404,14 @@ impl GlobalHeap {
         })();
         drop(cap);
         r
+    }
+}
+
+impl<F> GlobalHeap<F> {
+    /// The allocator with `fallback` for what does not go to the heap (see the type's
+    /// documentation; a `const fn`, for a `static`).
+    pub const fn with_fallback(fallback: F) -> GlobalHeap<F> {
+        GlobalHeap { fallback }
     }
 }
 
@@ -850,7 +863,7 @@ fn heap_for_alloc() -> Option<&'static Header> {
 // fits its layout (class sizes are at least the request rounded to its alignment, and class
 // blocks are aligned as `class_of` checked), and stays valid until freed; frees and reallocs go
 // back to whichever allocator owns the address.
-unsafe impl GlobalAlloc for GlobalHeap {
+unsafe impl<F: GlobalAlloc> GlobalAlloc for GlobalHeap<F> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !SEEN.load(Ordering::Relaxed) {
             SEEN.store(true, Ordering::Relaxed);
@@ -859,7 +872,7 @@ unsafe impl GlobalAlloc for GlobalHeap {
             // SAFETY: GlobalAlloc callers pass a non-zero size; not capturing (outside is 0).
             Some(h) => unsafe { heap_alloc(h, layout) },
             // SAFETY: forwarding the caller's request.
-            None => unsafe { System.alloc(layout) },
+            None => unsafe { self.fallback.alloc(layout) },
         }
     }
 
@@ -868,14 +881,14 @@ unsafe impl GlobalAlloc for GlobalHeap {
             // SAFETY: the caller frees a live block of ours with its layout; it is in the heap.
             Some(h) => unsafe { heap_free(h, ptr as usize, layout) },
             // SAFETY: not in the heap, so the system allocator's.
-            None => unsafe { System.dealloc(ptr, layout) },
+            None => unsafe { self.fallback.dealloc(ptr, layout) },
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let Some(h) = header_for(ptr as usize) else {
             // SAFETY: a system block, handed back to the system allocator.
-            return unsafe { System.realloc(ptr, layout, new_size) };
+            return unsafe { self.fallback.realloc(ptr, layout, new_size) };
         };
         // SAFETY: GlobalAlloc's contract: new_size rounded to align does not overflow.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
@@ -906,7 +919,7 @@ unsafe impl GlobalAlloc for GlobalHeap {
         }
         let new = if capturing {
             // SAFETY: non-zero size (GlobalAlloc's contract).
-            unsafe { System.alloc(new_layout) }
+            unsafe { self.fallback.alloc(new_layout) }
         } else {
             // SAFETY: non-zero size; not capturing.
             unsafe { heap_alloc(h, new_layout) }
