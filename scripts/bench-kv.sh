@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Redis comparison of issue 6 (CheckSync thesis Tables 5.2/5.3/5.4, Figure 5-3, and
 # redis-benchmark -c 50): hotspare-kv against Redis 7 on loopback, pinned as
-# /work/shared/BENCHMARKING.md requires. Run it on a quiet machine.
+# ../shared/BENCHMARKING.md requires. Run it on a quiet machine.
 #
 #   scripts/bench-kv.sh           full run, ~20 min without the failover part, ~4 GiB of
 #                                 memory and ~2 GiB of /tmp (10M keys): writes

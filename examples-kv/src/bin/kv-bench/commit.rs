@@ -13,7 +13,7 @@
 //!
 //! Loads: `redis-benchmark -t set -d 56 -r 1000000` with `-c 50 -n 50000` (client unpinned)
 //! and `-c 1 -n 5000` (client under `taskset -c 0`, beside the servers' serving threads, as
-//! `/work/shared/BENCHMARKING.md` requires). Servers are pinned the same way for both loads:
+//! `../shared/BENCHMARKING.md` requires). Servers are pinned the same way for both loads:
 //! Redis under `taskset -c 0` (bio / rewrite threads on CPU 1), hotspare-kv `--serve-cpu 0
 //! --background-cpu 1`, the spare under `taskset -c 1`.
 //!

@@ -2,7 +2,7 @@
 //!
 //! Prints one JSON object per measurement on stdout (progress on stderr) and can write the
 //! Figure 5-3 SVG. Subcommands run one table each; `all` (the default) runs them in turn on
-//! shared preloaded servers. Pinning follows /work/shared/BENCHMARKING.md: serial client and
+//! shared preloaded servers. Pinning follows ../shared/BENCHMARKING.md: serial client and
 //! serving thread on CPU 0, background work (checkpoint threads, BGSAVE child) on CPU 1.
 
 mod commit;

@@ -234,7 +234,7 @@ impl Drop for ChildGuard {
 }
 
 /// Pins the calling thread to one CPU. The serial client must share CPU 0 with the server's
-/// serving thread (see /work/shared/BENCHMARKING.md: unpinned loopback round trips on these
+/// serving thread (see ../shared/BENCHMARKING.md: unpinned loopback round trips on these
 /// 2-vCPU VMs get faster when anything else is busy, which would make checkpoints look free).
 pub fn pin_current_thread(cpu: usize) -> Result<()> {
     // SAFETY: cpu_set_t is plain data, zero-initialised, CPU_SET writes inside it, and

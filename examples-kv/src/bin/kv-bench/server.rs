@@ -1,4 +1,4 @@
-//! Starting and stopping the two servers under test, pinned as BENCHMARKING.md requires.
+//! Starting and stopping the two servers under test, pinned as ../shared/BENCHMARKING.md requires.
 //!
 //! Both get a fresh scratch directory (Redis's `--dir`, hotspare-kv's image directory) that is
 //! removed when the [`Server`] is dropped, after the process has been killed by PID.

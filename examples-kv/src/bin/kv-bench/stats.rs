@@ -1,4 +1,4 @@
-//! Summaries of repeated measurements (min/median/max, as BENCHMARKING.md asks) and the JSON
+//! Summaries of repeated measurements (min/median/max, as ../shared/BENCHMARKING.md asks) and the JSON
 //! line output.
 
 use std::io::Write;
