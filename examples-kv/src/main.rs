@@ -207,8 +207,14 @@ fn main() -> Result<()> {
     }
     // The library's threads are created now and inherit this: keep them off the serving CPU.
     pin(args.background_cpu);
-    // A resume (HOTSPARE_RESUME, or exec by the spare) does not return from `start`.
-    let hs = HotSpare::builder()?.worker("kv", worker).start()?;
+    // A resume (HOTSPARE_RESUME, or exec by the spare) runs the worker and ends here.
+    let Some(hs) = HotSpare::builder()?
+        .worker("kv", worker)
+        .start()?
+        .fresh_or_run()
+    else {
+        return Ok(());
+    };
     let store = hs
         .heap()
         .set_root(Store::new_in(hs.heap().alloc(), args.cpt_ms))?;

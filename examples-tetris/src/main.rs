@@ -257,12 +257,16 @@ fn main() {
         return;
     }
     let run = || -> Result<(), hotspare::Error> {
-        // On resume, start() calls `worker` directly with the restored game and never returns.
-        let hs = HotSpare::builder()?
+        // On resume, fresh_or_run() calls `worker` with the restored game, then gives None.
+        let Some(hs) = HotSpare::builder()?
             .worker("tetris", worker)
             .signal_handler("winch", on_winch)
             .signal_handler("term", on_term)
-            .start()?;
+            .start()?
+            .fresh_or_run()
+        else {
+            return Ok(());
+        };
         hs.heap().set_root(Mutex::new(Session {
             game: Game::new(seed),
             autoplay,

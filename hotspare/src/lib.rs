@@ -22,8 +22,11 @@
 //! }
 //!
 //! fn main() -> Result<(), hotspare::Error> {
-//!     // On resume, start() maps the image back and calls `worker` itself.
-//!     let hs = HotSpare::builder()?.worker("main", worker).start()?;
+//!     // On resume, start() maps the image back; fresh_or_run() then calls `worker` and, once
+//!     // it returns, gives None: the state below is initialised on a fresh start only.
+//!     let Some(hs) = HotSpare::builder()?.worker("main", worker).start()?.fresh_or_run() else {
+//!         return Ok(());
+//!     };
 //!     let map = Map::with_capacity_and_hasher_in(1, StableHasher::default(), hs.heap().alloc());
 //!     hs.heap().set_root(Mutex::new(map))?;
 //!     hs.run();
@@ -67,5 +70,5 @@ pub use global::{GlobalHeap, GlobalHeapStats};
 pub use heap::{Heap, HeapAlloc, StableHasher};
 pub use kmod_shim;
 pub use meta::MetaError;
-pub use runtime::{Builder, HotSpare, ResumeInfo, SignalFn, WorkerFn};
+pub use runtime::{Builder, HotSpare, ResumeInfo, SignalFn, Start, WorkerFn};
 pub use sync::{Mutex, MutexGuard};

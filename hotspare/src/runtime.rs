@@ -67,6 +67,49 @@ pub struct ResumeInfo {
     pub restore_time: Duration,
 }
 
+/// What [`Builder::start`] found.
+#[derive(Debug)]
+#[must_use = "a resumed program must run its workers instead of initialising its state"]
+pub enum Start {
+    /// No image: the program initialises its state, then calls [`HotSpare::run`].
+    Fresh(HotSpare),
+    /// Resumed from an image ([`HotSpare::resumed`] says which): the state is there already;
+    /// the program calls [`HotSpare::run`] and ends when it returns.
+    Resumed(HotSpare),
+}
+
+impl Start {
+    /// The handle of a fresh start; on a resume, runs the workers and returns `None` once they
+    /// return, for the caller to end — its initialisation skipped:
+    ///
+    /// ```ignore
+    /// let Some(hs) = HotSpare::builder()?.worker("main", worker).start()?.fresh_or_run() else {
+    ///     return Ok(()); // resumed, and the workers have returned
+    /// };
+    /// ```
+    pub fn fresh_or_run(self) -> Option<HotSpare> {
+        match self {
+            Start::Fresh(hs) => Some(hs),
+            Start::Resumed(hs) => {
+                hs.run();
+                None
+            }
+        }
+    }
+
+    /// Whether this is a resume.
+    pub fn is_resumed(&self) -> bool {
+        matches!(self, Start::Resumed(_))
+    }
+
+    /// The handle, whichever start this was.
+    pub fn into_handle(self) -> HotSpare {
+        match self {
+            Start::Fresh(hs) | Start::Resumed(hs) => hs,
+        }
+    }
+}
+
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.workers.iter().map(|(n, _)| n.as_str()).collect();
@@ -111,23 +154,24 @@ impl Builder {
         self
     }
 
-    /// Fresh start, or resume when `HOTSPARE_RESUME=<image dir>` is set.
+    /// Fresh start, or resume when `HOTSPARE_RESUME=<image dir>` is set; which one it was is
+    /// the answer ([`Start`]).
     ///
-    /// On a **fresh start** it reserves the checkpoint heap, opens the image directory (which
-    /// must not hold an image already) and returns: the program initialises its state (e.g.
+    /// On a **fresh start** it reserves the checkpoint heap and opens the image directory
+    /// (which must not hold an image already): the program initialises its state (e.g.
     /// [`Heap::set_root`]) and calls [`HotSpare::run`].
     ///
-    /// On **resume** it maps every range of the last complete checkpoint back at its address,
-    /// restores the metadata and calls the worker loops directly — the program's own
-    /// initialisation after `start()` is never reached — and exits the process with status 0
-    /// when they return. It returns only with an error (bad image, address taken, …).
-    pub fn start(self) -> Result<HotSpare> {
+    /// On **resume** it maps every range of the last complete checkpoint back at its address
+    /// and restores the metadata: the state is the image's, so the program must not initialise
+    /// it again; it calls [`HotSpare::run`] (the worker loops, as registered) and ends when they
+    /// return. [`Start::fresh_or_run`] does both in one line.
+    pub fn start(self) -> Result<Start> {
         let hs = self.open()?;
-        if hs.resumed().is_some() {
-            hs.run();
-            std::process::exit(0);
-        }
-        Ok(hs)
+        Ok(if hs.resumed().is_some() {
+            Start::Resumed(hs)
+        } else {
+            Start::Fresh(hs)
+        })
     }
 
     /// Like [`Builder::start`], but on resume returns the restored program *without* calling

@@ -67,7 +67,11 @@ fn routing_alignment_threads_and_captures() {
         fixed_addresses: FixedAddresses::Off,
         ..Config::default()
     };
-    let hs = Builder::new(config).worker("main", |_| {}).start().unwrap();
+    let hs = Builder::new(config)
+        .worker("main", |_| {})
+        .start()
+        .unwrap()
+        .into_handle();
     // Before the library started: ordinary memory, freed and grown there.
     assert!(!GlobalHeap::contains(before.as_ptr()));
     grown_before.resize(100_000, 3);

@@ -103,9 +103,13 @@ mod ha {
     /// worker loop. Resume: `start()` calls the worker loop itself and never returns.
     pub fn main(args: &Args) -> anyhow::Result<()> {
         let opts = args.options();
-        let hs = HotSpare::builder()?
+        let Some(hs) = HotSpare::builder()?
             .worker("coordinator", move |hs| worker(hs, &opts))
-            .start()?;
+            .start()?
+            .fresh_or_run()
+        else {
+            return Ok(());
+        };
         let listener =
             TcpListener::bind(&args.listen).with_context(|| format!("bind {}", args.listen))?;
         hs.add_tcp_listener("mr", listener)?;

@@ -121,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::load()?;
     config.image_dir = dir.clone();
     config.fixed_addresses = FixedAddresses::Off;
-    let hs = hotspare::Builder::new(config).start()?;
+    let hs = hotspare::Builder::new(config).start()?.into_handle();
     for &threads in &counts {
         let (mut best_sys, mut best_heap) = ((0f64, 0f64), (0f64, 0f64));
         for i in 0..runs {

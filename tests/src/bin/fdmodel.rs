@@ -78,10 +78,14 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from(std::env::var("FDMODEL_DIR")?);
-    let hs = HotSpare::builder()?
+    let Some(hs) = HotSpare::builder()?
         .worker("main", worker)
         .signal_handler("usr1", on_usr1)
-        .start()?;
+        .start()?
+        .fresh_or_run()
+    else {
+        return Ok(());
+    };
     let log_path = dir.join("log");
     let mut log = std::fs::OpenOptions::new()
         .create(true)

@@ -90,7 +90,13 @@ fn real_main() -> anyhow::Result<()> {
     let [seed, total, k] = args[..] else {
         anyhow::bail!("usage: kvmodel SEED TOTAL_OPS K")
     };
-    let hs = HotSpare::builder()?.worker("main", worker).start()?;
+    let Some(hs) = HotSpare::builder()?
+        .worker("main", worker)
+        .start()?
+        .fresh_or_run()
+    else {
+        return Ok(());
+    };
     let map = Map::with_capacity_and_hasher_in(1, StableHasher::default(), hs.heap().alloc());
     hs.heap().set_root(Mutex::new(State {
         map,

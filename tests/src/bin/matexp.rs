@@ -107,7 +107,13 @@ fn main() {
         return;
     }
     let run = || -> Result<(), hotspare::Error> {
-        let hs = HotSpare::builder()?.worker("matexp", worker).start()?;
+        let Some(hs) = HotSpare::builder()?
+            .worker("matexp", worker)
+            .start()?
+            .fresh_or_run()
+        else {
+            return Ok(());
+        };
         hs.heap()
             .set_root(Mutex::new(init(n, k, hs.heap().alloc())))?;
         hs.run();

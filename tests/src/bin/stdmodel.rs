@@ -427,7 +427,9 @@ fn real_main() -> anyhow::Result<()> {
     for j in 0..threads() {
         b = b.worker(&format!("m{j}"), move |hs| mutator(hs, j));
     }
-    let hs = b.start()?;
+    let Some(hs) = b.start()?.fresh_or_run() else {
+        return Ok(());
+    };
     let shards = (0..threads())
         .map(|_| Mutex::new(Shard::default()))
         .collect();

@@ -157,7 +157,7 @@ fn tempdir() -> Result<String> {
 /// restore time, then exits.
 pub fn child(fill: &str) -> Result<()> {
     let size = parse_size(fill)?;
-    let hs = hotspare::HotSpare::builder()?
+    let Some(hs) = hotspare::HotSpare::builder()?
         .worker("bench", |hs: &HotSpare| {
             let now = monotonic_ns();
             if let Some(r) = hs.resumed() {
@@ -165,7 +165,11 @@ pub fn child(fill: &str) -> Result<()> {
                 std::process::exit(0);
             }
         })
-        .start()?;
+        .start()?
+        .fresh_or_run()
+    else {
+        return Ok(());
+    };
     let v = allocator_api2::vec::from_elem_in(3u8, size, hs.heap().alloc());
     hs.heap().set_root(hotspare::Mutex::new(v))?;
     let st = hs.cpt()?;

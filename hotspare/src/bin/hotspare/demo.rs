@@ -105,7 +105,13 @@ fn server_worker(hs: &HotSpare) {
 
 /// `hotspare demo-server --port P [--bind ADDR]`: the service (fresh, or resumed by the spare).
 pub fn server(bind: &str, port: u16) -> Result<()> {
-    let hs = HotSpare::builder()?.worker("kv", server_worker).start()?;
+    let Some(hs) = HotSpare::builder()?
+        .worker("kv", server_worker)
+        .start()?
+        .fresh_or_run()
+    else {
+        return Ok(());
+    };
     let mut table =
         Table::with_capacity_and_hasher_in(1, StableHasher::default(), hs.heap().alloc());
     // HOTSPARE_DEMO_PRELOAD=N: start with N keys (72-byte pairs) to measure failover at scale.
