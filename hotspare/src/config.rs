@@ -29,6 +29,7 @@
 //! Resume is chosen by `HOTSPARE_RESUME=<image dir>` (see [`crate::HotSpare`]).
 
 use crate::error::{Error, Result};
+use kmod_shim::BackendChoice;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -88,6 +89,43 @@ impl std::str::FromStr for FixedAddresses {
     }
 }
 
+/// What a primary does when fenced or when it holds no lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFence {
+    /// `exit` with an arbiter, `report` without one ([`Config::exit_on_fence`]). Written as
+    /// `""` or `"auto"`.
+    #[default]
+    #[serde(alias = "")]
+    Auto,
+    /// Say so (log, status) and refuse checkpoints; the process goes on.
+    Report,
+    /// End the process.
+    Exit,
+}
+
+impl std::str::FromStr for OnFence {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<OnFence> {
+        match s {
+            "" | "auto" => Ok(OnFence::Auto),
+            "report" => Ok(OnFence::Report),
+            "exit" => Ok(OnFence::Exit),
+            other => Err(Error::Config(format!(
+                "on_fence must be 'report' or 'exit', not '{other}'"
+            ))),
+        }
+    }
+}
+
+/// `backend = "..."` in a configuration file, parsed when it is loaded.
+fn backend_from_str<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BackendChoice, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
 /// Library configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -99,7 +137,8 @@ pub struct Config {
     /// Size of the checkpoint heap in bytes (reserved, not committed).
     pub heap_size: usize,
     /// Dirty-tracking backend (`auto`, `uffd-wp`, `mprotect`, `soft-dirty`, `full`).
-    pub backend: String,
+    #[serde(deserialize_with = "backend_from_str")]
+    pub backend: BackendChoice,
     /// Capture strategy.
     pub strategy: Strategy,
     /// Fencing term written into checkpoints.
@@ -113,9 +152,9 @@ pub struct Config {
     /// Lease in milliseconds: with no word from the spare for this long the primary reports it
     /// may be fenced. Keep it below the spare's detection time (N × H).
     pub lease_ms: u64,
-    /// What to do when fenced or the lease is lost: `report` or `exit` (empty: `exit` with an
+    /// What to do when fenced or the lease is lost: `report` or `exit` (`auto`: `exit` with an
     /// arbiter, `report` without).
-    pub on_fence: String,
+    pub on_fence: OnFence,
     /// etcd endpoints of the arbiter (comma-separated); none: two-machine mode.
     pub arbiter: Option<String>,
     /// The service's name at the arbiter.
@@ -161,14 +200,14 @@ impl Default for Config {
             image_dir: PathBuf::from("hotspare-image"),
             heap_base: 0x6000_0000_0000,
             heap_size: 1 << 30,
-            backend: "auto".into(),
+            backend: BackendChoice::Auto,
             strategy: Strategy::Auto,
             term: 1,
             spare: None,
             key_file: None,
             heartbeat_ms: 10,
             lease_ms: 40,
-            on_fence: String::new(),
+            on_fence: OnFence::Auto,
             arbiter: None,
             service: None,
             node: None,
@@ -264,7 +303,7 @@ impl Config {
             self.heap_size = parse_size(&v)?;
         }
         if let Some(v) = var("HOTSPARE_BACKEND") {
-            self.backend = v;
+            self.backend = v.parse()?;
         }
         if let Some(v) = var("HOTSPARE_STRATEGY") {
             self.strategy = v.parse()?;
@@ -311,7 +350,7 @@ impl Config {
             self.durability = parse_durability(&v)?;
         }
         if let Some(v) = var("HOTSPARE_ON_FENCE") {
-            self.on_fence = v;
+            self.on_fence = v.parse()?;
         }
         if let Some(v) = var("HOTSPARE_ARBITER") {
             self.arbiter = Some(v);
@@ -350,14 +389,11 @@ impl Config {
     /// `exit` with an arbiter (a primary that reaches neither its spare nor the arbiter must
     /// stop before a takeover can be allowed) and `report` without one (where the spare's death
     /// alone ends the lease, and exiting would stop the service with it).
-    pub fn exit_on_fence(&self) -> Result<bool> {
-        match self.on_fence.as_str() {
-            "exit" => Ok(true),
-            "report" => Ok(false),
-            "" => Ok(self.arbiter.is_some()),
-            other => Err(Error::Config(format!(
-                "on_fence must be 'report' or 'exit', not '{other}'"
-            ))),
+    pub fn exit_on_fence(&self) -> bool {
+        match self.on_fence {
+            OnFence::Exit => true,
+            OnFence::Report => false,
+            OnFence::Auto => self.arbiter.is_some(),
         }
     }
 
@@ -406,6 +442,25 @@ impl Config {
 mod tests {
     use super::*;
     use hotspare_proto::AckLevel;
+
+    /// Enum settings are parsed when the file is loaded: a typo is an error there, naming the
+    /// choices, not a failure later at start-up.
+    #[test]
+    fn enum_settings_are_parsed_at_load() {
+        let c: Config = toml::from_str("backend = \"mprotect\"\non_fence = \"exit\"").unwrap();
+        assert_eq!(
+            c.backend,
+            BackendChoice::Only(kmod_shim::BackendKind::Mprotect)
+        );
+        assert_eq!(c.on_fence, OnFence::Exit);
+        let c: Config = toml::from_str("on_fence = \"\"").unwrap();
+        assert_eq!(c.on_fence, OnFence::Auto);
+        assert!(!c.exit_on_fence());
+        let e = toml::from_str::<Config>("backend = \"uffd\"").unwrap_err();
+        assert!(e.to_string().contains("unknown backend 'uffd'"), "{e}");
+        assert!(toml::from_str::<Config>("on_fence = \"stop\"").is_err());
+        assert!("stop".parse::<OnFence>().is_err());
+    }
 
     #[test]
     fn durability_defaults_to_fsynced_and_is_local_without_a_spare() {

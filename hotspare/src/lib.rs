@@ -64,7 +64,7 @@ pub mod sync;
 pub use checkpoint::{
     CommitNotifier, CptStats, Op, OutputGate, RoundNeed, Ticket, TicketState, MAX_IN_FLIGHT,
 };
-pub use config::{Config, FixedAddresses, Strategy};
+pub use config::{Config, FixedAddresses, OnFence, Strategy};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, GlobalHeapStats};
 pub use heap::{Heap, HeapAlloc, StableHasher};

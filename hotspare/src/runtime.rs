@@ -9,7 +9,7 @@ use crate::heap::Heap;
 use crate::identity::{ExeId, LoadedObject};
 use crate::image::{ImageDir, ImageError};
 use crate::meta::{FdRecord, Metadata};
-use kmod_shim::{BackendChoice, Range, Shim};
+use kmod_shim::{Range, Shim};
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -207,8 +207,7 @@ impl Builder {
 }
 
 fn open_shim(config: &Config) -> Result<Shim> {
-    let choice: BackendChoice = config.backend.parse()?;
-    Ok(Shim::new(choice)?)
+    Ok(Shim::new(config.backend)?)
 }
 
 fn shared() -> Arc<Shared> {

@@ -44,7 +44,7 @@ impl Sink {
             .ok_or_else(|| Error::Config("a spare needs key_file (HOTSPARE_KEY_FILE)".into()))?;
         let key =
             crate::replica::wire::load_key(key_file).map_err(|e| Error::Config(e.to_string()))?;
-        let on_fence_exit = config.exit_on_fence()?;
+        let on_fence_exit = config.exit_on_fence();
         let remote = crate::replica::sender::Remote::start(crate::replica::RemoteConfig {
             addr: addr.clone(),
             key,
