@@ -377,9 +377,12 @@ fn metrics_follow_a_takeover() {
     );
 }
 
-/// A histogram of `name` for `dir`: (buckets as (upper bound, cumulative count) in order of the
-/// bound, `+Inf` last; sum; count).
-fn histogram(m: &Scrape, name: &str, dir: &Path) -> Option<(Vec<(f64, f64)>, f64, f64)> {
+/// A scraped histogram: buckets as (upper bound, cumulative count) in order of the bound,
+/// `+Inf` last; sum; count.
+type Hist = (Vec<(f64, f64)>, f64, f64);
+
+/// The histogram `name` of `dir`.
+fn histogram(m: &Scrape, name: &str, dir: &Path) -> Option<Hist> {
     let d = dir.display().to_string();
     let mut buckets: Vec<(f64, f64)> = m
         .get(&format!("{name}_bucket"))?
@@ -402,7 +405,7 @@ fn histogram(m: &Scrape, name: &str, dir: &Path) -> Option<(Vec<(f64, f64)>, f64
 }
 
 /// Checks what makes a histogram one: buckets cumulative, ending in `+Inf` with the count.
-fn check_histogram(m: &Scrape, name: &str, dir: &Path) -> (Vec<(f64, f64)>, f64, f64) {
+fn check_histogram(m: &Scrape, name: &str, dir: &Path) -> Hist {
     let (b, sum, count) = histogram(m, name, dir).unwrap_or_else(|| panic!("no {name}"));
     assert!(b.len() >= 2, "{name}: buckets {b:?}");
     assert!(

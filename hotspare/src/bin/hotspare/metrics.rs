@@ -65,19 +65,19 @@ const GAUGES: &[(&str, &str)] = &[
 /// name without `hotspare_`, help). A histogram's name ends in its unit; a counter's gets
 /// `_total` from the encoder.
 const IN_PROCESS: &[(&str, &str, &str, &str)] = &[
-    ("checkpoint_stop_seconds", "primary", "checkpoint_stop_seconds", "Primary: how long each checkpoint stopped the program (capture under the allocator's lock)"),
-    ("checkpoint_wire_bytes", "primary", "checkpoint_wire_bytes", "Primary: bytes each checkpoint took on the wire to the spare (sealed stream messages)"),
-    ("heartbeat_rtt_seconds", "primary", "heartbeat_rtt_seconds", "Primary: from sending a heartbeat to the spare's answer (the lease's margin is what is left of it)"),
-    ("checkpoints_sent", "primary", "checkpoints_sent", "Primary: checkpoints started towards the spare"),
-    ("checkpoints_acked", "primary", "checkpoints_acked", "Primary: checkpoints acknowledged by the spare"),
-    ("checkpoints_failed", "primary", "checkpoints_failed", "Primary: checkpoints that failed (refused, lost with the connection, not acknowledged in time, fenced, no spare)"),
-    ("checkpoints_received", "spare", "spare_checkpoints_received", "Spare: checkpoint streams begun by the admitted primary"),
-    ("checkpoints_acked", "spare", "spare_checkpoints_acked", "Spare: checkpoints acknowledged to the primary"),
-    ("checkpoints_nacked", "spare", "spare_checkpoints_nacked", "Spare: checkpoints refused after they began (invalid, not made durable, the disk behind)"),
-    ("stream_bytes", "spare", "spare_stream_bytes", "Spare: checkpoint stream bytes received"),
-    ("heartbeats_answered", "spare", "spare_heartbeats_answered", "Spare: heartbeats answered with a lease"),
-    ("takeovers", "spare", "spare_takeovers", "Spare: takeovers decided (a fleet daemon's spare counts every takeover of the service on this host; a lone spare becomes the program)"),
-    ("connections_refused", "spare", "spare_connections_refused", "Spare: connections refused, by reason (handshake: wrong key, too slow or too many; fenced: older term; refused: another executable or lineage, or the like)"),
+    ("checkpoint_stop_seconds", "primary", "checkpoint_stop_seconds", "Primary: how long each checkpoint stopped the program (capture under the allocator's lock)."),
+    ("checkpoint_wire_bytes", "primary", "checkpoint_wire_bytes", "Primary: bytes each checkpoint took on the wire to the spare (sealed stream messages)."),
+    ("heartbeat_rtt_seconds", "primary", "heartbeat_rtt_seconds", "Primary: from sending a heartbeat to the spare's answer (the lease's margin is what is left of it)."),
+    ("checkpoints_sent", "primary", "checkpoints_sent", "Primary: checkpoints started towards the spare."),
+    ("checkpoints_acked", "primary", "checkpoints_acked", "Primary: checkpoints acknowledged by the spare."),
+    ("checkpoints_failed", "primary", "checkpoints_failed", "Primary: checkpoints that failed (refused, lost with the connection, not acknowledged in time, fenced, no spare)."),
+    ("checkpoints_received", "spare", "spare_checkpoints_received", "Spare: checkpoint streams begun by the admitted primary."),
+    ("checkpoints_acked", "spare", "spare_checkpoints_acked", "Spare: checkpoints acknowledged to the primary."),
+    ("checkpoints_nacked", "spare", "spare_checkpoints_nacked", "Spare: checkpoints refused after they began (invalid, not made durable, the disk behind)."),
+    ("stream_bytes", "spare", "spare_stream_bytes", "Spare: checkpoint stream bytes received."),
+    ("heartbeats_answered", "spare", "spare_heartbeats_answered", "Spare: heartbeats answered with a lease."),
+    ("takeovers", "spare", "spare_takeovers", "Spare: takeovers decided (a fleet daemon's spare counts every takeover of the service on this host; a lone spare becomes the program)."),
+    ("connections_refused", "spare", "spare_connections_refused", "Spare: connections refused, by reason (handshake: wrong key, too slow or too many; fenced: older term; refused: another executable or lineage, or the like)."),
 ];
 
 /// One series of an in-process metric, as read from a status file.
@@ -88,10 +88,13 @@ enum Sample {
     Histogram(f64, u64, Vec<(f64, u64)>),
 }
 
+/// One exported metric: name without `hotspare_`, help, and its series.
+type FamilyOf = (&'static str, &'static str, Vec<(Labels, Sample)>);
+
 /// The in-process metrics of every directory, by exported name, encoded at scrape time.
 #[derive(Debug, Default)]
 struct InProcess {
-    families: Vec<(&'static str, &'static str, Vec<(Labels, Sample)>)>,
+    families: Vec<FamilyOf>,
 }
 
 impl InProcess {
