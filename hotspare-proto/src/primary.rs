@@ -152,10 +152,15 @@ pub struct Link {
     retiring: Option<Time>,
     /// The checkpoint whose acknowledgement completes the switchover.
     final_seq: Option<u64>,
+    /// Round trips of answered heartbeats, for the driver's metrics; bounded, so a driver
+    /// that never asks costs nothing but this.
+    rtts: VecDeque<Duration>,
 }
 
 /// Heartbeats remembered while unanswered (older ones could only renew an expired lease).
 const UNANSWERED_KEPT: usize = 64;
+/// Round trips kept for [`Link::poll_heartbeat_rtt`] (the oldest are dropped).
+const RTTS_KEPT: usize = 64;
 
 impl Link {
     /// A link that will connect at its first timeout.
@@ -174,6 +179,7 @@ impl Link {
             arbiter,
             retiring: None,
             final_seq: None,
+            rtts: VecDeque::new(),
             lease: cfg.lease,
             cfg,
             conn: Conn::Down { retry_at: now },
@@ -382,6 +388,13 @@ impl Link {
         self.lease
     }
 
+    /// The round trip of a heartbeat the spare answered (send to answer, on our clock), oldest
+    /// first: what the lease's margin is spent on, for the driver to record; the link does no
+    /// IO and keeps only the last few.
+    pub fn poll_heartbeat_rtt(&mut self) -> Option<Duration> {
+        self.rtts.pop_front()
+    }
+
     /// Latest checkpoint handed to the link, and latest acknowledged.
     pub fn seqs(&self) -> (u64, u64) {
         (self.latest_seq, self.acked_seq)
@@ -494,6 +507,10 @@ impl Link {
             Msg::HeartbeatAck { id, .. } if self.conn == Conn::Up => {
                 // Anchored to when the answered heartbeat was sent.
                 if let Some(&(_, sent)) = self.unanswered.iter().find(|(i, _)| *i == id) {
+                    if self.rtts.len() == RTTS_KEPT {
+                        self.rtts.pop_front();
+                    }
+                    self.rtts.push_back(now.since(sent));
                     let until = sent + self.lease;
                     if self.lease_until.is_none_or(|t| until > t) {
                         self.lease_until = Some(until);

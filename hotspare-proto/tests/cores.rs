@@ -610,6 +610,29 @@ fn c_a_late_heartbeat_answer_does_not_renew_the_lease() {
     assert!(events(&mut l).contains(&Event::LeaseLost));
 }
 
+/// Guards against a heartbeat round trip measured from the wrong heartbeat (the newest instead
+/// of the one answered) or reported for a stale answer: the metrics would understate how close
+/// a slow spare brings the primary to losing its lease.
+#[test]
+fn c_heartbeat_round_trips_are_reported_for_answered_heartbeats_only() {
+    let term = 1;
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert_eq!(l.poll_heartbeat_rtt(), None);
+    let first = heartbeat(&mut l, at(1));
+    let second = heartbeat(&mut l, at(11));
+    assert!(second > first);
+    // The first is answered 12 ms after it was sent, once the second has gone out.
+    l.handle_msg(at(13), term, Msg::HeartbeatAck { id: first, seq: 0 });
+    assert_eq!(l.poll_heartbeat_rtt(), Some(ms(12)));
+    assert_eq!(l.poll_heartbeat_rtt(), None);
+    // A repeated answer to the first is no round trip; the second's is measured from its own
+    // send time.
+    l.handle_msg(at(14), term, Msg::HeartbeatAck { id: first, seq: 0 });
+    assert_eq!(l.poll_heartbeat_rtt(), None);
+    l.handle_msg(at(16), term, Msg::HeartbeatAck { id: second, seq: 0 });
+    assert_eq!(l.poll_heartbeat_rtt(), Some(ms(5)));
+}
+
 /// Guards against a primary configured with a lease longer than the spare's detection time:
 /// it would still serve after the spare took over.
 #[test]

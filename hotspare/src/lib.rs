@@ -56,6 +56,7 @@ pub mod heap;
 pub mod identity;
 pub mod image;
 mod meta;
+mod metrics;
 pub mod replica;
 mod resume;
 mod runtime;

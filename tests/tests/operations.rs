@@ -376,3 +376,225 @@ fn metrics_follow_a_takeover() {
         "k39 after takeover: {r:?}"
     );
 }
+
+/// A scraped histogram: buckets as (upper bound, cumulative count) in order of the bound,
+/// `+Inf` last; sum; count.
+type Hist = (Vec<(f64, f64)>, f64, f64);
+
+/// The histogram `name` of `dir`.
+fn histogram(m: &Scrape, name: &str, dir: &Path) -> Option<Hist> {
+    let d = dir.display().to_string();
+    let mut buckets: Vec<(f64, f64)> = m
+        .get(&format!("{name}_bucket"))?
+        .iter()
+        .filter(|(l, _)| l.get("dir") == Some(&d))
+        .map(|(l, v)| {
+            let le = l.get("le").expect("le label");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().expect("le")
+            };
+            (le, *v)
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let sum = get(m, &format!("{name}_sum"), dir)?.1;
+    let count = get(m, &format!("{name}_count"), dir)?.1;
+    Some((buckets, sum, count))
+}
+
+/// Checks what makes a histogram one: buckets cumulative, ending in `+Inf` with the count.
+fn check_histogram(m: &Scrape, name: &str, dir: &Path) -> Hist {
+    let (b, sum, count) = histogram(m, name, dir).unwrap_or_else(|| panic!("no {name}"));
+    assert!(b.len() >= 2, "{name}: buckets {b:?}");
+    assert!(
+        b.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{name}: buckets not cumulative: {b:?}"
+    );
+    assert_eq!(b.last().unwrap().0, f64::INFINITY, "{name}: {b:?}");
+    assert_eq!(
+        b.last().unwrap().1,
+        count,
+        "{name}: +Inf bucket is not the count"
+    );
+    assert!(sum >= 0.0, "{name}: sum {sum}");
+    (b, sum, count)
+}
+
+/// `INFO hotspare` of the program: field → value.
+fn kv_info(conn: &mut RespConn) -> HashMap<String, String> {
+    match conn.cmd(&["INFO", "hotspare"]).unwrap() {
+        util::Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b)
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect(),
+        r => panic!("INFO hotspare: {r:?}"),
+    }
+}
+
+/// The counters and histograms the processes keep themselves (published in their status
+/// files) come out of `hotspare metrics` as OpenMetrics histograms and counters, and agree with
+/// what else is known: one stop time and one wire size per checkpoint the status reports as
+/// sent, the wire sizes adding up to the bytes the program itself counts, heartbeat round
+/// trips accruing while idle, and a refused connection counted once.
+#[test]
+fn metrics_histograms_count_the_checkpoints() {
+    let (t, key) = workdir();
+    let dir = t.path();
+    let (spool, image_a) = (dir.join("spool"), dir.join("spare_a"));
+    let (port_a, kv_port, metrics_port) = (free_port(), free_port(), free_port());
+    let _spare = Killed(spare(dir, "spare_a", port_a, kv_port, &[]).spawn().unwrap());
+    wait_listening(port_a, dir);
+
+    let mut p = Command::new(util::lib("hotspare-kv"));
+    p.args(["--bind", "127.0.0.1", "--port", &kv_port.to_string()])
+        // Checkpoints for the writes only: none taken behind the test's back.
+        .args(["--cpt-every-write", "--cpt-ms", "0"])
+        .env("HOTSPARE_HEAP_SIZE", "16M")
+        .env("HOTSPARE_IMAGE_DIR", &spool)
+        .env("HOTSPARE_SPARE", format!("127.0.0.1:{port_a}"))
+        .env("HOTSPARE_KEY_FILE", &key)
+        .env_remove("HOTSPARE_RESUME")
+        .env_remove("HOTSPARE_TERM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "primary.log"));
+    let _primary = Killed(p.spawn().unwrap());
+    wait_listening(kv_port, dir);
+    let mut m = Command::new(util::lib("hotspare"));
+    m.args(["metrics", "--listen", &format!("127.0.0.1:{metrics_port}")])
+        .args([&spool, &image_a])
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "metrics.log"));
+    let _metrics = Killed(m.spawn().unwrap());
+    wait_listening(metrics_port, dir);
+
+    let kv: SocketAddr = ([127, 0, 0, 1], kv_port).into();
+    let mut conn = RespConn::connect(kv, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+    let write = |conn: &mut RespConn, n: usize, from: usize| {
+        for i in from..from + n {
+            // Values of growing size: checkpoints of different sizes on the wire.
+            let v = "x".repeat(64 * (i % 50));
+            conn.cmd(&["SET", &format!("k{i}"), &v])
+                .unwrap_or_else(|e| panic!("SET k{i}: {e}{}", logs(dir)));
+        }
+    };
+    // Everything sent is acknowledged, and the primary's status says so with its counters.
+    let settled = |m: &Scrape, at_least: f64| {
+        let sent = get(m, "hotspare_sent_seq", &spool).map(|v| v.1);
+        sent.is_some_and(|s| s >= at_least)
+            && get(m, "hotspare_acked_seq", &spool).map(|v| v.1) == sent
+            && get(m, "hotspare_spare_checkpoints_acked_total", &image_a).is_some()
+    };
+
+    write(&mut conn, 30, 0);
+    let first = scrape_until(metrics_port, dir, "30 writes acknowledged", |m| {
+        settled(m, 30.0)
+    });
+    let sent = get(&first, "hotspare_sent_seq", &spool).unwrap().1;
+    let info = kv_info(&mut conn);
+    let (stop_b, stop_sum, stop_count) =
+        check_histogram(&first, "hotspare_checkpoint_stop_seconds", &spool);
+    // One stop time per checkpoint: a fresh primary's sequence numbers count them.
+    assert_eq!(stop_count, sent, "stop times {stop_b:?}");
+    assert!(
+        stop_sum > 0.0 && stop_sum < sent,
+        "stop time sum {stop_sum} s"
+    );
+    // The bounds run from sub-millisecond to a second.
+    assert!(
+        stop_b[0].0 <= 0.0001 && stop_b.iter().any(|b| b.0 == 1.0),
+        "{stop_b:?}"
+    );
+    let (wire_b, wire_sum, wire_count) =
+        check_histogram(&first, "hotspare_checkpoint_wire_bytes", &spool);
+    assert_eq!(wire_count, sent, "wire sizes {wire_b:?}");
+    // The first checkpoint is a full image: its size is in a higher bucket than the smallest.
+    assert!(
+        wire_b.iter().any(|b| b.1 > 0.0 && b.1 < wire_count),
+        "{wire_b:?}"
+    );
+    // The same bytes the program counts (`HotSpare::wire_bytes`), every stream being whole.
+    assert_eq!(
+        wire_sum,
+        info["hotspare_wire_bytes"].parse::<f64>().unwrap(),
+        "wire bytes: histogram sum vs INFO hotspare"
+    );
+    for (name, want) in [
+        ("hotspare_checkpoints_sent_total", sent),
+        ("hotspare_checkpoints_acked_total", sent),
+        ("hotspare_checkpoints_failed_total", 0.0),
+    ] {
+        assert_eq!(
+            get(&first, name, &spool),
+            Some(("primary".into(), want)),
+            "{name}"
+        );
+    }
+    // The spare began one stream per checkpoint and acknowledged each at most once.
+    let spare_received = get(
+        &first,
+        "hotspare_spare_checkpoints_received_total",
+        &image_a,
+    );
+    assert_eq!(spare_received, Some(("spare".into(), sent)));
+    let spare_acked = get(&first, "hotspare_spare_checkpoints_acked_total", &image_a)
+        .unwrap()
+        .1;
+    assert!(
+        spare_acked >= 1.0 && spare_acked <= sent,
+        "spare acked {spare_acked}"
+    );
+    let stream_bytes = get(&first, "hotspare_spare_stream_bytes_total", &image_a)
+        .unwrap()
+        .1;
+    assert!(
+        stream_bytes > 0.0 && stream_bytes < wire_sum,
+        "spare stream bytes {stream_bytes}, wire {wire_sum}"
+    );
+    let (_, rtt_sum, rtt_count) = check_histogram(&first, "hotspare_heartbeat_rtt_seconds", &spool);
+    assert!(rtt_count >= 1.0, "no heartbeat round trip");
+    assert!(
+        rtt_sum / rtt_count < 0.08,
+        "mean heartbeat RTT {} s",
+        rtt_sum / rtt_count
+    );
+
+    // More writes: the counts grow by exactly the checkpoints sent meanwhile; idle time
+    // brings round trips, not stop times.
+    write(&mut conn, 20, 30);
+    let second = scrape_until(metrics_port, dir, "20 more writes acknowledged", |m| {
+        settled(m, sent + 20.0)
+            && histogram(m, "hotspare_heartbeat_rtt_seconds", &spool)
+                .is_some_and(|h| h.2 >= rtt_count + 5.0)
+    });
+    let sent2 = get(&second, "hotspare_sent_seq", &spool).unwrap().1;
+    let (_, _, stop_count2) = check_histogram(&second, "hotspare_checkpoint_stop_seconds", &spool);
+    assert_eq!(stop_count2 - stop_count, sent2 - sent);
+    let (_, _, wire_count2) = check_histogram(&second, "hotspare_checkpoint_wire_bytes", &spool);
+    assert_eq!(wire_count2, sent2);
+    let answered = |m: &Scrape| {
+        get(m, "hotspare_spare_heartbeats_answered_total", &image_a).map_or(0.0, |v| v.1)
+    };
+    assert!(answered(&second) > answered(&first));
+
+    // A connection that never completes the handshake is refused, and counted once.
+    let refused = |m: &Scrape| {
+        let d = image_a.display().to_string();
+        m.get("hotspare_spare_connections_refused_total")
+            .and_then(|s| {
+                s.iter().find(|(l, _)| {
+                    l.get("dir") == Some(&d)
+                        && l.get("reason").map(String::as_str) == Some("handshake")
+                })
+            })
+            .map(|(_, v)| *v)
+    };
+    let before = refused(&second).expect("refused connections by reason");
+    drop(TcpStream::connect(("127.0.0.1", port_a)).unwrap());
+    scrape_until(metrics_port, dir, "the refused connection counted", |m| {
+        refused(m) == Some(before + 1.0)
+    });
+}

@@ -338,6 +338,9 @@ impl Engine {
                 return Err(e);
             }
         };
+        if let Some(r) = &self.remote {
+            r.record_stop(stopped);
+        }
         self.shared.lock().issue(seq);
         let done = Completion::new(self.shared.clone(), seq);
         let job = match snapshot {

@@ -19,6 +19,7 @@ use super::arbiter::ArbiterClient;
 use super::io::{start_status_writer, write_status_file, OutBuf};
 use super::wire::{self, Key};
 use crate::checkpoint::Completion;
+use crate::metrics::PrimaryMetrics;
 use hotspare_proto::arbiter::PrimaryArbiter;
 use hotspare_proto::codec::{ClientHandshake, Opener, Sealer};
 use hotspare_proto::primary::{Event, Link, LinkConfig};
@@ -118,6 +119,8 @@ struct Shared {
     fenced: AtomicBool,
     needs_full: AtomicBool,
     wire_bytes: AtomicU64,
+    /// Published in the status file (`"metrics"`).
+    metrics: PrimaryMetrics,
 }
 
 /// A checkpoint stream to send.
@@ -170,6 +173,7 @@ impl Remote {
             fenced: AtomicBool::new(false),
             needs_full: AtomicBool::new(true),
             wire_bytes: AtomicU64::new(0),
+            metrics: PrimaryMetrics::new(),
         });
         let (cmds, rx) = mpsc::channel();
         let s = shared.clone();
@@ -247,6 +251,7 @@ impl Remote {
     /// lost with the connection, not acknowledged in time, fenced).
     pub fn send(&self, header: StreamHeader, source: Source, done: Completion) {
         if self.shared.fenced.load(Ordering::SeqCst) {
+            PrimaryMetrics::inc(&self.shared.metrics.failed);
             source.discard();
             return done.finish(Err(
                 "fenced by the spare (a newer term exists, or it refuses us)".into(),
@@ -257,10 +262,17 @@ impl Remote {
             source,
             done,
         }) {
+            PrimaryMetrics::inc(&self.shared.metrics.failed);
             source.discard();
             return done.finish(Err("the link thread is gone".into()));
         }
         let _ = self.waker.wake();
+    }
+
+    /// A checkpoint was captured, stopping the program this long: recorded for the status
+    /// file's histogram with two relaxed atomic adds, so the capture's own thread can afford it.
+    pub fn record_stop(&self, stopped: Duration) {
+        self.shared.metrics.stop.observe_duration(stopped);
     }
 
     /// Bytes of checkpoint streams sent to the spare so far, on the wire.
@@ -380,6 +392,8 @@ struct LinkLoop {
     /// What the status thread writes.
     status: Arc<Mutex<String>>,
     arbiter: Option<ArbiterClient>,
+    /// Wire bytes of the checkpoint being sent so far (observed once its end is sealed).
+    cpt_wire: u64,
 }
 
 impl LinkLoop {
@@ -449,6 +463,7 @@ impl LinkLoop {
             resumed_image,
             registration_written: false,
             arbiter,
+            cpt_wire: 0,
         }
     }
 
@@ -578,6 +593,7 @@ impl LinkLoop {
                     Err(e) => {
                         let why = format!("{}: {e}", path.display());
                         let _ = std::fs::remove_file(&path);
+                        PrimaryMetrics::inc(&self.shared.metrics.failed);
                         done.finish(Err(why));
                         continue;
                     }
@@ -585,6 +601,7 @@ impl LinkLoop {
             };
             match self.link.start_checkpoint(now(), header) {
                 Ok(()) => {
+                    PrimaryMetrics::inc(&self.shared.metrics.sent);
                     if self.handover_floor.is_some_and(|f| header.seq > f) {
                         self.link.mark_final(header.seq);
                     }
@@ -599,6 +616,7 @@ impl LinkLoop {
                         .last_error
                         .as_ref()
                         .map_or(String::new(), |e| format!(" (last attempt: {e})"));
+                    PrimaryMetrics::inc(&self.shared.metrics.failed);
                     done.finish(Err(format!("spare {}: {why}{last}", self.cfg.addr)));
                 }
             }
@@ -710,6 +728,9 @@ impl LinkLoop {
                 progressed = true;
                 self.event(ev);
             }
+            while let Some(rtt) = self.link.poll_heartbeat_rtt() {
+                self.shared.metrics.heartbeat_rtt.observe_duration(rtt);
+            }
             // Started (or failed, with no connection) at once, whatever the socket's state:
             // a checkpoint must never wait for a connection that may not come.
             self.start_next();
@@ -736,14 +757,27 @@ impl LinkLoop {
             if let Some(s) = self.sock.as_mut() {
                 if let Phase::Session(_, sealer) = &mut s.phase {
                     while let Some(m) = self.link.poll_transmit() {
-                        let n = sealer.seal(self.link.term(), &m, s.out.vec());
-                        if matches!(
-                            m,
-                            hotspare_proto::Msg::Chunk { .. }
-                                | hotspare_proto::Msg::StreamStart(_)
-                                | hotspare_proto::Msg::EndStream { .. }
-                        ) {
-                            self.shared.wire_bytes.fetch_add(n as u64, Ordering::SeqCst);
+                        let n = sealer.seal(self.link.term(), &m, s.out.vec()) as u64;
+                        // A stream's bytes start again at its start (one cut short by a lost
+                        // connection is never observed) and are observed at its end.
+                        let stream = match m {
+                            hotspare_proto::Msg::StreamStart(_) => {
+                                self.cpt_wire = n;
+                                true
+                            }
+                            hotspare_proto::Msg::Chunk { .. } => {
+                                self.cpt_wire += n;
+                                true
+                            }
+                            hotspare_proto::Msg::EndStream { .. } => {
+                                self.shared.metrics.wire_bytes.observe(self.cpt_wire + n);
+                                self.cpt_wire = 0;
+                                true
+                            }
+                            _ => false,
+                        };
+                        if stream {
+                            self.shared.wire_bytes.fetch_add(n, Ordering::SeqCst);
                         }
                         progressed = true;
                     }
@@ -810,6 +844,8 @@ impl LinkLoop {
                     Ok(()) => self.retire_resumed_image(seq),
                     e => e,
                 };
+                let m = &self.shared.metrics;
+                PrimaryMetrics::inc(if result.is_ok() { &m.acked } else { &m.failed });
                 if let Some(done) = self.waiting.remove(&seq) {
                     done.finish(result);
                 } else if self.sending.as_ref().is_some_and(|s| s.seq == seq) {
@@ -934,7 +970,7 @@ impl LinkLoop {
         let connected = self.link.is_up();
         let until = self.link.serving_until();
         format!(
-            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"durability\":\"{}\",\"lag\":{},\"lease_left_ms\":{},\"fenced\":{},\"arbiter\":{}{}}}\n",
+            "{{\"role\":\"primary\",\"pid\":{},\"term\":{},\"spare\":\"{}\",\"connected\":{connected},\"sent_seq\":{sent},\"acked_seq\":{acked},\"durability\":\"{}\",\"lag\":{},\"lease_left_ms\":{},\"fenced\":{},\"arbiter\":{},\"metrics\":{}{}}}\n",
             std::process::id(),
             self.cfg.term,
             self.cfg.addr,
@@ -949,6 +985,7 @@ impl LinkLoop {
                     a.service, a.node
                 ),
             },
+            self.shared.metrics.json(),
             exit.map_or(String::new(), |e| format!(",\"exit\":\"{}\"", e.as_str())),
         )
     }

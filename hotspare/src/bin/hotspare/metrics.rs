@@ -4,15 +4,21 @@
 //! `prometheus-client` (OpenMetrics text, which Prometheus scrapes natively). The HTTP side is a
 //! std `TcpListener`, one short-lived thread per connection.
 //!
-//! What it cannot show: anything per checkpoint (stop-time histograms, bytes per checkpoint,
-//! heartbeat round trips, refused connections, takeover counts). The status file holds the
-//! current state only; those need counters and histograms kept inside the processes
-//! (docs/operations.md, "Metrics").
+//! Besides the current state, each status file holds a `"metrics"` object: counters and
+//! histograms (cumulative bucket counts, sum, count) the process keeps itself — checkpoint stop
+//! times, bytes on the wire, heartbeat round trips, refused connections, takeovers. They are
+//! passed on as OpenMetrics counters (`_total`) and histograms (`_bucket{le}`, `_sum`,
+//! `_count`), so the processes need no HTTP server of their own. A counter starts again from 0
+//! when its process does (Prometheus' `rate` and `increase` expect that).
 
 use anyhow::{Context, Result};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -55,6 +61,133 @@ const GAUGES: &[(&str, &str)] = &[
     ("durability_level", "1 for the durability level in force (label level)"),
 ];
 
+/// The counters and histograms of the status files' `"metrics"` objects: (JSON key, role,
+/// name without `hotspare_`, help). A histogram's name ends in its unit; a counter's gets
+/// `_total` from the encoder.
+const IN_PROCESS: &[(&str, &str, &str, &str)] = &[
+    ("checkpoint_stop_seconds", "primary", "checkpoint_stop_seconds", "Primary: how long each checkpoint stopped the program (capture under the allocator's lock)."),
+    ("checkpoint_wire_bytes", "primary", "checkpoint_wire_bytes", "Primary: bytes each checkpoint took on the wire to the spare (sealed stream messages)."),
+    ("heartbeat_rtt_seconds", "primary", "heartbeat_rtt_seconds", "Primary: from sending a heartbeat to the spare's answer (the lease's margin is what is left of it)."),
+    ("checkpoints_sent", "primary", "checkpoints_sent", "Primary: checkpoints started towards the spare."),
+    ("checkpoints_acked", "primary", "checkpoints_acked", "Primary: checkpoints acknowledged by the spare."),
+    ("checkpoints_failed", "primary", "checkpoints_failed", "Primary: checkpoints that failed (refused, lost with the connection, not acknowledged in time, fenced, no spare)."),
+    ("checkpoints_received", "spare", "spare_checkpoints_received", "Spare: checkpoint streams begun by the admitted primary."),
+    ("checkpoints_acked", "spare", "spare_checkpoints_acked", "Spare: checkpoints acknowledged to the primary."),
+    ("checkpoints_nacked", "spare", "spare_checkpoints_nacked", "Spare: checkpoints refused after they began (invalid, not made durable, the disk behind)."),
+    ("stream_bytes", "spare", "spare_stream_bytes", "Spare: checkpoint stream bytes received."),
+    ("heartbeats_answered", "spare", "spare_heartbeats_answered", "Spare: heartbeats answered with a lease."),
+    ("takeovers", "spare", "spare_takeovers", "Spare: takeovers decided (a fleet daemon's spare counts every takeover of the service on this host; a lone spare becomes the program)."),
+    ("connections_refused", "spare", "spare_connections_refused", "Spare: connections refused, by reason (handshake: wrong key, too slow or too many; fenced: older term; refused: another executable or lineage, or the like)."),
+];
+
+/// One series of an in-process metric, as read from a status file.
+#[derive(Debug)]
+enum Sample {
+    Counter(u64),
+    /// Sum, count, and per-bucket (not cumulative) counts by upper bound, `+Inf` last.
+    Histogram(f64, u64, Vec<(f64, u64)>),
+}
+
+/// One exported metric: name without `hotspare_`, help, and its series.
+type FamilyOf = (&'static str, &'static str, Vec<(Labels, Sample)>);
+
+/// The in-process metrics of every directory, by exported name, encoded at scrape time.
+#[derive(Debug, Default)]
+struct InProcess {
+    families: Vec<FamilyOf>,
+}
+
+impl InProcess {
+    fn add(&mut self, name: &'static str, help: &'static str, labels: Labels, s: Sample) {
+        let f = &mut self.families;
+        match f.iter_mut().find(|(n, ..)| *n == name) {
+            Some((.., series)) => series.push((labels, s)),
+            None => f.push((name, help, vec![(labels, s)])),
+        }
+    }
+
+    /// Reads a status file's `"metrics"` object for `role`.
+    fn add_status(&mut self, role: &str, metrics: &Value, labels: &Labels) {
+        for (key, r, name, help) in IN_PROCESS {
+            if *r != role {
+                continue;
+            }
+            let Some(v) = metrics.get(*key) else { continue };
+            if let Some(n) = v.as_u64() {
+                self.add(name, help, labels.clone(), Sample::Counter(n));
+            } else if let Some(h) = histogram(v) {
+                self.add(name, help, labels.clone(), h);
+            } else if let Some(by) = v.as_object() {
+                // A counter by reason.
+                for (reason, n) in by {
+                    if let Some(n) = n.as_u64() {
+                        let mut l = labels.clone();
+                        l.push(("reason".into(), reason.clone()));
+                        self.add(name, help, l, Sample::Counter(n));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `{"le":[…],"buckets":[cumulative…],"sum":S,"count":N}` as per-bucket counts with `+Inf`;
+/// `None` if it is not one, or its buckets are not cumulative or exceed the count (a torn or
+/// foreign file: better no histogram than a wrong one).
+fn histogram(v: &Value) -> Option<Sample> {
+    let le: Vec<f64> = v
+        .get("le")?
+        .as_array()?
+        .iter()
+        .map(Value::as_f64)
+        .collect::<Option<_>>()?;
+    let cum: Vec<u64> = v
+        .get("buckets")?
+        .as_array()?
+        .iter()
+        .map(Value::as_u64)
+        .collect::<Option<_>>()?;
+    let (sum, count) = (v.get("sum")?.as_f64()?, v.get("count")?.as_u64()?);
+    if le.len() != cum.len()
+        || cum.windows(2).any(|w| w[0] > w[1])
+        || cum.last().is_some_and(|l| *l > count)
+    {
+        return None;
+    }
+    let mut buckets = Vec::with_capacity(le.len() + 1);
+    let mut below = 0;
+    for (b, c) in le.iter().zip(&cum) {
+        buckets.push((*b, c - below));
+        below = *c;
+    }
+    buckets.push((f64::INFINITY, count - below));
+    Some(Sample::Histogram(sum, count, buckets))
+}
+
+impl Collector for InProcess {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for (name, help, series) in &self.families {
+            let kind = match series.first() {
+                Some((_, Sample::Histogram(..))) => MetricType::Histogram,
+                _ => MetricType::Counter,
+            };
+            let full = format!("hotspare_{name}");
+            let mut m = encoder.encode_descriptor(&full, help, None, kind)?;
+            for (labels, s) in series {
+                let e = m.encode_family(labels)?;
+                match s {
+                    Sample::Counter(n) => ConstCounter::new(*n).encode(e)?,
+                    Sample::Histogram(sum, count, buckets) => {
+                        let mut e = e;
+                        e.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)?
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Gauges {
     fn new() -> Gauges {
         let mut reg = Registry::default();
@@ -86,8 +219,8 @@ fn flag(v: &Value, key: &str) -> Option<f64> {
         .map(|b| f64::from(u8::from(b)))
 }
 
-/// Adds one directory's gauges.
-fn add_dir(g: &Gauges, dir: &Path) {
+/// Adds one directory's gauges and in-process metrics.
+fn add_dir(g: &Gauges, inp: &mut InProcess, dir: &Path) {
     let path = dir.join("status");
     let dir_label = dir.display().to_string();
     let age = std::fs::metadata(&path)
@@ -164,14 +297,19 @@ fn add_dir(g: &Gauges, dir: &Path) {
         l.push(("level".into(), level.into()));
         g.set("durability_level", &l, 1.0);
     }
+    if let Some(m) = s.get("metrics").filter(|m| m.is_object()) {
+        inp.add_status(&role, m, &labels);
+    }
 }
 
 /// The exposition text for `dirs`, read now.
 pub fn render(dirs: &[PathBuf]) -> Result<String> {
-    let g = Gauges::new();
+    let mut g = Gauges::new();
+    let mut inp = InProcess::default();
     for d in dirs {
-        add_dir(&g, d);
+        add_dir(&g, &mut inp, d);
     }
+    g.reg.register_collector(Box::new(inp));
     let mut out = String::new();
     encode(&mut out, &g.reg).context("encoding metrics")?;
     Ok(out)

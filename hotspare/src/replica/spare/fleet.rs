@@ -127,6 +127,8 @@ fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>)
     logs::set_service(Some(s.name.clone()));
     let mut pause = Duration::from_millis(100);
     let mut previous = None;
+    // This host's counts for the service, kept across its spare's restarts.
+    let mut counters = crate::metrics::SpareCounters::default();
     loop {
         let born = s.spare.image_dir.join("born");
         if s.first_primary && !has_image(&s.spare.image_dir) && !born.exists() {
@@ -167,7 +169,7 @@ fn supervise(i: usize, s: FleetService, table: &Table, snapshot: &Mutex<String>)
             continue;
         }
         set(i, table, snapshot, |e| e.state = State::Spare);
-        let why = match super::serve(&s.spare) {
+        let why = match super::serve_counted(&s.spare, &mut counters) {
             Ok(term) => match start_taken_over(&s.spare, &born, term) {
                 Ok(mut child) => {
                     let pid = child.id();

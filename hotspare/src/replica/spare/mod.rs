@@ -22,10 +22,12 @@ mod takeover;
 use super::arbiter::ArbiterClient;
 use super::wire::{self, Key};
 use crate::image::ImageDir;
+use crate::metrics::SpareCounters;
 use conn::{Conn, Phase};
 use hotspare_proto::spare::{
     ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig as Rules,
 };
+use hotspare_proto::Msg;
 use hotspare_proto::Time;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -130,8 +132,19 @@ pub fn run(cfg: SpareConfig) -> SpareError {
 /// starting the program, once the image directory is closed (its lock released, so that the
 /// program can open it): what a daemon that serves several services uses ([`fleet`]).
 pub fn serve(cfg: &SpareConfig) -> Result<u64, SpareError> {
+    serve_counted(cfg, &mut SpareCounters::default())
+}
+
+/// [`serve`], counting into `counters` (and publishing them) from where they are: a fleet
+/// daemon's counts for a service then span every spare run of it on this host.
+pub(crate) fn serve_counted(
+    cfg: &SpareConfig,
+    counters: &mut SpareCounters,
+) -> Result<u64, SpareError> {
     let mut d = Daemon::start(cfg)?;
+    d.counters = *counters;
     let term = d.run();
+    *counters = d.counters;
     d.close();
     term
 }
@@ -159,6 +172,8 @@ struct Daemon<'a> {
     /// Set when the core said take over while input was being read.
     taking_over: Option<u64>,
     arbiter: Option<ArbiterClient>,
+    /// Published in the status file (`"metrics"`).
+    counters: SpareCounters,
 }
 
 impl<'a> Daemon<'a> {
@@ -248,6 +263,7 @@ impl<'a> Daemon<'a> {
             last_status: Instant::now() - Duration::from_secs(1),
             taking_over: None,
             arbiter,
+            counters: SpareCounters::default(),
         })
     }
 
@@ -378,6 +394,7 @@ impl<'a> Daemon<'a> {
             let nonce = match wire::nonce() {
                 Ok(n) => n,
                 Err(e) => {
+                    self.counters.refused_handshake += 1;
                     log(format!("refused connection from {peer}: no nonce: {e}"));
                     continue;
                 }
@@ -470,6 +487,7 @@ impl<'a> Daemon<'a> {
         if let Some(mut c) = self.conns.remove(&tok) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             if c.in_handshake() {
+                self.counters.refused_handshake += 1;
                 log(format!(
                     "refused connection from {}: {}",
                     c.peer,
@@ -487,6 +505,15 @@ impl<'a> Daemon<'a> {
         while let Some(o) = self.core.poll_output() {
             match o {
                 Output::Send(id, term, msg) => {
+                    let n = &mut self.counters;
+                    match &msg {
+                        Msg::HeartbeatAck { .. } => n.heartbeats_answered += 1,
+                        Msg::Ack { .. } => n.checkpoints_acked += 1,
+                        Msg::Nack { .. } => n.checkpoints_nacked += 1,
+                        Msg::Fenced { .. } => n.refused_fenced += 1,
+                        Msg::Refused { .. } => n.refused_other += 1,
+                        _ => {}
+                    }
                     if let Some(c) = self.conns.get_mut(&Token(id.0 as usize)) {
                         c.send(term, &msg);
                     }
@@ -513,8 +540,18 @@ impl<'a> Daemon<'a> {
                     self.core
                         .handle_disk(now, DiskDone::SpoolFailed { seq, why });
                 }
-                Output::Disk(op) => self.disk.submit(op),
+                Output::Disk(op) => {
+                    match &op {
+                        DiskOp::SpoolStart { .. } => self.counters.checkpoints_received += 1,
+                        DiskOp::Spool { bytes, .. } => {
+                            self.counters.stream_bytes += bytes.len() as u64
+                        }
+                        _ => {}
+                    }
+                    self.disk.submit(op)
+                }
                 Output::TakeOver { term, seq, silent } => {
+                    self.counters.takeovers += 1;
                     log(format!(
                         "primary silent for {} ms: took over at checkpoint {seq} with term {term}",
                         silent.as_millis()
@@ -573,7 +610,7 @@ impl<'a> Daemon<'a> {
             .primary_ack()
             .map_or("null".to_string(), |a| format!("\"{a}\""));
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = format!(
-            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"durability\":{durability},\"acked_not_durable\":{},\"listen\":\"{}\",\"arbiter\":{},\"claiming\":{}}}\n",
+            "{{\"role\":\"spare\",\"pid\":{},\"term\":{},\"seq\":{},\"applied\":{},\"last_heartbeat_ms\":{grant},\"primary_connected\":{},\"durability\":{durability},\"acked_not_durable\":{},\"listen\":\"{}\",\"arbiter\":{},\"claiming\":{},\"metrics\":{}}}\n",
             std::process::id(),
             self.core.term(),
             self.core.tip().map_or(0, |t| t.seq),
@@ -586,6 +623,7 @@ impl<'a> Daemon<'a> {
                 a.service, a.node
             )),
             self.core.claiming(),
+            self.counters.json(),
         );
     }
 }
