@@ -598,3 +598,81 @@ fn metrics_histograms_count_the_checkpoints() {
         refused(m) == Some(before + 1.0)
     });
 }
+
+/// `HOTSPARE_LOG_FORMAT=json`: every line the library writes, the spare's and the primary's,
+/// is one JSON object with the time, the pid, the component and the message; the spare's
+/// admission of the primary is among them, naming the primary's pid.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let (t, key) = workdir();
+    let dir = t.path();
+    let (port_a, kv_port) = (free_port(), free_port());
+    let json = [("HOTSPARE_LOG_FORMAT", "json".to_string())];
+    let _spare = Killed(
+        spare(dir, "spare_a", port_a, kv_port, &json)
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port_a, dir);
+    let mut p = Command::new(util::lib("hotspare-kv"));
+    p.args(["--bind", "127.0.0.1", "--port", &kv_port.to_string()])
+        .args(["--cpt-every-write"])
+        .env("HOTSPARE_HEAP_SIZE", "16M")
+        .env("HOTSPARE_IMAGE_DIR", dir.join("spool"))
+        .env("HOTSPARE_SPARE", format!("127.0.0.1:{port_a}"))
+        .env("HOTSPARE_KEY_FILE", &key)
+        .env("HOTSPARE_LOG_FORMAT", "json")
+        .env_remove("HOTSPARE_RESUME")
+        .env_remove("HOTSPARE_TERM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "primary.log"));
+    let primary = Killed(p.spawn().unwrap());
+    wait_listening(kv_port, dir);
+    let kv: SocketAddr = ([127, 0, 0, 1], kv_port).into();
+    let mut conn = RespConn::connect(kv, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+    conn.cmd(&["SET", "k", "v"])
+        .unwrap_or_else(|e| panic!("SET: {e}{}", logs(dir)));
+    let admitted = format!("primary pid {} ", primary.pid());
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(dir.join("spare_a.log")).unwrap_or_default();
+        if text.contains(&admitted) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no admission line{}",
+            logs(dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut seen_admission = false;
+    for f in ["spare_a.log", "primary.log"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        // The library's lines (the example prints its own, as text, with its own prefix).
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("hotspare-kv:"))
+            .collect();
+        assert!(!lines.is_empty(), "{f}: no library lines{}", logs(dir));
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{f}: not a JSON object ({e}): {l}"));
+            assert!(
+                v["ts_ms"].as_u64().is_some_and(|t| t > 1_700_000_000_000)
+                    && v["pid"].as_u64().is_some()
+                    && v["component"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("hotspare"))
+                    && v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+                "{f}: {l}"
+            );
+            if v["msg"].as_str().unwrap().contains(&admitted) {
+                assert_eq!(v["component"], "hotspare-resume", "{l}");
+                seen_admission = true;
+            }
+        }
+    }
+    assert!(seen_admission, "{}", logs(dir));
+}

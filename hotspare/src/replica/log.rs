@@ -54,15 +54,33 @@ pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
             "{prefix}: ({dropped} log lines dropped: stderr is not keeping up)\n"
         ));
     }
-    if stamped() {
-        let ms = std::time::SystemTime::now()
+    let ms = || {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        text.push_str(&format!("{}.{:03} ", ms / 1000, ms % 1000));
-    }
-    match service() {
-        Some(name) => text.push_str(&format!("{prefix}[{name}]: {msg}\n")),
-        None => text.push_str(&format!("{prefix}: {msg}\n")),
+            .map_or(0, |d| d.as_millis())
+    };
+    if json() {
+        // One object per line, for a log shipper: what the text line says, in fields.
+        let mut o = serde_json::json!({
+            "ts_ms": ms() as u64,
+            "pid": std::process::id(),
+            "component": prefix,
+            "msg": msg.to_string(),
+        });
+        if let Some(name) = service() {
+            o["service"] = name.into();
+        }
+        text.push_str(&o.to_string());
+        text.push('\n');
+    } else {
+        if stamped() {
+            let ms = ms();
+            text.push_str(&format!("{}.{:03} ", ms / 1000, ms % 1000));
+        }
+        match service() {
+            Some(name) => text.push_str(&format!("{prefix}[{name}]: {msg}\n")),
+            None => text.push_str(&format!("{prefix}: {msg}\n")),
+        }
     }
     QUEUED.fetch_add(1, Ordering::SeqCst);
     match sender().try_send(text) {
@@ -79,6 +97,13 @@ pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
 fn stamped() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("HOTSPARE_LOG_TIME").is_some_and(|v| v == "1"))
+}
+
+/// `HOTSPARE_LOG_FORMAT=json`: each line a JSON object (`ts_ms`, `pid`, `component`,
+/// `service` in a fleet daemon, `msg`) instead of text.
+fn json() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HOTSPARE_LOG_FORMAT").is_some_and(|v| v == "json"))
 }
 
 /// Waits (at most `limit`) for queued lines to be written — before `exec` or `exit`.
