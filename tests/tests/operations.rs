@@ -227,6 +227,53 @@ fn resume_sends_ready_and_watchdog() {
     }
 }
 
+/// A fleet daemon under systemd: `READY=1`, then `WATCHDOG=1` pings whose status says how many
+/// of its services' spares answered the probe (both of its two here).
+#[test]
+fn fleet_daemon_sends_ready_and_watchdog() {
+    let (t, key) = workdir();
+    let dir = t.path();
+    let (sock, path) = notify_socket(dir);
+    let mut fleet = format!(
+        "node = \"h\"\nkey_file = \"{}\"\nmissed = 10\n",
+        key.display()
+    );
+    for i in 0..2 {
+        fleet.push_str(&format!(
+            "\n[[service]]\nname = \"svc{i}\"\nlisten = \"127.0.0.1:{}\"\nimage_dir = \"{}\"\nexec = [\"/bin/true\"]\n",
+            free_port(),
+            dir.join(format!("svc{i}")).display()
+        ));
+    }
+    std::fs::write(dir.join("fleet.toml"), fleet).unwrap();
+    let mut c = Command::new(util::lib("hotspare-resume"));
+    c.arg("--fleet")
+        .arg(dir.join("fleet.toml"))
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "300000")
+        .env_remove("HOTSPARE_SPARE")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "spare_a.log"));
+    let _daemon = Killed(c.spawn().unwrap());
+    wait_notify(&sock, "READY=1", Duration::from_secs(20))
+        .unwrap_or_else(|g| panic!("no READY=1 within 20 s; got {g:?}{}", logs(dir)));
+    let mut both = false;
+    for i in 0..20 {
+        let got = wait_notify(&sock, "WATCHDOG=1", Duration::from_secs(10))
+            .unwrap_or_else(|g| panic!("watchdog ping {i} missing; got {g:?}{}", logs(dir)));
+        if got
+            .last()
+            .unwrap()
+            .contains("STATUS=fleet: 2 spares answer, 0 programs run here")
+        {
+            both = true;
+            break;
+        }
+    }
+    assert!(both, "no ping with both spares answering{}", logs(dir));
+}
+
 /// Metrics of a running pair, then of the takeover: the spare's directory turns into a term-2
 /// primary's (the resumed program streams to a second spare), the dead primary's goes stale;
 /// the spare's watchdog is switched off (`WATCHDOG_USEC=0`) before it becomes the program.

@@ -299,8 +299,8 @@ fn main() {
     if let Some(path) = &args.fleet {
         match hotspare::replica::spare::fleet_file::load(path) {
             Ok(hotspare::replica::spare::fleet_file::Fleet { services, status }) => {
-                // Ready once every service's thread runs (each logs its own start); a fleet
-                // daemon has no watchdog: its services' own status files say if each is alive.
+                // Ready once every service's thread runs (each logs its own start); the
+                // watchdog pings while every service's spare answers (fleet::run).
                 if std::env::var_os("NOTIFY_SOCKET").is_some() {
                     let s = format!("fleet of {} services", services.len());
                     let _ = sd_notify::notify(&[
@@ -308,7 +308,8 @@ fn main() {
                         sd_notify::NotifyState::Status(&s),
                     ]);
                 }
-                hotspare::replica::spare::fleet::run(services, status)
+                let watchdog = watchdog.filter(|_| std::env::var_os("NOTIFY_SOCKET").is_some());
+                hotspare::replica::spare::fleet::run(services, status, watchdog)
             }
             Err(e) => {
                 eprintln!("hotspare-resume: {}: {e}", path.display());

@@ -69,8 +69,10 @@ struct Entry {
 type Table = Arc<Mutex<Vec<Entry>>>;
 
 /// Runs every service until the process ends; never returns. `status` is rewritten with the
-/// fleet's state (one JSON object, see [`render`]) every 100 ms.
-pub fn run(services: Vec<FleetService>, status: Option<PathBuf>) -> ! {
+/// fleet's state (one JSON object, see [`render`]) every 100 ms. With `watchdog` (systemd's
+/// `WatchdogSec=`), `WATCHDOG=1` is sent every third of it while every service this host is
+/// the spare of answers a status request on its own listening address ([`watchdog`]).
+pub fn run(services: Vec<FleetService>, status: Option<PathBuf>, watchdog: Option<Duration>) -> ! {
     let table: Table = Arc::new(Mutex::new(
         services
             .iter()
@@ -99,6 +101,16 @@ pub fn run(services: Vec<FleetService>, status: Option<PathBuf>) -> ! {
                 .join(", ")
         ),
     );
+    if let Some(period) = watchdog {
+        let keys = services.iter().map(|s| s.spare.key.clone()).collect();
+        let table = table.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hotspare-watchdog".into())
+            .spawn(move || watchdog_loop(period, &table, keys));
+        if let Err(e) = spawned {
+            logs::line("hotspare-resume", format!("cannot start a thread: {e}"));
+        }
+    }
     for (i, s) in services.into_iter().enumerate() {
         let (table, snapshot) = (table.clone(), snapshot.clone());
         let spawned = std::thread::Builder::new()
@@ -112,6 +124,68 @@ pub fn run(services: Vec<FleetService>, status: Option<PathBuf>) -> ! {
     }
     loop {
         std::thread::park();
+    }
+}
+
+/// The fleet daemon's systemd watchdog: pings only while every service it is the spare of
+/// answers a status request through its event loop, over the authenticated connection (as
+/// `hotspare status --spare` asks) — the supervisor threads exist and the event loops turn. A
+/// service this host runs the program of is the program's business (its own status file), and
+/// one between two spares (starting, retrying) has no event loop to ask. One that does not
+/// answer is logged once, and no ping goes out until all do again: systemd restarts a wedged
+/// daemon; its programs, in sessions of their own, live on (`KillMode=process`).
+fn watchdog_loop(period: Duration, table: &Table, keys: Vec<crate::replica::wire::Key>) {
+    crate::global::library_thread();
+    let every = (period / 3).max(Duration::from_millis(50));
+    let mut last_failure: Option<String> = None;
+    loop {
+        std::thread::sleep(every);
+        let (spares, primaries): (Vec<(usize, String, String)>, usize) = {
+            let t = table.lock().unwrap_or_else(|p| p.into_inner());
+            let spares = t
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| matches!(e.state, State::Spare))
+                .map(|(i, e)| (i, e.name.clone(), e.listen.clone()))
+                .collect();
+            let primaries = t
+                .iter()
+                .filter(|e| matches!(e.state, State::Primary { .. } | State::Fresh { .. }))
+                .count();
+            (spares, primaries)
+        };
+        let failed =
+            spares.iter().find_map(
+                |(i, name, listen)| match crate::replica::wire::request_status(listen, &keys[*i]) {
+                    Ok((_, crate::replica::wire::Msg::Status { .. })) => None,
+                    Ok((_, other)) => Some(format!("{name}: unexpected answer {other:?}")),
+                    Err(e) => Some(format!("{name}: {e}")),
+                },
+            );
+        match failed {
+            None => {
+                let s = format!(
+                    "fleet: {} spares answer, {primaries} programs run here",
+                    spares.len()
+                );
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&s),
+                ]);
+                last_failure = None;
+            }
+            Some(why) => {
+                if last_failure.as_ref() != Some(&why) {
+                    logs::line(
+                        "hotspare-resume",
+                        format!(
+                            "watchdog: a spare's event loop did not answer ({why}); not pinging"
+                        ),
+                    );
+                }
+                last_failure = Some(why);
+            }
+        }
     }
 }
 
