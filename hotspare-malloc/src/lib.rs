@@ -22,6 +22,12 @@
 //! `malloc_usable_size` must only see pointers from this allocator — which, as the program's
 //! `malloc`, is every pointer glibc and the program hand them.
 //!
+//! **glibc's thread-local destructor list stays outside the heap**: this library wraps
+//! `__cxa_thread_atexit_impl` so that the list node glibc `calloc`s goes to glibc — glibc
+//! aborts the process when that `calloc` fails, which on a full heap would kill a thread at its
+//! first thread-local with a destructor (the library's own threads at their start, so a full
+//! image could not be resumed).
+//!
 //! **Function pointers in state** (GLib's hash and equality functions, a table of callbacks)
 //! must point at the same code after a resume: with this library the program is re-executed
 //! once at `hs_init` with address-space randomisation off, and resume checks the executable's and
@@ -36,6 +42,7 @@
 use hotspare::GlobalHeap;
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The `hs_*` C ABI, exported from this library as from `libhotspare.so`.
 pub use hotspare::ffi;
@@ -290,6 +297,45 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     aligned_alloc(align, size)
+}
+
+/// glibc's `__cxa_thread_atexit_impl` (found once with `dlsym(RTLD_NEXT)`; 0: not yet).
+static REAL_THREAD_ATEXIT: AtomicUsize = AtomicUsize::new(0);
+
+type ThreadAtexit = unsafe extern "C" fn(
+    dtor: unsafe extern "C" fn(*mut c_void),
+    obj: *mut c_void,
+    dso: *mut c_void,
+) -> c_int;
+
+/// glibc's registration of a thread-local destructor (what Rust's `thread_local!` and C++'s
+/// `thread_local` call), with its list node allocated outside the heap. The node is glibc's
+/// bookkeeping, not state; and glibc aborts the process ("failed to register TLS destructor:
+/// out of memory") when the node's `calloc` fails, which on a full heap would kill any thread
+/// at its first thread-local with a destructor — the library's own threads at their start, the
+/// program's at their first heap allocation, the resumed process of a full image at once.
+///
+/// # Safety
+/// As glibc's: `dtor` is called with `obj` when the thread ends; `dso` names the calling object.
+#[no_mangle]
+pub unsafe extern "C" fn __cxa_thread_atexit_impl(
+    dtor: unsafe extern "C" fn(*mut c_void),
+    obj: *mut c_void,
+    dso: *mut c_void,
+) -> c_int {
+    let mut f = REAL_THREAD_ATEXIT.load(Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: a lookup of a glibc symbol in the objects loaded after this one.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"__cxa_thread_atexit_impl".as_ptr()) } as usize;
+        if f == 0 {
+            return -1;
+        }
+        REAL_THREAD_ATEXIT.store(f, Ordering::Release);
+    }
+    // SAFETY: `f` is glibc's function of this signature (looked up by name above).
+    let real: ThreadAtexit = unsafe { std::mem::transmute::<usize, ThreadAtexit>(f) };
+    // SAFETY: forwarding the caller's arguments.
+    GlobalHeap::outside(|| unsafe { real(dtor, obj, dso) })
 }
 
 /// The page size (4 KiB on the machines this targets; asked once).

@@ -53,7 +53,9 @@
 //! **Recursion.** Nothing here allocates through the global allocator. A thread's first heap
 //! allocation registers a thread-local destructor (which releases its slot when the thread
 //! ends); if registering allocates, that nested allocation finds the thread in the middle of
-//! claiming and takes the shared path. After the destructor ran the thread uses the shared path.
+//! claiming and takes the shared path (with `libhotspare_malloc.so` it goes to the fallback
+//! instead: that library keeps glibc's registration of thread-local destructors outside the
+//! heap, [`GlobalHeap::outside`]). After the destructor ran the thread uses the shared path.
 
 use crate::heap::Header;
 use crate::sync::{incarnation, RawLock};
@@ -327,6 +329,15 @@ impl GlobalHeap {
     /// Whether this program's global allocator is `GlobalHeap` (it has been called).
     pub fn in_use() -> bool {
         SEEN.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` with this thread's new allocations going to the fallback allocator, as on the
+    /// library's own threads: for the C library's bookkeeping that a `malloc` replacement
+    /// (`libhotspare_malloc.so`) must keep out of the heap, such as glibc's list of
+    /// thread-local destructors.
+    pub fn outside<R>(f: impl FnOnce() -> R) -> R {
+        let _outside = Outside::enter();
+        f()
     }
 
     /// Walks every free list of the allocator — with the allocator stopped, as a capture stops
