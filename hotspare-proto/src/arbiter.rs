@@ -14,7 +14,12 @@
 //!
 //! **The primary's renewal** ([`Request::Renew`]) is one transaction: *if* the term key is still
 //! the version the primary registered with, write the renewal key. Sent at `s` on the primary's
-//! clock and answered "renewed", it lets the primary serve until `s + La`.
+//! clock and answered "renewed", it lets the primary serve until `s + La`. While renewals are
+//! needed one goes every `La/4` whether or not the earlier ones were answered (up to four in
+//! flight): with one at a time, a single answer later than about `3La/4` (a starved etcd) let
+//! the lease lapse although the next renewal would have been answered in time. Answers may
+//! come in any order; each extends the lease to its own `s + La` (never shortens it), an error
+//! ends nothing the others renew, and "not renewed" fences.
 //!
 //! **The spare's claim** takes three steps, after it has granted no heartbeat lease for the
 //! detection time `D` (so every lease it granted has run out, see [`crate::lease`]):
@@ -28,6 +33,12 @@
 //! primary's last successful renewal was applied before `g`, and was sent at `s ≤ g`. Its lease
 //! ends, in real time, by `s + La/(1−ρ) ≤ g + La/(1−ρ)`, while `c ≥ g + W/(1+ρ)`. With
 //! `La < W·(1−ρ)/(1+ρ)` ([`arbiter_lease`]) the arbiter lease is over before the claim.
+//! Several renewals in flight change nothing here: the argument holds for each of them on its
+//! own. Every one that succeeded was applied before `g` and sent before it was applied, so each
+//! lease it gave ends by `g + La/(1−ρ)`, and the primary's lease, the latest of them, too; one
+//! still in flight at `c` either is applied before `g` (covered), or between `g` and `c` (then
+//! the claim fails), or after `c` (then it fails). The order its answers arrive in, a copy
+//! applied twice (the driver hedges), an answer that never comes: none moves a send time.
 //! (b) The heartbeat leases are over too: the spare granted none for `D`, and grants none while
 //! it claims. (c) After `c` no renewal succeeds and the spare grants nothing to the old term.
 //!

@@ -110,18 +110,42 @@ struct ArbiterLease {
     /// The term key's version we registered with, and the lease we may take (`La`, capped by
     /// the record's `W`).
     registered: Option<(Rev, Duration)>,
-    /// The request out: (id, send time).
-    in_flight: Option<(u64, Time)>,
+    /// The requests out, oldest first: (id, send time). A registration goes alone (nothing
+    /// else is asked before it is answered); renewals go up to [`RENEWALS_IN_FLIGHT`] at once,
+    /// so that one slow answer does not hold back the next renewal, which may be answered in
+    /// time. Each is anchored at its own send time.
+    in_flight: VecDeque<(u64, Time)>,
     next_id: u64,
-    /// No request before this.
+    /// No request before this (one renewal per `every` at most).
     next_at: Time,
     /// End of the lease renewed at the arbiter.
     until: Option<Time>,
     /// Requests for the driver.
     out: VecDeque<(u64, Request)>,
-    /// The last request failed (reported once per outage).
-    unreachable: bool,
+    /// The newest request answered (with an answer, not an error): an error of an older one
+    /// says nothing of the arbiter now.
+    newest_answered: u64,
+    /// The outage being reported (once), as the id of the request whose failure began it: only
+    /// an answer to a newer one ends it.
+    unreachable: Option<u64>,
 }
+
+impl ArbiterLease {
+    /// How often renewals go while they are needed: at least four per lease, whatever is
+    /// configured.
+    fn every(&self) -> Duration {
+        self.registered.map_or(self.cfg.renew_every, |(_, la)| {
+            self.cfg.renew_every.min(la / 4)
+        })
+    }
+}
+
+/// At most this many renewals in flight: a lease's worth of them at the usual pace (one per
+/// `La/4`), so that answers up to `La` late cost nothing while the newer ones come back, yet
+/// an arbiter that stalls is not flooded. A renewal sent `La` ago or more can extend nothing,
+/// so when all the slots are taken the oldest is given up for the next once it is that old;
+/// its answer, if it ever comes, is then ignored.
+const RENEWALS_IN_FLIGHT: usize = 4;
 
 /// The primary's link to its spare.
 #[derive(Debug)]
@@ -168,12 +192,13 @@ impl Link {
         let arbiter = cfg.arbiter.clone().map(|a| ArbiterLease {
             cfg: a,
             registered: None,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             next_id: 1,
             next_at: now,
             until: None,
             out: VecDeque::new(),
-            unreachable: false,
+            newest_answered: 0,
+            unreachable: None,
         });
         Link {
             arbiter,
@@ -252,28 +277,41 @@ impl Link {
         self.arbiter.as_mut()?.out.pop_front()
     }
 
-    /// The arbiter answered request `id` (or did not: `Err`).
+    /// The arbiter answered request `id` (or did not: `Err`). An id not in flight (answered
+    /// already, given up, or never sent) is ignored.
     pub fn handle_arbiter(&mut self, now: Time, id: u64, outcome: Outcome) {
         let term = self.cfg.term;
         let (drift, margin) = (self.cfg.drift_ppm, self.cfg.serve_margin);
         let Some(a) = self.arbiter.as_mut() else {
             return;
         };
-        let Some((want, sent)) = a.in_flight else {
+        let Some(i) = a.in_flight.iter().position(|&(want, _)| want == id) else {
             return;
         };
-        if want != id {
-            return;
+        let (_, sent) = a.in_flight.remove(i).expect("found");
+        if a.registered.is_none() {
+            // The registration (alone in flight): the next try not before `every` after it.
+            a.next_at = (sent + a.every()).max(now);
         }
-        a.in_flight = None;
-        // At least four renewals per lease, whatever is configured.
-        let every = a
-            .registered
-            .map_or(a.cfg.renew_every, |(_, la)| a.cfg.renew_every.min(la / 4));
-        a.next_at = (sent + every).max(now);
-        if outcome.is_ok() && std::mem::take(&mut a.unreachable) {
-            self.events
-                .push_back(Event::Arbiter("the arbiter answers again".into()));
+        match &outcome {
+            Ok(_) => {
+                a.newest_answered = a.newest_answered.max(id);
+                if a.unreachable.is_some_and(|first| id > first) {
+                    a.unreachable = None;
+                    self.events
+                        .push_back(Event::Arbiter("the arbiter answers again".into()));
+                }
+            }
+            // Reported once per outage, and not at all if a newer request was answered: the
+            // arbiter was reachable after this one was sent.
+            Err(e) => {
+                if a.unreachable.is_none() && id > a.newest_answered {
+                    a.unreachable = Some(id);
+                    self.events.push_back(Event::Arbiter(format!(
+                        "{e}; serving only on the spare's leases until it answers"
+                    )));
+                }
+            }
         }
         let a = self.arbiter.as_mut().expect("checked");
         let node = a.cfg.node.clone();
@@ -316,14 +354,8 @@ impl Link {
             Ok(other) => self.events.push_back(Event::Arbiter(format!(
                 "unexpected answer from the arbiter: {other:?}"
             ))),
-            Err(e) => {
-                if !a.unreachable {
-                    a.unreachable = true;
-                    self.events.push_back(Event::Arbiter(format!(
-                        "{e}; serving only on the spare's leases until it answers"
-                    )));
-                }
-            }
+            // Reported above; the renewals still in flight may yet renew the lease.
+            Err(_) => {}
         }
     }
 
@@ -338,16 +370,23 @@ impl Link {
         let a = self.arbiter.as_ref()?;
         // A primary handing over serves no more: a renewal would only make the spare's claim
         // fail.
-        if a.in_flight.is_some() || self.fenced.is_some() || self.retiring.is_some() {
+        if self.fenced.is_some() || self.retiring.is_some() {
             return None;
         }
-        if a.registered.is_none() {
-            return Some(a.next_at);
-        }
+        let Some((_, la)) = a.registered else {
+            return a.in_flight.is_empty().then_some(a.next_at);
+        };
         let needed = self.lease_until.map_or(a.next_at, |t| {
             t - self.renew_below() + Duration::from_nanos(1)
         });
-        Some(needed.max(a.next_at))
+        let due = needed.max(a.next_at);
+        match a.in_flight.front() {
+            // All slots taken: the next once the oldest can extend nothing.
+            Some(&(_, oldest)) if a.in_flight.len() >= RENEWALS_IN_FLIGHT => {
+                Some(due.max(oldest + la))
+            }
+            _ => Some(due),
+        }
     }
 
     fn arbiter_timeout(&mut self, now: Time) {
@@ -356,9 +395,24 @@ impl Link {
         }
         let term = self.cfg.term;
         let a = self.arbiter.as_mut().expect("due");
+        if let Some((_, la)) = a.registered {
+            while a.in_flight.len() >= RENEWALS_IN_FLIGHT {
+                let (id, sent) = a.in_flight.pop_front().expect("full");
+                debug_assert!(now >= sent + la, "gave up a renewal that could still renew");
+                // Unanswered for the whole lease: as good as failed.
+                if a.unreachable.is_none() && id > a.newest_answered {
+                    a.unreachable = Some(id);
+                    self.events.push_back(Event::Arbiter(format!(
+                        "the arbiter did not answer a renewal within the arbiter lease ({} ms); serving only on the spare's leases until it answers",
+                        la.as_millis()
+                    )));
+                }
+            }
+        }
         let id = a.next_id;
         a.next_id += 1;
-        a.in_flight = Some((id, now));
+        a.in_flight.push_back((id, now));
+        a.next_at = now + a.every();
         let req = match a.registered {
             None => Request::Register {
                 record: arbiter::TermRecord {

@@ -38,7 +38,7 @@ fn main() {
             println!("{l}");
         }
         println!(
-            "seed {seed} ({}, arbiter: {}): {} events, {:.0} ms simulated, {} acknowledged, {} faults, {} takeovers, {} lost as the level allows, violations: {:?}",
+            "seed {seed} ({}, arbiter: {}): {} events, {:.0} ms simulated, {} acknowledged, {} faults, {} takeovers, {} lost as the level allows, {} renewals overlapping, {} answers reordered, violations: {:?}",
             r.ack,
             r.arbiter.unwrap_or("none"),
             r.events,
@@ -47,6 +47,8 @@ fn main() {
             r.faults,
             r.takeovers,
             r.exempted,
+            r.renewals_overlapping,
+            r.answers_reordered,
             r.violations
         );
         std::process::exit(i32::from(!r.violations.is_empty()));
@@ -59,6 +61,7 @@ fn main() {
     let (mut received, mut exempted) = (0u64, 0u64);
     let mut endings: std::collections::BTreeMap<&str, u64> = Default::default();
     let (mut switchovers, mut handovers) = (0u64, 0u64);
+    let (mut overlapping, mut reordered, mut with_overlap) = (0u64, 0u64, 0u64);
     for seed in from..from + n {
         let r = run(seed);
         received += u64::from(r.ack == hotspare_proto::AckLevel::Received);
@@ -67,6 +70,9 @@ fn main() {
             *endings.entry(e).or_default() += 1;
         }
         switchovers += u64::from(r.switchovers);
+        overlapping += r.renewals_overlapping;
+        reordered += r.answers_reordered;
+        with_overlap += u64::from(r.renewals_overlapping > 0);
         handovers += u64::from(r.handovers);
         sim += r.sim_nanos;
         acked += r.acked;
@@ -82,7 +88,7 @@ fn main() {
     }
     let real = t.elapsed().as_secs_f64();
     println!(
-        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers}}}",
+        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers},\"renewals\":{{\"overlapping\":{overlapping},\"scenarios_with_overlap\":{with_overlap},\"answers_reordered\":{reordered}}}}}",
         n as f64 / real,
         sim as f64 / 1e9 / real,
         endings.get("kill-primary").unwrap_or(&0),

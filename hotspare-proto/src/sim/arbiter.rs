@@ -1,7 +1,9 @@
 //! The simulated arbiter: one linearizable store (what a healthy etcd cluster is to its
 //! clients) reached over paths of its own, which faults cut, one way or both, or slow past the
 //! clients' deadlines — so a request can time out at the client and still be applied later,
-//! which is the case a real etcd client cannot rule out either.
+//! which is the case a real etcd client cannot rule out either — or make laggy: each request
+//! delayed on its own, mostly within the deadline, so the primary's renewals overlap and are
+//! applied and answered out of order (a starved etcd, a slow member).
 //!
 //! Its draws come from their own generator, so a seed without an arbiter replays exactly as
 //! it did before the arbiter existed.
@@ -89,6 +91,13 @@ pub(super) struct ArbiterWorld {
     pub(super) cut_epoch: u64,
     /// Requests are slowed past the clients' deadline.
     pub(super) slow: bool,
+    /// Each request is delayed by its own draw, mostly within the clients' deadline.
+    pub(super) laggy: bool,
+    /// The primary's requests sent and not yet answered (by the arbiter or the deadline):
+    /// (incarnation, id).
+    pub(super) p_outstanding: BTreeSet<(u64, u64)>,
+    /// The newest of the primary's requests answered by the arbiter: (incarnation, id).
+    pub(super) p_newest_answer: (u64, u64),
     /// The client's deadline.
     pub(super) timeout: u64,
     /// Requests answered to the node (by the arbiter or by the deadline): (side, inc, id).
@@ -114,10 +123,14 @@ impl World {
         Self::dir(side)
     }
 
+    /// One leg's delay (to the store, or back).
     fn arbiter_delay(&mut self) -> u64 {
         let a = self.arb.as_mut().expect("arbiter");
         if a.slow && a.rng.u32(0..3) == 0 {
             a.rng.u64(a.timeout..a.timeout * 3)
+        } else if a.laggy && a.rng.bool() {
+            // Two legs of up to 0.6 of the deadline: most are answered, a few time out.
+            a.rng.u64(200_000..a.timeout * 3 / 5)
         } else {
             a.rng.u64(200_000..3 * MS)
         }
@@ -130,6 +143,18 @@ impl World {
             return;
         };
         self.trace(format!("{side:?} asks the arbiter #{id}: {req:?}"));
+        if side == Side::P {
+            let a = self.arb.as_mut().expect("arbiter");
+            if matches!(req, Request::Renew { .. })
+                && a.p_outstanding
+                    .range((inc, 0)..(inc + 1, 0))
+                    .next()
+                    .is_some()
+            {
+                self.report.renewals_overlapping += 1;
+            }
+            a.p_outstanding.insert((inc, id));
+        }
         self.after(timeout, Ev::ArbiterTimeout { side, inc, id });
         let i = Self::side_index(side);
         if self.arb.as_ref().is_some_and(|a| a.cut[i][0]) {
@@ -175,6 +200,16 @@ impl World {
         let Some(a) = self.arb.as_mut() else { return };
         if !a.answered.insert((Self::side_index(side), inc, id)) {
             return;
+        }
+        if side == Side::P {
+            a.p_outstanding.remove(&(inc, id));
+            if outcome.is_ok() {
+                if inc == a.p_newest_answer.0 && id < a.p_newest_answer.1 {
+                    self.report.answers_reordered += 1;
+                } else {
+                    a.p_newest_answer = (inc, id);
+                }
+            }
         }
         let now = self.now;
         match side {
@@ -231,6 +266,13 @@ impl World {
                 self.trace(format!("arbiter slow for {} ms", len / MS));
                 self.after(len, Ev::ArbiterHeal { epoch });
             }
+            16..=25 => {
+                a.laggy = true;
+                a.cut_epoch += 1;
+                let epoch = a.cut_epoch;
+                self.trace(format!("arbiter laggy for {} ms", len / MS));
+                self.after(len, Ev::ArbiterHeal { epoch });
+            }
             _ => {}
         }
     }
@@ -242,6 +284,7 @@ impl World {
         }
         a.cut = [[false; 2]; 2];
         a.slow = false;
+        a.laggy = false;
         self.trace("arbiter paths healed".into());
     }
 

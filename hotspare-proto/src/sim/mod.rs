@@ -72,6 +72,10 @@ pub struct Report {
     pub handovers: u32,
     /// Faults injected.
     pub faults: u32,
+    /// Renewals the primary sent while another of its requests was unanswered.
+    pub renewals_overlapping: u64,
+    /// Answers to the primary's requests that reached it after an answer to a newer one.
+    pub answers_reordered: u64,
     /// How the scenario used an arbiter: `None` (two-machine mode), or its ending
     /// (`kill-primary`, `kill-spare`, `cut-pair`).
     pub arbiter: Option<&'static str>,
@@ -801,6 +805,9 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
             cut: [[false; 2]; 2],
             cut_epoch: 0,
             slow: false,
+            laggy: false,
+            p_outstanding: BTreeSet::new(),
+            p_newest_answer: (0, 0),
             answered: HashSet::new(),
             ending,
             rng: arng,

@@ -3,9 +3,13 @@
 //!
 //! ```text
 //! event loop ── submit(id, Request) ──▶ arbiter thread (tokio current-thread, etcd-client)
-//!     ▲                                   one etcd transaction per request, ≤ timeout
-//!     └── Waker ◀── (id, Outcome) ────────┘  every request answered exactly once
+//!     ▲                                   one task, one etcd transaction per request, ≤ timeout
+//!     └── Waker ◀── (id, Outcome) ────────┘  every request answered exactly once, in any order
 //! ```
+//!
+//! Requests run concurrently (one local task each): the primary keeps several renewals in
+//! flight so that one slow answer does not cost its lease, and run one after the other each
+//! would wait for the slow one before it.
 //!
 //! Each request is one etcd transaction, so one linearization point:
 //!
@@ -22,11 +26,11 @@
 //! the core allows for (`hotspare_proto::arbiter`, "An answer that never comes").
 //!
 //! **A member that does not answer at all** (cut off by a partition that drops its packets,
-//! rather than killed) holds a request until the timeout, and the core sends one request at a
-//! time: through a client that spreads requests over the members, a third of the renewals would
-//! wait 200 ms for one, while the primary's arbiter lease is 40 ms. So `Renew` and `Observe` go
-//! to the member that answered first last time and, if it has not answered within 10 ms, to
-//! every member; the first answer wins (fault scenario s12b found this: a
+//! rather than killed) holds a request until the timeout: through a client that spreads requests
+//! over the members, a third of the renewals would wait 200 ms for one, while the primary's
+//! arbiter lease is 40 ms (and its few renewals in flight cover one lease). So `Renew` and
+//! `Observe` go to the member that answered first last time and, if it has not answered within
+//! 10 ms, to every member; the first answer wins (fault scenario s12b found this: a
 //! one-way cut between the primary's and the spare's hosts, each running an etcd member, made
 //! the primary lose its lease and exit although it reached the etcd majority). That is safe: a
 //! renewal applied several times only changes the renewal key more often, which can only make a
@@ -36,8 +40,11 @@
 
 use hotspare_proto::arbiter::{Answer, ArbiterError, Outcome, Request, Rev, TermRecord};
 use mio::Waker;
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
+use tokio::sync::mpsc as tokio_mpsc;
 
 /// Where the arbiter is and how this node uses it.
 #[derive(Debug, Clone)]
@@ -81,14 +88,15 @@ pub fn hostname() -> String {
 /// The handle an event loop holds.
 #[derive(Debug)]
 pub(crate) struct ArbiterClient {
-    requests: mpsc::Sender<(u64, Request)>,
+    /// A tokio channel: the arbiter thread awaits it while its requests run.
+    requests: tokio_mpsc::UnboundedSender<(u64, Request)>,
     answers: mpsc::Receiver<(u64, Outcome)>,
 }
 
 impl ArbiterClient {
     /// Starts the arbiter thread; `waker` wakes the event loop when an answer is ready.
     pub fn start(cfg: ArbiterConfig, waker: Arc<Waker>) -> std::io::Result<ArbiterClient> {
-        let (req_tx, req_rx) = mpsc::channel::<(u64, Request)>();
+        let (req_tx, mut req_rx) = tokio_mpsc::unbounded_channel::<(u64, Request)>();
         let (ans_tx, ans_rx) = mpsc::channel::<(u64, Outcome)>();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -97,23 +105,30 @@ impl ArbiterClient {
             .name("hotspare-arbiter".into())
             .spawn(move || {
                 crate::global::library_thread();
-                let mut etcd = Etcd {
+                let etcd = Rc::new(Etcd {
                     cfg,
-                    client: None,
-                    members: Vec::new(),
-                    answered: None,
-                };
-                // Connected before the first request: a spare's first request is its claim,
-                // and a primary's first renewal comes when its spare falls silent, where a
-                // connection set-up would add to the failover time or cost the lease.
-                rt.block_on(etcd.connect_all());
-                for (id, req) in req_rx {
-                    let outcome = rt.block_on(etcd.run(req));
-                    if ans_tx.send((id, outcome)).is_err() {
-                        return;
+                    clients: tokio::sync::OnceCell::new(),
+                    answered: Cell::new(None),
+                });
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    // Connected before the first request: a spare's first request is its
+                    // claim, and a primary's first renewal comes when its spare falls silent,
+                    // where a connection set-up would add to the failover time or cost the
+                    // lease.
+                    etcd.connect_all().await;
+                    // Ends when the handle is dropped; the requests still running are dropped
+                    // with the runtime (nobody is left to answer).
+                    while let Some((id, req)) = req_rx.recv().await {
+                        let (etcd, ans_tx, waker) = (etcd.clone(), ans_tx.clone(), waker.clone());
+                        tokio::task::spawn_local(async move {
+                            let outcome = etcd.run(req).await;
+                            if ans_tx.send((id, outcome)).is_ok() {
+                                let _ = waker.wake();
+                            }
+                        });
                     }
-                    let _ = waker.wake();
-                }
+                });
             })?;
         Ok(ArbiterClient {
             requests: req_tx,
@@ -133,14 +148,21 @@ impl ArbiterClient {
     }
 }
 
+/// Shared by the requests running on the arbiter thread (one task each).
 struct Etcd {
     cfg: ArbiterConfig,
+    /// Made when first needed; requests that need them meanwhile wait for that same attempt,
+    /// and one that fails leaves it to the next request.
+    clients: tokio::sync::OnceCell<Clients>,
+    /// The member that answered a request sent to all first, last time.
+    answered: Cell<Option<usize>>,
+}
+
+struct Clients {
     /// Over all members (requests spread among them).
-    client: Option<etcd_client::Client>,
+    all: etcd_client::Client,
     /// One per member, in the order of the endpoints.
     members: Vec<etcd_client::Client>,
-    /// The member that answered a request sent to all first, last time.
-    answered: Option<usize>,
 }
 
 /// How long the member that answered last has to answer a renewal or an observation before the
@@ -201,7 +223,7 @@ fn first_get(resp: &etcd_client::TxnResponse, i: usize) -> Option<etcd_client::K
 }
 
 impl Etcd {
-    async fn run(&mut self, req: Request) -> Outcome {
+    async fn run(&self, req: Request) -> Outcome {
         let timeout = self.cfg.timeout;
         match tokio::time::timeout(timeout, self.txn(req)).await {
             Ok(r) => r,
@@ -221,47 +243,46 @@ impl Etcd {
             .with_require_leader(true)
     }
 
-    async fn client(&mut self) -> Result<etcd_client::Client, ArbiterError> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let endpoints: Vec<String> = self
-            .cfg
-            .endpoints
-            .iter()
-            .map(|e| {
-                if e.contains("://") {
-                    e.clone()
-                } else {
-                    format!("http://{e}")
-                }
-            })
-            .collect();
-        let c = etcd_client::Client::connect(&endpoints, Some(self.options()))
-            .await
-            .map_err(failed)?;
-        let mut members = Vec::new();
-        for e in &endpoints {
-            members.push(
-                etcd_client::Client::connect([e], Some(self.options()))
+    async fn clients(&self) -> Result<&Clients, ArbiterError> {
+        self.clients
+            .get_or_try_init(|| async {
+                let endpoints: Vec<String> = self
+                    .cfg
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        if e.contains("://") {
+                            e.clone()
+                        } else {
+                            format!("http://{e}")
+                        }
+                    })
+                    .collect();
+                let all = etcd_client::Client::connect(&endpoints, Some(self.options()))
                     .await
-                    .map_err(failed)?,
-            );
-        }
-        self.members = members;
-        self.client = Some(c.clone());
-        Ok(c)
+                    .map_err(failed)?;
+                let mut members = Vec::new();
+                for e in &endpoints {
+                    members.push(
+                        etcd_client::Client::connect([e], Some(self.options()))
+                            .await
+                            .map_err(failed)?,
+                    );
+                }
+                Ok(Clients { all, members })
+            })
+            .await
     }
 
     /// Makes the clients and a connection to every member that answers (a read of the term
     /// key on each, one after the other, each bounded by the timeout).
-    async fn connect_all(&mut self) {
-        if self.client().await.is_err() {
+    async fn connect_all(&self) {
+        let Ok(clients) = self.clients().await else {
             return;
-        }
+        };
         let read = etcd_client::Txn::new()
             .and_then(vec![etcd_client::TxnOp::get(self.cfg.key("term"), None)]);
-        for m in &self.members {
+        for m in &clients.members {
             let mut m = m.clone();
             let _ = tokio::time::timeout(self.cfg.timeout, m.txn(read.clone())).await;
         }
@@ -272,12 +293,12 @@ impl Etcd {
     /// within [`HEDGE_AFTER`] (so that a healthy cluster sees one transaction per request, not
     /// one per member); with no such member yet, all at once.
     async fn send_to_all(
-        &mut self,
+        &self,
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse, ArbiterError> {
-        self.client().await?;
-        let first = self.answered;
-        let futs: Vec<TxnFuture> = self
+        let clients = self.clients().await?;
+        let first = self.answered.get();
+        let futs: Vec<TxnFuture> = clients
             .members
             .iter()
             .enumerate()
@@ -293,23 +314,24 @@ impl Etcd {
             })
             .collect();
         let (i, resp) = first_ok(futs).await.map_err(failed)?;
-        self.answered = Some(i);
+        self.answered.set(Some(i));
         Ok(resp)
     }
 
     /// `txn` sent once: to the member that answered first last time, if any did.
     async fn send_to_one(
-        &mut self,
+        &self,
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse, ArbiterError> {
-        let mut c = self.client().await?;
-        if let Some(m) = self.answered.and_then(|i| self.members.get(i)) {
-            c = m.clone();
-        }
+        let clients = self.clients().await?;
+        let mut c = match self.answered.get().and_then(|i| clients.members.get(i)) {
+            Some(m) => m.clone(),
+            None => clients.all.clone(),
+        };
         c.txn(txn).await.map_err(failed)
     }
 
-    async fn txn(&mut self, req: Request) -> Outcome {
+    async fn txn(&self, req: Request) -> Outcome {
         use etcd_client::{Compare, CompareOp, Txn, TxnOp};
         let (term_key, alive_key) = (self.cfg.key("term"), self.cfg.key("alive"));
         let encode = |r: &TermRecord| serde_json::to_vec(r).map_err(failed);
