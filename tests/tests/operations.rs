@@ -77,6 +77,35 @@ fn spare(dir: &Path, name: &str, port: u16, kv_port: u16, env: &[(&str, String)]
     c
 }
 
+/// `hotspare-kv --cpt-every-write` on `kv_port`, streaming to the spare on `spare_port`, its
+/// spool in `spool`, its log in `primary.log`, with `extra` arguments and environment.
+fn kv_primary(
+    dir: &Path,
+    key: &Path,
+    spool: &Path,
+    kv_port: u16,
+    spare_port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Killed {
+    let mut p = Command::new(util::lib("hotspare-kv"));
+    p.args(["--bind", "127.0.0.1", "--port", &kv_port.to_string()])
+        .arg("--cpt-every-write")
+        .args(extra)
+        .env("HOTSPARE_HEAP_SIZE", "16M")
+        .env("HOTSPARE_IMAGE_DIR", spool)
+        .env("HOTSPARE_SPARE", format!("127.0.0.1:{spare_port}"))
+        .env("HOTSPARE_KEY_FILE", key)
+        .env("HOTSPARE_LEASE_MS", "80")
+        .env_remove("HOTSPARE_RESUME")
+        .env_remove("HOTSPARE_TERM")
+        .env_remove("NOTIFY_SOCKET")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "primary.log"));
+    Killed(p.spawn().unwrap())
+}
+
 fn wait_listening(port: u16, dir: &Path) {
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -307,20 +336,7 @@ fn metrics_follow_a_takeover() {
     wait_notify(&sock, "READY=1", Duration::from_secs(20))
         .unwrap_or_else(|g| panic!("spare A: no READY=1; got {g:?}{}", logs(dir)));
 
-    let mut p = Command::new(util::lib("hotspare-kv"));
-    p.args(["--bind", "127.0.0.1", "--port", &kv_port.to_string()])
-        .arg("--cpt-every-write")
-        .env("HOTSPARE_HEAP_SIZE", "16M")
-        .env("HOTSPARE_IMAGE_DIR", &spool)
-        .env("HOTSPARE_SPARE", format!("127.0.0.1:{port_a}"))
-        .env("HOTSPARE_KEY_FILE", &key)
-        .env("HOTSPARE_LEASE_MS", "80")
-        .env_remove("HOTSPARE_RESUME")
-        .env_remove("HOTSPARE_TERM")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "primary.log"));
-    let primary = Killed(p.spawn().unwrap());
+    let primary = kv_primary(dir, &key, &spool, kv_port, port_a, &[], &[]);
     wait_listening(kv_port, dir);
 
     let mut m = Command::new(util::lib("hotspare"));
@@ -495,20 +511,8 @@ fn metrics_histograms_count_the_checkpoints() {
     let _spare = Killed(spare(dir, "spare_a", port_a, kv_port, &[]).spawn().unwrap());
     wait_listening(port_a, dir);
 
-    let mut p = Command::new(util::lib("hotspare-kv"));
-    p.args(["--bind", "127.0.0.1", "--port", &kv_port.to_string()])
-        // Checkpoints for the writes only: none taken behind the test's back.
-        .args(["--cpt-every-write", "--cpt-ms", "0"])
-        .env("HOTSPARE_HEAP_SIZE", "16M")
-        .env("HOTSPARE_IMAGE_DIR", &spool)
-        .env("HOTSPARE_SPARE", format!("127.0.0.1:{port_a}"))
-        .env("HOTSPARE_KEY_FILE", &key)
-        .env_remove("HOTSPARE_RESUME")
-        .env_remove("HOTSPARE_TERM")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "primary.log"));
-    let _primary = Killed(p.spawn().unwrap());
+    // Checkpoints for the writes only: none taken behind the test's back.
+    let _primary = kv_primary(dir, &key, &spool, kv_port, port_a, &["--cpt-ms", "0"], &[]);
     wait_listening(kv_port, dir);
     let mut m = Command::new(util::lib("hotspare"));
     m.args(["metrics", "--listen", &format!("127.0.0.1:{metrics_port}")])
@@ -661,20 +665,16 @@ fn json_logs_are_one_object_per_line() {
             .unwrap(),
     );
     wait_listening(port_a, dir);
-    let mut p = Command::new(util::lib("hotspare-kv"));
-    p.args(["--bind", "127.0.0.1", "--port", &kv_port.to_string()])
-        .args(["--cpt-every-write"])
-        .env("HOTSPARE_HEAP_SIZE", "16M")
-        .env("HOTSPARE_IMAGE_DIR", dir.join("spool"))
-        .env("HOTSPARE_SPARE", format!("127.0.0.1:{port_a}"))
-        .env("HOTSPARE_KEY_FILE", &key)
-        .env("HOTSPARE_LOG_FORMAT", "json")
-        .env_remove("HOTSPARE_RESUME")
-        .env_remove("HOTSPARE_TERM")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "primary.log"));
-    let primary = Killed(p.spawn().unwrap());
+    let spool = dir.join("spool");
+    let primary = kv_primary(
+        dir,
+        &key,
+        &spool,
+        kv_port,
+        port_a,
+        &[],
+        &[("HOTSPARE_LOG_FORMAT", "json")],
+    );
     wait_listening(kv_port, dir);
     let kv: SocketAddr = ([127, 0, 0, 1], kv_port).into();
     let mut conn = RespConn::connect(kv, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
