@@ -106,6 +106,18 @@ fn kv_primary(
     Killed(p.spawn().unwrap())
 }
 
+/// `hotspare metrics` on `port` over `dirs`, listening when this returns.
+fn metrics_exporter(dir: &Path, port: u16, dirs: &[&PathBuf]) -> Killed {
+    let mut m = Command::new(util::lib("hotspare"));
+    m.args(["metrics", "--listen", &format!("127.0.0.1:{port}")])
+        .args(dirs)
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "metrics.log"));
+    let k = Killed(m.spawn().unwrap());
+    wait_listening(port, dir);
+    k
+}
+
 fn wait_listening(port: u16, dir: &Path) {
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -339,13 +351,7 @@ fn metrics_follow_a_takeover() {
     let primary = kv_primary(dir, &key, &spool, kv_port, port_a, &[], &[]);
     wait_listening(kv_port, dir);
 
-    let mut m = Command::new(util::lib("hotspare"));
-    m.args(["metrics", "--listen", &format!("127.0.0.1:{metrics_port}")])
-        .args([&spool, &image_a, &image_b])
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "metrics.log"));
-    let _metrics = Killed(m.spawn().unwrap());
-    wait_listening(metrics_port, dir);
+    let _metrics = metrics_exporter(dir, metrics_port, &[&spool, &image_a, &image_b]);
 
     let kv: SocketAddr = ([127, 0, 0, 1], kv_port).into();
     let mut conn = RespConn::connect(kv, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
@@ -514,13 +520,7 @@ fn metrics_histograms_count_the_checkpoints() {
     // Checkpoints for the writes only: none taken behind the test's back.
     let _primary = kv_primary(dir, &key, &spool, kv_port, port_a, &["--cpt-ms", "0"], &[]);
     wait_listening(kv_port, dir);
-    let mut m = Command::new(util::lib("hotspare"));
-    m.args(["metrics", "--listen", &format!("127.0.0.1:{metrics_port}")])
-        .args([&spool, &image_a])
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, "metrics.log"));
-    let _metrics = Killed(m.spawn().unwrap());
-    wait_listening(metrics_port, dir);
+    let _metrics = metrics_exporter(dir, metrics_port, &[&spool, &image_a]);
 
     let kv: SocketAddr = ([127, 0, 0, 1], kv_port).into();
     let mut conn = RespConn::connect(kv, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
