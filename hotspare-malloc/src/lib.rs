@@ -9,8 +9,8 @@
 //! **Routing** is [`hotspare::GlobalHeap`]'s: until `hs_init` has the heap, and on the library's
 //! own threads, blocks come from glibc; from then on every block the program's threads allocate
 //! comes from the heap; `free` and `realloc` go by address. A block allocated before `hs_init`
-//! stays in ordinary memory for its whole life (a `realloc` keeps it there): state must be
-//! allocated after `hs_init`.
+//! stays in ordinary memory (a `realloc` keeps it there, except one of an over-aligned block,
+//! which moves it into the heap): state must be allocated after `hs_init`.
 //!
 //! **The fallback is glibc's `__libc_malloc` family**, not `malloc`: inside this library
 //! `malloc` is this file, so the Rust code of the library itself (its global allocator) and the

@@ -13,7 +13,7 @@
 //! | `key_file` | `HOTSPARE_KEY_FILE` | none (required with `spare`) |
 //! | `heartbeat_ms` | `HOTSPARE_HEARTBEAT_MS` | `10` |
 //! | `lease_ms` | `HOTSPARE_LEASE_MS` | `40` (below the spare's default 5 × 10 ms detection) |
-//! | `on_fence` | `HOTSPARE_ON_FENCE` | `exit` with an arbiter, else `report` (`exit`: the process ends when fenced, or when it holds no lease — at once without an arbiter, after 2 s with one, since the arbiter may renew it after an etcd stall) |
+//! | `on_fence` | `HOTSPARE_ON_FENCE` | `auto`: `exit` with an arbiter, else `report` (`exit`: the process ends when fenced, or when it holds no lease — at once without an arbiter, after 2 s with one, since the arbiter may renew it after an etcd stall) |
 //! | `arbiter` | `HOTSPARE_ARBITER` | none: two-machine mode, not partition-safe for availability (etcd endpoints, comma-separated: `10.0.0.1:2379,10.0.0.2:2379`) |
 //! | `service` | `HOTSPARE_SERVICE` | none (required with `arbiter`: the keys are `/hotspare/<service>/…`) |
 //! | `node` | `HOTSPARE_NODE` | the host name (this machine's name at the arbiter) |
@@ -112,7 +112,7 @@ impl std::str::FromStr for OnFence {
             "report" => Ok(OnFence::Report),
             "exit" => Ok(OnFence::Exit),
             other => Err(Error::Config(format!(
-                "on_fence must be 'report' or 'exit', not '{other}'"
+                "on_fence must be 'auto', 'report' or 'exit', not '{other}'"
             ))),
         }
     }

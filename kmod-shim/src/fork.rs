@@ -237,6 +237,11 @@ impl<J> Drop for Snapshot<J> {
     }
 }
 
+extern "C" {
+    /// glibc's fork without `pthread_atfork` handlers (POSIX 2024 `_Fork`).
+    fn _Fork() -> libc::pid_t;
+}
+
 extern "C" fn child_main<J: ChildJob>(job: &J) -> ! {
     let code = job.run();
     // SAFETY: _exit is async-signal-safe and skips every destructor and atexit handler.
@@ -265,9 +270,17 @@ impl Shim {
     /// pages written between the two.
     pub fn fork_with<J: ChildJob>(&mut self, dirty: DirtySet, mut job: J) -> Result<Snapshot<J>> {
         self.not_in_child()?;
+        // `_Fork`, not `fork`: glibc's `fork` runs the `pthread_atfork` handlers and takes its
+        // own locks (stdio's list, NSS, malloc's) first, and the caller may hold locks that a
+        // thread blocked in one of those needs — the checkpoint heap's allocator locks, held
+        // through a capture, when the heap is the program's `malloc` (`libhotspare_malloc.so`:
+        // a thread in `getline` holds a FILE lock and waits in `realloc`; one in `fflush(NULL)`
+        // holds the list and waits for that FILE; the capture waits for the list). The child
+        // needs none of what those handlers prepare: it only runs the job and `_exit`s.
         // SAFETY: the child runs only `child_main`, i.e. the async-signal-safe job promised by
-        // the `ChildJob` contract, and ends with `_exit`.
-        let pid = unsafe { libc::fork() };
+        // the `ChildJob` contract, and ends with `_exit`; `_Fork` (glibc 2.34+) is fork(2)
+        // without the handlers.
+        let pid = unsafe { _Fork() };
         match pid {
             -1 => Err(Error::Fork(std::io::Error::last_os_error())),
             0 => child_main(&job),

@@ -328,3 +328,22 @@ fn a_full_heap_fails_cleanly_and_still_checkpoints_and_resumes() {
         full_once(&log);
     }
 }
+
+/// Fork-strategy checkpoints while other threads allocate inside glibc's own locks (getline
+/// under a FILE's lock, fflush(NULL) over the FILE list): 300 captures that fork must all
+/// complete. A capture holds the heap's allocator locks; forking through glibc's `fork()`,
+/// which takes the FILE list lock first, could deadlock against those threads (the library forks
+/// with `_Fork`). A deadlock shows as no `DONE` line within the bound.
+#[test]
+fn fork_checkpoints_while_threads_allocate_inside_glibc_locks() {
+    let exe = build_malloc_program("malloc_fork.c", "malloc_fork");
+    let dir = tempfile::tempdir().unwrap();
+    let (child, rx) = start(&exe, dir.path(), false, &[("HOTSPARE_STRATEGY", "fork")]);
+    let l = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            panic!("no DONE within 60 s: the fork-strategy checkpoints deadlocked or failed")
+        });
+    assert_eq!(l, "DONE 300");
+    drop(child);
+}

@@ -533,11 +533,15 @@ fn metrics_histograms_count_the_checkpoints() {
         }
     };
     // Everything sent is acknowledged, and the primary's status says so with its counters.
+    // The two status files are rewritten every 100 ms each, independently: one scrape can read
+    // the spare's older than the primary's, so both must have caught up (the counts are
+    // monotonic; one that never reaches the other fails the wait).
     let settled = |m: &Scrape, at_least: f64| {
         let sent = get(m, "hotspare_sent_seq", &spool).map(|v| v.1);
         sent.is_some_and(|s| s >= at_least)
             && get(m, "hotspare_acked_seq", &spool).map(|v| v.1) == sent
             && get(m, "hotspare_spare_checkpoints_acked_total", &image_a).is_some()
+            && get(m, "hotspare_spare_checkpoints_received_total", &image_a).map(|v| v.1) == sent
     };
 
     write(&mut conn, 30, 0);
@@ -616,20 +620,20 @@ fn metrics_histograms_count_the_checkpoints() {
     // More writes: the counts grow by exactly the checkpoints sent meanwhile; idle time
     // brings round trips, not stop times.
     write(&mut conn, 20, 30);
+    let answered = |m: &Scrape| {
+        get(m, "hotspare_spare_heartbeats_answered_total", &image_a).map_or(0.0, |v| v.1)
+    };
     let second = scrape_until(metrics_port, dir, "20 more writes acknowledged", |m| {
         settled(m, sent + 20.0)
             && histogram(m, "hotspare_heartbeat_rtt_seconds", &spool)
                 .is_some_and(|h| h.2 >= rtt_count + 5.0)
+            && answered(m) > answered(&first)
     });
     let sent2 = get(&second, "hotspare_sent_seq", &spool).unwrap().1;
     let (_, _, stop_count2) = check_histogram(&second, "hotspare_checkpoint_stop_seconds", &spool);
     assert_eq!(stop_count2 - stop_count, sent2 - sent);
     let (_, _, wire_count2) = check_histogram(&second, "hotspare_checkpoint_wire_bytes", &spool);
     assert_eq!(wire_count2, sent2);
-    let answered = |m: &Scrape| {
-        get(m, "hotspare_spare_heartbeats_answered_total", &image_a).map_or(0.0, |v| v.1)
-    };
-    assert!(answered(&second) > answered(&first));
 
     // A connection that never completes the handshake is refused, and counted once.
     let refused = |m: &Scrape| {

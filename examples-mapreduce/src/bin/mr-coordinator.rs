@@ -100,7 +100,8 @@ mod ha {
     type State = Mutex<Job<HeapAlloc>>;
 
     /// Fresh start: set up the tables in the checkpoint heap, register the listener, run the
-    /// worker loop. Resume: `start()` calls the worker loop itself and never returns.
+    /// worker loop. Resume: `fresh_or_run()` calls the worker loop on the restored tables and
+    /// returns `None` once it returns.
     pub fn main(args: &Args) -> anyhow::Result<()> {
         let opts = args.options();
         let Some(hs) = HotSpare::builder()?

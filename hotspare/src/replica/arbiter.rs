@@ -122,7 +122,14 @@ impl ArbiterClient {
                     while let Some((id, req)) = req_rx.recv().await {
                         let (etcd, ans_tx, waker) = (etcd.clone(), ans_tx.clone(), waker.clone());
                         tokio::task::spawn_local(async move {
-                            let outcome = etcd.run(req).await;
+                            // In a task of its own, so that a panic in the client (caught by
+                            // the runtime) still answers the request, as an error: an
+                            // unanswered registration or claim would wait forever.
+                            let run = tokio::task::spawn_local(async move { etcd.run(req).await });
+                            let outcome = match run.await {
+                                Ok(outcome) => outcome,
+                                Err(e) => Err(failed(format!("the request failed: {e}"))),
+                            };
                             if ans_tx.send((id, outcome)).is_ok() {
                                 let _ = waker.wake();
                             }

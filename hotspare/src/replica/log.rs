@@ -49,16 +49,27 @@ fn sender() -> &'static SyncSender<String> {
 pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
     let dropped = DROPPED.swap(0, Ordering::SeqCst);
     let mut text = String::new();
-    if dropped > 0 {
-        text.push_str(&format!(
-            "{prefix}: ({dropped} log lines dropped: stderr is not keeping up)\n"
-        ));
-    }
     let ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     };
+    if dropped > 0 {
+        let note = format!("({dropped} log lines dropped: stderr is not keeping up)");
+        if json() {
+            let o = serde_json::json!({
+                "ts_ms": ms() as u64,
+                "pid": std::process::id(),
+                "component": prefix,
+                "msg": note,
+                "dropped": dropped,
+            });
+            text.push_str(&o.to_string());
+            text.push('\n');
+        } else {
+            text.push_str(&format!("{prefix}: {note}\n"));
+        }
+    }
     if json() {
         // One object per line, for a log shipper: what the text line says, in fields.
         let mut o = serde_json::json!({

@@ -748,6 +748,7 @@ impl LinkLoop {
                         Ok(chunk) => self.link.send_chunk(now(), snd.seq, chunk),
                         Err(e) => {
                             let s = self.sending.take().expect("checked");
+                            PrimaryMetrics::inc(&self.shared.metrics.failed);
                             s.done.finish(Err(format!("reading the spool: {e}")));
                         }
                     }

@@ -130,14 +130,20 @@ pub fn run(services: Vec<FleetService>, status: Option<PathBuf>, watchdog: Optio
 /// The fleet daemon's systemd watchdog: pings only while every service it is the spare of
 /// answers a status request through its event loop, over the authenticated connection (as
 /// `hotspare status --spare` asks) — the supervisor threads exist and the event loops turn. A
-/// service this host runs the program of is the program's business (its own status file), and
-/// one between two spares (starting, retrying) has no event loop to ask. One that does not
+/// service this host runs the program of is the program's business (its own status file), one
+/// between two spares (starting, retrying) has no event loop to ask, and one whose spare has not
+/// answered once since it started is still opening its image. One that does not
 /// answer is logged once, and no ping goes out until all do again: systemd restarts a wedged
 /// daemon; its programs, in sessions of their own, live on (`KillMode=process`).
 fn watchdog_loop(period: Duration, table: &Table, keys: Vec<crate::replica::wire::Key>) {
     crate::global::library_thread();
     let every = (period / 3).max(Duration::from_millis(50));
     let mut last_failure: Option<String> = None;
+    // Per service, whether its spare has answered since it last became the spare: one that
+    // has not may still be opening its image (recovering a directory, applying pending
+    // checkpoints with their fsyncs) before it listens, which can take longer than the
+    // watchdog period on a slow disk; a restart would only start that over.
+    let mut answered_once = vec![false; keys.len()];
     loop {
         std::thread::sleep(every);
         let (spares, primaries): (Vec<(usize, String, String)>, usize) = {
@@ -154,14 +160,25 @@ fn watchdog_loop(period: Duration, table: &Table, keys: Vec<crate::replica::wire
                 .count();
             (spares, primaries)
         };
-        let failed =
-            spares.iter().find_map(
-                |(i, name, listen)| match crate::replica::wire::request_status(listen, &keys[*i]) {
-                    Ok((_, crate::replica::wire::Msg::Status { .. })) => None,
-                    Ok((_, other)) => Some(format!("{name}: unexpected answer {other:?}")),
-                    Err(e) => Some(format!("{name}: {e}")),
-                },
-            );
+        for (i, a) in answered_once.iter_mut().enumerate() {
+            if !spares.iter().any(|(j, _, _)| *j == i) {
+                *a = false;
+            }
+        }
+        let mut failed = None;
+        for (i, name, listen) in &spares {
+            let why = match crate::replica::wire::request_status(listen, &keys[*i]) {
+                Ok((_, crate::replica::wire::Msg::Status { .. })) => {
+                    answered_once[*i] = true;
+                    continue;
+                }
+                Ok((_, other)) => format!("{name}: unexpected answer {other:?}"),
+                Err(e) => format!("{name}: {e}"),
+            };
+            if answered_once[*i] && failed.is_none() {
+                failed = Some(why);
+            }
+        }
         match failed {
             None => {
                 let s = format!(
