@@ -93,8 +93,11 @@ int hs_wait_durable(uint64_t seq);
  * with a ticket; release the replies that depend on it once hs_ticket_state(ticket) is 1
  * (0: pending; HS_ECPT: its checkpoint failed — do not report success). hs_commit_fd gives an
  * eventfd, readable whenever a checkpoint ends: register it with poll/epoll, read 8 bytes to
- * clear it. hs_wait_durable(ticket) blocks instead. */
+ * clear it. hs_wait_durable(ticket) blocks instead. hs_try_commit never waits: 1 and a
+ * ticket if it took a checkpoint, 0 if the pipeline is full (nothing captured; try again once
+ * hs_commit_fd is readable) — for a loop that holds its locks around the commit. */
 int hs_commit(uint64_t *ticket);
+int hs_try_commit(uint64_t *ticket);
 int hs_ticket_state(uint64_t ticket);
 int hs_commit_fd(void);
 

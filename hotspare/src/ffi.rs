@@ -484,6 +484,26 @@ pub unsafe extern "C" fn hs_commit(ticket: *mut u64) -> c_int {
     })
 }
 
+/// `int hs_try_commit(uint64_t *ticket)`: [`HotSpare::try_commit`] — 1 and `*ticket` (may be
+/// NULL) if a checkpoint was taken, 0 if the pipeline is full (nothing captured: ask again once
+/// `hs_commit_fd` is readable), never waiting; for an event loop holding locks.
+///
+/// # Safety
+/// `ticket` is NULL or points to a writable `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn hs_try_commit(ticket: *mut u64) -> c_int {
+    guard(|| match hs()?.try_commit().map_err(lib)? {
+        Some(t) => {
+            if !ticket.is_null() {
+                // SAFETY: the caller passes NULL or a writable uint64_t.
+                unsafe { ticket.write(t.seq()) };
+            }
+            Ok(1)
+        }
+        None => Ok(0),
+    })
+}
+
 /// `int hs_ticket_state(uint64_t ticket)`: 1 durable, 0 pending, `HS_ECPT` failed (never blocks).
 #[no_mangle]
 pub extern "C" fn hs_ticket_state(ticket: u64) -> c_int {

@@ -138,6 +138,24 @@ fn c_program_checkpoints_is_killed_and_resumes_static() {
     kill_and_resume(&exe);
 }
 
+/// The output-commit ABI from C (`tests/c/hs_commit.c`): a ticket released through
+/// `hs_commit_fd` + `hs_ticket_state`, then a burst of `hs_try_commit` (taken or "full", never
+/// an error), every ticket durable at the end.
+#[test]
+fn c_program_commits_and_tries_to_commit() {
+    let exe = profile_dir().join("hs_commit");
+    let link = util::link_shared("hotspare");
+    let link: Vec<&str> = link.iter().map(String::as_str).collect();
+    util::compile_c("hs_commit.c", "hotspare/include", &exe, &link);
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, rx) = spawn(&exe, dir.path(), &[]);
+    let l = next_line(&rx, "COMMIT");
+    let f: Vec<&str> = l.split(' ').collect();
+    assert_eq!(&f[..2], ["COMMIT", "ok"], "{l}");
+    let taken: u64 = f[2].parse().unwrap();
+    assert!(taken >= 5, "{l}");
+}
+
 #[test]
 fn pkg_config_file_describes_the_library() {
     let pc = std::fs::read_to_string(repo().join("hotspare/hotspare.pc.in")).unwrap();
