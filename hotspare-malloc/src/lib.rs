@@ -32,7 +32,7 @@
 //! must point at the same code after a resume: with this library the program is re-executed
 //! once at `hs_init` with address-space randomisation off, and resume checks the executable's and
 //! every library's load address and build ID, as for a Rust program on `GlobalHeap`
-//! (docs/library.md, "Ordinary Rust — and C — in checkpoint memory").
+//! (docs/library.md, "Keeping `malloc`ed data structures" and "Code at the same addresses").
 //!
 //! **What a library keeps outside the heap** is not in the image: an allocator of its own with
 //! global bookkeeping (GLib before 2.76: `g_slice`'s magazines — run with
