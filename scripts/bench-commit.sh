@@ -57,7 +57,7 @@ fi
 if [[ -n ${KV_BENCH:-} ]]; then
     bench=$KV_BENCH
 else
-    cargo build --release -p examples-kv --bin kv-bench --bin hotspare-kv -p hotspare --bin hotspare-resume
+    cargo build --release -p hotspare-bench --bin kv-bench -p examples-kv --bin hotspare-kv -p hotspare --bin hotspare-resume
     bench=target/release/kv-bench
 fi
 

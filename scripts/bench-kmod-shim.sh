@@ -2,7 +2,7 @@
 # Reproduces docs/results/cpt-bench-*.jsonl (about 10 minutes, up to ~12 GiB of memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p kmod-shim --bin cpt-bench
+cargo build --release -p hotspare-bench --bin cpt-bench
 b=target/release/cpt-bench
 mkdir -p docs/results
 $b --cpu 1 > docs/results/cpt-bench-4k.jsonl

@@ -29,7 +29,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     $sudo_ apt-get install -y redis-server || { $sudo_ apt-get update && $sudo_ apt-get install -y redis-server; }
 fi
 
-cargo build --release -p examples-kv --bin kv-bench --bin hotspare-kv
+cargo build --release -p hotspare-bench --bin kv-bench -p examples-kv --bin hotspare-kv
 
 if [[ $quick -eq 1 ]]; then
     dir=target/kv-bench-quick

@@ -290,7 +290,7 @@ fn spare_restart_while_the_primary_runs() {
 /// The README's main job runs, loses nothing, and cleans up after itself.
 #[test]
 fn hotspare_demo_reports_no_lost_keys() {
-    let out = Command::new(util::lib("hotspare"))
+    let out = Command::new(util::lib("hotspare-bench"))
         .args(["demo", "--seconds", "0.5"])
         .output()
         .unwrap();
@@ -301,7 +301,7 @@ fn hotspare_demo_reports_no_lost_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("keys lost             0 of"), "{text}");
-    assert!(text.contains("hotspare demo: OK"), "{text}");
+    assert!(text.contains("hotspare-bench demo: OK"), "{text}");
 }
 
 /// `hotspare status` shows a running primary's and spare's role, term, sequence and heartbeat.

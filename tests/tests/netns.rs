@@ -121,7 +121,7 @@ fn takeover_moves_the_virtual_ip_and_the_client_finds_its_data() {
     let key = dir.join("key");
     std::fs::write(&key, "correct horse battery staple").unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let (hs, spare_bin) = (util::lib("hotspare"), util::lib("hotspare-resume"));
+    let (hs, spare_bin) = (util::lib("hotspare-bench"), util::lib("hotspare-resume"));
     let vb = hosts.dev("B");
     let hook = format!("ip addr add {VIP}/24 dev {vb} && arping -q -U -c 1 -I {vb} {VIP}; true");
     let spare = Killed(

@@ -1,9 +1,7 @@
 //! `hotspare`: the command-line tool. `hotspare inspect DIR` prints an image and verifies every
-//! checksum (exit status 1 on any damage); `hotspare bench cpt|resume` measure the library and
-//! print JSON lines (see `docs/performance.md`).
+//! checksum (exit status 1 on any damage); `status`, `metrics` and `switchover` operate a pair
+//! or a fleet. The benchmarks and the demo live in the `hotspare-bench` crate (`bench/`).
 
-mod bench;
-mod demo;
 mod metrics;
 mod switchover;
 
@@ -81,44 +79,6 @@ enum Cmd {
         /// Wait until the spare has taken over (≤ 10 s) and say how long it took.
         #[arg(long)]
         wait: bool,
-    },
-    /// Benchmarks (JSON lines on stdout).
-    #[command(subcommand)]
-    Bench(bench::Bench),
-    /// Start a spare and a key/value service on loopback, load it, SIGKILL it, and report what a
-    /// client saw (the project's main job).
-    Demo {
-        /// Seconds of load before the kill.
-        #[arg(long, default_value_t = 2.0)]
-        seconds: f64,
-    },
-    /// Internal: the key/value service of `hotspare demo`.
-    #[command(hide = true)]
-    DemoServer {
-        /// Port to serve on.
-        #[arg(long)]
-        port: u16,
-        /// Address to bind.
-        #[arg(long, default_value = "127.0.0.1")]
-        bind: String,
-    },
-    /// Internal: a client of the demo service (the network-namespace test uses it).
-    #[command(hide = true)]
-    DemoClient {
-        /// host:port of the service.
-        addr: String,
-        /// Write keys 0..N.
-        #[arg(long)]
-        set: Option<u64>,
-        /// Wait for the service and check keys 0..N.
-        #[arg(long)]
-        check: Option<u64>,
-    },
-    /// Internal: the program `hotspare bench resume` starts and resumes.
-    #[command(hide = true)]
-    BenchChild {
-        /// Bytes of state to fill before the first checkpoint.
-        fill: String,
     },
 }
 
@@ -395,11 +355,6 @@ fn main() -> ExitCode {
         Cmd::Switchover { .. } => Err(anyhow::anyhow!(
             "give --spare ADDR --key-file KEY, or SERVICE --fleet FILE"
         )),
-        Cmd::Bench(b) => bench::run(b).map(|()| true),
-        Cmd::Demo { seconds } => demo::demo(seconds).map(|()| true),
-        Cmd::DemoServer { port, bind } => demo::server(&bind, port).map(|()| true),
-        Cmd::DemoClient { addr, set, check } => demo::client(&addr, set, check).map(|()| true),
-        Cmd::BenchChild { fill } => bench::child(&fill).map(|()| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
-//! `hotspare demo`: a key/value service with its table in the checkpoint heap, a spare on
+//! `hotspare-bench demo`: a key/value service with its table in the checkpoint heap, a spare on
 //! loopback, load, a SIGKILL of the primary, and a report of what the client saw.
 //!
-//! The service (`hotspare demo-server`) answers one line per request: `SET k v` → `OK <seq>`
+//! The service (`hotspare-bench demo-server`) answers one line per request: `SET k v` → `OK <seq>`
 //! (sent only once the checkpoint holding the write is durable on the spare: nothing
 //! acknowledged can be lost), `GET k` → `VAL v` | `NIL`, `COUNT` → `COUNT n`, `STATS` → JSON.
 
@@ -103,7 +103,7 @@ fn server_worker(hs: &HotSpare) {
     }
 }
 
-/// `hotspare demo-server --port P [--bind ADDR]`: the service (fresh, or resumed by the spare).
+/// `hotspare-bench demo-server --port P [--bind ADDR]`: the service (fresh, or resumed by the spare).
 pub fn server(bind: &str, port: u16) -> Result<()> {
     let Some(hs) = HotSpare::builder()?
         .worker("kv", server_worker)
@@ -166,7 +166,7 @@ fn wait_port(port: u16, within: Duration) -> Result<()> {
     Ok(())
 }
 
-/// `hotspare demo-client ADDR --set N` writes keys 0..N (each acknowledged); `--check N` waits
+/// `hotspare-bench demo-client ADDR --set N` writes keys 0..N (each acknowledged); `--check N` waits
 /// (retrying connections for up to 30 s) until the service answers and checks that keys 0..N
 /// are all there, printing how long it took to get an answer.
 pub fn client(addr: &str, set: Option<u64>, check: Option<u64>) -> Result<()> {
@@ -288,7 +288,7 @@ pub struct Report {
     pub spare_log: String,
 }
 
-/// `hotspare demo`: everything on loopback, cleaned up at the end.
+/// `hotspare-bench demo`: everything on loopback, cleaned up at the end.
 pub fn demo(seconds: f64) -> Result<()> {
     let r = run(seconds)?;
     println!(
@@ -319,7 +319,7 @@ pub fn demo(seconds: f64) -> Result<()> {
     if r.lost > 0 {
         bail!("{} acknowledged writes were lost", r.lost);
     }
-    println!("hotspare demo: OK (everything it started is stopped and removed)");
+    println!("hotspare-bench demo: OK (everything it started is stopped and removed)");
     Ok(())
 }
 
@@ -382,7 +382,7 @@ fn run_demo(
         ("HOTSPARE_DEMO_PRELOAD", preload_s.as_str()),
     ];
     eprintln!(
-        "hotspare demo: spare on 127.0.0.1:{spare_port}, key/value service on 127.0.0.1:{kv_port}"
+        "hotspare-bench demo: spare on 127.0.0.1:{spare_port}, key/value service on 127.0.0.1:{kv_port}"
     );
     let _spare = Proc(
         Command::new(spare_bin)

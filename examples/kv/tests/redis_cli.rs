@@ -2,7 +2,7 @@
 //! get the same answers from both. Then the server under `hotspare-resume`: writes acknowledged
 //! with `--cpt-every-write` survive a SIGKILL of the primary, and `redis-benchmark` runs.
 
-#[path = "../../tests/tests/util/mod.rs"]
+#[path = "../../../tests/tests/util/mod.rs"]
 mod util;
 
 use std::path::Path;

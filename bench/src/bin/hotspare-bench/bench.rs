@@ -1,5 +1,5 @@
-//! `hotspare bench cpt` — the stop time of `cpt()` per strategy and dirty fraction, in process;
-//! `hotspare bench resume` — exec → worker-loop latency of a resume, per state size.
+//! `hotspare-bench cpt` — the stop time of `cpt()` per strategy and dirty fraction, in process;
+//! `hotspare-bench resume` — exec → worker-loop latency of a resume, per state size.
 //! One JSON object per line on stdout; progress on stderr.
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +26,7 @@ pub enum Bench {
         #[arg(long)]
         image_dir: Option<String>,
     },
-    /// `hotspare demo` repeated: detection, restore and client-seen downtime per failover.
+    /// `hotspare-bench demo` repeated: detection, restore and client-seen downtime per failover.
     Failover {
         /// Failovers to run.
         #[arg(long, default_value_t = 5)]

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-#[path = "../../tests/tests/util/mod.rs"]
+#[path = "../../../tests/tests/util/mod.rs"]
 mod util;
 use util::{free_port, Killed};
 
