@@ -39,6 +39,9 @@ pub enum Error {
         /// Its sequence.
         seq: u64,
     },
+    /// A resumed image has no root object of the type the program asked for.
+    #[error("resume refused: the image has no root object of type {0} (an image of another program, or of a version whose state type differs)")]
+    NoRoot(&'static str),
     /// A worker named in the image is not registered by this program.
     #[error("worker '{0}' is in the image but was not registered with HotSpare::worker")]
     UnknownWorker(String),

@@ -128,7 +128,7 @@ fn code(e: &Error) -> c_int {
         Error::BadMetadata(crate::meta::MetaError::UnknownSignalHandler(_)) => HS_EUNKNOWN,
         Error::BadMetadata(_) => HS_EMETA,
         Error::CheckpointFailed { .. } => HS_ECPT,
-        Error::CodeMoved(_) => HS_EIMAGE,
+        Error::CodeMoved(_) | Error::NoRoot(_) => HS_EIMAGE,
         Error::Os { .. } => HS_EOS,
         Error::NotTaken { .. } => HS_EINVAL,
     }

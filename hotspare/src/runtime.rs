@@ -174,6 +174,26 @@ impl Builder {
         })
     }
 
+    /// The whole start-up of a program whose state is one root object: starts; on a fresh start
+    /// builds the state with `init` — after the heap exists, so with [`crate::GlobalHeap`] its
+    /// allocations are checkpoint memory — and makes it the root; on a resume checks that the
+    /// image's root is a `T`. Then runs the workers (each finds the state with
+    /// `hs.heap().root::<T>()`) and returns when they have returned.
+    pub fn serve<T: Send + Sync + 'static>(self, init: impl FnOnce() -> T) -> Result<()> {
+        let hs = match self.start()? {
+            Start::Fresh(hs) => {
+                hs.heap().set_root(init())?;
+                hs
+            }
+            Start::Resumed(hs) if hs.heap().root::<T>().is_none() => {
+                return Err(Error::NoRoot(std::any::type_name::<T>()))
+            }
+            Start::Resumed(hs) => hs,
+        };
+        hs.run();
+        Ok(())
+    }
+
     /// Like [`Builder::start`], but on resume returns the restored program *without* calling
     /// the workers: the caller must then call [`HotSpare::run`] and exit. For embedders that
     /// need the handle before the workers run (the C ABI does).
@@ -379,6 +399,25 @@ impl HotSpare {
     /// A builder with configuration from [`Config::load`] (TOML file and environment).
     pub fn builder() -> Result<Builder> {
         Ok(Builder::new(Config::load()?))
+    }
+
+    /// A program with one worker loop over one root object, in one call: configuration from
+    /// [`Config::load`], `worker` registered as `name` and given the state, `init` called on a
+    /// fresh start only ([`Builder::serve`]). Returns when the worker returns.
+    ///
+    /// ```ignore
+    /// HotSpare::serve("main", || Mutex::new(State::new()), |hs, state| loop { /* … */ })?;
+    /// ```
+    pub fn serve<T: Send + Sync + 'static>(
+        name: &str,
+        init: impl FnOnce() -> T,
+        worker: impl Fn(&HotSpare, &'static T) + Send + Sync + 'static,
+    ) -> Result<()> {
+        let run = move |hs: &HotSpare| match hs.heap().root::<T>() {
+            Some(state) => worker(hs, state),
+            None => unreachable!("Builder::serve checked the root before running the workers"),
+        };
+        HotSpare::builder()?.worker(name, run).serve(init)
     }
 
     /// The checkpoint heap.

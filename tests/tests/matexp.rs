@@ -17,11 +17,17 @@ fn cmd(dir: &std::path::Path) -> Command {
     c
 }
 
+/// The reference run prints its steps too: its result is the last line.
+fn last_line(out: &[u8]) -> String {
+    let text = String::from_utf8_lossy(out);
+    text.lines().last().unwrap_or_default().to_owned()
+}
+
 #[test]
 fn killed_and_resumed_gives_the_uninterrupted_result() {
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = cmd(plain_dir.path()).arg("--plain").output().unwrap();
-    let want = String::from_utf8_lossy(&plain.stdout).trim().to_owned();
+    let want = last_line(&plain.stdout);
     assert!(want.starts_with("DONE "), "{want}");
     for kill_after in [1, 3, 7, 12] {
         let t = tempfile::tempdir().unwrap();
@@ -65,7 +71,7 @@ fn killed_primary_is_finished_by_the_spare_with_the_same_result() {
     use std::process::Stdio;
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = cmd(plain_dir.path()).arg("--plain").output().unwrap();
-    let want = String::from_utf8_lossy(&plain.stdout).trim().to_owned();
+    let want = last_line(&plain.stdout);
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     let key = dir.join("key");

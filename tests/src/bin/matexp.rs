@@ -5,11 +5,14 @@
 //! `matexp N K [--plain]` prints `STEP <bit>` after each durable step and `DONE <hash>` at the
 //! end; `--plain` runs the same computation without Hot Spare.
 
-use hotspare::{HeapAlloc, HotSpare, Mutex};
+use hotspare::{HotSpare, Mutex};
 use std::io::Write;
 
+#[global_allocator]
+static A: hotspare::GlobalHeap = hotspare::GlobalHeap::new();
+
 const P: u64 = 1_000_000_007;
-type Matrix = allocator_api2::vec::Vec<u64, HeapAlloc>;
+type Matrix = Vec<u64>;
 
 struct State {
     n: usize,
@@ -54,26 +57,23 @@ fn hash(m: &[u64]) -> u32 {
         .fold(0, |c, v| crc32c::crc32c_append(c, &v.to_le_bytes()))
 }
 
-fn init(n: usize, k: u64, alloc: HeapAlloc) -> State {
-    let mut a = Matrix::new_in(alloc);
-    let mut r = Matrix::new_in(alloc);
-    let tmp = allocator_api2::vec::from_elem_in(0, n * n, alloc);
-    for i in 0..n * n {
-        a.push((i as u64 * 2_654_435_761 + 12345) % P);
-        r.push(u64::from(i / n == i % n));
-    }
+fn init(n: usize, k: u64) -> State {
+    let a = (0..n * n)
+        .map(|i| (i as u64 * 2_654_435_761 + 12345) % P)
+        .collect();
+    let r = (0..n * n).map(|i| u64::from(i / n == i % n)).collect();
     State {
         n,
         k,
         bit: 0,
         a,
         r,
-        tmp,
+        tmp: vec![0; n * n],
     }
 }
 
-fn worker(hs: &HotSpare) {
-    let state = hs.heap().root::<Mutex<State>>().expect("root");
+/// The computation, a step at a time; `durable` returns once the step is kept.
+fn compute(state: &Mutex<State>, durable: impl Fn() -> Result<(), hotspare::Error>) {
     let mut out = std::io::stdout();
     loop {
         let mut s = state.lock();
@@ -83,8 +83,7 @@ fn worker(hs: &HotSpare) {
         }
         let bit = s.bit;
         drop(s);
-        let st = hs.cpt().expect("cpt");
-        hs.wait_durable(st.seq).expect("durable");
+        durable().expect("durable");
         writeln!(out, "STEP {bit}").unwrap();
         out.flush().unwrap();
     }
@@ -98,28 +97,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_003);
     if args.iter().any(|a| a == "--plain") {
-        // Uninterrupted reference run: the same computation, no checkpoints (its matrices still
-        // come from a checkpoint heap, the only allocator `State` knows).
-        let hs = HotSpare::builder().and_then(|b| b.open()).expect("heap");
-        let mut s = init(n, k, hs.heap().alloc());
-        while step(&mut s) {}
-        println!("DONE {}", hash(&s.r));
-        return;
+        // The uninterrupted reference run: the same computation, nothing kept.
+        return compute(&Mutex::new(init(n, k)), || Ok(()));
     }
-    let run = || -> Result<(), hotspare::Error> {
-        let Some(hs) = HotSpare::builder()?
-            .worker("matexp", worker)
-            .start()?
-            .fresh_or_run()
-        else {
-            return Ok(());
-        };
-        hs.heap()
-            .set_root(Mutex::new(init(n, k, hs.heap().alloc())))?;
-        hs.run();
-        Ok(())
-    };
-    if let Err(e) = run() {
+    let run = HotSpare::serve(
+        "matexp",
+        move || Mutex::new(init(n, k)),
+        |hs, state| compute(state, || hs.wait(hs.commit()?)),
+    );
+    if let Err(e) = run {
         eprintln!("matexp: {e}");
         std::process::exit(1);
     }
