@@ -29,6 +29,9 @@ pub struct Builder {
     config: Config,
     workers: Vec<(String, WorkerFn)>,
     handlers: Vec<(String, SignalFn)>,
+    /// Handlers [`Builder::on_signal`] installs on a fresh start (a resume installs what the
+    /// image recorded).
+    installs: Vec<(i32, String)>,
 }
 
 /// A running Hot Spare program (cheap to clone; all clones are the same program).
@@ -136,6 +139,7 @@ impl Builder {
             config,
             workers: Vec::new(),
             handlers: Vec::new(),
+            installs: Vec::new(),
         }
     }
 
@@ -154,6 +158,13 @@ impl Builder {
         self
     }
 
+    /// [`Builder::signal_handler`] and [`HotSpare::sigreg`] in one: `f` handles `signal` from
+    /// the start on, and again in every resumed incarnation.
+    pub fn on_signal(mut self, signal: i32, name: &str, f: SignalFn) -> Builder {
+        self.installs.push((signal, name.to_owned()));
+        self.signal_handler(name, f)
+    }
+
     /// Fresh start, or resume when `HOTSPARE_RESUME=<image dir>` is set; which one it was is
     /// the answer ([`Start`]).
     ///
@@ -165,13 +176,16 @@ impl Builder {
     /// and restores the metadata: the state is the image's, so the program must not initialise
     /// it again; it calls [`HotSpare::run`] (the worker loops, as registered) and ends when they
     /// return. [`Start::fresh_or_run`] does both in one line.
-    pub fn start(self) -> Result<Start> {
+    pub fn start(mut self) -> Result<Start> {
+        let installs = std::mem::take(&mut self.installs);
         let hs = self.open()?;
-        Ok(if hs.resumed().is_some() {
-            Start::Resumed(hs)
-        } else {
-            Start::Fresh(hs)
-        })
+        if hs.resumed().is_some() {
+            return Ok(Start::Resumed(hs));
+        }
+        for (signal, name) in installs {
+            hs.sigreg(signal, &name)?;
+        }
+        Ok(Start::Fresh(hs))
     }
 
     /// The whole start-up of a program whose state is one root object: starts; on a fresh start

@@ -17,10 +17,15 @@ use std::io::{stdout, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// What survives a failover: the game and how it is played.
+#[global_allocator]
+static A: hotspare::GlobalHeap = hotspare::GlobalHeap::new();
+
+/// What survives a failover: the game, how it is played, and the autoplayer's plan (ordinary
+/// Rust: with `GlobalHeap` the `Vec` is in checkpoint memory like the rest).
 struct Session {
     game: Game,
     autoplay: bool,
+    plan: Vec<Move>,
 }
 
 static REDRAW: AtomicBool = AtomicBool::new(true);
@@ -150,7 +155,6 @@ fn play(session: &Mutex<Session>, checkpoint: &dyn Fn(), status: &str) -> std::i
 
 fn game_loop(session: &Mutex<Session>, checkpoint: &dyn Fn(), status: &str) -> std::io::Result<()> {
     let mut last = Instant::now();
-    let mut plan: Vec<Move> = Vec::new();
     let mut next_auto = Instant::now();
     loop {
         if QUIT.load(Ordering::SeqCst) {
@@ -181,11 +185,11 @@ fn game_loop(session: &Mutex<Session>, checkpoint: &dyn Fn(), status: &str) -> s
         {
             let mut s = session.lock();
             if s.autoplay && !s.game.over && !s.game.paused && Instant::now() >= next_auto {
-                if plan.is_empty() {
-                    plan = s.game.best_moves();
-                    plan.reverse();
+                if s.plan.is_empty() {
+                    s.plan = s.game.best_moves();
+                    s.plan.reverse();
                 }
-                if let Some(m) = plan.pop() {
+                if let Some(m) = s.plan.pop() {
                     changed |= s.game.apply(m);
                 }
                 next_auto = Instant::now() + Duration::from_millis(90);
@@ -204,26 +208,18 @@ fn game_loop(session: &Mutex<Session>, checkpoint: &dyn Fn(), status: &str) -> s
 }
 
 fn worker(hs: &HotSpare) {
-    let session = hs
-        .heap()
-        .root::<Mutex<Session>>()
-        .expect("root set at first start");
+    let session = hs.heap().root::<Mutex<Session>>().expect("root");
     let status = match hs.resumed() {
         Some(r) => format!(
-            "resumed from checkpoint {} in {:.1} ms (pid {})",
-            r.seq,
-            r.restore_time.as_secs_f64() * 1e3,
-            std::process::id()
+            "resumed from checkpoint {} in {:.1?}",
+            r.seq, r.restore_time
         ),
-        None => format!(
-            "primary, pid {}: every move is a checkpoint",
-            std::process::id()
-        ),
+        None => "primary: every move is a checkpoint".to_owned(),
     };
+    // Never wait for a slow spare: the game must stay responsive (timeline consistency).
     let checkpoint = || {
-        // Never wait for a slow spare: the game must stay responsive (timeline consistency).
         if let Err(e) = hs.cpt_or_coalesce() {
-            eprintln!("tetris: checkpoint failed: {e}");
+            eprintln!("tetris: checkpoint: {e}");
         }
     };
     if let Err(e) = play(session, &checkpoint, &status) {
@@ -245,38 +241,27 @@ fn main() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-    if plain {
-        let session = Mutex::new(Session {
+    let session = move || {
+        Mutex::new(Session {
             game: Game::new(seed),
             autoplay,
-        });
-        if let Err(e) = play(&session, &|| {}, "plain game (no Hot Spare)") {
-            eprintln!("tetris: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    let run = || -> Result<(), hotspare::Error> {
-        // On resume, fresh_or_run() calls `worker` with the restored game, then gives None.
-        let Some(hs) = HotSpare::builder()?
-            .worker("tetris", worker)
-            .signal_handler("winch", on_winch)
-            .signal_handler("term", on_term)
-            .start()?
-            .fresh_or_run()
-        else {
-            return Ok(());
-        };
-        hs.heap().set_root(Mutex::new(Session {
-            game: Game::new(seed),
-            autoplay,
-        }))?;
-        hs.sigreg(libc::SIGWINCH, "winch")?;
-        hs.sigreg(libc::SIGTERM, "term")?;
-        hs.run();
-        Ok(())
+            plan: Vec::new(),
+        })
     };
-    if let Err(e) = run() {
+    let run = if plain {
+        play(&session(), &|| {}, "plain game (no Hot Spare)").map_err(|e| e.to_string())
+    } else {
+        // A resume calls `worker` with the restored session instead of `session()`.
+        HotSpare::builder()
+            .and_then(|b| {
+                b.worker("tetris", worker)
+                    .on_signal(libc::SIGWINCH, "winch", on_winch)
+                    .on_signal(libc::SIGTERM, "term", on_term)
+                    .serve(session)
+            })
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = run {
         eprintln!("tetris: {e}");
         std::process::exit(1);
     }
