@@ -1,14 +1,11 @@
 //! The coordinator's job tables and what it does with a worker's request.
 //!
-//! Everything here is plain data in containers of one allocator `A`: with Hot Spare `A` is the
-//! checkpoint heap's [`hotspare::HeapAlloc`] (the tables live in checkpoint memory and survive a
-//! failover), in `--plain` mode it is the ordinary [`Global`](allocator_api2::alloc::Global)
-//! allocator. No `String`, `Box` or `std` collection, no `Instant`: time stamps are wall-clock
-//! milliseconds since the Unix epoch, which mean the same thing in the resumed process.
+//! Plain Rust: with Hot Spare the coordinator makes the checkpoint heap its global allocator, so
+//! these `Vec`s live in checkpoint memory and survive a failover; in `--plain` mode they are
+//! ordinary memory. No `Instant`: time stamps are wall-clock milliseconds since the Unix epoch,
+//! which mean the same thing in the resumed process (an `Instant` would not).
 
 use crate::Error;
-use allocator_api2::alloc::Allocator;
-use allocator_api2::vec::Vec as AVec;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where the job is.
@@ -72,8 +69,8 @@ pub struct Task {
 }
 
 /// The whole job: the input file list, the task tables, the phase and the counts.
-#[derive(Debug)]
-pub struct Job<A: Allocator + Clone> {
+#[derive(Debug, Clone)]
+pub struct Job {
     /// Where the job is.
     pub phase: Phase,
     /// Number of reduce tasks R.
@@ -81,11 +78,11 @@ pub struct Job<A: Allocator + Clone> {
     /// A task handed out and not reported done within this many ms is handed out again.
     pub timeout_ms: u64,
     /// Input files (one map task each), as path bytes.
-    pub files: AVec<AVec<u8, A>, A>,
+    pub files: Vec<Vec<u8>>,
     /// Map task table.
-    pub maps: AVec<Task, A>,
+    pub maps: Vec<Task>,
     /// Reduce task table.
-    pub reduces: AVec<Task, A>,
+    pub reduces: Vec<Task>,
     /// Map tasks done.
     pub maps_done: u32,
     /// Reduce tasks done.
@@ -228,14 +225,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl<A: Allocator + Clone> Job<A> {
-    /// A new job over `files` with `n_reduce` reduce tasks, its tables allocated with `alloc`.
-    pub fn new_in(
-        alloc: A,
-        files: &[std::vec::Vec<u8>],
-        n_reduce: u32,
-        timeout_ms: u64,
-    ) -> Result<Job<A>, Error> {
+impl Job {
+    /// A new job over `files` with `n_reduce` reduce tasks.
+    pub fn new(files: &[Vec<u8>], n_reduce: u32, timeout_ms: u64) -> Result<Job, Error> {
         if files.is_empty() || n_reduce == 0 {
             return Err(Error::Usage(
                 "need at least one input file and one reduce task".into(),
@@ -246,24 +238,18 @@ impl<A: Allocator + Clone> Job<A> {
             assigned_ms: 0,
             assignments: 0,
         };
-        let mut list = AVec::with_capacity_in(files.len(), alloc.clone());
-        for f in files {
-            if f.contains(&b'\n') {
-                return Err(Error::Usage(
-                    "input file names must not contain newlines".into(),
-                ));
-            }
-            let mut v = AVec::with_capacity_in(f.len(), alloc.clone());
-            v.extend_from_slice(f);
-            list.push(v);
+        if files.iter().any(|f| f.contains(&b'\n')) {
+            return Err(Error::Usage(
+                "input file names must not contain newlines".into(),
+            ));
         }
         Ok(Job {
             phase: Phase::Map,
             n_reduce,
             timeout_ms,
-            maps: allocator_api2::vec::from_elem_in(idle, files.len(), alloc.clone()),
-            reduces: allocator_api2::vec::from_elem_in(idle, n_reduce as usize, alloc),
-            files: list,
+            maps: vec![idle; files.len()],
+            reduces: vec![idle; n_reduce as usize],
+            files: files.to_vec(),
             maps_done: 0,
             reduces_done: 0,
             reissued: 0,
@@ -364,12 +350,11 @@ impl<A: Allocator + Clone> Job<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use allocator_api2::alloc::Global;
 
     #[test]
     fn a_job_runs_through_its_phases_and_reissues_timed_out_tasks() {
         let files = vec![b"a".to_vec(), b"b c".to_vec()];
-        let mut j = Job::new_in(Global, &files, 1, 100).unwrap();
+        let mut j = Job::new(&files, 1, 100).unwrap();
         let (r, e) = j.handle(Request::Get, 1000);
         assert_eq!(r.line(), b"MAP 0 1 a\n");
         assert_eq!(e, Event::Assigned(Kind::Map, 0, false));

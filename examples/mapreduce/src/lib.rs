@@ -1,7 +1,7 @@
 //! MapReduce word count on Hot Spare (the CheckSync thesis's MapReduce evaluation).
 //!
-//! * [`job`]: the coordinator's job tables and request handling, generic over the allocator
-//!   (the checkpoint heap's with Hot Spare, the ordinary one in `--plain` mode);
+//! * [`job`]: the coordinator's job tables and request handling, in plain Rust (`Vec`s: in the
+//!   checkpoint heap with Hot Spare, whose `GlobalHeap` the coordinator makes its allocator);
 //! * [`server`]: the coordinator's accept loop, shared by both modes, which makes every state
 //!   change durable (through [`server::Commit`]) before it answers;
 //! * [`wordcount`]: what a worker does for a map or reduce task.

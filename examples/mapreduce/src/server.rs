@@ -3,7 +3,6 @@
 
 use crate::job::{now_ms, Event, Job, Phase, Reply, Request};
 use crate::{io, Error};
-use allocator_api2::alloc::Allocator;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -36,9 +35,9 @@ pub struct Options {
 /// Serves workers until the job is done (and `linger` has passed). Prints `ASSIGN <kind> <i>`
 /// (`… again` after a timeout), `FINISHED <kind> <i>` and `DONE` to `out`, each only once the
 /// change is durable.
-pub fn serve<A: Allocator + Clone>(
+pub fn serve(
     listener: &TcpListener,
-    job: &mut Job<A>,
+    job: &mut Job,
     commit: &mut dyn Commit,
     opts: &Options,
     out: &mut dyn Write,
@@ -79,9 +78,9 @@ pub fn serve<A: Allocator + Clone>(
 }
 
 /// Answers one connection; true when this request finished the job.
-fn one<A: Allocator + Clone>(
+fn one(
     stream: TcpStream,
-    job: &mut Job<A>,
+    job: &mut Job,
     commit: &mut dyn Commit,
     opts: &Options,
     unsynced: &mut bool,

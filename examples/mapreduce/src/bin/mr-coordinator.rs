@@ -1,4 +1,5 @@
-//! The MapReduce coordinator. Its job tables live in the Hot Spare checkpoint heap: SIGKILLed,
+//! The MapReduce coordinator. Its job tables (plain `Vec`s) live in the Hot Spare checkpoint heap,
+//! its global allocator: SIGKILLed,
 //! it is resumed by the spare (`hotspare-resume --exec mr-coordinator …`) with every task
 //! state it acknowledged, listening again on the same address. `--plain` runs the same code
 //! without Hot Spare.
@@ -55,6 +56,9 @@ impl Args {
     }
 }
 
+#[global_allocator]
+static A: hotspare::GlobalHeap = hotspare::GlobalHeap::new();
+
 fn main() {
     let args = Args::parse();
     let r = if args.plain {
@@ -70,8 +74,7 @@ fn main() {
 
 /// Without Hot Spare: the same tables in ordinary memory, the same loop.
 fn plain(args: &Args) -> anyhow::Result<()> {
-    let alloc = allocator_api2::alloc::Global;
-    let mut job = Job::new_in(alloc, &args.file_bytes(), args.reduce, args.task_timeout_ms)?;
+    let mut job = Job::new(&args.file_bytes(), args.reduce, args.task_timeout_ms)?;
     let listener =
         TcpListener::bind(&args.listen).with_context(|| format!("bind {}", args.listen))?;
     let mut out = std::io::stdout();
@@ -90,52 +93,47 @@ mod ha {
     use super::Args;
     use anyhow::Context;
     use examples_mapreduce::job::Job;
-    use examples_mapreduce::server::{self, Commit, Options};
+    use examples_mapreduce::server::{self, Commit};
     use examples_mapreduce::Error;
-    use hotspare::{HeapAlloc, HotSpare, Mutex};
+    use hotspare::{HotSpare, Mutex};
     use std::io::Write;
     use std::net::TcpListener;
     use std::time::Duration;
 
-    type State = Mutex<Job<HeapAlloc>>;
-
-    /// Fresh start: set up the tables in the checkpoint heap, register the listener, run the
-    /// worker loop. Resume: `fresh_or_run()` calls the worker loop on the restored tables and
-    /// returns `None` once it returns.
+    /// Fresh start: the job tables, copied into the checkpoint heap once it exists (`job` was
+    /// built in ordinary memory, to refuse bad arguments before starting), become the root and
+    /// the worker loop runs. Resume: the worker loop runs on the restored tables.
     pub fn main(args: &Args) -> anyhow::Result<()> {
-        let opts = args.options();
-        let Some(hs) = HotSpare::builder()?
-            .worker("coordinator", move |hs| worker(hs, &opts))
-            .start()?
-            .fresh_or_run()
-        else {
-            return Ok(());
-        };
-        let listener =
-            TcpListener::bind(&args.listen).with_context(|| format!("bind {}", args.listen))?;
-        hs.add_tcp_listener("mr", listener)?;
-        let alloc = hs.heap().alloc();
-        let job = Job::new_in(alloc, &args.file_bytes(), args.reduce, args.task_timeout_ms)?;
-        hs.heap().set_root(Mutex::new(job))?;
-        hs.run();
+        let job = Job::new(&args.file_bytes(), args.reduce, args.task_timeout_ms)?;
+        let (listen, opts) = (args.listen.clone(), args.options());
+        HotSpare::serve(
+            "coordinator",
+            move || Mutex::new(job.clone()),
+            move |hs, job| {
+                if let Err(e) = serve(hs, job, &listen, &opts) {
+                    eprintln!("mr-coordinator: {e:#}");
+                    std::process::exit(1);
+                }
+            },
+        )?;
         Ok(())
     }
 
-    fn worker(hs: &HotSpare, opts: &Options) {
-        if let Err(e) = serve(hs, opts) {
-            eprintln!("mr-coordinator: {e:#}");
-            std::process::exit(1);
-        }
-    }
-
-    fn serve(hs: &HotSpare, opts: &Options) -> anyhow::Result<()> {
-        let state = hs
-            .heap()
-            .root::<State>()
-            .context("no job in the checkpoint heap")?;
-        let listener = hs
-            .tcp_listener("mr")
-            .context("no listener registered as 'mr'")?;
+    fn serve(
+        hs: &HotSpare,
+        job: &Mutex<Job>,
+        listen: &str,
+        opts: &server::Options,
+    ) -> anyhow::Result<()> {
+        // The listener is registered with the library, so a resumed coordinator has it already.
+        let listener = match hs.tcp_listener("mr") {
+            Some(l) => l,
+            None => {
+                let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+                hs.add_tcp_listener("mr", l.try_clone()?)?;
+                l
+            }
+        };
         let mut out = std::io::stdout();
         if let Some(r) = hs.resumed() {
             let _ = writeln!(out, "RESUMED {} {:?}", r.seq, r.restore_time);
@@ -152,8 +150,7 @@ mod ha {
         if let Err(e) = commit.commit() {
             eprintln!("mr-coordinator: first checkpoint: {e}");
         }
-        let mut job = state.lock();
-        server::serve(&listener, &mut job, &mut commit, opts, &mut out)?;
+        server::serve(&listener, &mut job.lock(), &mut commit, opts, &mut out)?;
         let n = commit.count.max(1);
         let _ = writeln!(
             out,
@@ -166,7 +163,8 @@ mod ha {
         Ok(())
     }
 
-    /// A checkpoint, and the wait until the spare (or the local image) has it.
+    /// A checkpoint, and the wait until the spare (or the local image) has it; with the
+    /// statistics the coordinator prints at the end (`CPTS`).
     struct Durable<'a> {
         hs: &'a HotSpare,
         count: u32,
