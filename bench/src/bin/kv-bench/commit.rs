@@ -526,7 +526,7 @@ fn clean_env(c: &mut Command) {
 fn run_redis(ctx: &Ctx, load: LoadKind, line: &mut Value) -> Result<RunResult> {
     let dir = scratch(ctx.work_dir, "redis")?;
     let _cleanup = Scratch(dir.clone());
-    let port = free_port()?;
+    let port = free_port();
     let mut c = Command::new("taskset");
     c.args(["-c", "0"]).arg(ctx.redis_server);
     c.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
@@ -542,7 +542,7 @@ fn run_redis(ctx: &Ctx, load: LoadKind, line: &mut Value) -> Result<RunResult> {
     let mut server = ChildGuard::spawn(c, "redis-server")?;
     wait_ping(port, &mut server, Duration::from_secs(30))
         .with_context(|| format!("redis-server: {}", tail_file(&dir.join("redis.log"), 10)))?;
-    let mut conn = Conn::connect(port)?;
+    let mut conn = Conn::local(port)?;
     let persistence = conn.info("persistence")?;
     let fsync = match conn.cmd(&["CONFIG", "GET", "appendfsync"])? {
         crate::resp::Reply::Array(Some(v)) => v
@@ -557,7 +557,7 @@ fn run_redis(ctx: &Ctx, load: LoadKind, line: &mut Value) -> Result<RunResult> {
     line["aof_enabled"] = json!(info_f64(&persistence, "aof_enabled"));
     line["appendfsync"] = json!(fsync);
     let b = bench(ctx, load, port, &dir)?;
-    let after = Conn::connect(port).and_then(|mut c| c.info("persistence"));
+    let after = Conn::local(port).and_then(|mut c| c.info("persistence"));
     line["aof_rewrites"] = json!(after.ok().and_then(|i| info_f64(&i, "aof_rewrites")));
     let alive = server.exited().is_none();
     fill_bench(line, &b);
@@ -606,7 +606,7 @@ fn run_hotspare(
     let mut spare: Option<ChildGuard> = None;
     let mut spare_addr = None;
     if with_spare {
-        let sport = free_port()?;
+        let sport = free_port();
         let ip = ctx.link.map_or("127.0.0.1".to_owned(), |l| l.ns_ip.clone());
         let addr: SocketAddr = format!("{ip}:{sport}").parse()?;
         let mut c = match ctx.link {
@@ -637,7 +637,7 @@ fn run_hotspare(
             .with_context(|| format!("spare: {}", tail_file(&spare_log, 10)))?;
         spare_addr = Some(addr);
     }
-    let kport = free_port()?;
+    let kport = free_port();
     let mut c = Command::new(&bins.kv);
     c.args(["--bind", "127.0.0.1", "--port", &kport.to_string()]);
     c.args(["--cpt-every-write", "--cpt-ms", "0"]);
@@ -676,7 +676,7 @@ fn run_hotspare(
     }
     // Whatever goes wrong from here on, the processes and the spare's log are still checked.
     let measured = (|| -> Result<(Vec<(String, String)>, Bench)> {
-        let mut conn = Conn::connect(kport)?;
+        let mut conn = Conn::local(kport)?;
         conn.cmd(&["CONFIG", "RESETSTAT"])?.ok()?;
         let before = conn.info("hotspare")?;
         Ok((before, bench(ctx, load, kport, &dir)?))
@@ -686,7 +686,7 @@ fn run_hotspare(
         Err(e) => (Vec::new(), Bench::default(), Some(format!("{e:#}"))),
     };
     // A primary that died or hangs gives no INFO: the run fails below, with the logs.
-    let after = match Conn::connect(kport).and_then(|mut c| c.info("hotspare")) {
+    let after = match Conn::local(kport).and_then(|mut c| c.info("hotspare")) {
         Ok(i) => i,
         Err(e) => {
             line["info_error"] = json!(format!("{e:#}"));
@@ -1010,7 +1010,7 @@ fn wait_ping(port: u16, child: &mut ChildGuard, within: Duration) -> Result<()> 
         if let Some(st) = child.exited() {
             bail!("server exited ({st}) before answering");
         }
-        if let Ok(mut c) = Conn::connect(port) {
+        if let Ok(mut c) = Conn::local(port) {
             c.set_timeout(within)?;
             if c.cmd(&["PING"]).is_ok_and(|r| r.ok().is_ok()) {
                 return Ok(());

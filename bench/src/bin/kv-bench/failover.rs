@@ -217,7 +217,7 @@ fn once(opts: &FailoverOpts, bins: &Binaries, spare_bin: &Path, n: u64) -> Resul
         format!("kv-bench failover {}", fastrand::u64(..)),
     )?;
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
-    let (sport, kport) = (free_port()?, free_port()?);
+    let (sport, kport) = (free_port(), free_port());
     // ~230 bytes per key in the heap; a heap much bigger than the data costs scan time.
     let heap = format!("{}M", 64 + n * 400 / (1 << 20));
     let kv_args = [
@@ -316,7 +316,7 @@ fn client(
         pin_current_thread(cpu)?;
     }
     // The first answer comes once the first (full) checkpoint is on the spare.
-    let mut c = Conn::connect(port)?;
+    let mut c = Conn::local(port)?;
     c.set_timeout(Duration::from_secs(600))?;
     c.cmd(&["PING"])?;
     let start_secs = started.elapsed().as_secs_f64();
@@ -365,7 +365,7 @@ fn client(
     drop(primary); // SIGKILL by pid, then reaped
                    // Retry until the resumed server answers.
     let mut c = loop {
-        if let Ok(mut c) = Conn::connect(port) {
+        if let Ok(mut c) = Conn::local(port) {
             c.set_timeout(Duration::from_secs(5))?;
             if c.cmd(&["PING"]).is_ok() {
                 break c;

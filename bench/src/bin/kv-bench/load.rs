@@ -48,7 +48,7 @@ pub fn preload(conn: &mut Conn, n: u64) -> Result<Duration> {
         }
         conn.send_raw(&buf)?;
         for _ in 0..sent {
-            conn.read_reply()?.ok().context("MSET during preload")?;
+            conn.read()?.ok().context("MSET during preload")?;
         }
     }
     conn.set_timeout(crate::resp::DEFAULT_TIMEOUT)?;

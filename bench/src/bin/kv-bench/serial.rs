@@ -78,7 +78,7 @@ fn run_here(spec: &SerialSpec, t0: Instant) -> Result<SerialResult> {
     if let Some(cpu) = spec.cpu {
         pin_current_thread(cpu)?;
     }
-    let mut conn = Conn::connect(spec.port)?;
+    let mut conn = Conn::local(spec.port)?;
     let mut mix = Mix::new(spec.keys, spec.seed);
     let mut buf = Vec::with_capacity(128);
     let mut r = SerialResult {
@@ -98,7 +98,7 @@ fn run_here(spec: &SerialSpec, t0: Instant) -> Result<SerialResult> {
             break;
         }
         conn.send_raw(&buf)?;
-        let reply = conn.read_reply()?;
+        let reply = conn.read()?;
         let done = Instant::now();
         match (is_set, reply) {
             (_, Reply::Error(e)) => bail!("server error during the serial run: {e}"),

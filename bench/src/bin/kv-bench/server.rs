@@ -81,11 +81,7 @@ pub struct Server {
     guard: Option<ChildGuard>,
 }
 
-/// A loopback port nobody listens on right now (the kernel's choice, then released).
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+pub use hotspare_testkit::free_port;
 
 fn scratch_dir(work: &Path, what: &str) -> Result<PathBuf> {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -102,7 +98,7 @@ fn scratch_dir(work: &Path, what: &str) -> Result<PathBuf> {
 impl Server {
     /// Starts the server and waits (at most 30 s) until it answers PING.
     pub fn start(spec: &Spec, bins: &Binaries) -> Result<Server> {
-        let port = free_port()?;
+        let port = free_port();
         let dir = scratch_dir(&bins.work_dir, spec.label())?;
         let log = dir.join("server.log");
         let logf = std::fs::File::create(&log)?;
@@ -145,7 +141,7 @@ impl Server {
     }
 
     pub fn connect(&self) -> Result<Conn> {
-        Conn::connect(self.port)
+        Ok(Conn::local(self.port)?)
     }
 
     /// Fails if the server process has died (e.g. out of heap) — checked between runs so a
