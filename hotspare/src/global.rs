@@ -310,6 +310,13 @@ pub struct GlobalHeapStats {
     /// Bytes talc has handed out (chunks of small blocks, large blocks, the slot table, roots
     /// and `HeapAlloc` allocations).
     pub talc_allocated: usize,
+    /// Bytes of chunks not carved into blocks yet (slots' bump regions).
+    pub unbumped_bytes: usize,
+    /// Bytes allocated and not freed: `talc_allocated` less the free blocks and the bump
+    /// regions (small blocks count at their class's size). After a resume this includes what
+    /// only the dead process's threads referred to (docs/library.md, "What a resumed process
+    /// inherits").
+    pub in_use_bytes: usize,
     /// Heap blocks a capturing thread leaked because its deferral buffer was full.
     pub leaked: u64,
 }
@@ -406,11 +413,15 @@ impl GlobalHeap {
                     if l.bump > l.end || (l.bump != 0 && (l.bump < base || l.end > end)) {
                         return Err(format!("slot {i}, class {c}: bump region out of the heap"));
                     }
+                    st.unbumped_bytes += l.end - l.bump;
                 }
             }
             st.slots_used = cap.used;
             // SAFETY: talc under the heap-wide lock.
             st.talc_allocated = unsafe { (*h.talc.get()).get_counters().allocated_bytes };
+            st.in_use_bytes = st
+                .talc_allocated
+                .saturating_sub(st.free_bytes + st.unbumped_bytes);
             Ok(st)
         })();
         drop(cap);
