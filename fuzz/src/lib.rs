@@ -3,7 +3,7 @@
 //! streams (so that mutations get past the CRC32C checks and reach the code behind them), and
 //! the layout of an `image_dir_recovery` input.
 
-use hotspare::image::delta::{DeltaCheck, WireEnd, CHECK_LEN};
+use hotspare::image::delta::{StreamCheck, WireEnd};
 use hotspare::image::format::{FrameKind, HEADER_LEN, MAGIC};
 use hotspare::image::Begin;
 
@@ -141,8 +141,8 @@ pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
 }
 
 /// The body of a wire stream (compact frames, after its BASED header of sequence `seq`): with
-/// `fix_end`, its END rewritten to the counts and digest of the frames before it and the check
-/// of its DELTA entries applied to the `stream_decoder` target's base pages
+/// `fix_end`, its END rewritten to the counts of the frames before it and the check of the
+/// body and of its DELTA entries applied to the `stream_decoder` target's base pages
 /// ([`wire_base_page`]), as far as the frames can be walked; an END whose new encoding would
 /// change its length is left as it is.
 pub fn fix_wire_body(body: &mut [u8], seq: u64, fix_end: bool) {
@@ -158,9 +158,8 @@ pub fn fix_wire_body(body: &mut [u8], seq: u64, fix_end: bool) {
         }
         None
     }
-    let (mut frames, mut pages, mut digest) = (0u64, 0u64, 0u32);
-    let mut check = DeltaCheck::default();
-    let mut delta_pages = 0u64;
+    let (mut frames, mut pages) = (0u64, 0u64);
+    let mut check = StreamCheck::default();
     let mut at = 0usize;
     while at < body.len() {
         let start = at;
@@ -179,12 +178,7 @@ pub fn fix_wire_body(body: &mut [u8], seq: u64, fix_end: bool) {
                     seq,
                     page_frames: frames,
                     pages,
-                    digest,
-                    check: if delta_pages > 0 {
-                        check.finish()
-                    } else {
-                        [0; CHECK_LEN]
-                    },
+                    check: check.finish(),
                 }
                 .encode();
                 if e.len() == payload.len() {
@@ -193,10 +187,10 @@ pub fn fix_wire_body(body: &mut [u8], seq: u64, fix_end: bool) {
             }
             return;
         }
+        check.body(&body[start..end]);
         if kind == FrameKind::Delta as u8 {
             let n = delta_entries(payload, |addr, pg| check.page(addr, pg));
             pages = pages.wrapping_add(n);
-            delta_pages += n;
         } else if kind == FrameKind::Pages as u8 {
             pages = pages.wrapping_add((len.saturating_sub(8)) / WIRE_BASE_PAGE);
         } else if kind == FrameKind::Zero as u8 && payload.len() >= 16 {
@@ -204,7 +198,6 @@ pub fn fix_wire_body(body: &mut [u8], seq: u64, fix_end: bool) {
             pages = pages.wrapping_add(n / WIRE_BASE_PAGE);
         }
         frames += 1;
-        digest = crc32c::crc32c_append(digest, &body[start..end]);
         at = end;
     }
 }

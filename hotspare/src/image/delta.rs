@@ -3,9 +3,9 @@
 //!
 //! A **wire stream** is what a primary sends a spare. It may begin with a compact **BASED**
 //! header (only what differs from the base checkpoint's BEGIN) and carry **DELTA** frames: for
-//! each page, the byte runs that differ from the page as of the base checkpoint. Its END is a
-//! short one that also carries a 128-bit check of the stream's deltas: BLAKE3 over every page
-//! they produce, with its address, in stream order. The spare **resolves** a wire stream into
+//! each page, the byte runs that differ from the page as of the base checkpoint. Its body is
+//! compact frames and its END a short one carrying a 128-bit check of the stream: BLAKE3 over
+//! the body's bytes and over every page the deltas produce, with its address, in stream order. The spare **resolves** a wire stream into
 //! an ordinary stored stream (BEGIN, whole PAGES, ZERO, END) before it validates and persists
 //! it, so the image directory, the applier, recovery and resume only ever see whole pages; a
 //! delta that does not reproduce the primary's page fails the check and the stream is
@@ -34,10 +34,9 @@ use std::io::{Read, Write};
 /// a bug, refused with one line.
 pub const WIRE_FORMAT_VERSION: u32 = 4;
 
-/// Bytes of the check a wire stream's END carries: the first 16 bytes of BLAKE3 over, for each
-/// DELTA entry in stream order, its page's address (u64 LE) and the whole page it produces
-/// (128 bits: a stream resolved on a wrong base passes with probability 2^-128, whatever the
-/// number of wrong pages).
+/// Bytes of the check a wire stream's END carries ([`StreamCheck`]; 128 bits: a stream resolved
+/// on a wrong base, or damaged, passes with probability 2^-128, whatever the number of wrong
+/// pages or damaged frames).
 pub const CHECK_LEN: usize = 16;
 
 /// Most pages the primary keeps a copy of (4 GiB with 4 KiB pages): beyond it, pages that
@@ -51,32 +50,46 @@ const MERGE_GAP: usize = 2;
 /// Most entries in one DELTA frame (the same bound as pages in a PAGES frame).
 pub const DELTAS_PER_FRAME: usize = PAGES_PER_FRAME;
 
-/// The check of a stream's deltas, built page by page in stream order.
+/// The check of a wire stream: the first [`CHECK_LEN`] bytes of
+/// `BLAKE3(BLAKE3(body) ‖ BLAKE3(pages))`, where `body` is every byte of the body before the
+/// END (compact headers and payloads) and `pages` is, for each DELTA entry in stream order, its
+/// page's address (u64 LE) followed by the whole page it produces. The first stands in for the
+/// per-frame CRCs a body does not have (damage anywhere in it), the second for the per-page
+/// checks of format 3 (a delta applied on another base than the primary's).
 #[derive(Debug, Default, Clone)]
-pub struct DeltaCheck(blake3::Hasher);
+pub struct StreamCheck {
+    body: blake3::Hasher,
+    pages: blake3::Hasher,
+}
 
-impl DeltaCheck {
+impl StreamCheck {
+    /// The next bytes of the body.
+    pub fn body(&mut self, bytes: &[u8]) {
+        self.body.update(bytes);
+    }
+
     /// The next page a delta produces.
     pub fn page(&mut self, addr: u64, page: &[u8]) {
-        self.0.update(&addr.to_le_bytes());
-        self.0.update(page);
+        self.pages.update(&addr.to_le_bytes());
+        self.pages.update(page);
     }
 
     /// The check.
     pub fn finish(&self) -> [u8; CHECK_LEN] {
+        let mut h = blake3::Hasher::new();
+        h.update(self.body.finalize().as_bytes());
+        h.update(self.pages.finalize().as_bytes());
         let mut c = [0u8; CHECK_LEN];
-        c.copy_from_slice(&self.0.finalize().as_bytes()[..CHECK_LEN]);
+        c.copy_from_slice(&h.finalize().as_bytes()[..CHECK_LEN]);
         c
     }
 }
 
 /// The END of a wire stream (a compact frame, like every frame of its body): the counts of
 /// a stored END (`page_frames`, `pages`: the body's frames and their pages, a DELTA frame
-/// counting its entries) as varints, `digest` — CRC32C over every byte of the body before the
-/// END, compact headers included, which stands in for the per-frame CRCs the body does not
-/// have — and the [`DeltaCheck`] of its deltas (zeros when it has none). 23 to 50 bytes of
-/// payload, instead of a stored END's 16-byte header, 32-byte payload and 8 bytes of check per
-/// delta page (format 3).
+/// counting its entries) as varints and the [`StreamCheck`], which covers what a stored END's
+/// CRC32C digest and the frames' CRCs covered. 19 to 46 bytes of payload, instead of a stored
+/// END's 16-byte header and 32-byte payload and 8 bytes of check per delta page (format 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WireEnd {
     /// Must equal the BASED header's.
@@ -85,9 +98,7 @@ pub struct WireEnd {
     pub page_frames: u64,
     /// Pages in them.
     pub pages: u64,
-    /// CRC32C over the body before the END (headers and payloads), in order.
-    pub digest: u32,
-    /// The check of the deltas.
+    /// The [`StreamCheck`].
     pub check: [u8; CHECK_LEN],
 }
 
@@ -98,7 +109,6 @@ impl WireEnd {
         put_varint(&mut b, self.seq);
         put_varint(&mut b, self.page_frames);
         put_varint(&mut b, self.pages);
-        b.extend_from_slice(&self.digest.to_le_bytes());
         b.extend_from_slice(&self.check);
         b
     }
@@ -112,15 +122,14 @@ impl WireEnd {
         let seq = get_varint(p, &mut at).ok_or_else(bad)?;
         let page_frames = get_varint(p, &mut at).ok_or_else(bad)?;
         let pages = get_varint(p, &mut at).ok_or_else(bad)?;
-        if p.len() != at + 4 + CHECK_LEN {
+        if p.len() != at + CHECK_LEN {
             return Err(bad());
         }
         Ok(WireEnd {
             seq,
             page_frames,
             pages,
-            digest: u32::from_le_bytes(p[at..at + 4].try_into().expect("4 bytes")),
-            check: p[at + 4..].try_into().expect("CHECK_LEN bytes"),
+            check: p[at..].try_into().expect("CHECK_LEN bytes"),
         })
     }
 }
@@ -351,8 +360,8 @@ struct DeltaFrame {
 struct Out<'a> {
     w: &'a mut Vec<u8>,
     end: End,
-    check: DeltaCheck,
-    /// A wire stream's body: compact frame headers, and the digest over them too.
+    check: StreamCheck,
+    /// A wire stream's body: compact frame headers, and the check over every byte of it.
     compact: bool,
 }
 
@@ -362,13 +371,17 @@ impl Out<'_> {
             let len = parts.iter().map(|p| p.len()).sum();
             let h = CompactHeader::new(kind, len);
             self.w.extend_from_slice(h.as_bytes());
-            self.end.digest = crc32c::crc32c_append(self.end.digest, h.as_bytes());
+            self.check.body(h.as_bytes());
+            for p in parts {
+                self.w.extend_from_slice(p);
+                self.check.body(p);
+            }
         } else {
             self.w.extend_from_slice(&frame_header(kind, parts));
-        }
-        for p in parts {
-            self.w.extend_from_slice(p);
-            self.end.digest = crc32c::crc32c_append(self.end.digest, p);
+            for p in parts {
+                self.w.extend_from_slice(p);
+                self.end.digest = crc32c::crc32c_append(self.end.digest, p);
+            }
         }
         self.end.page_frames += 1;
         self.end.pages += pages;
@@ -455,7 +468,6 @@ impl Shadow {
         runs: impl IntoIterator<Item = Run<'a>>,
     ) -> End {
         let start = out.len();
-        let delta_pages_before = self.stats.delta_pages;
         let page = begin.page_size as usize;
         let full = begin.is_full();
         if full {
@@ -480,7 +492,7 @@ impl Shadow {
                 seq: begin.seq,
                 ..End::default()
             },
-            check: DeltaCheck::default(),
+            check: StreamCheck::default(),
             compact: based,
         };
         if based {
@@ -606,12 +618,7 @@ impl Shadow {
                 seq: o.end.seq,
                 page_frames: o.end.page_frames,
                 pages: o.end.pages,
-                digest: o.end.digest,
-                check: if self.stats.delta_pages > delta_pages_before {
-                    o.check.finish()
-                } else {
-                    [0; CHECK_LEN]
-                },
+                check: o.check.finish(),
             }
             .encode();
             o.w.extend_from_slice(CompactHeader::new(FrameKind::End, e.len()).as_bytes());
@@ -741,18 +748,19 @@ pub fn resolve_stream<R: Read, W: Write>(
         })
     };
     let (mut frames, mut npages, mut digest) = (0u64, 0u64, 0u32);
-    let mut check = DeltaCheck::default();
+    let mut check = StreamCheck::default();
     let mut seen: HashSet<u64> = HashSet::new();
     let mut delta_pages = 0u64;
     let mut basebuf = vec![0u8; page];
-    // The body of a wire stream is compact frames, covered by the digest of its END (headers
+    // The body of a wire stream is compact frames, covered by the check of its END (headers
     // included); a stored stream's frames each carry their CRC, its digest their payloads.
     let compact = delta_ok;
     loop {
         let next = if compact {
             fr.next_compact_frame()?.map(|(f, h)| {
                 if f.kind != FrameKind::End {
-                    digest = crc32c::crc32c_append(digest, h.as_bytes());
+                    check.body(h.as_bytes());
+                    check.body(&f.payload);
                 }
                 f
             })
@@ -911,28 +919,25 @@ pub fn resolve_stream<R: Read, W: Write>(
                     pages: npages,
                     digest,
                 };
-                let (end, ours) = if delta_ok {
+                let (end, ours) = if compact {
                     let e = WireEnd::decode(&f.payload, f.offset)?;
                     let said = End {
                         seq: e.seq,
                         page_frames: e.page_frames,
                         pages: e.pages,
-                        digest: e.digest,
+                        digest: 0,
+                    };
+                    let counts = End {
+                        digest: 0,
+                        ..counts
                     };
                     // Counts first: a stream cut short or padded is malformed, whatever its
                     // deltas gave.
-                    if said == counts {
-                        let want = if delta_pages > 0 {
-                            check.finish()
-                        } else {
-                            [0; CHECK_LEN]
-                        };
-                        if e.check != want {
-                            return Err(FormatError::DeltaCheck {
-                                offset: f.offset,
-                                pages: delta_pages,
-                            });
-                        }
+                    if said == counts && e.check != check.finish() {
+                        return Err(FormatError::DeltaCheck {
+                            offset: f.offset,
+                            pages: delta_pages,
+                        });
                     }
                     (said, counts)
                 } else {
@@ -1307,9 +1312,8 @@ mod tests {
         assert!(refused > wire.len(), "{refused}");
     }
 
-    /// Recomputes the BASED frame's CRC and the END's digest of a wire stream (not the
-    /// deltas' check: what a damaged delta gives must still be caught by it), as far as the
-    /// compact frames of its body can be walked.
+    /// Recomputes the BASED frame's CRC of a wire stream (its body has no CRCs; what damage
+    /// there gives must be caught by the END's check).
     fn fix_crcs(w: &mut [u8]) {
         if w.len() < 16 {
             return;
@@ -1320,33 +1324,8 @@ mod tests {
         }
         let crc = crc32c::crc32c_append(crc32c::crc32c(&w[..12]), &w[16..16 + len]);
         w[12..16].copy_from_slice(&crc.to_le_bytes());
-        let mut at = 16 + len;
-        let mut digest = 0u32;
-        while at < w.len() {
-            let start = at;
-            let kind = w[at];
-            at += 1;
-            let Some(n) = get_varint(w, &mut at) else {
-                return;
-            };
-            let Some(end) = at.checked_add(n as usize).filter(|e| *e <= w.len()) else {
-                return;
-            };
-            if kind == FrameKind::End as u8 {
-                if n as usize >= 4 + CHECK_LEN {
-                    let d = end - CHECK_LEN - 4;
-                    w[d..d + 4].copy_from_slice(&digest.to_le_bytes());
-                }
-                return;
-            }
-            digest = crc32c::crc32c_append(digest, &w[start..end]);
-            at = end;
-        }
     }
 
-    /// Guards against run headers that lose a skip or a length at the edges of the short
-    /// form: every skip and length round-trips, short runs with small skips take one byte, and
-    /// a header whose length overflows is refused.
     #[test]
     fn run_headers_round_trip_and_short_ones_take_a_byte() {
         for skip in [0u64, 1, 7, 15, 16, 127, 4095, u64::MAX >> 3] {

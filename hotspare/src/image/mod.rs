@@ -65,10 +65,10 @@ pub enum FormatError {
         /// What is wrong.
         what: String,
     },
-    /// The pages a wire stream's DELTA frames produce, applied on the base pages this side
-    /// holds, do not hash to the primary's check (in its END): a base page is not the page
-    /// the primary diffed against.
-    #[error("at byte {offset}: a delta of this stream does not reproduce the primary's page (the stream's check over its {pages} delta pages differs): applied on another base than the primary's; stream refused")]
+    /// A wire stream's check (in its END) differs from what this side computes over its body
+    /// and the pages its DELTA frames produce applied on the base pages held here: a base page
+    /// is not the page the primary diffed against (or the stream was damaged).
+    #[error("at byte {offset}: a delta of this stream does not reproduce the primary's page, or the stream was damaged (the stream's check differs; {pages} delta pages): applied on another base than the primary's; stream refused")]
     DeltaCheck {
         /// Offset of the END frame that carries the check.
         offset: u64,
