@@ -100,10 +100,20 @@ fn wire(dir: &Path) {
     s.extend_from_slice(&hello);
     s.extend_from_slice(&[0x33; 32]);
     write(dir, "wire_decoder", "hello-bytewise", &s);
-    // Mode 2: a spare's reply (wrong MAC).
+    // Mode 2: a spare's reply (wrong MAC), and a newer spare's version notice.
     let mut s = vec![2, 2, 10, 20];
     s.extend_from_slice(&[0x44; 64]);
     write(dir, "wire_decoder", "client-reply", &s);
+    let mut s = vec![2, 0];
+    s.extend_from_slice(b"HSRP");
+    s.push(hotspare_proto::codec::VERSION + 1);
+    write(dir, "wire_decoder", "client-version-notice", &s);
+    // Mode 0: the previous version's hello.
+    let mut s = vec![0, 0];
+    s.extend_from_slice(&hello[..4]);
+    s.push(hotspare_proto::codec::VERSION - 1);
+    s.extend_from_slice(&hello[5..]);
+    write(dir, "wire_decoder", "hello-old-version", &s);
     // Modes 3 and 4: every message kind, sealed.
     let msgs = [
         Msg::Hello {
@@ -140,11 +150,20 @@ fn wire(dir: &Path) {
             reason: "lineage".into(),
         },
         Msg::StatusRequest,
+        Msg::Stream {
+            header: StreamHeader {
+                seq: 12,
+                base_seq: 11,
+            },
+            bytes: vec![6, 7, 8],
+        },
+        Msg::HandOver,
+        Msg::HandedOver { seq: 12 },
     ];
     let mut bodies = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
-        let mut body = (i as u64).to_le_bytes().to_vec();
-        body.extend_from_slice(&postcard::to_allocvec(m).expect("encode"));
+        // The envelope's body: the term (a varint), then the message.
+        let body = postcard::to_allocvec(&(i as u64 * 1000, m)).expect("encode");
         bodies.extend_from_slice(&(body.len() as u16).to_le_bytes());
         bodies.extend_from_slice(&body);
     }

@@ -8,7 +8,8 @@
 //! 0. payload → a fresh `ServerHandshake` (mostly garbage hellos and proofs);
 //! 1. a valid hello and proof built here (nonce from the payload), then the rest of the payload
 //!    as session bytes → the spare's `Opener` (framing, length and MAC checks);
-//! 2. payload → a fresh `ClientHandshake` (a hostile spare's reply);
+//! 2. payload → a fresh `ClientHandshake` (a hostile spare's reply), then what it says of the
+//!    spare closing there (`closed`: a version notice, silence, or nothing to say);
 //! 3. payload = `(len u16, body)*`: each body sealed here with the right MAC (the session key
 //!    computed from the spec, not taken from the codec) → the `Opener` must never call a
 //!    correctly sealed frame forged, and must decode or refuse each body cleanly; what it
@@ -21,7 +22,8 @@
 use hmac::{Hmac, KeyInit, Mac};
 use hotspare_fuzz::Bytes;
 use hotspare_proto::codec::{
-    ClientHandshake, Key, ServerHandshake, ServerStep, Session, WireError, HELLO_LEN, MAX_MESSAGE,
+    ClientHandshake, Key, ServerHandshake, ServerStep, Session, WireError, HELLO_LEN, MAC_LEN,
+    MAX_MESSAGE, MIN_BODY, VERSION,
 };
 use hotspare_proto::Msg;
 use libfuzzer_sys::fuzz_target;
@@ -92,7 +94,7 @@ fn sessions(np: [u8; 32]) -> (Session, Session) {
 
 /// The envelope of `body` as the primary's sealer would make it for message `counter`,
 /// computed from the codec's specification: `S = HMAC(K, "session" | np | ns)`,
-/// `mac = HMAC(S, 'P' | counter | len | body)`.
+/// `mac = HMAC(S, 'P' | counter | len | body)` truncated to its first 16 bytes.
 fn seal_raw(np: &[u8; 32], counter: u64, body: &[u8], out: &mut Vec<u8>) {
     let mac = |k: &[u8], parts: &[&[u8]]| -> [u8; 32] {
         let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(k).expect("any key size");
@@ -105,7 +107,7 @@ fn seal_raw(np: &[u8; 32], counter: u64, body: &[u8], out: &mut Vec<u8>) {
     let len = (body.len() as u32).to_le_bytes();
     out.extend_from_slice(&len);
     out.extend_from_slice(body);
-    out.extend_from_slice(&mac(&s, &[b"P", &counter.to_le_bytes(), &len, body]));
+    out.extend_from_slice(&mac(&s, &[b"P", &counter.to_le_bytes(), &len, body])[..16]);
 }
 
 fn sealed_frames(np: &[u8; 32], payload: &[u8]) -> (Vec<u8>, Vec<(usize, usize)>) {
@@ -157,7 +159,12 @@ fuzz_target!(|data: &[u8]| {
                         return;
                     }
                     Err(WireError::BadHello) => {
-                        assert!(!replied && fed >= 5, "BadHello before 5 bytes");
+                        assert!(!replied && fed >= 4, "BadHello before 4 bytes");
+                        return;
+                    }
+                    Err(WireError::Version { peer, ours }) => {
+                        assert!(!replied && fed >= 5, "Version before 5 bytes");
+                        assert!(ours == VERSION && peer != VERSION, "{peer} {ours}");
                         return;
                     }
                     Err(WireError::AuthFailed) => {
@@ -200,6 +207,17 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
+            // The spare closes here: what the primary would say is a version problem only for
+            // nothing at all or a 5-byte notice of another version.
+            match c.closed() {
+                None => {}
+                Some(WireError::HelloRefused) => assert!(payload.is_empty()),
+                Some(WireError::Version { peer, ours }) => {
+                    assert!(payload.len() == 5 && &payload[..4] == b"HSRP");
+                    assert!(peer == payload[4] && peer != VERSION && ours == VERSION);
+                }
+                Some(e) => panic!("{e:?}"),
+            }
         }
         _ => {
             let np = [0x11; 32];
@@ -227,8 +245,9 @@ fuzz_target!(|data: &[u8]| {
                 }
                 // What the opener accepted must be exactly what was sealed.
                 let (start, end) = frames[i];
-                let body = &stream[start + 4..end - 32];
-                assert_eq!(u64::from_le_bytes(body[..8].try_into().expect("8")), *term);
+                let body = &stream[start + 4..end - MAC_LEN];
+                let (t, _) = postcard::take_from_bytes::<u64>(body).expect("a term varint");
+                assert_eq!(t, *term);
                 // And what it decodes, our own sealer seals so that an opener reads it back.
                 let (mut client, mut again) = sessions(np);
                 let mut wire = Vec::new();
@@ -251,7 +270,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Some(WireError::TooLarge(n)) => {
                     assert!(
-                        !(8..=MAX_MESSAGE).contains(&n) || flip.is_some(),
+                        !(MIN_BODY..=MAX_MESSAGE).contains(&n) || flip.is_some(),
                         "TooLarge({n})"
                     );
                 }

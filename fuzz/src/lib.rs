@@ -3,6 +3,7 @@
 //! streams (so that mutations get past the CRC32C checks and reach the code behind them), and
 //! the layout of an `image_dir_recovery` input.
 
+use hotspare::image::delta::{StreamCheck, WireEnd};
 use hotspare::image::format::{FrameKind, HEADER_LEN, MAGIC};
 use hotspare::image::Begin;
 
@@ -86,7 +87,8 @@ pub fn put_chunk(out: &mut Vec<u8>, b: &[u8]) {
 /// Rewrites the CRC32C of every frame of `stream` whose header is complete and whose payload
 /// fits (stopping at the first that does not); with `fix_end`, also rewrites each END payload
 /// to the sequence of the preceding BEGIN and the counts and digest of the PAGES/ZERO frames
-/// since it, so that a mutated stream can be *valid* and reach the appliers.
+/// since it, so that a mutated stream can be *valid* and reach the appliers. After a BASED
+/// header the rest is a wire stream's body ([`fix_wire_body`]).
 pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
     let mut off = 0usize;
     let (mut seq, mut page) = (0u64, 0u64);
@@ -99,6 +101,7 @@ pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
             break;
         }
         let kind = stream[h + 4];
+        let mut wire = None;
         if kind == FrameKind::Begin as u8 {
             if let Ok(b) = postcard::from_bytes::<Begin>(&stream[p..p + len]) {
                 seq = b.seq;
@@ -106,18 +109,9 @@ pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
             }
             (frames, pages, digest) = (0, 0, 0);
         } else if kind == FrameKind::Based as u8 {
-            if let Ok(b) =
-                postcard::from_bytes::<hotspare::image::delta::Based>(&stream[p..p + len])
-            {
-                seq = b.seq;
-                page = WIRE_BASE_PAGE;
-            }
-            (frames, pages, digest) = (0, 0, 0);
-        } else if kind == FrameKind::Delta as u8 {
-            let payload = &stream[p..p + len];
-            digest = crc32c::crc32c_append(digest, payload);
-            frames += 1;
-            pages = pages.wrapping_add(delta_entries(payload));
+            let seq = postcard::from_bytes::<hotspare::image::delta::Based>(&stream[p..p + len])
+                .map_or(0, |b| b.seq);
+            wire = Some(seq);
         } else if kind == FrameKind::Pages as u8 || kind == FrameKind::Zero as u8 {
             let payload = &stream[p..p + len];
             let n = if kind == FrameKind::Zero as u8 && len >= 16 {
@@ -139,6 +133,72 @@ pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&stream[h..h + 12]), &stream[p..p + len]);
         stream[h + 12..h + 16].copy_from_slice(&crc.to_le_bytes());
         off = p + len;
+        if let Some(seq) = wire {
+            fix_wire_body(&mut stream[off..], seq, fix_end);
+            return;
+        }
+    }
+}
+
+/// The body of a wire stream (compact frames, after its BASED header of sequence `seq`): with
+/// `fix_end`, its END rewritten to the counts of the frames before it and the check of the
+/// body and of its DELTA entries applied to the `stream_decoder` target's base pages
+/// ([`wire_base_page`]), as far as the frames can be walked; an END whose new encoding would
+/// change its length is left as it is.
+pub fn fix_wire_body(body: &mut [u8], seq: u64, fix_end: bool) {
+    fn varint(p: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..4 {
+            let b = *p.get(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let (mut frames, mut pages) = (0u64, 0u64);
+    let mut check = StreamCheck::default();
+    let mut at = 0usize;
+    while at < body.len() {
+        let start = at;
+        let kind = body[at];
+        at += 1;
+        let Some(len) = varint(body, &mut at) else {
+            return;
+        };
+        let Some(end) = at.checked_add(len as usize).filter(|e| *e <= body.len()) else {
+            return;
+        };
+        let payload = &body[at..end];
+        if kind == FrameKind::End as u8 {
+            if fix_end {
+                let e = WireEnd {
+                    seq,
+                    page_frames: frames,
+                    pages,
+                    check: check.finish(),
+                }
+                .encode();
+                if e.len() == payload.len() {
+                    body[at..end].copy_from_slice(&e);
+                }
+            }
+            return;
+        }
+        check.body(&body[start..end]);
+        if kind == FrameKind::Delta as u8 {
+            let n = delta_entries(payload, |addr, pg| check.page(addr, pg));
+            pages = pages.wrapping_add(n);
+        } else if kind == FrameKind::Pages as u8 {
+            pages = pages.wrapping_add((len.saturating_sub(8)) / WIRE_BASE_PAGE);
+        } else if kind == FrameKind::Zero as u8 && payload.len() >= 16 {
+            let n = u64::from_le_bytes(payload[8..16].try_into().expect("8"));
+            pages = pages.wrapping_add(n / WIRE_BASE_PAGE);
+        }
+        frames += 1;
+        at = end;
     }
 }
 
@@ -149,8 +209,10 @@ pub const WIRE_BASE_ADDR: u64 = 0x7000_0000_0000;
 /// Pages in it.
 pub const WIRE_BASE_PAGES: u64 = 16;
 
-/// The entries of a DELTA payload, walked leniently (stops at the first that does not parse).
-pub fn delta_entries(p: &[u8]) -> u64 {
+/// The entries of a DELTA payload, walked leniently (stops at the first that does not parse);
+/// `each` sees the page each entry gives applied on the `stream_decoder` target's base page
+/// ([`wire_base_page`]), with its address.
+pub fn delta_entries(p: &[u8], mut each: impl FnMut(u64, &[u8])) -> u64 {
     fn varint(p: &[u8], at: &mut usize) -> Option<u64> {
         let mut v = 0u64;
         for i in 0..10 {
@@ -163,20 +225,39 @@ pub fn delta_entries(p: &[u8]) -> u64 {
         }
         None
     }
+    let Some(first) = p.get(..8) else { return 0 };
+    let mut addr = u64::from_le_bytes(first.try_into().expect("8"));
     let (mut at, mut n) = (8usize, 0u64);
+    let mut buf = vec![0u8; WIRE_BASE_PAGE as usize];
     while at < p.len() {
         let ok = (|| {
-            varint(p, &mut at)?;
-            at = at.checked_add(8)?;
+            let gap = varint(p, &mut at)?;
+            addr = addr.checked_add(gap.checked_mul(WIRE_BASE_PAGE)?)?;
+            wire_base_page(addr, &mut buf);
+            let mut cursor = 0usize;
             for _ in 0..varint(p, &mut at)?.min(4096) {
-                varint(p, &mut at)?;
-                at = at.checked_add(usize::try_from(varint(p, &mut at)?).ok()?)?;
+                // The run header: `skip << 3 | l`, l = len - 1 (1 ..= 7) or 7 and `len - 8`.
+                let token = varint(p, &mut at)?;
+                let skip = usize::try_from(token >> 3).ok()?;
+                let len = match token & 7 {
+                    7 => usize::try_from(varint(p, &mut at)?.checked_add(8)?).ok()?,
+                    l => l as usize + 1,
+                };
+                let s = cursor.checked_add(skip)?;
+                let e = s.checked_add(len)?;
+                let bytes = p.get(at..at.checked_add(len)?)?;
+                if let Some(dst) = buf.get_mut(s..e) {
+                    dst.copy_from_slice(bytes);
+                }
+                at += len;
+                cursor = e;
             }
             (at <= p.len()).then_some(())
         })();
         if ok.is_none() {
             break;
         }
+        each(addr, &buf);
         n += 1;
     }
     n

@@ -12,9 +12,17 @@
 //! Each side proves it knows `K` before the other sends anything else; fresh nonces on both
 //! sides make every connection's session key new, so a recorded connection cannot be replayed.
 //!
-//! **Messages** are `len: u32 | body | mac[32]`, `body = term: u64 | postcard(Msg)`,
-//! `mac = HMAC(S, direction | counter: u64 | len | body)`: per-direction counters reject
-//! reordered, replayed or reflected messages. HMAC-SHA256 authenticates; it does not encrypt.
+//! **Messages** are `len: u32 | body | mac[16]`, `body = term: varint | postcard(Msg)`,
+//! `mac = HMAC-SHA256(S, direction | counter: u64 | len | body)` truncated to its first 16
+//! bytes (HMAC-SHA-256-128, as RFC 4868 uses it for IPsec; RFC 2104 §5 allows truncation to
+//! half the output): per-direction counters reject reordered, replayed or reflected messages.
+//! A forgery succeeds with probability 2⁻¹²⁸ per try, and each failed try ends the connection.
+//! The handshake's proofs stay full-length (32 bytes, once per connection). HMAC authenticates;
+//! it does not encrypt.
+//!
+//! **Versions.** A spare refuses a hello of another version with [`WireError::Version`] (one
+//! line naming both versions) and answers it with its own magic and version ([`VERSION_NOTICE`])
+//! before it closes, so the primary can say the same ([`ClientHandshake::closed`]).
 
 use crate::msg::Msg;
 use hmac::{Hmac, KeyInit, Mac};
@@ -25,10 +33,18 @@ type HmacSha256 = Hmac<Sha256>;
 const MAGIC: [u8; 4] = *b"HSRP";
 /// Protocol version (2: lineage, heartbeat ids, stream headers; 3: the durability level in
 /// `Hello`, so a primary of version 2 is refused at its first bytes instead of failing to
-/// decode its hello).
-pub const VERSION: u8 = 3;
+/// decode its hello; 4: 16-byte message MACs, the term as a varint, [`Msg::Stream`] for a
+/// stream in one message, and wire streams of format 4).
+pub const VERSION: u8 = 4;
+/// Bytes of a message's MAC (HMAC-SHA256 truncated).
+pub const MAC_LEN: usize = 16;
+/// What a spare sends a peer whose hello has another version, before it closes: its magic and
+/// version.
+pub const VERSION_NOTICE: [u8; 5] = [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION];
 /// Largest message accepted (stream chunks are at most 1 MiB + framing).
 pub const MAX_MESSAGE: u32 = 4 << 20;
+/// Smallest body: a one-byte term and a one-byte message.
+pub const MIN_BODY: u32 = 2;
 /// Bytes the primary sends first.
 pub const HELLO_LEN: usize = 5 + 32;
 
@@ -36,8 +52,20 @@ pub const HELLO_LEN: usize = 5 + 32;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     /// The peer is not speaking this protocol.
-    #[error("peer is not a Hot Spare peer (bad magic or version)")]
+    #[error("peer is not a Hot Spare peer (bad magic)")]
     BadHello,
+    /// The peer speaks another version of this protocol.
+    #[error("protocol version mismatch: the peer speaks Hot Spare protocol version {peer}, this build speaks {ours}; run the same release on the primary and the spare")]
+    Version {
+        /// The peer's version.
+        peer: u8,
+        /// Ours ([`VERSION`]).
+        ours: u8,
+    },
+    /// The spare closed the connection at our hello without a word: a spare of an older
+    /// version (which does not send [`VERSION_NOTICE`]), or something else listening there.
+    #[error("the spare closed the connection at our hello without answering: it speaks another protocol version than ours ({VERSION}), is not a Hot Spare spare, or was stopping (its log says which)")]
+    HelloRefused,
     /// The peer does not know the shared secret.
     #[error("authentication failed: the peer does not know the shared key")]
     AuthFailed,
@@ -48,7 +76,7 @@ pub enum WireError {
         counter: u64,
     },
     /// A message claims an impossible size.
-    #[error("message of {0} bytes refused (limit {MAX_MESSAGE})")]
+    #[error("message of {0} bytes refused (limits {MIN_BODY} to {MAX_MESSAGE})")]
     TooLarge(u32),
     /// A well-authenticated message that does not decode.
     #[error("undecodable message: {0}")]
@@ -152,6 +180,22 @@ impl ClientHandshake {
         let rest = self.got[64..].to_vec();
         Ok(Some((proof, s, rest)))
     }
+
+    /// Why the spare closed the connection before the handshake ended: another version (its
+    /// [`VERSION_NOTICE`], or nothing at all from a spare too old to send one), else `None`
+    /// (the driver's own reason stands).
+    pub fn closed(&self) -> Option<WireError> {
+        match self.got.as_slice() {
+            [] => Some(WireError::HelloRefused),
+            [m0, m1, m2, m3, v] if [*m0, *m1, *m2, *m3] == MAGIC && *v != VERSION => {
+                Some(WireError::Version {
+                    peer: *v,
+                    ours: VERSION,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The spare's side of the handshake.
@@ -200,8 +244,14 @@ impl ServerHandshake {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<ServerStep, WireError> {
         self.got.extend_from_slice(bytes);
         if self.np.is_none() {
-            if self.got.len() >= 5 && (self.got[..4] != MAGIC || self.got[4] != VERSION) {
+            if self.got.len() >= 4 && self.got[..4] != MAGIC {
                 return Err(WireError::BadHello);
+            }
+            if self.got.len() >= 5 && self.got[4] != VERSION {
+                return Err(WireError::Version {
+                    peer: self.got[4],
+                    ours: VERSION,
+                });
             }
             if self.got.len() < HELLO_LEN {
                 return Ok(ServerStep::More);
@@ -241,8 +291,8 @@ impl Sealer {
     pub fn seal(&mut self, term: u64, msg: &Msg, out: &mut Vec<u8>) -> usize {
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&term.to_le_bytes());
-        let body = postcard::to_extend(msg, std::mem::take(out)).expect("postcard encodes Msg");
+        let body =
+            postcard::to_extend(&(term, msg), std::mem::take(out)).expect("postcard encodes Msg");
         *out = body;
         let len = u32::try_from(out.len() - start - 4).expect("messages are below 4 GiB");
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -253,7 +303,7 @@ impl Sealer {
             &out[start + 4..],
         ]);
         self.counter += 1;
-        out.extend_from_slice(&mac);
+        out.extend_from_slice(&mac[..MAC_LEN]);
         out.len() - start
     }
 }
@@ -295,10 +345,10 @@ impl Opener {
             return Ok(None);
         }
         let n = u32::from_le_bytes(avail[..4].try_into().expect("4 bytes"));
-        if !(8..=MAX_MESSAGE).contains(&n) {
+        if !(MIN_BODY..=MAX_MESSAGE).contains(&n) {
             return Err(WireError::TooLarge(n));
         }
-        let total = 4 + n as usize + 32;
+        let total = 4 + n as usize + MAC_LEN;
         if avail.len() < total {
             return Ok(None);
         }
@@ -306,16 +356,16 @@ impl Opener {
         let want = self
             .key
             .mac(&[&[self.dir], &self.counter.to_le_bytes(), &avail[..4], body]);
-        if !same(&want, &avail[4 + n as usize..total]) {
+        if !same(&want[..MAC_LEN], &avail[4 + n as usize..total]) {
             return Err(WireError::BadMac {
                 counter: self.counter,
             });
         }
         self.counter += 1;
-        let term = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-        let msg = postcard::from_bytes(&body[8..]).map_err(|e| WireError::Decode(e.to_string()));
+        let msg =
+            postcard::from_bytes::<(u64, Msg)>(body).map_err(|e| WireError::Decode(e.to_string()));
         self.start += total;
-        msg.map(|m| Some((term, m)))
+        msg.map(Some)
     }
 }
 

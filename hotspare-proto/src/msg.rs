@@ -169,6 +169,17 @@ pub enum Msg {
         /// The final checkpoint.
         seq: u64,
     },
+    /// Primary → spare: a whole checkpoint stream in one message — what `StreamStart`, one
+    /// `Chunk` and `EndStream` say, for a stream that fits one chunk (an every-write
+    /// checkpoint is a few hundred bytes: one envelope instead of three). The spare handles it
+    /// exactly as those three.
+    Stream {
+        /// The checkpoint and its base.
+        header: StreamHeader,
+        /// All of its bytes (a byte string, as in `Chunk`).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 #[cfg(test)]

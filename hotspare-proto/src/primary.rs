@@ -636,20 +636,45 @@ impl Link {
 
     /// Starts sending checkpoint `seq` (its chunks follow through [`Link::send_chunk`]).
     pub fn start_checkpoint(&mut self, now: Time, header: StreamHeader) -> Result<(), String> {
+        self.begin_checkpoint(now, header)?;
+        self.sending = Some((header, now + self.cfg.ack_timeout));
+        self.data.push_back(Msg::StreamStart(header));
+        Ok(())
+    }
+
+    /// Sends checkpoint `seq` whole, in one message ([`Msg::Stream`]): for a stream that fits
+    /// one chunk, what [`Link::start_checkpoint`], one [`Link::send_chunk`] and
+    /// [`Link::end_checkpoint`] do, in one envelope instead of three. Its acknowledgement is
+    /// due within the ack timeout from now.
+    pub fn send_checkpoint(
+        &mut self,
+        now: Time,
+        header: StreamHeader,
+        bytes: Vec<u8>,
+    ) -> Result<(), String> {
+        self.begin_checkpoint(now, header)?;
+        self.data.push_back(Msg::Stream { header, bytes });
+        self.awaiting_ack
+            .push_back((header, now + self.cfg.ack_timeout));
+        Ok(())
+    }
+
+    /// What every checkpoint's start checks and does: refused when fenced or not connected; a
+    /// stream still being sent is abandoned (its end never went out).
+    fn begin_checkpoint(&mut self, _now: Time, header: StreamHeader) -> Result<(), String> {
         if let Some(why) = &self.fenced {
             return Err(format!("fenced: {why}"));
         }
         if self.conn != Conn::Up {
             return Err("no connection to the spare".into());
         }
-        if let Some((prev, _)) = self.sending.replace((header, now + self.cfg.ack_timeout)) {
+        if let Some((prev, _)) = self.sending.take() {
             self.events.push_back(Event::Done {
                 seq: prev.seq,
                 result: Err("abandoned: a newer checkpoint started".into()),
             });
         }
         self.latest_seq = header.seq;
-        self.data.push_back(Msg::StreamStart(header));
         Ok(())
     }
 

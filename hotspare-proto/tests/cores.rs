@@ -4,7 +4,8 @@
 //! side of its rule (the thing that *should* happen does), so that it cannot pass vacuously.
 
 use hotspare_proto::codec::{
-    ClientHandshake, Key, ServerHandshake, ServerStep, Session, WireError, HELLO_LEN, MAX_MESSAGE,
+    ClientHandshake, Key, ServerHandshake, ServerStep, Session, WireError, HELLO_LEN, MAC_LEN,
+    MAX_MESSAGE, MIN_BODY, VERSION, VERSION_NOTICE,
 };
 use hotspare_proto::primary::{Event, Link, LinkConfig};
 use hotspare_proto::spare::{ConnId, DiskDone, DiskOp, Output, Recovered, Spare, SpareConfig, Tip};
@@ -1273,22 +1274,15 @@ fn g_a_hello_sent_one_byte_at_a_time_completes() {
 }
 
 /// Guards against a spare that buffered (or waited for a whole hello from) anything that
-/// connects: garbage is refused as soon as the magic and version can be judged.
+/// connects: garbage is refused as soon as the magic can be judged (4 bytes), another version
+/// of the protocol as soon as its version byte is in, with an error naming both versions.
 #[test]
-fn g_garbage_magic_is_refused_after_five_bytes() {
-    for garbage in [
-        &b"GET / HTTP/1.1\r\n"[..],
-        &b"HSRQ\x02"[..],
-        &[b'H', b'S', b'R', b'P', 1][..],
-        // The previous version (its hello has no durability level) and the next one.
-        &[b'H', b'S', b'R', b'P', hotspare_proto::codec::VERSION - 1][..],
-        &[b'H', b'S', b'R', b'P', hotspare_proto::codec::VERSION + 1][..],
-        &[0u8; 8][..],
-    ] {
+fn g_garbage_magic_is_refused_after_four_bytes_and_another_version_after_five() {
+    for garbage in [&b"GET / HTTP/1.1\r\n"[..], &b"HSRQ\x02"[..], &[0u8; 8][..]] {
         let mut s = ServerHandshake::new(&key(), [2; 32]);
-        for (i, b) in garbage.iter().enumerate().take(5) {
+        for (i, b) in garbage.iter().enumerate().take(4) {
             let r = s.feed(&[*b]);
-            if i < 4 {
+            if i < 3 {
                 assert!(
                     matches!(r, Ok(ServerStep::More)),
                     "{garbage:?} byte {i}: {r:?}"
@@ -1296,7 +1290,7 @@ fn g_garbage_magic_is_refused_after_five_bytes() {
             } else {
                 assert!(
                     matches!(r, Err(WireError::BadHello)),
-                    "{garbage:?}: 5 bytes in, {r:?}"
+                    "{garbage:?}: 4 bytes in, {r:?}"
                 );
             }
         }
@@ -1304,6 +1298,65 @@ fn g_garbage_magic_is_refused_after_five_bytes() {
         let mut s = ServerHandshake::new(&key(), [2; 32]);
         assert!(matches!(s.feed(garbage), Err(WireError::BadHello)));
     }
+    // Version 1, the previous versions (3: 32-byte MACs, no one-message streams) and the next.
+    for v in [1, VERSION - 2, VERSION - 1, VERSION + 1] {
+        let hello = [b'H', b'S', b'R', b'P', v];
+        let mut s = ServerHandshake::new(&key(), [2; 32]);
+        for b in &hello[..4] {
+            assert!(matches!(s.feed(&[*b]), Ok(ServerStep::More)));
+        }
+        let e = s.feed(&hello[4..]).expect_err("another version");
+        assert_eq!(
+            e,
+            WireError::Version {
+                peer: v,
+                ours: VERSION
+            }
+        );
+        let line = e.to_string();
+        assert!(
+            line.contains(&format!("version {v}")) && line.contains(&format!("speaks {VERSION}")),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+        let mut s = ServerHandshake::new(&key(), [2; 32]);
+        assert!(matches!(
+            s.feed(&[&hello[..], &[0; 32]].concat()),
+            Err(WireError::Version { peer, ours: VERSION }) if peer == v
+        ));
+    }
+    // Positive control: our own hello gets the reply.
+    let (_, hello) = ClientHandshake::new(&key(), [1; 32]);
+    let mut s = ServerHandshake::new(&key(), [2; 32]);
+    assert!(matches!(s.feed(&hello), Ok(ServerStep::Reply(_))));
+}
+
+/// Guards against a primary that cannot say why a spare of another version hung up on it: the
+/// spare's notice (its magic and version) gives the version mismatch, silence at the hello (a
+/// spare too old to send a notice) says so, and a close after a partial real reply is left to
+/// the driver's own reason.
+#[test]
+fn g_a_primary_names_the_version_of_a_spare_that_refused_its_hello() {
+    let (c, _) = ClientHandshake::new(&key(), [1; 32]);
+    assert_eq!(c.closed(), Some(WireError::HelloRefused));
+    let mut c = ClientHandshake::new(&key(), [1; 32]).0;
+    let mut other = VERSION_NOTICE;
+    other[4] = VERSION + 1;
+    assert!(matches!(c.feed(&other), Ok(None)));
+    assert_eq!(
+        c.closed(),
+        Some(WireError::Version {
+            peer: VERSION + 1,
+            ours: VERSION
+        })
+    );
+    // Our own version in a 5-byte answer, or 20 bytes of a real reply: not a version problem.
+    let mut c = ClientHandshake::new(&key(), [1; 32]).0;
+    assert!(matches!(c.feed(&VERSION_NOTICE), Ok(None)));
+    assert_eq!(c.closed(), None);
+    let mut c = ClientHandshake::new(&key(), [1; 32]).0;
+    assert!(matches!(c.feed(&[7; 20]), Ok(None)));
+    assert_eq!(c.closed(), None);
 }
 
 /// Guards against accepting a forged or damaged message: any flipped MAC byte fails it.
@@ -1313,7 +1366,15 @@ fn g_a_flipped_mac_byte_is_bad_mac() {
     let mut out = Vec::new();
     c.sealer.seal(1, &Msg::EndStream { seq: 5 }, &mut out);
     let n = out.len();
-    for pos in (n - 32..n).chain([4, 12, n - 33]) {
+    // A MAC of MAC_LEN bytes (HMAC-SHA256 truncated), after a body of the term varint and the
+    // message: every MAC byte, the term, the message and its last byte.
+    assert_eq!(MAC_LEN, 16);
+    assert_eq!(
+        n,
+        4 + 1 + 2 + MAC_LEN,
+        "len, term, EndStream {{ seq: 5 }}, mac"
+    );
+    for pos in (n - MAC_LEN..n).chain([4, 5, n - MAC_LEN - 1]) {
         for bit in [0x01, 0x80] {
             let (_, mut s) = handshake_bytewise();
             let mut bad = out.clone();
@@ -1341,7 +1402,7 @@ fn g_a_flipped_mac_byte_is_bad_mac() {
 /// error as soon as its 4 bytes are in.
 #[test]
 fn g_an_oversized_length_is_too_large_without_buffering() {
-    for n in [MAX_MESSAGE + 1, u32::MAX, 7, 0] {
+    for n in [MAX_MESSAGE + 1, u32::MAX, MIN_BODY - 1, 0] {
         let (_, mut s) = handshake_bytewise();
         s.opener.push(&n.to_le_bytes());
         assert_eq!(s.opener.buffered(), 4);
@@ -2714,4 +2775,137 @@ fn j_a_stream_the_spare_stops_reading_fails_within_the_ack_timeout() {
         "checkpoint 2 ended twice"
     );
     assert!(l.take_needs_full());
+}
+
+/// Guards against the one-message stream meaning anything else than its three messages: the
+/// spare does exactly what `StreamStart`, one `Chunk` and `EndStream` make it do — the same
+/// disk operations and answers for an accepted stream, the same Nack for a refused one — and
+/// the link hands it out as one message whose acknowledgement completes it, or whose deadline
+/// fails it (the connection kept), as for a streamed one.
+#[test]
+fn k_a_stream_in_one_message_is_its_start_chunk_and_end() {
+    let term = 1;
+    let run = |whole: bool, h: StreamHeader| {
+        let c = ConnId(1);
+        let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+        let out = connect(&mut s, at(0), c, term, OLD);
+        assert!(matches!(&sent(&out, c)[..], [(_, Msg::Status { .. })]));
+        let bytes = vec![9, 8, 7];
+        if whole {
+            s.handle_msg(at(1), c, term, Msg::Stream { header: h, bytes });
+        } else {
+            s.handle_msg(at(1), c, term, Msg::StreamStart(h));
+            s.handle_msg(at(1), c, term, Msg::Chunk { seq: h.seq, bytes });
+            s.handle_msg(at(1), c, term, Msg::EndStream { seq: h.seq });
+        }
+        let out = drain(&mut s);
+        let ops = disk_ops(&out);
+        let answers = sent(&out, c);
+        // And the disk's answers give the same acknowledgement.
+        let after = complete_all(&mut s, at(2), ops.clone(), OLD, term);
+        (ops, answers, sent(&after, c))
+    };
+    // Accepted: spooled, persisted, acknowledged.
+    let one = run(true, header(6, 5));
+    assert_eq!(one, run(false, header(6, 5)));
+    assert!(
+        matches!(
+            &one.0[..],
+            [
+                DiskOp::SpoolStart { .. },
+                DiskOp::Spool { seq: 6, .. },
+                DiskOp::Persist { seq: 6, .. }
+            ]
+        ),
+        "{one:?}"
+    );
+    assert!(
+        one.2.iter().any(|(_, m)| *m == Msg::Ack { seq: 6 }),
+        "{one:?}"
+    );
+    // Refused at its start (not on the image's tip): nothing spooled, Nacked.
+    let one = run(true, header(8, 7));
+    assert_eq!(one, run(false, header(8, 7)));
+    assert!(one.0.is_empty(), "{one:?}");
+    assert!(
+        matches!(&one.1[..], [(_, Msg::Nack { seq: 8, .. })]),
+        "{one:?}"
+    );
+
+    // The link: one message, acknowledged.
+    let mut l = link_up(link_cfg(term, OLD), at(0), term, ms(DETECTION_MS));
+    assert!(l.take_needs_full());
+    l.send_checkpoint(at(1), header(1, 0), vec![1, 2, 3])
+        .expect("up");
+    assert_eq!(
+        transmit(&mut l),
+        vec![Msg::Stream {
+            header: header(1, 0),
+            bytes: vec![1, 2, 3]
+        }]
+    );
+    assert_eq!(l.seqs(), (1, 0));
+    l.handle_msg(at(5), term, Msg::Ack { seq: 1 });
+    assert_eq!(
+        events(&mut l),
+        vec![Event::Done {
+            seq: 1,
+            result: Ok(())
+        }]
+    );
+    // Not acknowledged within the ack timeout (100 ms): failed, the connection stays, the
+    // next checkpoint is full.
+    l.send_checkpoint(at(10), header(2, 1), vec![4])
+        .expect("up");
+    transmit(&mut l);
+    l.handle_timeout(at(109));
+    assert!(!events(&mut l)
+        .iter()
+        .any(|e| matches!(e, Event::Done { .. })));
+    l.handle_timeout(at(110));
+    let ev = events(&mut l);
+    assert!(
+        matches!(
+            &ev[..],
+            [Event::Done {
+                seq: 2,
+                result: Err(_)
+            }]
+        ),
+        "{ev:?}"
+    );
+    assert!(l.is_up() && l.take_needs_full());
+    // A stream being streamed is abandoned by a whole one that starts after it.
+    l.start_checkpoint(at(120), header(3, 0)).expect("up");
+    l.send_checkpoint(at(121), header(4, 0), vec![5])
+        .expect("up");
+    let ev = events(&mut l);
+    assert!(
+        matches!(
+            &ev[..],
+            [Event::Done {
+                seq: 3,
+                result: Err(_)
+            }]
+        ),
+        "{ev:?}"
+    );
+    let data: Vec<Msg> = transmit(&mut l)
+        .into_iter()
+        .filter(|m| !matches!(m, Msg::Heartbeat { .. }))
+        .collect();
+    assert_eq!(
+        data,
+        vec![
+            Msg::StreamStart(header(3, 0)),
+            Msg::Stream {
+                header: header(4, 0),
+                bytes: vec![5]
+            }
+        ]
+    );
+    // Refused without a connection, as a streamed one is.
+    l.handle_disconnected(at(130), "gone");
+    events(&mut l);
+    assert!(l.send_checkpoint(at(131), header(5, 4), vec![6]).is_err());
 }

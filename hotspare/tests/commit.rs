@@ -99,7 +99,8 @@ fn serve_session(
                 Msg::Heartbeat { id, .. } => {
                     sealer.seal(term, &Msg::HeartbeatAck { id, seq: 0 }, &mut out)
                 }
-                Msg::Chunk { .. } => {
+                // A stream's bytes: a chunk of a long one, or a short one whole.
+                Msg::Chunk { .. } | Msg::Stream { .. } => {
                     chunks.fetch_add(1, Ordering::SeqCst);
                     if streams == Streams::StopReading {
                         let _ = s.write_all(&out);

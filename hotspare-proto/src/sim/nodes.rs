@@ -295,29 +295,38 @@ impl World {
                 seq,
                 base_seq: base,
             };
-            if p.link.start_checkpoint(local, h).is_ok() {
+            // Half the checkpoints go whole in one message (as a stream that fits one chunk
+            // does), half as start, chunks and end (as a large one is): the image, then 0 to
+            // 2 chunks of padding.
+            let whole = self.rng.bool();
+            let padding = if whole { 0 } else { self.rng.u32(0..3) };
+            let img = Img {
+                lineage: p.lineage,
+                seq,
+                base,
+                term: p.link.term(),
+                value: p.value,
+            };
+            let first = postcard::to_allocvec(&(img.lineage, img.seq, img.base, img.value))
+                .expect("encode");
+            let started = if whole {
+                p.link.send_checkpoint(local, h, first.clone())
+            } else {
+                p.link.start_checkpoint(local, h)
+            };
+            if started.is_ok() {
                 // Captured now: after a switchover began, if one did.
                 p.link.mark_final(seq);
                 p.last_seq = seq;
                 p.in_flight = Some(seq);
                 self.produced.insert((p.lineage, seq), p.value);
-                let img = Img {
-                    lineage: p.lineage,
-                    seq,
-                    base,
-                    term: p.link.term(),
-                    value: p.value,
-                };
-                p.link.send_chunk(
-                    local,
-                    seq,
-                    postcard::to_allocvec(&(img.lineage, img.seq, img.base, img.value))
-                        .expect("encode"),
-                );
-                for _ in 0..self.rng.u32(0..3) {
-                    p.link.send_chunk(local, seq, vec![0; 16]);
+                if !whole {
+                    p.link.send_chunk(local, seq, first);
+                    for _ in 0..padding {
+                        p.link.send_chunk(local, seq, vec![0; 16]);
+                    }
+                    p.link.end_checkpoint(local, seq);
                 }
-                p.link.end_checkpoint(local, seq);
             } else {
                 p.last_failed = true;
             }

@@ -66,51 +66,64 @@ impl Spare {
                 self.handle_timeout(now);
             }
             Msg::StreamStart(h) => self.stream_start(c, term, h),
-            Msg::Chunk { seq, bytes } => {
-                let p = self.primary.as_mut().expect("checked");
-                match &p.incoming {
-                    Some(inc) if inc.seq == seq => {
-                        if inc.refused.is_none() {
-                            self.disk(DiskOp::Spool { seq, bytes });
-                        }
-                    }
-                    _ => {
-                        let why = format!("data of checkpoint {seq} without its start");
-                        self.protocol_error(c, why);
-                    }
-                }
-            }
-            Msg::EndStream { seq } => {
-                let p = self.primary.as_mut().expect("checked");
-                let (lineage, ack) = (p.lineage, p.ack);
-                let replace = self.adopting == Some(lineage);
-                match p.incoming.take() {
-                    Some(inc) if inc.seq == seq => match inc.refused {
-                        Some(reason) => self.send(c, Msg::Nack { seq, reason }),
-                        None => {
-                            self.disk(DiskOp::Persist {
-                                seq,
-                                replace_lineage: replace,
-                            });
-                            self.persist_waiters.push_back(Waiter {
-                                seq,
-                                conn: c,
-                                lineage,
-                                ack,
-                                replace,
-                                acked_on_receipt: false,
-                            });
-                            self.queued_tip = Some((lineage, seq));
-                        }
-                    },
-                    _ => {
-                        let why = format!("end of checkpoint {seq} without its start");
-                        self.protocol_error(c, why);
-                    }
-                }
+            Msg::Chunk { seq, bytes } => self.stream_chunk(c, seq, bytes),
+            Msg::EndStream { seq } => self.stream_end(c, seq),
+            // A whole stream in one message: exactly its start, one chunk and its end.
+            Msg::Stream { header, bytes } => {
+                self.stream_start(c, term, header);
+                self.stream_chunk(c, header.seq, bytes);
+                self.stream_end(c, header.seq);
             }
             other => {
                 let why = format!("unexpected message {other:?}");
+                self.protocol_error(c, why);
+            }
+        }
+    }
+
+    /// The next bytes of the stream being received: spooled, unless it is refused already.
+    fn stream_chunk(&mut self, c: ConnId, seq: u64, bytes: Vec<u8>) {
+        let p = self.primary.as_mut().expect("checked");
+        match &p.incoming {
+            Some(inc) if inc.seq == seq => {
+                if inc.refused.is_none() {
+                    self.disk(DiskOp::Spool { seq, bytes });
+                }
+            }
+            _ => {
+                let why = format!("data of checkpoint {seq} without its start");
+                self.protocol_error(c, why);
+            }
+        }
+    }
+
+    /// The stream is complete: persisted (and acknowledged when the disk says), or Nacked if
+    /// it was refused on the way.
+    fn stream_end(&mut self, c: ConnId, seq: u64) {
+        let p = self.primary.as_mut().expect("checked");
+        let (lineage, ack) = (p.lineage, p.ack);
+        let replace = self.adopting == Some(lineage);
+        match p.incoming.take() {
+            Some(inc) if inc.seq == seq => match inc.refused {
+                Some(reason) => self.send(c, Msg::Nack { seq, reason }),
+                None => {
+                    self.disk(DiskOp::Persist {
+                        seq,
+                        replace_lineage: replace,
+                    });
+                    self.persist_waiters.push_back(Waiter {
+                        seq,
+                        conn: c,
+                        lineage,
+                        ack,
+                        replace,
+                        acked_on_receipt: false,
+                    });
+                    self.queued_tip = Some((lineage, seq));
+                }
+            },
+            _ => {
+                let why = format!("end of checkpoint {seq} without its start");
                 self.protocol_error(c, why);
             }
         }

@@ -3,12 +3,13 @@
 //!
 //! A **wire stream** is what a primary sends a spare. It may begin with a compact **BASED**
 //! header (only what differs from the base checkpoint's BEGIN) and carry **DELTA** frames: for
-//! each page, the byte runs that differ from the page as of the base checkpoint, and a 64-bit
-//! check (BLAKE3, first 8 bytes) of the whole resulting page. The spare **resolves** a wire
-//! stream into an ordinary stored stream (BEGIN, whole PAGES, ZERO, END) before it validates
-//! and persists it, so the image directory, the applier, recovery and resume only ever see
-//! whole pages; a delta that does not reproduce the primary's page fails the check and the
-//! stream is refused, never applied.
+//! each page, the byte runs that differ from the page as of the base checkpoint. Its body is
+//! compact frames and its END a short one carrying a 128-bit check of the stream: BLAKE3 over
+//! the body's bytes and over every page the deltas produce, with its address, in stream order. The spare **resolves** a wire stream into
+//! an ordinary stored stream (BEGIN, whole PAGES, ZERO, END) before it validates and persists
+//! it, so the image directory, the applier, recovery and resume only ever see whole pages; a
+//! delta that does not reproduce the primary's page fails the check and the stream is
+//! refused, never applied (wire format 4; format 3 had an 8-byte check per page).
 //!
 //! The primary keeps a [`Shadow`]: a copy of every page as last sent (what the spare will
 //! hold once it has the stream). A copy rather than per-cache-line hashes because a 72-byte
@@ -18,17 +19,25 @@
 //! sent, bounded by [`SHADOW_LIMIT`]; pages beyond it are sent whole.
 
 use super::format::{
-    decode_begin, frame_header, validate_begin, Begin, End, FrameKind, FrameReader, RangeEntry,
-    Run, FORMAT_VERSION, PAGES_PER_FRAME,
+    decode_begin, frame_header, validate_begin, Begin, CompactHeader, End, FrameKind, FrameReader,
+    RangeEntry, Run, FORMAT_VERSION, PAGES_PER_FRAME,
 };
 use super::FormatError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 
-/// Bytes of the check a DELTA entry carries: the first 8 bytes of the BLAKE3 hash of the page
-/// it produces (64 bits: a wrong base passes with probability 2^-64 per page).
-pub const CHECK_LEN: usize = 8;
+/// Version of the wire frames (BASED, DELTA, the wire END): 4 since the check moved from each
+/// DELTA entry (8 bytes per page) to the END (16 bytes per stream). Stored streams stay at
+/// [`FORMAT_VERSION`]; a wire stream is never stored, and only travels between peers of one
+/// protocol version (`hotspare_proto::codec::VERSION`), so a BASED header of another version is
+/// a bug, refused with one line.
+pub const WIRE_FORMAT_VERSION: u32 = 4;
+
+/// Bytes of the check a wire stream's END carries ([`StreamCheck`]; 128 bits: a stream resolved
+/// on a wrong base, or damaged, passes with probability 2^-128, whatever the number of wrong
+/// pages or damaged frames).
+pub const CHECK_LEN: usize = 16;
 
 /// Most pages the primary keeps a copy of (4 GiB with 4 KiB pages): beyond it, pages that
 /// were never copied are sent whole.
@@ -41,12 +50,88 @@ const MERGE_GAP: usize = 2;
 /// Most entries in one DELTA frame (the same bound as pages in a PAGES frame).
 pub const DELTAS_PER_FRAME: usize = PAGES_PER_FRAME;
 
-/// The check of a page.
-pub fn page_check(page: &[u8]) -> [u8; CHECK_LEN] {
-    let h = blake3::hash(page);
-    let mut c = [0u8; CHECK_LEN];
-    c.copy_from_slice(&h.as_bytes()[..CHECK_LEN]);
-    c
+/// The check of a wire stream: the first [`CHECK_LEN`] bytes of
+/// `BLAKE3(BLAKE3(body) ‖ BLAKE3(pages))`, where `body` is every byte of the body before the
+/// END (compact headers and payloads) and `pages` is, for each DELTA entry in stream order, its
+/// page's address (u64 LE) followed by the whole page it produces. The first stands in for the
+/// per-frame CRCs a body does not have (damage anywhere in it), the second for the per-page
+/// checks of format 3 (a delta applied on another base than the primary's).
+#[derive(Debug, Default, Clone)]
+pub struct StreamCheck {
+    body: blake3::Hasher,
+    pages: blake3::Hasher,
+}
+
+impl StreamCheck {
+    /// The next bytes of the body.
+    pub fn body(&mut self, bytes: &[u8]) {
+        self.body.update(bytes);
+    }
+
+    /// The next page a delta produces.
+    pub fn page(&mut self, addr: u64, page: &[u8]) {
+        self.pages.update(&addr.to_le_bytes());
+        self.pages.update(page);
+    }
+
+    /// The check.
+    pub fn finish(&self) -> [u8; CHECK_LEN] {
+        let mut h = blake3::Hasher::new();
+        h.update(self.body.finalize().as_bytes());
+        h.update(self.pages.finalize().as_bytes());
+        let mut c = [0u8; CHECK_LEN];
+        c.copy_from_slice(&h.finalize().as_bytes()[..CHECK_LEN]);
+        c
+    }
+}
+
+/// The END of a wire stream (a compact frame, like every frame of its body): the counts of
+/// a stored END (`page_frames`, `pages`: the body's frames and their pages, a DELTA frame
+/// counting its entries) as varints and the [`StreamCheck`], which covers what a stored END's
+/// CRC32C digest and the frames' CRCs covered. 19 to 46 bytes of payload, instead of a stored
+/// END's 16-byte header and 32-byte payload and 8 bytes of check per delta page (format 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WireEnd {
+    /// Must equal the BASED header's.
+    pub seq: u64,
+    /// PAGES, ZERO and DELTA frames.
+    pub page_frames: u64,
+    /// Pages in them.
+    pub pages: u64,
+    /// The [`StreamCheck`].
+    pub check: [u8; CHECK_LEN],
+}
+
+impl WireEnd {
+    /// The payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(40);
+        put_varint(&mut b, self.seq);
+        put_varint(&mut b, self.page_frames);
+        put_varint(&mut b, self.pages);
+        b.extend_from_slice(&self.check);
+        b
+    }
+
+    fn decode(p: &[u8], offset: u64) -> Result<WireEnd, FormatError> {
+        let bad = || FormatError::Malformed {
+            offset,
+            what: "wire END payload".into(),
+        };
+        let mut at = 0;
+        let seq = get_varint(p, &mut at).ok_or_else(bad)?;
+        let page_frames = get_varint(p, &mut at).ok_or_else(bad)?;
+        let pages = get_varint(p, &mut at).ok_or_else(bad)?;
+        if p.len() != at + CHECK_LEN {
+            return Err(bad());
+        }
+        Ok(WireEnd {
+            seq,
+            page_frames,
+            pages,
+            check: p[at..].try_into().expect("CHECK_LEN bytes"),
+        })
+    }
 }
 
 /// The BASED frame's payload: a BEGIN that states only what differs from its base's. Lineage,
@@ -54,7 +139,7 @@ pub fn page_check(page: &[u8]) -> [u8; CHECK_LEN] {
 /// (ranges then with `complete` false).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Based {
-    /// [`FORMAT_VERSION`] (read first, alone, like BEGIN's).
+    /// [`WIRE_FORMAT_VERSION`] (read first, alone, like BEGIN's).
     pub format_version: u32,
     /// Fencing term.
     pub term: u64,
@@ -114,10 +199,10 @@ fn decode_based(payload: &[u8], offset: u64) -> Result<Based, FormatError> {
         what: format!("BASED: {e}"),
     };
     let (version, _) = postcard::take_from_bytes::<u32>(payload).map_err(malformed)?;
-    if version != FORMAT_VERSION {
+    if version != WIRE_FORMAT_VERSION {
         return Err(FormatError::Version {
             found: version,
-            supported: FORMAT_VERSION,
+            supported: WIRE_FORMAT_VERSION,
         });
     }
     let b: Based = postcard::from_bytes(payload).map_err(malformed)?;
@@ -156,9 +241,38 @@ fn get_varint(p: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// Appends to `out` the changed runs of `new` against `old` (equal length): `skip len bytes`
-/// per run, varints, `skip` counted from the end of the previous run. Returns the number of
-/// runs (0: the pages are equal).
+/// Lengths of runs that fit the run header's token with their skip (1 ..= 7).
+const SHORT_RUN: u64 = 7;
+
+/// A run's header: one varint `token = skip << 3 | l` with `l = len - 1` for a run of 1 to 7
+/// bytes, else `l = 7` and a second varint `len - 8`. The common run — a few bytes a few bytes
+/// after the previous one, a counter or a pointer in the next word — costs one byte instead of
+/// the two of `skip, len` (wire format 3).
+fn put_run_header(out: &mut Vec<u8>, skip: u64, len: u64) {
+    debug_assert!(len >= 1);
+    if len <= SHORT_RUN {
+        put_varint(out, skip << 3 | (len - 1));
+    } else {
+        put_varint(out, skip << 3 | SHORT_RUN);
+        put_varint(out, len - (SHORT_RUN + 1));
+    }
+}
+
+/// A run header at `*at`: `(skip, len)`, `None` if truncated, too long or overflowing.
+fn get_run_header(p: &[u8], at: &mut usize) -> Option<(u64, u64)> {
+    let token = get_varint(p, at)?;
+    let (skip, l) = (token >> 3, token & 7);
+    let len = if l < SHORT_RUN {
+        l + 1
+    } else {
+        get_varint(p, at)?.checked_add(SHORT_RUN + 1)?
+    };
+    Some((skip, len))
+}
+
+/// Appends to `out` the changed runs of `new` against `old` (equal length): a run header
+/// ([`put_run_header`]: `skip` counted from the end of the previous run, and the length) and
+/// the bytes, per run. Returns the number of runs (0: the pages are equal).
 fn diff_runs(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> usize {
     let n = new.len();
     let (mut i, mut prev_end, mut runs) = (0usize, 0usize, 0usize);
@@ -181,8 +295,7 @@ fn diff_runs(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> usize {
             j += 1;
         }
         let end = last + 1;
-        put_varint(out, (start - prev_end) as u64);
-        put_varint(out, (end - start) as u64);
+        put_run_header(out, (start - prev_end) as u64, (end - start) as u64);
         out.extend_from_slice(&new[start..end]);
         runs += 1;
         prev_end = end;
@@ -247,14 +360,28 @@ struct DeltaFrame {
 struct Out<'a> {
     w: &'a mut Vec<u8>,
     end: End,
+    check: StreamCheck,
+    /// A wire stream's body: compact frame headers, and the check over every byte of it.
+    compact: bool,
 }
 
 impl Out<'_> {
     fn frame(&mut self, kind: FrameKind, parts: &[&[u8]], pages: u64) {
-        self.w.extend_from_slice(&frame_header(kind, parts));
-        for p in parts {
-            self.w.extend_from_slice(p);
-            self.end.digest = crc32c::crc32c_append(self.end.digest, p);
+        if self.compact {
+            let len = parts.iter().map(|p| p.len()).sum();
+            let h = CompactHeader::new(kind, len);
+            self.w.extend_from_slice(h.as_bytes());
+            self.check.body(h.as_bytes());
+            for p in parts {
+                self.w.extend_from_slice(p);
+                self.check.body(p);
+            }
+        } else {
+            self.w.extend_from_slice(&frame_header(kind, parts));
+            for p in parts {
+                self.w.extend_from_slice(p);
+                self.end.digest = crc32c::crc32c_append(self.end.digest, p);
+            }
         }
         self.end.page_frames += 1;
         self.end.pages += pages;
@@ -365,6 +492,8 @@ impl Shadow {
                 seq: begin.seq,
                 ..End::default()
             },
+            check: StreamCheck::default(),
+            compact: based,
         };
         if based {
             let last = self.last.as_ref().expect("checked");
@@ -375,7 +504,7 @@ impl Shadow {
                     .zip(&last.ranges)
                     .all(|(a, b)| !a.complete && a.addr == b.addr && a.len == b.len);
             let h = Based {
-                format_version: FORMAT_VERSION,
+                format_version: WIRE_FORMAT_VERSION,
                 term: begin.term,
                 seq: begin.seq,
                 base_seq: begin.base_seq,
@@ -472,7 +601,7 @@ impl Shadow {
                             put_varint(&mut delta.payload, p - delta.prev_page);
                         }
                         delta.prev_page = p;
-                        delta.payload.extend_from_slice(&page_check(new));
+                        o.check.page(a, new);
                         put_varint(&mut delta.payload, runs as u64);
                         delta.payload.extend_from_slice(&scratch);
                         delta.entries += 1;
@@ -484,9 +613,21 @@ impl Shadow {
         }
         flush_whole(&mut o, &mut whole, page);
         flush_delta(&mut o, &mut delta);
-        let e = o.end.encode();
-        o.w.extend_from_slice(&frame_header(FrameKind::End, &[&e]));
-        o.w.extend_from_slice(&e);
+        if based {
+            let e = WireEnd {
+                seq: o.end.seq,
+                page_frames: o.end.page_frames,
+                pages: o.end.pages,
+                check: o.check.finish(),
+            }
+            .encode();
+            o.w.extend_from_slice(CompactHeader::new(FrameKind::End, e.len()).as_bytes());
+            o.w.extend_from_slice(&e);
+        } else {
+            let e = o.end.encode();
+            o.w.extend_from_slice(&frame_header(FrameKind::End, &[&e]));
+            o.w.extend_from_slice(&e);
+        }
         let end = o.end;
         self.stats.streams += 1;
         self.stats.stream_bytes += (out.len() - start) as u64;
@@ -607,11 +748,26 @@ pub fn resolve_stream<R: Read, W: Write>(
         })
     };
     let (mut frames, mut npages, mut digest) = (0u64, 0u64, 0u32);
+    let mut check = StreamCheck::default();
     let mut seen: HashSet<u64> = HashSet::new();
     let mut delta_pages = 0u64;
     let mut basebuf = vec![0u8; page];
+    // The body of a wire stream is compact frames, covered by the check of its END (headers
+    // included); a stored stream's frames each carry their CRC, its digest their payloads.
+    let compact = delta_ok;
     loop {
-        let f = fr.next_frame()?.ok_or(FormatError::Truncated {
+        let next = if compact {
+            fr.next_compact_frame()?.map(|(f, h)| {
+                if f.kind != FrameKind::End {
+                    check.body(h.as_bytes());
+                    check.body(&f.payload);
+                }
+                f
+            })
+        } else {
+            fr.next_frame()?
+        };
+        let f = next.ok_or(FormatError::Truncated {
             offset: fr_offset(&fr),
         })?;
         let bad = |what: String| FormatError::Malformed {
@@ -686,12 +842,6 @@ pub fn resolve_stream<R: Read, W: Write>(
                     if !seen.insert(addr) {
                         return Err(bad(format!("DELTA page {addr:#x} appears twice")));
                     }
-                    let check: [u8; CHECK_LEN] = p
-                        .get(at..at + CHECK_LEN)
-                        .ok_or_else(|| bad(format!("DELTA entry {entries}: truncated check")))?
-                        .try_into()
-                        .expect("CHECK_LEN bytes");
-                    at += CHECK_LEN;
                     let nruns = get_varint(p, &mut at)
                         .ok_or_else(|| bad(format!("DELTA entry {entries}: bad run count")))?;
                     if nruns == 0 || nruns > pagew {
@@ -705,8 +855,7 @@ pub fn resolve_stream<R: Read, W: Write>(
                         })?;
                     let mut cursor = 0u64;
                     for _ in 0..nruns {
-                        let (skip, len) = (get_varint(p, &mut at), get_varint(p, &mut at));
-                        let (Some(skip), Some(len)) = (skip, len) else {
+                        let Some((skip, len)) = get_run_header(p, &mut at) else {
                             return Err(bad(format!("DELTA entry {entries}: bad run header")));
                         };
                         let s = cursor.checked_add(skip).filter(|s| *s < pagew);
@@ -726,12 +875,7 @@ pub fn resolve_stream<R: Read, W: Write>(
                         at += len as usize;
                         cursor = e;
                     }
-                    if page_check(&basebuf) != check {
-                        return Err(FormatError::DeltaCheck {
-                            offset: f.offset,
-                            addr,
-                        });
-                    }
+                    check.page(addr, &basebuf);
                     entries += 1;
                     if !run.is_empty()
                         && (run_addr + run.len() as u64 != addr
@@ -769,12 +913,35 @@ pub fn resolve_stream<R: Read, W: Write>(
                 delta_pages += entries;
             }
             FrameKind::End => {
-                let end = End::decode(&f.payload, f.offset)?;
-                let ours = End {
+                let counts = End {
                     seq: begin.seq,
                     page_frames: frames,
                     pages: npages,
                     digest,
+                };
+                let (end, ours) = if compact {
+                    let e = WireEnd::decode(&f.payload, f.offset)?;
+                    let said = End {
+                        seq: e.seq,
+                        page_frames: e.page_frames,
+                        pages: e.pages,
+                        digest: 0,
+                    };
+                    let counts = End {
+                        digest: 0,
+                        ..counts
+                    };
+                    // Counts first: a stream cut short or padded is malformed, whatever its
+                    // deltas gave.
+                    if said == counts && e.check != check.finish() {
+                        return Err(FormatError::DeltaCheck {
+                            offset: f.offset,
+                            pages: delta_pages,
+                        });
+                    }
+                    (said, counts)
+                } else {
+                    (End::decode(&f.payload, f.offset)?, counts)
                 };
                 if end != ours {
                     return Err(FormatError::Malformed {
@@ -783,7 +950,12 @@ pub fn resolve_stream<R: Read, W: Write>(
                     });
                 }
                 let wire_bytes = fr_offset(&fr);
-                if fr.next_frame()?.is_some() {
+                let more = if compact {
+                    fr.next_compact_frame()?.is_some()
+                } else {
+                    fr.next_frame()?.is_some()
+                };
+                if more {
                     return Err(FormatError::Malformed {
                         offset: wire_bytes,
                         what: "data after END".into(),
@@ -997,6 +1169,84 @@ mod tests {
         assert!(err.contains("no base"), "{err}");
     }
 
+    /// Guards against the one check per stream (in its END) missing what a check per page
+    /// caught: with five delta pages (one of them a first write to a zero page), a base that
+    /// differs from the primary's by one byte under any one of them, a byte the delta does not
+    /// carry, refuses the whole stream, and so does an END whose check is changed or whose
+    /// deltas went with another stream's check; the right bases resolve it.
+    #[test]
+    fn one_wrong_base_page_among_many_refuses_the_stream() {
+        let mut mem = vec![0u8; NPAGES * PAGE];
+        for (i, b) in mem[..6 * PAGE].iter_mut().enumerate() {
+            *b = (i / 7) as u8;
+        }
+        let mut sh = Shadow::new(1 << 10);
+        let b1 = begin(1, 0, b"meta");
+        let mut wire = Vec::new();
+        sh.encode(
+            &mut wire,
+            &b1,
+            [
+                Run::Data(ADDR, &mem[..6 * PAGE]),
+                Run::Zero(ADDR + 6 * PAGE as u64, 2 * PAGE as u64),
+            ],
+        );
+        let spare = mem.clone();
+        let dirty = [0usize, 2, 3, 5, 7];
+        for &p in &dirty {
+            mem[p * PAGE + 100 + p] ^= 0x5a;
+            mem[p * PAGE + 3000] = mem[p * PAGE + 3000].wrapping_add(1);
+        }
+        let runs: Vec<Run<'_>> = dirty
+            .iter()
+            .map(|&p| Run::Data(ADDR + (p * PAGE) as u64, &mem[p * PAGE..(p + 1) * PAGE]))
+            .collect();
+        let mut wire = Vec::new();
+        sh.encode(&mut wire, &begin(2, 1, b"meta"), runs.clone());
+        assert_eq!(sh.stats.delta_pages, dirty.len() as u64);
+        let (got, _) = resolve_on(&wire, &b1, &spare).expect("the right bases");
+        assert_eq!(got, mem);
+        for &p in &dirty {
+            let mut wrong = spare.clone();
+            wrong[p * PAGE + 2000] ^= 1;
+            let err = resolve_on(&wire, &b1, &wrong).expect_err("a wrong base page");
+            assert!(err.contains("does not reproduce"), "page {p}: {err}");
+        }
+        // The END's check changed (CRC repaired): refused.
+        let mut w = wire.clone();
+        let last = w.len() - 1;
+        w[last] ^= 1;
+        fix_crcs(&mut w);
+        let err = resolve_on(&w, &b1, &spare).expect_err("changed check");
+        assert!(err.contains("does not reproduce"), "{err}");
+        // The same deltas with the check of another stream of the same counts.
+        let mut other = Shadow::new(1 << 10);
+        let mut junk = Vec::new();
+        other.encode(
+            &mut junk,
+            &b1,
+            [
+                Run::Data(ADDR, &spare[..6 * PAGE]),
+                Run::Zero(ADDR + 6 * PAGE as u64, 2 * PAGE as u64),
+            ],
+        );
+        let mut mem2 = mem.clone();
+        mem2[PAGE * 5 + 100 + 5] ^= 0x01;
+        let runs2: Vec<Run<'_>> = dirty
+            .iter()
+            .map(|&p| Run::Data(ADDR + (p * PAGE) as u64, &mem2[p * PAGE..(p + 1) * PAGE]))
+            .collect();
+        let mut wire2 = Vec::new();
+        other.encode(&mut wire2, &begin(2, 1, b"meta"), runs2);
+        assert_eq!(wire2.len(), wire.len());
+        let mut w = wire.clone();
+        let n = w.len();
+        w[n - CHECK_LEN..].copy_from_slice(&wire2[n - CHECK_LEN..]);
+        fix_crcs(&mut w);
+        let err = resolve_on(&w, &b1, &spare).expect_err("another stream's check");
+        assert!(err.contains("does not reproduce"), "{err}");
+    }
+
     /// Guards against a shadow that outlives what the spare has: after a reset (a Fork
     /// capture) or on a stream that does not chain on the last one encoded, pages go whole.
     #[test]
@@ -1062,19 +1312,43 @@ mod tests {
         assert!(refused > wire.len(), "{refused}");
     }
 
-    /// Recomputes every frame's CRC (headers whose length fits).
+    /// Recomputes the BASED frame's CRC of a wire stream (its body has no CRCs; what damage
+    /// there gives must be caught by the END's check).
     fn fix_crcs(w: &mut [u8]) {
-        let mut at = 0;
-        while at + 16 <= w.len() {
-            let len = u32::from_le_bytes(w[at + 8..at + 12].try_into().unwrap()) as usize;
-            if at + 16 + len > w.len() {
-                return;
-            }
-            let crc =
-                crc32c::crc32c_append(crc32c::crc32c(&w[at..at + 12]), &w[at + 16..at + 16 + len]);
-            w[at + 12..at + 16].copy_from_slice(&crc.to_le_bytes());
-            at += 16 + len;
+        if w.len() < 16 {
+            return;
         }
+        let len = u32::from_le_bytes(w[8..12].try_into().unwrap()) as usize;
+        if 16 + len > w.len() {
+            return;
+        }
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&w[..12]), &w[16..16 + len]);
+        w[12..16].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn run_headers_round_trip_and_short_ones_take_a_byte() {
+        for skip in [0u64, 1, 7, 15, 16, 127, 4095, u64::MAX >> 3] {
+            for len in [1u64, 2, 6, 7, 8, 9, 135, 4096] {
+                let mut b = Vec::new();
+                put_run_header(&mut b, skip, len);
+                let mut at = 0;
+                assert_eq!(
+                    get_run_header(&b, &mut at),
+                    Some((skip, len)),
+                    "{skip} {len}"
+                );
+                assert_eq!(at, b.len());
+                if skip < 16 && len <= SHORT_RUN {
+                    assert_eq!(b.len(), 1, "{skip} {len}");
+                }
+            }
+        }
+        let mut b = Vec::new();
+        put_varint(&mut b, 7);
+        put_varint(&mut b, u64::MAX);
+        assert_eq!(get_run_header(&b, &mut 0), None);
+        assert_eq!(get_run_header(&[0x87], &mut 0), None, "truncated long form");
     }
 
     #[test]

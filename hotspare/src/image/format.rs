@@ -273,6 +273,109 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+impl<R: Read> FrameReader<R> {
+    /// The next frame of a wire stream's body (wire format 4: every frame after its BASED
+    /// header): `kind: u8 | len: varint | payload`, with no magic and no CRC of its own, and
+    /// only PAGES, ZERO, DELTA and END. What covers it is the wire END's digest over every byte
+    /// of the body before the END; the frame's header bytes are returned for it. `Ok(None)` at
+    /// a clean end of stream.
+    pub fn next_compact_frame(&mut self) -> Result<Option<(Frame, CompactHeader)>, FormatError> {
+        let offset = self.offset;
+        let mut h = CompactHeader::default();
+        let mut b = [0u8; 1];
+        let got = read_full(&mut self.inner, &mut b)
+            .map_err(|e| FormatError::Io { offset, source: e })?;
+        if got == 0 {
+            return Ok(None);
+        }
+        let kind = FrameKind::from_u8(b[0])
+            .filter(|k| {
+                matches!(
+                    k,
+                    FrameKind::Pages | FrameKind::Zero | FrameKind::Delta | FrameKind::End
+                )
+            })
+            .ok_or(FormatError::Malformed {
+                offset,
+                what: format!("frame kind {} in the body of a wire stream", b[0]),
+            })?;
+        h.push(b[0]);
+        // The length: a LEB128 varint of at most 4 bytes (28 bits: MAX_PAYLOAD fits).
+        let mut len: u32 = 0;
+        for i in 0..4 {
+            let got = read_full(&mut self.inner, &mut b)
+                .map_err(|e| FormatError::Io { offset, source: e })?;
+            if got == 0 {
+                return Err(FormatError::Truncated { offset });
+            }
+            h.push(b[0]);
+            len |= u32::from(b[0] & 0x7f) << (7 * i);
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+            if i == 3 {
+                return Err(FormatError::Malformed {
+                    offset,
+                    what: "frame length varint longer than 4 bytes".into(),
+                });
+            }
+        }
+        if len > MAX_PAYLOAD {
+            return Err(FormatError::Malformed {
+                offset,
+                what: format!("frame of {len} bytes is too large"),
+            });
+        }
+        let mut payload = vec![0u8; len as usize];
+        let got = read_full(&mut self.inner, &mut payload)
+            .map_err(|e| FormatError::Io { offset, source: e })?;
+        if got < payload.len() {
+            return Err(FormatError::Truncated { offset });
+        }
+        self.offset += (h.len + payload.len()) as u64;
+        Ok(Some((
+            Frame {
+                kind,
+                offset,
+                payload,
+            },
+            h,
+        )))
+    }
+}
+
+/// The header bytes of a compact frame (1 to 5).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CompactHeader {
+    bytes: [u8; 5],
+    len: usize,
+}
+
+impl CompactHeader {
+    /// The header of a frame of `kind` with a payload of `len` bytes (at most [`MAX_PAYLOAD`]).
+    pub fn new(kind: FrameKind, len: usize) -> CompactHeader {
+        let mut h = CompactHeader::default();
+        h.push(kind as u8);
+        let mut v = len;
+        while v >= 0x80 {
+            h.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        h.push(v as u8);
+        h
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

@@ -65,14 +65,15 @@ pub enum FormatError {
         /// What is wrong.
         what: String,
     },
-    /// A DELTA frame's page, applied on the base page this side holds, does not hash to the
-    /// primary's check: the base is not the page the primary diffed against.
-    #[error("at byte {offset}: the delta of page {addr:#x} does not reproduce the primary's page (its check differs): applied on another base than the primary's; stream refused")]
+    /// A wire stream's check (in its END) differs from what this side computes over its body
+    /// and the pages its DELTA frames produce applied on the base pages held here: a base page
+    /// is not the page the primary diffed against (or the stream was damaged).
+    #[error("at byte {offset}: a delta of this stream does not reproduce the primary's page, or the stream was damaged (the stream's check differs; {pages} delta pages): applied on another base than the primary's; stream refused")]
     DeltaCheck {
-        /// Offset of the DELTA frame.
+        /// Offset of the END frame that carries the check.
         offset: u64,
-        /// The page.
-        addr: u64,
+        /// Pages that came as deltas.
+        pages: u64,
     },
     /// A wire stream names a base that is not available here (or its pages cannot be read).
     #[error("at byte {offset}: no base for the delta: {what}")]

@@ -586,6 +586,33 @@ impl LinkLoop {
             let Some((header, source, done)) = self.queued.pop_front() else {
                 return;
             };
+            // A stream that fits one chunk goes whole, in one message, when a chunk could be
+            // fed now: once what the link holds is out (this same pump), and while the socket
+            // has room (heartbeats stay in front of at most one chunk). Otherwise it is
+            // streamed (start now, its chunk when there is room, end), as a large one is.
+            if let Source::Memory(b) = &source {
+                if b.len() <= CHUNK && self.link.is_up() && self.link.data_queued() > 0 {
+                    self.queued.push_front((header, source, done));
+                    return;
+                }
+            }
+            let room = self.sock.as_ref().is_some_and(|s| s.out.unsent() < CHUNK);
+            let source = match source {
+                Source::Memory(b) if b.len() <= CHUNK && room => {
+                    match self.link.send_checkpoint(now(), header, b) {
+                        Ok(()) => {
+                            PrimaryMetrics::inc(&self.shared.metrics.sent);
+                            if self.handover_floor.is_some_and(|f| header.seq > f) {
+                                self.link.mark_final(header.seq);
+                            }
+                            self.waiting.insert(header.seq, done);
+                        }
+                        Err(why) => self.start_failed(why, done),
+                    }
+                    continue;
+                }
+                other => other,
+            };
             let reader = match source {
                 Source::Memory(b) => Reader::Memory(b, 0),
                 Source::File(path) => match std::fs::File::open(&path) {
@@ -611,16 +638,19 @@ impl LinkLoop {
                         done,
                     })
                 }
-                Err(why) => {
-                    let last = self
-                        .last_error
-                        .as_ref()
-                        .map_or(String::new(), |e| format!(" (last attempt: {e})"));
-                    PrimaryMetrics::inc(&self.shared.metrics.failed);
-                    done.finish(Err(format!("spare {}: {why}{last}", self.cfg.addr)));
-                }
+                Err(why) => self.start_failed(why, done),
             }
         }
+    }
+
+    /// A checkpoint the link would not start (no connection, fenced) fails at once.
+    fn start_failed(&mut self, why: String, done: Completion) {
+        let last = self
+            .last_error
+            .as_ref()
+            .map_or(String::new(), |e| format!(" (last attempt: {e})"));
+        PrimaryMetrics::inc(&self.shared.metrics.failed);
+        done.finish(Err(format!("spare {}: {why}{last}", self.cfg.addr)));
     }
 
     /// Reads and writes the socket as far as it goes; `Err` when the connection is broken.
@@ -648,7 +678,15 @@ impl LinkLoop {
         s.flush().map_err(|e| e.to_string())?;
         for _ in 0..64 {
             let n = match s.stream.read(buf) {
-                Ok(0) => return Err("closed by the spare".into()),
+                Ok(0) => {
+                    // Closed at our hello: another protocol version, in one line.
+                    if let Phase::Handshake(hs, _) = &s.phase {
+                        if let Some(e) = hs.closed() {
+                            return Err(e.to_string());
+                        }
+                    }
+                    return Err("closed by the spare".into());
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -768,6 +806,10 @@ impl LinkLoop {
                             }
                             hotspare_proto::Msg::Chunk { .. } => {
                                 self.cpt_wire += n;
+                                true
+                            }
+                            hotspare_proto::Msg::Stream { .. } => {
+                                self.shared.metrics.wire_bytes.observe(n);
                                 true
                             }
                             hotspare_proto::Msg::EndStream { .. } => {

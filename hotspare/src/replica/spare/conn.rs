@@ -4,7 +4,9 @@
 
 use super::super::io::OutBuf;
 use super::super::wire::Key;
-use hotspare_proto::codec::{Opener, Sealer, ServerHandshake, ServerStep};
+use hotspare_proto::codec::{
+    Opener, Sealer, ServerHandshake, ServerStep, WireError, VERSION_NOTICE,
+};
 use hotspare_proto::spare::{ConnId, Spare};
 use hotspare_proto::Time;
 use mio::net::TcpStream;
@@ -89,17 +91,30 @@ impl Conn {
             return Ok(());
         }
         let rest = match &mut self.phase {
-            Phase::Handshake(hs, _) => match hs.feed(bytes).map_err(|e| e.to_string())? {
-                ServerStep::More => return Ok(()),
-                ServerStep::Reply(r) => {
-                    self.out.vec().extend_from_slice(&r);
-                    return self.flush().map_err(|e| e.to_string());
+            Phase::Handshake(hs, _) => match hs.feed(bytes).map_err(|e| {
+                if matches!(e, WireError::Version { .. }) {
+                    // Tell the primary which version we speak (best effort), so that its log
+                    // says it too.
+                    self.out.vec().extend_from_slice(&VERSION_NOTICE);
                 }
-                ServerStep::Done(session, rest) => {
-                    self.phase = Phase::Session(session.opener, session.sealer);
-                    core.handle_open(now, id);
-                    rest
+                e.to_string()
+            }) {
+                Err(why) => {
+                    let _ = self.flush();
+                    return Err(why);
                 }
+                Ok(step) => match step {
+                    ServerStep::More => return Ok(()),
+                    ServerStep::Reply(r) => {
+                        self.out.vec().extend_from_slice(&r);
+                        return self.flush().map_err(|e| e.to_string());
+                    }
+                    ServerStep::Done(session, rest) => {
+                        self.phase = Phase::Session(session.opener, session.sealer);
+                        core.handle_open(now, id);
+                        rest
+                    }
+                },
             },
             Phase::Session(..) => bytes.to_vec(),
         };
