@@ -21,6 +21,8 @@ struct Run {
     rx: Receiver<String>,
     stderr: PathBuf,
     lines: Vec<String>,
+    /// Its incarnation: 1 fresh, 2 resumed once, …
+    n: u32,
 }
 
 impl Run {
@@ -45,6 +47,7 @@ impl Run {
             rx,
             stderr,
             lines: Vec::new(),
+            n,
         }
     }
 
@@ -157,6 +160,27 @@ fn check_resumed(prev: &Run, run: &Run) {
         .unwrap_or_else(|| panic!("no HEAPCHECK\n{}", why()));
     assert!(heap.starts_with("HEAPCHECK ok"), "{heap}\n{}", why());
     assert_eq!(run.code(), prev.code(), "code moved between incarnations");
+    // What the dead incarnations' threads had allocated and nothing refers to any more: at most
+    // their scratch at the capture — the mutators' ≤ 64 strings each and the churn thread's ≤ 256
+    // blocks of ≤ 64 KiB — per incarnation, cumulated (nothing frees it). Far more means the
+    // allocator leaks on its own; far below zero means the measurement is wrong.
+    let inherited = inherited(run);
+    let per_failover = 256 * (64 << 10) + THREADS * 64 * 256;
+    assert!(
+        inherited > -(64 << 10) && inherited < (run.n as i64 - 1) * per_failover as i64,
+        "inherited {inherited} B after {} failovers\n{}",
+        run.n - 1,
+        why()
+    );
+}
+
+/// The `INHERITED <bytes>` a resumed stdmodel printed.
+fn inherited(run: &Run) -> i64 {
+    run.lines
+        .iter()
+        .find_map(|l| l.strip_prefix("INHERITED "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no INHERITED line\n{}", run.why()))
 }
 
 fn resumed_and_verified(lines: &[String]) -> bool {
@@ -213,9 +237,11 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)], n: usize) {
     assert!(after.iter().all(|l| l.ends_with(" ok")), "{}", third.why());
     assert_eq!(third.count("HEAPCHECK ok"), 2, "{}", third.why());
     eprintln!(
-        "{env:?} trial {n}: durable {:?} / {:?}, resumed {}",
+        "{env:?} trial {n}: durable {:?} / {:?}, inherited {} B / {} B, resumed {}",
         first.durable().keys().last(),
         second.durable().keys().last(),
+        inherited(&second),
+        inherited(&third),
         third
             .lines
             .iter()

@@ -99,6 +99,10 @@ struct Root {
     seed: u64,
     total: u64,
     shards: Vec<Mutex<Shard>>,
+    /// Heap bytes in use once this root was set at the fresh start (the allocator's slot table,
+    /// the root itself): what a resumed process's heap holds besides the shards and the garbage
+    /// it inherits.
+    base_in_use: AtomicUsize,
 }
 
 /// splitmix64 over (seed, shard, op): the operation stream, without a dependency.
@@ -251,11 +255,43 @@ fn digest(s: &Shard) -> u64 {
 }
 
 fn replay(seed: u64, shard: u64, ops: u64) -> u64 {
+    digest(&rebuild(seed, shard, ops))
+}
+
+/// The shard after `ops` operations, built afresh.
+fn rebuild(seed: u64, shard: u64, ops: u64) -> Shard {
     let mut s = Shard::default();
     while s.ops < ops {
         apply(&mut s, seed, shard);
     }
-    digest(&s)
+    s
+}
+
+fn in_use() -> usize {
+    GlobalHeap::check().map_or(0, |st| st.in_use_bytes)
+}
+
+/// What the resumed process inherited and nothing refers to (docs/library.md, "What a resumed
+/// process inherits"): the heap in use at the resume, less the state — measured by building each
+/// shard afresh from its operation count, on this one thread before any worker runs — and less
+/// the fresh start's base. `INHERITED <bytes> in_use=… state=… base=…`.
+fn inherited(root: &Root) {
+    let at_resume = in_use();
+    let state: usize = (0..root.shards.len())
+        .map(|j| {
+            let ops = root.shards[j].lock().ops;
+            let before = in_use();
+            let fresh = rebuild(root.seed, j as u64, ops);
+            let grown = in_use() - before;
+            drop(fresh);
+            grown
+        })
+        .sum();
+    say(format!(
+        "INHERITED {} in_use={at_resume} state={state} base={}",
+        at_resume as i64 - state as i64 - root.base_in_use.load(Ordering::Relaxed) as i64,
+        root.base_in_use.load(Ordering::Relaxed)
+    ));
 }
 
 /// Mutators that have finished (this process only, not state).
@@ -427,17 +463,24 @@ fn real_main() -> anyhow::Result<()> {
     for j in 0..threads() {
         b = b.worker(&format!("m{j}"), move |hs| mutator(hs, j));
     }
-    let Some(hs) = b.start()?.fresh_or_run() else {
-        return Ok(());
+    let hs = match b.start()? {
+        hotspare::Start::Resumed(hs) => {
+            inherited(hs.heap().root::<Root>().expect("root"));
+            hs.run();
+            return Ok(());
+        }
+        hotspare::Start::Fresh(hs) => hs,
     };
     let shards = (0..threads())
         .map(|_| Mutex::new(Shard::default()))
         .collect();
-    hs.heap().set_root(Root {
+    let root = hs.heap().set_root(Root {
         seed,
         total,
         shards,
+        base_in_use: AtomicUsize::new(0),
     })?;
+    root.base_in_use.store(in_use(), Ordering::Relaxed);
     hs.run();
     Ok(())
 }
