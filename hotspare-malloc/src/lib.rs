@@ -44,8 +44,6 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The `hs_*` C ABI, exported from this library as from `libhotspare.so`.
-pub use hotspare::ffi;
 
 extern "C" {
     fn __libc_malloc(size: usize) -> *mut c_void;

@@ -545,3 +545,27 @@ pub extern "C" fn hs_strerror(code: c_int) -> *const c_char {
 pub extern "C" fn hs_last_error() -> *const c_char {
     LAST.with(|l| l.borrow().as_ptr())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ERROR_CODES;
+
+    /// `hotspare.h` defines exactly the library's error codes, each with its value.
+    #[test]
+    fn header_error_codes_match_the_library() {
+        let h = include_str!("../include/hotspare.h");
+        for (code, name, _) in ERROR_CODES {
+            let line = format!("#define {name} {code}");
+            assert!(
+                h.lines().any(|l| l.trim() == line),
+                "hotspare.h lacks `{line}`"
+            );
+        }
+        let defined = h.lines().filter(|l| l.starts_with("#define HS_E")).count();
+        assert_eq!(
+            defined,
+            ERROR_CODES.len(),
+            "hotspare.h defines codes the library does not know"
+        );
+    }
+}

@@ -50,7 +50,7 @@ mod checkpoint;
 pub mod config;
 mod error;
 mod fds;
-pub mod ffi;
+mod ffi;
 mod global;
 pub mod heap;
 pub mod identity;
