@@ -1,11 +1,11 @@
 //! Writes the seed corpora: a few valid inputs per target, built with the real encoders
-//! (`hotspare::image::write_stream`, the codec's handshake, postcard), so that fuzzing starts
+//! (`hotspare_image::write_stream`, the codec's handshake, postcard), so that fuzzing starts
 //! from inputs that reach deep into each decoder.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --example gen_corpus -- fuzz/corpus`
 
-use hotspare::image::format::encode_begin;
-use hotspare::image::{write_stream, Begin, RangeEntry, Run, FORMAT_VERSION};
+use hotspare_image::format::encode_begin;
+use hotspare_image::{write_stream, Begin, RangeEntry, Run, FORMAT_VERSION};
 use hotspare_fuzz::{flags, put_chunk, ImageInput};
 use hotspare_proto::codec::{ClientHandshake, Key};
 use hotspare_proto::{Msg, StreamHeader};
@@ -249,7 +249,7 @@ fn streams(dir: &Path) {
 /// A wire stream (BASED + DELTA) on the `stream_decoder` target's base, made by the
 /// primary's encoder: a full stream of the base pages teaches it what the spare holds.
 fn wire_delta() -> Vec<u8> {
-    use hotspare::image::delta::Shadow;
+    use hotspare_image::delta::Shadow;
     use hotspare_fuzz::{wire_base_page, WIRE_BASE_ADDR, WIRE_BASE_PAGE, WIRE_BASE_PAGES};
     let page = WIRE_BASE_PAGE as usize;
     let mut mem = vec![0u8; WIRE_BASE_PAGES as usize * page];

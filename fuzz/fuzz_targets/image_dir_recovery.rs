@@ -1,6 +1,6 @@
 //! Recovery of an image directory from whatever a crash, a bad disk or a hostile peer left in
 //! it: a manifest and 0–3 WAL files built from the input (`hotspare_fuzz::ImageInput`), then
-//! `hotspare::image::ImageDir::open`. It must either fail with an error, or open an image whose
+//! `hotspare_image::ImageDir::open`. It must either fail with an error, or open an image whose
 //! every page passes `verify_data()` — provided the directory it started from was a real image
 //! (a valid manifest with its data files, or none) — and open again to the same image. It must
 //! never panic.
@@ -17,8 +17,8 @@
 
 #![no_main]
 
-use hotspare::image::format::{decode_begin, FrameKind, FrameReader};
-use hotspare::image::{Begin, ImageDir};
+use hotspare_image::format::{decode_begin, FrameKind, FrameReader};
+use hotspare_image::{Begin, ImageDir};
 use hotspare_fuzz::{fix_stream, flags, ImageInput, WAL_EXTS};
 use libfuzzer_sys::{fuzz_target, Corpus};
 use std::fs;

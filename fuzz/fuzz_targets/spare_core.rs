@@ -11,7 +11,7 @@
 //!
 //! In the well-behaved mode (input flag bit 1 clear) the harness is a faithful driver: it
 //! completes disk operations one at a time in the order asked, with a model disk that
-//! validates chains as `hotspare::image` does, and closes connections when told to (a Persist
+//! validates chains as `hotspare_image` does, and closes connections when told to (a Persist
 //! whose stream validates is reported `Verified` first, as an intermediate report that leaves
 //! it at the head of the queue; a failure injected on its completion after that is a failure
 //! to make it durable). Then it also checks what a correct spare guarantees a correct driver:
@@ -75,7 +75,7 @@ struct ModelDisk {
 }
 
 impl ModelDisk {
-    /// Whether a stream applies on top of the tip (the rule of `hotspare::image::check_applies`,
+    /// Whether a stream applies on top of the tip (the rule of `hotspare_image::check_applies`,
     /// as far as the core's view of a stream goes).
     fn chains(&self, h: StreamHeader, lineage: Lineage, term: u64, replace: bool) -> bool {
         if h.seq == 0 || (h.base_seq != 0 && h.base_seq >= h.seq) {

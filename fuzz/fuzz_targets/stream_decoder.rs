@@ -1,4 +1,4 @@
-//! The checkpoint stream decoder against hostile bytes: `hotspare::image::format::scan_stream`
+//! The checkpoint stream decoder against hostile bytes: `hotspare_image::format::scan_stream`
 //! (what a spare's persister and every applier run on a received stream) and `decode_begin`
 //! (what reads a manifest). Neither may panic; a stream `scan_stream` accepts must be
 //! self-consistent, read the same when delivered a byte at a time, and survive a round trip
@@ -14,10 +14,10 @@
 
 #![no_main]
 
-use hotspare::image::delta::{self, BasePages, Based};
-use hotspare::image::format::{decode_begin, encode_begin, scan_stream, HEADER_LEN};
-use hotspare::image::{write_stream, Run};
-use hotspare::image::{Begin, RangeEntry};
+use hotspare_image::delta::{self, BasePages, Based};
+use hotspare_image::format::{decode_begin, encode_begin, scan_stream, HEADER_LEN};
+use hotspare_image::{write_stream, Run};
+use hotspare_image::{Begin, RangeEntry};
 use hotspare_fuzz::{fix_stream, wire_base_page, WIRE_BASE_ADDR, WIRE_BASE_PAGE, WIRE_BASE_PAGES};
 use libfuzzer_sys::fuzz_target;
 use std::io::Read;
@@ -43,7 +43,7 @@ enum OwnedRun {
     Zero(u64, u64),
 }
 
-fn scan(r: impl Read) -> Result<(hotspare::image::Summary, Vec<OwnedRun>), String> {
+fn scan(r: impl Read) -> Result<(hotspare_image::Summary, Vec<OwnedRun>), String> {
     let mut runs = Vec::new();
     scan_stream(r, |run| {
         runs.push(match run {
@@ -75,7 +75,7 @@ fn resolve(stream: &[u8]) {
         .get(HEADER_LEN..)
         .and_then(|p| postcard::take_from_bytes::<Based>(p).ok());
     let base = Begin {
-        format_version: hotspare::image::FORMAT_VERSION,
+        format_version: hotspare_image::FORMAT_VERSION,
         lineage: [0x11; 16],
         term: 1,
         seq: based.map_or(1, |(b, _)| b.base_seq),

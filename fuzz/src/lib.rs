@@ -3,9 +3,9 @@
 //! streams (so that mutations get past the CRC32C checks and reach the code behind them), and
 //! the layout of an `image_dir_recovery` input.
 
-use hotspare::image::delta::{StreamCheck, WireEnd};
-use hotspare::image::format::{FrameKind, HEADER_LEN, MAGIC};
-use hotspare::image::Begin;
+use hotspare_image::delta::{StreamCheck, WireEnd};
+use hotspare_image::format::{FrameKind, HEADER_LEN, MAGIC};
+use hotspare_image::Begin;
 
 /// Reads fields from fuzz input; past the end every read yields zeros / empty slices.
 #[derive(Debug)]
@@ -109,7 +109,7 @@ pub fn fix_stream(stream: &mut [u8], fix_end: bool) {
             }
             (frames, pages, digest) = (0, 0, 0);
         } else if kind == FrameKind::Based as u8 {
-            let seq = postcard::from_bytes::<hotspare::image::delta::Based>(&stream[p..p + len])
+            let seq = postcard::from_bytes::<hotspare_image::delta::Based>(&stream[p..p + len])
                 .map_or(0, |b| b.seq);
             wire = Some(seq);
         } else if kind == FrameKind::Pages as u8 || kind == FrameKind::Zero as u8 {

@@ -51,16 +51,19 @@ pub mod config;
 mod error;
 mod fds;
 mod ffi;
+mod fixed;
 mod global;
 pub mod heap;
-pub mod identity;
-pub mod image;
 mod meta;
 mod metrics;
 pub mod replica;
 mod resume;
 mod runtime;
 pub mod sync;
+
+// The image format is its own crate; inside the library it keeps its old paths.
+use hotspare_image as image;
+use hotspare_image::identity;
 
 pub use checkpoint::{
     CommitNotifier, CptStats, Op, OutputGate, RoundNeed, Ticket, TicketState, MAX_IN_FLIGHT,

@@ -227,7 +227,7 @@ impl Builder {
             crate::FixedAddresses::Off => false,
         };
         if fixed {
-            crate::identity::fix_addresses()?;
+            crate::fixed::fix_addresses()?;
         }
         let code = (fixed || global).then(crate::identity::loaded_objects);
         let t0 = Instant::now();

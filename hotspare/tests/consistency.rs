@@ -15,10 +15,10 @@ fn final_image_matches_memory(
     img: &std::path::Path,
     base: usize,
     what: &str,
-) -> hotspare::image::ImageDir {
+) -> hotspare_image::ImageDir {
     let st = hs.cpt().unwrap();
     hs.wait_durable(st.seq).unwrap();
-    let image = hotspare::image::ImageDir::open_read_only(img).unwrap();
+    let image = hotspare_image::ImageDir::open_read_only(img).unwrap();
     let data = std::fs::read(image.data_path(base as u64, 16 << 20)).unwrap();
     // SAFETY: the heap is mapped for its whole size and nothing writes it any more.
     let mem = unsafe { std::slice::from_raw_parts(base as *const u8, 16 << 20) };

@@ -2,9 +2,9 @@
 //! out-of-order stream is refused with one clear error and the last good image is untouched;
 //! complete-but-unapplied checkpoints are replayed after a crash, torn ones dropped.
 
-use hotspare::identity::ExeId;
-use hotspare::image::format::{Begin, RangeEntry};
-use hotspare::image::{write_stream, FormatError, ImageDir, ImageError, Run, FORMAT_VERSION};
+use hotspare_image::identity::ExeId;
+use hotspare_image::format::{Begin, RangeEntry};
+use hotspare_image::{write_stream, FormatError, ImageDir, ImageError, Run, FORMAT_VERSION};
 use std::path::Path;
 
 const PAGE: usize = 4096;

@@ -4,8 +4,8 @@
 
 mod util;
 
-use hotspare::image::format::RangeEntry;
-use hotspare::image::{check_applies, lineage_hex, ImageDir, ImageError, LineagePolicy, Tip};
+use hotspare_image::format::RangeEntry;
+use hotspare_image::{check_applies, lineage_hex, ImageDir, ImageError, LineagePolicy, Tip};
 use hotspare::{Builder, Config};
 use std::path::Path;
 use std::process::Command;
@@ -220,7 +220,7 @@ fn replacing_a_lineage_drops_its_pending_streams() {
     let dir = ImageDir::attach(t.path()).unwrap();
     std::fs::write(wal.join(format!("{:020}.cpt", 3)), &s3).unwrap();
     let tip = Tip::from(
-        &hotspare::image::format::scan_stream(&s3[..], |_| Ok(()))
+        &hotspare_image::format::scan_stream(&s3[..], |_| Ok(()))
             .unwrap()
             .begin,
     );

@@ -4,8 +4,8 @@
 
 mod util;
 
-use hotspare::image::format::RangeEntry;
-use hotspare::image::{ImageDir, ImageError, LineagePolicy};
+use hotspare_image::format::RangeEntry;
+use hotspare_image::{ImageDir, ImageError, LineagePolicy};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use util::*;

@@ -5,8 +5,8 @@
 
 mod util;
 
-use hotspare::image::format::{self, Begin, RangeEntry, USER_SPACE_END};
-use hotspare::image::{validate_begin, FormatError, ImageDir, ImageError};
+use hotspare_image::format::{self, Begin, RangeEntry, USER_SPACE_END};
+use hotspare_image::{validate_begin, FormatError, ImageDir, ImageError};
 use util::*;
 
 fn range(addr: u64, len: u64) -> RangeEntry {

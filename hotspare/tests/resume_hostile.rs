@@ -5,9 +5,9 @@
 //! clear line *before* it maps anything or touches a file, or, for the good image, that it
 //! resumes without truncating the recorded file.
 
-use hotspare::identity::ExeId;
-use hotspare::image::format::{Begin, RangeEntry};
-use hotspare::image::{write_stream, ImageDir, Run};
+use hotspare_image::identity::ExeId;
+use hotspare_image::format::{Begin, RangeEntry};
+use hotspare_image::{write_stream, ImageDir, Run};
 use hotspare::{Builder, Config, Heap, HotSpare};
 use serde::Serialize;
 use std::io::{Read, Seek, SeekFrom};

@@ -96,7 +96,7 @@ fn heap_workers_blobs_and_ranges() {
     assert!(e.contains("cannot be unregistered"), "{e}");
     hs.run();
     assert_eq!(RAN.load(Ordering::SeqCst), 11);
-    let image = hotspare::image::ImageDir::open_read_only(t.path().join("img")).unwrap();
+    let image = hotspare_image::ImageDir::open_read_only(t.path().join("img")).unwrap();
     assert_eq!(image.seq(), 2);
     // A fresh start over an existing image is refused.
     let e = Builder::new(Config {

@@ -24,7 +24,7 @@
 //!   taken over within the configured bound.
 //!
 //! Modelled rather than run: the byte codec (tested on its own in `codec`), and the image
-//! directory, whose validation rules the simulated disk applies as `hotspare::image` does
+//! directory, whose validation rules the simulated disk applies as `hotspare_image` does
 //! (the real one is tested, and fuzzed, in its crate).
 
 use crate::msg::{AckLevel, Lineage, Msg, StreamHeader};

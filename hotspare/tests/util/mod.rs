@@ -1,9 +1,9 @@
 //! Streams and images for the image-directory tests.
 #![allow(dead_code)]
 
-use hotspare::identity::ExeId;
-use hotspare::image::format::{Begin, RangeEntry};
-use hotspare::image::{write_stream, ImageDir, ImageError, Run, FORMAT_VERSION};
+use hotspare_image::identity::ExeId;
+use hotspare_image::format::{Begin, RangeEntry};
+use hotspare_image::{write_stream, ImageDir, ImageError, Run, FORMAT_VERSION};
 use std::path::Path;
 
 pub const PAGE: usize = 4096;

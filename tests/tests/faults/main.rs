@@ -1991,7 +1991,7 @@ fn s7_authenticated_peer_with_malformed_streams_is_refused_and_changes_nothing()
         );
         let started = Instant::now();
         wait_applied(&image);
-        let m = hotspare::image::ImageDir::open_read_only(&image)
+        let m = hotspare_image::ImageDir::open_read_only(&image)
             .expect("the image")
             .manifest()
             .expect("a manifest")
@@ -2020,10 +2020,10 @@ fn s7_authenticated_peer_with_malformed_streams_is_refused_and_changes_nothing()
         b.ranges.iter_mut().for_each(|r| r.complete = false);
         let page = vec![0x5Au8; m.page_size as usize];
         let mut good = Vec::new();
-        hotspare::image::write_stream(
+        hotspare_image::write_stream(
             &mut good,
             &b,
-            [hotspare::image::Run::Data(b.ranges[0].addr, &page)],
+            [hotspare_image::Run::Data(b.ranges[0].addr, &page)],
         )
         .unwrap();
         let at = good

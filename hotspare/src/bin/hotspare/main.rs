@@ -7,8 +7,8 @@ mod switchover;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use hotspare::identity::ExeId;
-use hotspare::image::{format, ImageDir};
+use hotspare_image::identity::ExeId;
+use hotspare_image::{format, ImageDir};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;

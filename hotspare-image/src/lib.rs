@@ -1,7 +1,12 @@
-//! Checkpoint images: the stream format ([`format`]) and the crash-safe image directory that
-//! applies streams all or nothing ([`dir`]).
+//! Checkpoint images: the stream format ([`format`]), the crash-safe image directory that
+//! applies streams all or nothing ([`dir`]), sub-page deltas for the wire ([`delta`]), lineage
+//! ([`lineage`]), and what an image records of the executable it belongs to ([`identity`]).
+//!
+//! Its own crate, not a public module of the library: a program uses `hotspare`; the library,
+//! the spare daemon, `hotspare inspect`, the fuzz targets and the tests use this.
 
 pub mod delta;
+pub mod identity;
 pub mod dir;
 pub mod format;
 pub mod lineage;

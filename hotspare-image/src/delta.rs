@@ -982,7 +982,7 @@ fn fr_offset<R: Read>(fr: &FrameReader<R>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::format::scan_stream;
+    use crate::format::scan_stream;
 
     const PAGE: usize = 4096;
     const ADDR: u64 = 0x7000_0000_0000;

@@ -354,7 +354,7 @@ impl ImageDir {
 
     /// The descriptor of the directory's lock, for a forked child to close (so that the lock
     /// does not outlive this process in it).
-    pub(crate) fn lock_fd(&self) -> Option<RawFd> {
+    pub fn lock_fd(&self) -> Option<RawFd> {
         self.lock.as_ref().map(|f| f.as_raw_fd())
     }
 
@@ -512,7 +512,7 @@ impl ImageDir {
 
     /// Creates (`0600`, truncated) a file in `wal/` under a name of the caller's, which must
     /// end in `.tmp` so that recovery removes it if it is left behind.
-    pub(crate) fn create_wal_file(path: &Path) -> Result<File, ImageError> {
+    pub fn create_wal_file(path: &Path) -> Result<File, ImageError> {
         create_private(path)
     }
 
