@@ -6,14 +6,14 @@
 use crate::commands::{CptMode, Durability, RoundTicket};
 use crate::store::Store;
 use hotspare::{
-    CommitNotifier, CptStats, HeapAlloc, HotSpare, Op, OutputGate, RoundNeed, Ticket, TicketState,
+    CommitNotifier, CptStats, HotSpare, Op, OutputGate, RoundNeed, Ticket, TicketState,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The store as it lives in the checkpoint heap (the heap's root object).
-pub type HaStore = Store<HeapAlloc>;
+pub type HaStore = Store;
 
 /// Checkpoint statistics of this incarnation (ordinary memory: not part of the state).
 #[derive(Debug, Default)]

@@ -188,6 +188,11 @@ pub mod reply {
         out.extend_from_slice(b"$-1\r\n");
     }
 
+    /// `*-1`: the null array.
+    pub fn nil_array(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"*-1\r\n");
+    }
+
     /// `*n`: the header of an array whose `n` elements follow.
     pub fn array(out: &mut Vec<u8>, n: usize) {
         out.push(b'*');

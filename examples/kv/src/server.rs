@@ -10,9 +10,8 @@
 //! replies waited for it are closed unanswered: a client is never told OK for a write that is
 //! not durable.
 
-use crate::commands::{execute, Client, Ctx, Durability, Effect, RoundTicket};
+use crate::commands::{disconnect, execute, Client, Ctx, Durability, Effect, RoundTicket};
 use crate::resp;
-use allocator_api2::alloc::Allocator;
 use hotspare::{Ticket, TicketState};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
@@ -94,10 +93,7 @@ impl Conn {
 }
 
 /// Serves connections from `listener` until the process ends.
-pub fn serve<A: Allocator + Clone>(
-    ctx: &Ctx<'_, A>,
-    listener: std::net::TcpListener,
-) -> std::io::Result<()> {
+pub fn serve(ctx: &Ctx<'_>, listener: std::net::TcpListener) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut listener = TcpListener::from_std(listener);
     let mut poll = Poll::new()?;
@@ -242,8 +238,8 @@ pub fn serve<A: Allocator + Clone>(
     }
 }
 
-fn accept<A: Allocator + Clone>(
-    ctx: &Ctx<'_, A>,
+fn accept(
+    ctx: &Ctx<'_>,
     poll: &Poll,
     listener: &mut TcpListener,
     conns: &mut HashMap<usize, Conn>,
@@ -295,7 +291,7 @@ fn accept<A: Allocator + Clone>(
 }
 
 /// Reads everything available and runs every complete request.
-fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) {
+fn read_and_execute(ctx: &Ctx<'_>, c: &mut Conn) {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         match c.stream.read(&mut chunk) {
@@ -394,14 +390,10 @@ fn flush(dur: &dyn Durability, poll: &Poll, t: usize, c: &mut Conn) {
     }
 }
 
-fn close<A: Allocator + Clone>(
-    ctx: &Ctx<'_, A>,
-    poll: &Poll,
-    conns: &mut HashMap<usize, Conn>,
-    t: usize,
-) {
+fn close(ctx: &Ctx<'_>, poll: &Poll, conns: &mut HashMap<usize, Conn>, t: usize) {
     if let Some(mut c) = conns.remove(&t) {
         let _ = poll.registry().deregister(&mut c.stream);
+        disconnect(ctx, &mut c.client);
         ctx.counters.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -493,8 +485,7 @@ mod tests {
             RoundTicket::NextCommit,
             RoundTicket::Committed(Ticket::from_seq(7)),
         ]);
-        let store: &'static Store<allocator_api2::alloc::Global> =
-            Box::leak(Box::new(Store::new_in(allocator_api2::alloc::Global, 0)));
+        let store: &'static Store = Box::leak(Box::new(Store::new(0)));
         let counters: &'static Counters = Box::leak(Box::default());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
