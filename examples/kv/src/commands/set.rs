@@ -191,21 +191,11 @@ fn srandmember(c: &mut Call<'_, '_>) -> Res {
     Ok(())
 }
 
-/// The sets at `keys` (`None`: missing), `WRONGTYPE` for another type. For SINTER a missing key
-/// ends the look (the result is empty whatever follows), as in Redis.
-fn sets(
-    db: &mut Locked<'_>,
-    keys: &[Vec<u8>],
-    stop_at_missing: bool,
-) -> Result<Vec<Option<Set>>, Fail> {
+/// The sets at `keys` (`None`: missing), `WRONGTYPE` if any holds another type.
+fn sets(db: &mut Locked<'_>, keys: &[Vec<u8>]) -> Result<Vec<Option<Set>>, Fail> {
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        let s = db.get_as(k, as_set)?.map(|s| s.clone());
-        let missing = s.is_none();
-        out.push(s);
-        if missing && stop_at_missing {
-            break;
-        }
+        out.push(db.get_as(k, as_set)?.map(|s| s.clone()));
     }
     Ok(out)
 }
@@ -216,7 +206,7 @@ fn combine(c: &mut Call<'_, '_>) -> Res {
     let store = name.ends_with("store");
     let keys = if store { &c.a[1..] } else { c.a };
     let inter = name.starts_with("sinter");
-    let sets = sets(c.db, keys, inter)?;
+    let sets = sets(c.db, keys)?;
     let result: Set = if inter {
         if sets.iter().any(Option::is_none) {
             Set::new()
