@@ -233,6 +233,88 @@ fn redis_benchmark_runs_against_it() {
     assert!(cli(port, &["DBSIZE"]).trim().parse::<u64>().unwrap() > 500);
 }
 
+/// The keys [`fill_every_type`] makes: (key, type, expires).
+const TYPED_KEYS: &[(&str, &str, bool)] = &[
+    ("str", "string", false),
+    ("str-ttl", "string", true),
+    ("hash", "hash", false),
+    ("hash-ttl", "hash", true),
+    ("list", "list", false),
+    ("list-ttl", "list", true),
+    ("set", "set", false),
+    ("set-ttl", "set", true),
+    ("zset", "zset", false),
+    ("zset-ttl", "zset", true),
+    ("tx-a", "string", false),
+    ("tx-b", "hash", false),
+];
+
+/// Writes [`TYPED_KEYS`], every reply checked (so every write is acknowledged).
+fn fill_every_type(c: &mut RespConn) {
+    let mut ok = |cmd: &[&str]| {
+        let r = c.cmd(cmd).expect("reply");
+        assert!(!matches!(r, Reply::Error(_)), "{cmd:?}: {r:?}");
+    };
+    for (suffix, ttl) in [("", false), ("-ttl", true)] {
+        let k = |base: &str| format!("{base}{suffix}");
+        ok(&["SET", &k("str"), "a string value"]);
+        ok(&["HSET", &k("hash"), "f1", "v1", "f2", "v2", "f3", ""]);
+        ok(&["HINCRBY", &k("hash"), "n", "41"]);
+        ok(&["RPUSH", &k("list"), "a", "b", "c"]);
+        ok(&["LSET", &k("list"), "1", "B"]);
+        ok(&["SADD", &k("set"), "x", "y", "z", "w"]);
+        ok(&["SREM", &k("set"), "w"]);
+        ok(&["ZADD", &k("zset"), "1.5", "m1", "-2", "m2", "1e3", "m3"]);
+        ok(&["ZINCRBY", &k("zset"), "0.25", "m2"]);
+        if ttl {
+            for base in ["str", "hash", "list", "set", "zset"] {
+                ok(&["EXPIRE", &k(base), "1000"]);
+            }
+        }
+    }
+    ok(&["MULTI"]);
+    ok(&["SET", "tx-a", "1"]);
+    ok(&["INCRBY", "tx-a", "9"]);
+    ok(&["HSET", "tx-b", "f", "v"]);
+    let r = c.cmd(&["EXEC"]).unwrap();
+    assert_eq!(
+        r,
+        Reply::Array(Some(vec![
+            Reply::Simple("OK".into()),
+            Reply::Int(10),
+            Reply::Int(1)
+        ]))
+    );
+}
+
+/// Every key of [`TYPED_KEYS`]: its type, whether it expires (TTL within (0, 1000] s), and its
+/// full contents.
+fn dump_every_type(c: &mut RespConn) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, t, ttl) in TYPED_KEYS {
+        let typ = c.cmd(&["TYPE", k]).unwrap();
+        assert_eq!(typ, Reply::Simple(t.to_string()), "{k}");
+        let Reply::Int(left) = c.cmd(&["TTL", k]).unwrap() else {
+            panic!("TTL {k}")
+        };
+        if *ttl {
+            assert!((1..=1000).contains(&left), "{k}: TTL {left}");
+        } else {
+            assert_eq!(left, -1, "{k}");
+        }
+        let (cmd, how): (Vec<&str>, &str) = match *t {
+            "string" => (vec!["GET", k], ""),
+            "hash" => (vec!["HGETALL", k], "PAIRS"),
+            "list" => (vec!["LRANGE", k, "0", "-1"], ""),
+            "set" => (vec!["SMEMBERS", k], "SORT"),
+            _ => (vec!["ZRANGE", k, "0", "-1", "WITHSCORES"], ""),
+        };
+        let r = c.cmd(&cmd).unwrap();
+        out.push(format!("{k} {t} ttl={ttl}: {}", show(&r, how)));
+    }
+    out
+}
+
 #[test]
 fn acknowledged_writes_survive_failover_to_the_spare() {
     use std::os::unix::fs::PermissionsExt;
@@ -301,6 +383,13 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
         "{replies}"
     );
     assert!(replies.lines().any(|l| l == "300"), "{replies}");
+    // Keys of every type, with and without expiry, and a transaction: each acknowledged.
+    let mut c = conn(kport);
+    fill_every_type(&mut c);
+    let before = dump_every_type(&mut c);
+    assert!(before[0].ends_with("\"a string value\""), "{before:?}");
+    assert!(before[8].contains("\"m3\", \"1000\""), "{before:?}");
+    drop(c);
     let pid = primary.pid();
     drop(primary); // SIGKILL
                    // The spare takes over on the same address; wait for an answer.
@@ -324,8 +413,23 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
             format!("v{i}")
         );
     }
-    assert_eq!(cli(kport, &["DBSIZE"]).trim(), "1301");
+    assert_eq!(
+        cli(kport, &["DBSIZE"]).trim(),
+        (1301 + TYPED_KEYS.len()).to_string()
+    );
     assert!(cli(kport, &["INFO", "hotspare"]).contains("hotspare_resumed:1"));
+    let after = dump_every_type(&mut conn(kport));
+    assert_eq!(
+        before, after,
+        "the survivor's keys differ from the primary's"
+    );
+    // And the survivor keeps serving every type.
+    let mut c = conn(kport);
+    assert_eq!(c.cmd(&["LPUSH", "list", "new"]).unwrap(), Reply::Int(4));
+    assert_eq!(
+        c.cmd(&["ZINCRBY", "zset", "1", "m1"]).unwrap(),
+        Reply::Bulk(Some(b"2.5".to_vec()))
+    );
     drop(spare); // the spare became the server: kill it by pid
 }
 
