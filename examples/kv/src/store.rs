@@ -364,7 +364,9 @@ pub fn now_ms() -> u64 {
 /// Locked shards, ascending: what one command (or one EXEC) may touch, and whether it wrote.
 pub struct Locked<'a> {
     store: &'a Store,
-    /// (shard number, guard), ascending by shard.
+    /// The one shard of a single-key command (no allocation, no hashing to find it again).
+    one: Option<(usize, MutexGuard<'a, Shard>)>,
+    /// Otherwise (shard number, guard), ascending by shard.
     guards: Vec<(usize, MutexGuard<'a, Shard>)>,
     /// The time the command runs at (ms since the epoch).
     pub now: u64,
@@ -403,6 +405,7 @@ impl Store {
         }
         Locked {
             store: self,
+            one: None,
             guards,
             now: now_ms(),
             wrote: false,
@@ -413,6 +416,7 @@ impl Store {
     pub fn lock_none(&self) -> Locked<'_> {
         Locked {
             store: self,
+            one: None,
             guards: Vec::new(),
             now: now_ms(),
             wrote: false,
@@ -424,7 +428,8 @@ impl Store {
         let i = self.shard_of(key);
         Locked {
             store: self,
-            guards: vec![(i, self.shards[i].lock())],
+            one: Some((i, self.shards[i].lock())),
+            guards: Vec::new(),
             now: now_ms(),
             wrote: false,
         }
@@ -465,6 +470,14 @@ impl<'a> Locked<'a> {
 
     /// The locked shard holding `key` (panics if it is not locked: a command table error).
     pub fn shard(&mut self, key: &[u8]) -> &mut Shard {
+        if let Some((i, g)) = &mut self.one {
+            debug_assert_eq!(
+                *i,
+                self.store.shard_of(key),
+                "a key the command table does not name"
+            );
+            return g;
+        }
         let i = self.store.shard_of(key);
         let at = self
             .guards
@@ -475,7 +488,10 @@ impl<'a> Locked<'a> {
 
     /// Every locked shard, ascending.
     pub fn shards(&mut self) -> impl Iterator<Item = (usize, &mut Shard)> + use<'_, 'a> {
-        self.guards.iter_mut().map(|(i, g)| (*i, &mut **g))
+        self.one
+            .iter_mut()
+            .chain(self.guards.iter_mut())
+            .map(|(i, g)| (*i, &mut **g))
     }
 
     /// `key`'s value, deleting it first if it has expired (Redis's lazy expiry).
@@ -615,7 +631,7 @@ mod tests {
             1
         );
         let mut l = store.lock_key(b"old");
-        assert!(l.shard(b"old").map.get(&b"old"[..]).is_none());
+        assert!(!l.shard(b"old").map.contains_key(&b"old"[..]));
         assert_ne!(l.shard(b"old").version(b"old"), Some(v0));
     }
 

@@ -18,7 +18,6 @@ pub use server::{Counters, CptMode, Durability, RoundTicket};
 
 use crate::resp::reply;
 use crate::store::{Locked, Store, WrongType, SHARDS};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
@@ -95,15 +94,13 @@ fn tables() -> [&'static [Cmd]; 8] {
     ]
 }
 
-/// Name → command.
-fn table() -> &'static HashMap<&'static str, &'static Cmd> {
-    static T: OnceLock<HashMap<&'static str, &'static Cmd>> = OnceLock::new();
+/// The commands sorted by name (looked up by binary search: a few short comparisons).
+fn table() -> &'static [&'static Cmd] {
+    static T: OnceLock<Vec<&'static Cmd>> = OnceLock::new();
     T.get_or_init(|| {
-        tables()
-            .into_iter()
-            .flatten()
-            .map(|c| (c.name, c))
-            .collect()
+        let mut v: Vec<&'static Cmd> = tables().into_iter().flatten().collect();
+        v.sort_by_key(|c| c.name);
+        v
     })
 }
 
@@ -118,7 +115,10 @@ pub fn lookup(name: &[u8]) -> Option<&'static Cmd> {
     let n = buf.get_mut(..name.len())?;
     n.copy_from_slice(name);
     n.make_ascii_lowercase();
-    table().get(std::str::from_utf8(n).ok()?).copied()
+    let t = table();
+    t.binary_search_by(|c| c.name.as_bytes().cmp(n))
+        .ok()
+        .map(|i| t[i])
 }
 
 /// Per-connection state the commands see.

@@ -216,15 +216,14 @@ fn getex(c: &mut Call<'_, '_>) -> Res {
         Some(at) if at != 0 && at <= now => {
             c.db.remove(key);
         }
-        Some(at) => {
-            if v.expire_at_ms() != at {
-                v.set_expire_at_ms(at);
-                if at != 0 {
-                    c.db.store().note_ttl();
-                }
-                c.db.touch(key);
+        Some(at) if v.expire_at_ms() != at => {
+            v.set_expire_at_ms(at);
+            if at != 0 {
+                c.db.store().note_ttl();
             }
+            c.db.touch(key);
         }
+        Some(_) => {}
     }
     Ok(())
 }

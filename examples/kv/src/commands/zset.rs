@@ -71,7 +71,7 @@ fn zadd(c: &mut Call<'_, '_>) -> Res {
     if nx && xx {
         return fail("ERR XX and NX options at the same time are not compatible");
     }
-    if (gt && nx) || (lt && nx) || (gt && lt) {
+    if ((gt || lt) && nx) || (gt && lt) {
         return fail("ERR GT, LT, and/or NX options at the same time are not compatible");
     }
     if incr && pairs.len() > 2 {
