@@ -74,6 +74,12 @@ impl HotSpareDurability {
     /// ticket is given to the output gate while the locks are held. `None`: a
     /// [`Kind::TryCommit`] found the pipeline full and took nothing.
     fn checkpoint(&self, kind: Kind) -> Result<Option<(CptStats, Duration)>, String> {
+        // Its own allocations (the table of guards, the statistics) are not state: keep them
+        // out of the heap, or every checkpoint would capture pages they wrote.
+        hotspare::GlobalHeap::outside(|| self.stop_and_capture(kind))
+    }
+
+    fn stop_and_capture(&self, kind: Kind) -> Result<Option<(CptStats, Duration)>, String> {
         // A switchover has stopped serving and waits for one more checkpoint: take it.
         if self.hs.is_fenced() && !self.hs.handover_pending() {
             return Err("fenced: a newer primary exists or the lease ran out".into());

@@ -147,11 +147,14 @@ fn worker(hs: &HotSpare) {
             r.restore_time.as_secs_f64() * 1e3
         );
     }
-    let dur: &'static HotSpareDurability = Box::leak(Box::new(HotSpareDurability::new(
-        hs.clone(),
-        store,
-        args.cpt_every_write,
-    )));
+    // Outside the heap: its output gate is written by every request, and it is not state.
+    let dur: &'static HotSpareDurability = hotspare::GlobalHeap::outside(|| {
+        Box::leak(Box::new(HotSpareDurability::new(
+            hs.clone(),
+            store,
+            args.cpt_every_write,
+        )))
+    });
     // The checkpointer runs on the serving CPU: while it holds the shard locks nothing else
     // can serve anyway, and on the background CPU the library's writer thread (CRCs, disk)
     // would preempt it mid-stop and stretch the stop by a scheduler time slice.

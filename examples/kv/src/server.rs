@@ -24,6 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const LISTENER: Token = Token(usize::MAX);
 const COMMITS: Token = Token(usize::MAX - 1);
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+/// Initial size of a connection's read and write buffers.
+const BUF: usize = 16 * 1024;
+
+/// Runs `f` with its allocations outside the checkpoint heap (ordinary memory with `--plain`).
+fn scratch<R>(f: impl FnOnce() -> R) -> R {
+    hotspare::GlobalHeap::outside(f)
+}
 
 struct Conn {
     stream: TcpStream,
@@ -105,11 +112,18 @@ pub fn serve(ctx: &Ctx<'_>, listener: std::net::TcpListener) -> std::io::Result<
         poll.registry()
             .register(&mut SourceFd(&n.as_raw_fd()), COMMITS, Interest::READABLE)?;
     }
-    let mut events = Events::with_capacity(256);
-    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    // The loop's own memory — events, connections and their buffers, parsed requests — is not
+    // state: allocated outside the checkpoint heap (`GlobalHeap::outside`; it stays outside as
+    // it grows), it is never captured and writes no heap page per request.
+    let (mut events, mut conns, mut touched, mut waiting) = scratch(|| {
+        (
+            Events::with_capacity(256),
+            HashMap::<usize, Conn>::with_capacity(64),
+            Vec::<usize>::with_capacity(64),
+            Vec::<usize>::with_capacity(64),
+        )
+    });
     let mut next_token = 0usize;
-    // Connections with replies waiting for a ticket.
-    let mut waiting: Vec<usize> = Vec::new();
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == ErrorKind::Interrupted {
@@ -117,7 +131,7 @@ pub fn serve(ctx: &Ctx<'_>, listener: std::net::TcpListener) -> std::io::Result<
             }
             return Err(e);
         }
-        let mut touched = Vec::new();
+        touched.clear();
         let mut commits_ended = false;
         for ev in events.iter() {
             if ev.token() == LISTENER {
@@ -162,7 +176,7 @@ pub fn serve(ctx: &Ctx<'_>, listener: std::net::TcpListener) -> std::io::Result<
                     }
                 }
             }
-            for t in touched {
+            for t in touched.drain(..) {
                 let Some(c) = conns.get_mut(&t) else { continue };
                 match &ticket {
                     Ok(tk) => c.tag(*tk),
@@ -260,14 +274,19 @@ fn accept(
                 }
                 ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
                 ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                let (rbuf, wbuf, pending) = scratch(|| {
+                    let v = || Vec::with_capacity(BUF);
+                    (v(), v(), VecDeque::with_capacity(16))
+                });
+                scratch(|| conns.reserve(1));
                 conns.insert(
                     t,
                     Conn {
                         stream,
-                        rbuf: Vec::new(),
-                        wbuf: Vec::new(),
+                        rbuf,
+                        wbuf,
                         released: 0,
-                        pending: VecDeque::new(),
+                        pending,
                         untagged: false,
                         want_write: false,
                         client: Client {
@@ -292,7 +311,7 @@ fn accept(
 
 /// Reads everything available and runs every complete request.
 fn read_and_execute(ctx: &Ctx<'_>, c: &mut Conn) {
-    let mut chunk = [0u8; 16 * 1024];
+    let mut chunk = [0u8; BUF];
     loop {
         match c.stream.read(&mut chunk) {
             Ok(0) => {
@@ -300,7 +319,7 @@ fn read_and_execute(ctx: &Ctx<'_>, c: &mut Conn) {
                 c.closing = true;
                 break;
             }
-            Ok(n) => c.rbuf.extend_from_slice(&chunk[..n]),
+            Ok(n) => scratch(|| c.rbuf.extend_from_slice(&chunk[..n])),
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => {
@@ -314,7 +333,7 @@ fn read_and_execute(ctx: &Ctx<'_>, c: &mut Conn) {
     }
     let mut used = 0;
     while !c.client.quit {
-        match resp::parse(&c.rbuf[used..]) {
+        match scratch(|| resp::parse(&c.rbuf[used..])) {
             Ok(Some((args, n))) => {
                 used += n;
                 let op = ctx.dur.begin_op();
