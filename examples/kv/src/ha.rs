@@ -6,14 +6,14 @@
 use crate::commands::{CptMode, Durability, RoundTicket};
 use crate::store::Store;
 use hotspare::{
-    CommitNotifier, CptStats, HeapAlloc, HotSpare, Op, OutputGate, RoundNeed, Ticket, TicketState,
+    CommitNotifier, CptStats, HotSpare, Op, OutputGate, RoundNeed, Ticket, TicketState,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The store as it lives in the checkpoint heap (the heap's root object).
-pub type HaStore = Store<HeapAlloc>;
+pub type HaStore = Store;
 
 /// Checkpoint statistics of this incarnation (ordinary memory: not part of the state).
 #[derive(Debug, Default)]
@@ -74,6 +74,12 @@ impl HotSpareDurability {
     /// ticket is given to the output gate while the locks are held. `None`: a
     /// [`Kind::TryCommit`] found the pipeline full and took nothing.
     fn checkpoint(&self, kind: Kind) -> Result<Option<(CptStats, Duration)>, String> {
+        // Its own allocations (the table of guards, the statistics) are not state: keep them
+        // out of the heap, or every checkpoint would capture pages they wrote.
+        hotspare::GlobalHeap::outside(|| self.stop_and_capture(kind))
+    }
+
+    fn stop_and_capture(&self, kind: Kind) -> Result<Option<(CptStats, Duration)>, String> {
         // A switchover has stopped serving and waits for one more checkpoint: take it.
         if self.hs.is_fenced() && !self.hs.handover_pending() {
             return Err("fenced: a newer primary exists or the lease ran out".into());

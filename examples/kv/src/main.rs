@@ -23,6 +23,11 @@ use hotspare::HotSpare;
 use std::sync::OnceLock;
 use store::Store;
 
+/// Every allocation of the program — the key space above all — in the checkpoint heap once
+/// Hot Spare has started; ordinary memory before that and with `--plain`.
+#[global_allocator]
+static A: hotspare::GlobalHeap = hotspare::GlobalHeap::new();
+
 #[derive(Parser, Debug, Clone)]
 #[command(version, about = "A Redis-protocol key/value server on Hot Spare")]
 struct Args {
@@ -70,20 +75,16 @@ fn pin(cpu: Option<usize>) {
     }
 }
 
-fn preload<A: allocator_api2::alloc::Allocator + Clone>(store: &Store<A>, n: u64) {
+fn preload(store: &Store, n: u64) {
     for i in 0..n {
         let k = format!("key:{i:012}");
         let v = format!("{:056}", i.wrapping_mul(2_654_435_761) % 1_000_000_007);
-        let value = store.value(v.as_bytes(), 0);
-        let key = store.key(k.as_bytes());
-        store.shard(k.as_bytes()).insert(key, value);
+        store.preload(k.as_bytes(), v.as_bytes());
     }
 }
 
 /// Deletes expired keys in the background: every shard once a second, one at a time.
-fn spawn_expiry_sweep<A: allocator_api2::alloc::Allocator + Clone + Send + Sync + 'static>(
-    store: &'static Store<A>,
-) {
+fn spawn_expiry_sweep(store: &'static Store) {
     let cpu = ARGS.get().and_then(|a| a.serve_cpu);
     std::thread::spawn(move || {
         pin(cpu);
@@ -99,8 +100,8 @@ fn spawn_expiry_sweep<A: allocator_api2::alloc::Allocator + Clone + Send + Sync 
 }
 
 /// Serves on `args.threads` event loops (this thread is one of them); never returns.
-fn serve_forever<A: allocator_api2::alloc::Allocator + Clone + Send + Sync + 'static>(
-    store: &'static Store<A>,
+fn serve_forever(
+    store: &'static Store,
     dur: &'static dyn Durability,
     listener: std::net::TcpListener,
 ) -> ! {
@@ -146,11 +147,14 @@ fn worker(hs: &HotSpare) {
             r.restore_time.as_secs_f64() * 1e3
         );
     }
-    let dur: &'static HotSpareDurability = Box::leak(Box::new(HotSpareDurability::new(
-        hs.clone(),
-        store,
-        args.cpt_every_write,
-    )));
+    // Outside the heap: its output gate is written by every request, and it is not state.
+    let dur: &'static HotSpareDurability = hotspare::GlobalHeap::outside(|| {
+        Box::leak(Box::new(HotSpareDurability::new(
+            hs.clone(),
+            store,
+            args.cpt_every_write,
+        )))
+    });
     // The checkpointer runs on the serving CPU: while it holds the shard locks nothing else
     // can serve anyway, and on the background CPU the library's writer thread (CRCs, disk)
     // would preempt it mid-stop and stretch the stop by a scheduler time slice.
@@ -198,8 +202,7 @@ fn main() -> Result<()> {
         if args.cpt_every_write {
             bail!("--cpt-every-write needs Hot Spare (drop --plain)");
         }
-        let store: &'static Store<allocator_api2::alloc::Global> =
-            Box::leak(Box::new(Store::new_in(allocator_api2::alloc::Global, 0)));
+        let store: &'static Store = Box::leak(Box::new(Store::new(0)));
         preload(store, args.preload);
         let listener = listen()?;
         eprintln!("hotspare-kv: serving on {} (plain)", listener.local_addr()?);
@@ -215,9 +218,7 @@ fn main() -> Result<()> {
     else {
         return Ok(());
     };
-    let store = hs
-        .heap()
-        .set_root(Store::new_in(hs.heap().alloc(), args.cpt_ms))?;
+    let store = hs.heap().set_root(Store::new(args.cpt_ms))?;
     preload(store, args.preload);
     hs.add_tcp_listener("kv", listen()?)?;
     // The first checkpoint is the full image: take it before serving, so that the spare holds

@@ -149,6 +149,25 @@ fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
 
 /// Reply encoders: each appends one RESP2 value to a connection's output buffer.
 pub mod reply {
+    /// `n` in decimal, without allocating.
+    fn number(out: &mut Vec<u8>, n: i64) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut m = n.unsigned_abs();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (m % 10) as u8;
+            m /= 10;
+            if m == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(&buf[i..]);
+    }
+
     /// `+OK`-style status.
     pub fn simple(out: &mut Vec<u8>, s: &str) {
         out.push(b'+');
@@ -170,14 +189,14 @@ pub mod reply {
     /// `:n`.
     pub fn int(out: &mut Vec<u8>, n: i64) {
         out.push(b':');
-        out.extend_from_slice(n.to_string().as_bytes());
+        number(out, n);
         out.extend_from_slice(b"\r\n");
     }
 
     /// `$len` + bytes.
     pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
         out.push(b'$');
-        out.extend_from_slice(b.len().to_string().as_bytes());
+        number(out, b.len() as i64);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(b);
         out.extend_from_slice(b"\r\n");
@@ -188,10 +207,15 @@ pub mod reply {
         out.extend_from_slice(b"$-1\r\n");
     }
 
+    /// `*-1`: the null array.
+    pub fn nil_array(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"*-1\r\n");
+    }
+
     /// `*n`: the header of an array whose `n` elements follow.
     pub fn array(out: &mut Vec<u8>, n: usize) {
         out.push(b'*');
-        out.extend_from_slice(n.to_string().as_bytes());
+        number(out, n as i64);
         out.extend_from_slice(b"\r\n");
     }
 }

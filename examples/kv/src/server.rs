@@ -10,9 +10,8 @@
 //! replies waited for it are closed unanswered: a client is never told OK for a write that is
 //! not durable.
 
-use crate::commands::{execute, Client, Ctx, Durability, Effect, RoundTicket};
+use crate::commands::{disconnect, execute, Client, Ctx, Durability, Effect, RoundTicket};
 use crate::resp;
-use allocator_api2::alloc::Allocator;
 use hotspare::{Ticket, TicketState};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
@@ -25,6 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const LISTENER: Token = Token(usize::MAX);
 const COMMITS: Token = Token(usize::MAX - 1);
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+/// Initial size of a connection's read and write buffers.
+const BUF: usize = 16 * 1024;
+
+/// Runs `f` with its allocations outside the checkpoint heap (ordinary memory with `--plain`).
+fn scratch<R>(f: impl FnOnce() -> R) -> R {
+    hotspare::GlobalHeap::outside(f)
+}
 
 struct Conn {
     stream: TcpStream,
@@ -94,10 +100,7 @@ impl Conn {
 }
 
 /// Serves connections from `listener` until the process ends.
-pub fn serve<A: Allocator + Clone>(
-    ctx: &Ctx<'_, A>,
-    listener: std::net::TcpListener,
-) -> std::io::Result<()> {
+pub fn serve(ctx: &Ctx<'_>, listener: std::net::TcpListener) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut listener = TcpListener::from_std(listener);
     let mut poll = Poll::new()?;
@@ -109,11 +112,18 @@ pub fn serve<A: Allocator + Clone>(
         poll.registry()
             .register(&mut SourceFd(&n.as_raw_fd()), COMMITS, Interest::READABLE)?;
     }
-    let mut events = Events::with_capacity(256);
-    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    // The loop's own memory — events, connections and their buffers, parsed requests — is not
+    // state: allocated outside the checkpoint heap (`GlobalHeap::outside`; it stays outside as
+    // it grows), it is never captured and writes no heap page per request.
+    let (mut events, mut conns, mut touched, mut waiting) = scratch(|| {
+        (
+            Events::with_capacity(256),
+            HashMap::<usize, Conn>::with_capacity(64),
+            Vec::<usize>::with_capacity(64),
+            Vec::<usize>::with_capacity(64),
+        )
+    });
     let mut next_token = 0usize;
-    // Connections with replies waiting for a ticket.
-    let mut waiting: Vec<usize> = Vec::new();
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == ErrorKind::Interrupted {
@@ -121,7 +131,7 @@ pub fn serve<A: Allocator + Clone>(
             }
             return Err(e);
         }
-        let mut touched = Vec::new();
+        touched.clear();
         let mut commits_ended = false;
         for ev in events.iter() {
             if ev.token() == LISTENER {
@@ -166,7 +176,7 @@ pub fn serve<A: Allocator + Clone>(
                     }
                 }
             }
-            for t in touched {
+            for t in touched.drain(..) {
                 let Some(c) = conns.get_mut(&t) else { continue };
                 match &ticket {
                     Ok(tk) => c.tag(*tk),
@@ -242,8 +252,8 @@ pub fn serve<A: Allocator + Clone>(
     }
 }
 
-fn accept<A: Allocator + Clone>(
-    ctx: &Ctx<'_, A>,
+fn accept(
+    ctx: &Ctx<'_>,
     poll: &Poll,
     listener: &mut TcpListener,
     conns: &mut HashMap<usize, Conn>,
@@ -264,14 +274,19 @@ fn accept<A: Allocator + Clone>(
                 }
                 ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
                 ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                let (rbuf, wbuf, pending) = scratch(|| {
+                    let v = || Vec::with_capacity(BUF);
+                    (v(), v(), VecDeque::with_capacity(16))
+                });
+                scratch(|| conns.reserve(1));
                 conns.insert(
                     t,
                     Conn {
                         stream,
-                        rbuf: Vec::new(),
-                        wbuf: Vec::new(),
+                        rbuf,
+                        wbuf,
                         released: 0,
-                        pending: VecDeque::new(),
+                        pending,
                         untagged: false,
                         want_write: false,
                         client: Client {
@@ -295,8 +310,8 @@ fn accept<A: Allocator + Clone>(
 }
 
 /// Reads everything available and runs every complete request.
-fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) {
-    let mut chunk = [0u8; 16 * 1024];
+fn read_and_execute(ctx: &Ctx<'_>, c: &mut Conn) {
+    let mut chunk = [0u8; BUF];
     loop {
         match c.stream.read(&mut chunk) {
             Ok(0) => {
@@ -304,7 +319,7 @@ fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) {
                 c.closing = true;
                 break;
             }
-            Ok(n) => c.rbuf.extend_from_slice(&chunk[..n]),
+            Ok(n) => scratch(|| c.rbuf.extend_from_slice(&chunk[..n])),
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => {
@@ -318,7 +333,7 @@ fn read_and_execute<A: Allocator + Clone>(ctx: &Ctx<'_, A>, c: &mut Conn) {
     }
     let mut used = 0;
     while !c.client.quit {
-        match resp::parse(&c.rbuf[used..]) {
+        match scratch(|| resp::parse(&c.rbuf[used..])) {
             Ok(Some((args, n))) => {
                 used += n;
                 let op = ctx.dur.begin_op();
@@ -394,14 +409,10 @@ fn flush(dur: &dyn Durability, poll: &Poll, t: usize, c: &mut Conn) {
     }
 }
 
-fn close<A: Allocator + Clone>(
-    ctx: &Ctx<'_, A>,
-    poll: &Poll,
-    conns: &mut HashMap<usize, Conn>,
-    t: usize,
-) {
+fn close(ctx: &Ctx<'_>, poll: &Poll, conns: &mut HashMap<usize, Conn>, t: usize) {
     if let Some(mut c) = conns.remove(&t) {
         let _ = poll.registry().deregister(&mut c.stream);
+        disconnect(ctx, &mut c.client);
         ctx.counters.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -493,8 +504,7 @@ mod tests {
             RoundTicket::NextCommit,
             RoundTicket::Committed(Ticket::from_seq(7)),
         ]);
-        let store: &'static Store<allocator_api2::alloc::Global> =
-            Box::leak(Box::new(Store::new_in(allocator_api2::alloc::Global, 0)));
+        let store: &'static Store = Box::leak(Box::new(Store::new(0)));
         let counters: &'static Counters = Box::leak(Box::default());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
