@@ -184,7 +184,6 @@ pub fn compare_code(image: &[LoadedObject], here: &[LoadedObject]) -> Result<(),
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

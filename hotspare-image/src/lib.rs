@@ -6,9 +6,9 @@
 //! the spare daemon, `hotspare inspect`, the fuzz targets and the tests use this.
 
 pub mod delta;
-pub mod identity;
 pub mod dir;
 pub mod format;
+pub mod identity;
 pub mod lineage;
 mod writer;
 

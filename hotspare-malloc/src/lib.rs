@@ -44,7 +44,6 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-
 extern "C" {
     fn __libc_malloc(size: usize) -> *mut c_void;
     fn __libc_free(p: *mut c_void);

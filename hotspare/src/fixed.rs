@@ -90,4 +90,3 @@ pub(crate) fn fix_addresses() -> Result<(), crate::Error> {
     unsafe { libc::personality(persona as libc::c_ulong) };
     Err(e)
 }
-

@@ -2,8 +2,8 @@
 //! out-of-order stream is refused with one clear error and the last good image is untouched;
 //! complete-but-unapplied checkpoints are replayed after a crash, torn ones dropped.
 
-use hotspare_image::identity::ExeId;
 use hotspare_image::format::{Begin, RangeEntry};
+use hotspare_image::identity::ExeId;
 use hotspare_image::{write_stream, FormatError, ImageDir, ImageError, Run, FORMAT_VERSION};
 use std::path::Path;
 

@@ -4,9 +4,9 @@
 
 mod util;
 
+use hotspare::{Builder, Config};
 use hotspare_image::format::RangeEntry;
 use hotspare_image::{check_applies, lineage_hex, ImageDir, ImageError, LineagePolicy, Tip};
-use hotspare::{Builder, Config};
 use std::path::Path;
 use std::process::Command;
 use util::*;

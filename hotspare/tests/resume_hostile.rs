@@ -5,10 +5,10 @@
 //! clear line *before* it maps anything or touches a file, or, for the good image, that it
 //! resumes without truncating the recorded file.
 
-use hotspare_image::identity::ExeId;
-use hotspare_image::format::{Begin, RangeEntry};
-use hotspare_image::{write_stream, ImageDir, Run};
 use hotspare::{Builder, Config, Heap, HotSpare};
+use hotspare_image::format::{Begin, RangeEntry};
+use hotspare_image::identity::ExeId;
+use hotspare_image::{write_stream, ImageDir, Run};
 use serde::Serialize;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;

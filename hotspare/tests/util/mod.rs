@@ -1,8 +1,8 @@
 //! Streams and images for the image-directory tests.
 #![allow(dead_code)]
 
-use hotspare_image::identity::ExeId;
 use hotspare_image::format::{Begin, RangeEntry};
+use hotspare_image::identity::ExeId;
 use hotspare_image::{write_stream, ImageDir, ImageError, Run, FORMAT_VERSION};
 use std::path::Path;
 

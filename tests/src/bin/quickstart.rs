@@ -12,9 +12,12 @@ fn worker(hs: &HotSpare, scores: &Mutex<HashMap<String, u64>>) {
         eprintln!("resumed checkpoint {} in {:?}", r.seq, r.restore_time);
     }
     for i in 0u64.. {
-        *scores.lock().entry(format!("player-{}", i % 100)).or_default() += i;
-        let ticket = hs.commit().unwrap();      // a checkpoint: stops us for ~a millisecond
-        hs.wait(ticket).unwrap();               // only if we must know it is kept
+        *scores
+            .lock()
+            .entry(format!("player-{}", i % 100))
+            .or_default() += i;
+        let ticket = hs.commit().unwrap(); // a checkpoint: stops us for ~a millisecond
+        hs.wait(ticket).unwrap(); // only if we must know it is kept
     }
 }
 
