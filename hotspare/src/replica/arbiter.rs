@@ -76,6 +76,15 @@ impl ArbiterConfig {
     }
 }
 
+/// An etcd client URL: a bare `host:port` gets `http://`.
+pub fn endpoint_url(e: &str) -> String {
+    if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
 /// This host's name, for a node name nobody configured.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -253,18 +262,8 @@ impl Etcd {
     async fn clients(&self) -> Result<&Clients, ArbiterError> {
         self.clients
             .get_or_try_init(|| async {
-                let endpoints: Vec<String> = self
-                    .cfg
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        if e.contains("://") {
-                            e.clone()
-                        } else {
-                            format!("http://{e}")
-                        }
-                    })
-                    .collect();
+                let endpoints: Vec<String> =
+                    self.cfg.endpoints.iter().map(|e| endpoint_url(e)).collect();
                 let all = etcd_client::Client::connect(&endpoints, Some(self.options()))
                     .await
                     .map_err(failed)?;

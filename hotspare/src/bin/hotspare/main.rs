@@ -2,6 +2,7 @@
 //! checksum (exit status 1 on any damage); `status`, `metrics` and `switchover` operate a pair
 //! or a fleet. The benchmarks and the demo live in the `hotspare-bench` crate (`bench/`).
 
+mod fleet_view;
 mod metrics;
 mod switchover;
 
@@ -47,6 +48,10 @@ enum Cmd {
         /// configuration names; one line per service.
         #[arg(long, conflicts_with_all = ["dir", "spare"])]
         fleet: Option<PathBuf>,
+        /// Every service of every fleet daemon that uses this etcd (comma-separated client
+        /// URLs): each service's term and holder, and what each of its hosts last published.
+        #[arg(long, conflicts_with_all = ["dir", "spare", "fleet"])]
+        etcd: Option<String>,
     },
     /// Serve `GET /metrics` (Prometheus / OpenMetrics text) built from the status files of
     /// these directories (a primary's spool or image directory, a spare's image directory),
@@ -333,11 +338,13 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Inspect { dir, no_data } => inspect(dir, no_data),
         Cmd::Status { fleet: Some(f), .. } => fleet_status(&f),
+        Cmd::Status { etcd: Some(e), .. } => fleet_view::show(&e),
         Cmd::Status {
             dir,
             spare,
             key_file,
             fleet: None,
+            etcd: None,
         } => status(dir, spare, key_file),
         Cmd::Metrics { listen, dirs } => metrics::serve(&listen, dirs).map(|()| true),
         Cmd::Switchover {

@@ -111,6 +111,15 @@ pub fn run(services: Vec<FleetService>, status: Option<PathBuf>, watchdog: Optio
             logs::line("hotspare-resume", format!("cannot start a thread: {e}"));
         }
     }
+    if let Some(cfg) = services.iter().find_map(|s| s.spare.arbiter.clone()) {
+        let table = table.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hotspare-publish".into())
+            .spawn(move || publish_loop(cfg, &table));
+        if let Err(e) = spawned {
+            logs::line("hotspare-resume", format!("cannot start a thread: {e}"));
+        }
+    }
     for (i, s) in services.into_iter().enumerate() {
         let (table, snapshot) = (table.clone(), snapshot.clone());
         let spawned = std::thread::Builder::new()
@@ -411,40 +420,121 @@ fn has_image(dir: &Path) -> bool {
 /// "state","pid","term","takeovers","why"}…]}`; each service's own status (term, lag,
 /// durability) stays in its image directory's `status` file.
 fn render(t: &[Entry]) -> String {
-    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
-    let services: Vec<String> = t
-        .iter()
-        .map(|e| {
-            let (state, pid, term, why) = match &e.state {
-                State::Starting => ("starting", 0, 0, String::new()),
-                State::Fresh { pid, since } => (
-                    "primary",
-                    *pid,
-                    0,
-                    format!("first start, for {} ms", since.elapsed().as_millis()),
-                ),
-                State::Spare => ("spare", std::process::id(), 0, String::new()),
-                State::Primary { pid, term, since } => (
-                    "primary",
-                    *pid,
-                    *term,
-                    format!("for {} ms", since.elapsed().as_millis()),
-                ),
-                State::Retrying(why) => ("retrying", 0, 0, why.clone()),
-            };
-            format!(
-                "{{\"name\":{},\"listen\":{},\"image_dir\":{},\"state\":\"{state}\",\"pid\":{pid},\"term\":{term},\"takeovers\":{},\"why\":{}}}",
-                q(&e.name),
-                q(&e.listen),
-                q(&e.image_dir.to_string_lossy()),
-                e.takeovers,
-                q(&why)
-            )
-        })
-        .collect();
+    let services: Vec<String> = t.iter().map(render_entry).collect();
     format!(
         "{{\"role\":\"fleet\",\"pid\":{},\"services\":[{}]}}\n",
         std::process::id(),
         services.join(",")
     )
+}
+
+/// One service's entry of [`render`].
+fn render_entry(e: &Entry) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let (state, pid, term, why) = match &e.state {
+        State::Starting => ("starting", 0, 0, String::new()),
+        State::Fresh { pid, since } => (
+            "primary",
+            *pid,
+            0,
+            format!("first start, for {} ms", since.elapsed().as_millis()),
+        ),
+        State::Spare => ("spare", std::process::id(), 0, String::new()),
+        State::Primary { pid, term, since } => (
+            "primary",
+            *pid,
+            *term,
+            format!("for {} ms", since.elapsed().as_millis()),
+        ),
+        State::Retrying(why) => ("retrying", 0, 0, why.clone()),
+    };
+    format!(
+        "{{\"name\":{},\"listen\":{},\"image_dir\":{},\"state\":\"{state}\",\"pid\":{pid},\"term\":{term},\"takeovers\":{},\"why\":{}}}",
+        q(&e.name),
+        q(&e.listen),
+        q(&e.image_dir.to_string_lossy()),
+        e.takeovers,
+        q(&why)
+    )
+}
+
+/// The fleet across hosts in one view: every second, for each service of this daemon, what this
+/// host knows of it — its entry here ([`render_entry`]) and the service's own status file — goes
+/// to etcd under `/hotspare/<service>/hosts/<node>` as `{"node","at_ms","here","own"}`, which
+/// `hotspare status --etcd` reads with the term keys. Best effort, on a thread of its own with
+/// its own client: a record is a snapshot with its wall-clock time (readers judge its age), a
+/// failed write is logged once per streak, and nothing here waits on a service's thread.
+fn publish_loop(cfg: super::super::ArbiterConfig, table: &Table) {
+    crate::global::library_thread();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        logs::line("hotspare-resume", "fleet view: cannot start a runtime");
+        return;
+    };
+    let urls: Vec<String> = cfg
+        .endpoints
+        .iter()
+        .map(|e| super::super::arbiter::endpoint_url(e))
+        .collect();
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(1));
+    let mut client = None;
+    let mut failing = false;
+    loop {
+        let records: Vec<(String, String)> = {
+            let t = table.lock().unwrap_or_else(|p| p.into_inner());
+            t.iter()
+                .map(|e| {
+                    let own = std::fs::read_to_string(e.image_dir.join("status"))
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                        .unwrap_or(serde_json::Value::Null);
+                    let at_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let record = format!(
+                        "{{\"node\":{},\"at_ms\":{at_ms},\"here\":{},\"own\":{own}}}",
+                        serde_json::Value::String(cfg.node.clone()),
+                        render_entry(e)
+                    );
+                    (format!("/hotspare/{}/hosts/{}", e.name, cfg.node), record)
+                })
+                .collect()
+        };
+        let put = rt.block_on(async {
+            if client.is_none() {
+                client = Some(
+                    etcd_client::Client::connect(&urls, Some(options.clone()))
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let c = client.as_mut().expect("connected above");
+            for (k, v) in records {
+                c.put(k, v, None).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        });
+        match put {
+            Ok(()) if failing => {
+                failing = false;
+                logs::line("hotspare-resume", "fleet view: writing to etcd again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                client = None;
+                if !failing {
+                    failing = true;
+                    logs::line(
+                        "hotspare-resume",
+                        format!("fleet view: cannot write to etcd ({e}); retrying every second"),
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
