@@ -1,7 +1,7 @@
 //! Lists: LPUSH, RPUSH, LPUSHX, RPUSHX, LPOP, RPOP, LLEN, LRANGE, LINDEX, LSET, LREM, LTRIM,
 //! LINSERT, LMOVE, RPOPLPUSH. A list is a std `VecDeque`.
 
-use super::{cmd, fail, int_arg, ok, upper, Call, Cmd, Fail, Res};
+use super::{cmd, fail, index_range, int_arg, ok, upper, Call, Cmd, Fail, Res};
 use super::{FAST, K1, READONLY, WRITE};
 use crate::resp::reply;
 use crate::store::{List, Value};
@@ -111,28 +111,13 @@ fn llen(c: &mut Call<'_, '_>) -> Res {
     Ok(())
 }
 
-/// Redis's range normalisation: `None` when empty, else inclusive indices.
-fn range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
-    let len = len as i64;
-    let start = if start < 0 {
-        (len + start).max(0)
-    } else {
-        start
-    };
-    let end = if end < 0 { len + end } else { end };
-    if start > end || start >= len {
-        return None;
-    }
-    Some((start as usize, end.min(len - 1) as usize))
-}
-
 fn lrange(c: &mut Call<'_, '_>) -> Res {
     let (start, end) = (int_arg(&c.a[1])?, int_arg(&c.a[2])?);
     let Some(list) = c.db.get_as(&c.a[0], as_list)? else {
         reply::array(c.out, 0);
         return Ok(());
     };
-    match range(start, end, list.len()) {
+    match index_range(start, end, list.len()) {
         None => reply::array(c.out, 0),
         Some((s, e)) => {
             reply::array(c.out, e - s + 1);
@@ -219,7 +204,7 @@ fn ltrim(c: &mut Call<'_, '_>) -> Res {
         return ok(c.out);
     };
     let before = list.len();
-    match range(start, end, list.len()) {
+    match index_range(start, end, list.len()) {
         None => list.clear(),
         Some((s, e)) => {
             list.truncate(e + 1);

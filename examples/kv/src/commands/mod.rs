@@ -239,6 +239,22 @@ pub fn parse_i64(b: &[u8]) -> Option<i64> {
 }
 
 /// An integer argument (`ERR value is not an integer or out of range` otherwise).
+/// Redis's index range normalisation (LRANGE, LTRIM, ZRANGE by rank): negative indices count
+/// from the end; `None` when the range is empty, else inclusive indices.
+pub fn index_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+    let len = len as i64;
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let end = if end < 0 { len + end } else { end };
+    if start > end || start >= len {
+        return None;
+    }
+    Some((start as usize, end.min(len - 1) as usize))
+}
+
 pub fn int_arg(b: &[u8]) -> Result<i64, Fail> {
     parse_i64(b).ok_or(Fail::Int)
 }

@@ -5,7 +5,9 @@
 //! ([`crate::store::ZSet`]); ranks are counted by walking the tree.
 
 use super::keyspace::{reply_scan, ScanOpts};
-use super::{cmd, fail, fmt_score, int_arg, parse_f64, parse_i64, upper, Call, Cmd, Fail, Res};
+use super::{
+    cmd, fail, fmt_score, index_range, int_arg, parse_f64, parse_i64, upper, Call, Cmd, Fail, Res,
+};
 use super::{FAST, K1, READONLY, WRITE};
 use crate::resp::reply;
 use crate::store::{Bytes, Score, Value, ZSet};
@@ -272,21 +274,6 @@ fn zrank(c: &mut Call<'_, '_>) -> Res {
     Ok(())
 }
 
-/// Redis's rank range normalisation: `None` when empty, else inclusive indices.
-fn rank_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
-    let len = len as i64;
-    let start = if start < 0 {
-        (len + start).max(0)
-    } else {
-        start
-    };
-    let end = if end < 0 { len + end } else { end };
-    if start > end || start >= len {
-        return None;
-    }
-    Some((start as usize, end.min(len - 1) as usize))
-}
-
 /// `ZRANGE key start stop [BYSCORE] [REV] [LIMIT offset count] [WITHSCORES]` and the older
 /// ZREVRANGE, ZRANGEBYSCORE, ZREVRANGEBYSCORE.
 fn zrange(c: &mut Call<'_, '_>) -> Res {
@@ -352,7 +339,7 @@ fn zrange(c: &mut Call<'_, '_>) -> Res {
             reply::array(c.out, 0);
             return Ok(());
         };
-        match rank_range(start, end, z.len()) {
+        match index_range(start, end, z.len()) {
             None => Vec::new(),
             Some((s, e)) => {
                 let n = e - s + 1;
@@ -388,7 +375,7 @@ fn zremrange(c: &mut Call<'_, '_>) -> Res {
             reply::int(c.out, 0);
             return Ok(());
         };
-        match rank_range(start, end, z.len()) {
+        match index_range(start, end, z.len()) {
             None => Vec::new(),
             Some((s, e)) => z
                 .by_score
