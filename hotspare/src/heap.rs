@@ -26,9 +26,11 @@ use std::alloc::Layout;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use talc::{ErrOnOom, Span, Talc};
+use talc::{OomHandler, Span, Talc};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"HSHEAP02");
+const MAGIC: u64 = u64::from_le_bytes(*b"HSHEAP03");
+/// The arena talc starts with; it grows (at least doubling) as allocations need it.
+const FIRST_ARENA_BYTES: usize = 4 << 20;
 /// Bytes reserved at the start of the heap for its header.
 pub const HEADER_BYTES: usize = 4096;
 
@@ -43,14 +45,66 @@ pub(crate) struct Header {
     size: usize,
     /// The heap-wide lock: talc, and the GlobalHeap's shared state.
     pub(crate) lock: RawLock,
-    pub(crate) talc: UnsafeCell<Talc<ErrOnOom>>,
+    pub(crate) talc: UnsafeCell<Talc<GrowArena>>,
     root: AtomicUsize,
     root_tag: AtomicU64,
+    /// The end of talc's arena ([`Heap::written_end`]), kept by [`GrowArena`]; readable
+    /// without the heap-wide lock.
+    arena_end: AtomicUsize,
     /// The GlobalHeap's size-class lists and slot table.
     pub(crate) global: crate::global::Shared,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
+
+/// Talc's arena grows inside the reserved heap instead of spanning it from the start, so that
+/// everything the allocator (and so the program) ever wrote lies below the arena's end: the
+/// checkpoint's dirty-page walk stops there ([`Heap::written_end`]). Talc writes a free gap's
+/// size at the gap's top, so one arena over the whole reservation would write its last page and
+/// make every walk cover all of it — 1.2 ms per checkpoint for the default 1 GiB, measured.
+pub(crate) struct GrowArena {
+    /// The arena talc manages now (an empty span until the first claim).
+    arena: Span,
+    /// The end of the reservation: the arena never grows past it.
+    limit: usize,
+    /// The header's `arena_end` (the heap is at the same address in every process using it).
+    end: *const AtomicUsize,
+}
+
+impl OomHandler for GrowArena {
+    fn handle_oom(talc: &mut Talc<Self>, layout: Layout) -> Result<(), ()> {
+        let GrowArena { arena, limit, end } = talc.oom_handler;
+        let (base, acme) = arena.get_base_acme().ok_or(())?;
+        let (base, acme) = (base as usize, acme as usize);
+        if acme >= limit {
+            return Err(());
+        }
+        // At least double, and enough for this block with its tags and alignment.
+        let need = layout
+            .size()
+            .saturating_add(layout.align())
+            .saturating_add(64);
+        let grow = (acme - base).max(need.next_multiple_of(1 << 20));
+        let new_acme = acme.saturating_add(grow).min(limit);
+        let wanted = Span::new(base as *mut u8, new_acme as *mut u8);
+        // SAFETY: `arena` is what talc returned for this heap last; `wanted` contains it and
+        // stays inside the reservation, which is mapped read-write and used by nothing else.
+        let got = unsafe { talc.extend(arena, wanted) };
+        if got == arena {
+            return Err(());
+        }
+        talc.oom_handler.arena = got;
+        // SAFETY: `end` points at the header of this heap, which lives as long as the process.
+        // Release: whoever reads the new end also sees the talc state that made it.
+        unsafe {
+            (*end).store(
+                got.get_base_acme().map_or(acme, |(_, a)| a as usize),
+                Ordering::Release,
+            )
+        };
+        Ok(())
+    }
+}
 
 /// The checkpoint heap. It is never unmapped (objects in it are `'static`).
 #[derive(Debug, Clone, Copy)]
@@ -135,15 +189,28 @@ impl Heap {
                 magic: MAGIC,
                 size,
                 lock: RawLock::new(),
-                talc: UnsafeCell::new(Talc::new(ErrOnOom)),
+                talc: UnsafeCell::new(Talc::new(GrowArena {
+                    arena: Span::empty(),
+                    limit: base + size,
+                    end: std::ptr::addr_of!((*header).arena_end),
+                })),
                 root: AtomicUsize::new(0),
                 root_tag: AtomicU64::new(0),
+                arena_end: AtomicUsize::new(base + HEADER_BYTES),
                 global: crate::global::Shared::new(),
             });
-            let arena = Span::from_base_size((base + HEADER_BYTES) as *mut u8, size - HEADER_BYTES);
-            (*(*header).talc.get())
+            let first = (size - HEADER_BYTES).min(FIRST_ARENA_BYTES);
+            let arena = Span::from_base_size((base + HEADER_BYTES) as *mut u8, first);
+            let talc = &mut *(*header).talc.get();
+            talc.oom_handler.arena = talc
                 .claim(arena)
                 .map_err(|()| Error::Config("heap too small".into()))?;
+            let acme = talc
+                .oom_handler
+                .arena
+                .get_base_acme()
+                .map_or(0, |(_, a)| a as usize);
+            (*header).arena_end.store(acme, Ordering::Release);
         }
         Ok(Heap { base, size })
     }
@@ -192,6 +259,13 @@ impl Heap {
         let r = f();
         drop(stopped);
         r
+    }
+
+    /// The end of what the allocator has ever managed: no byte of the heap at or above it was
+    /// ever written. It only grows; read under [`Heap::with_allocator_locked`] it covers every
+    /// block handed out so far.
+    pub(crate) fn written_end(&self) -> usize {
+        self.header().arena_end.load(Ordering::Acquire)
     }
 
     /// Bytes currently allocated in the heap (the size of the program's state, without the
@@ -287,5 +361,44 @@ unsafe impl Allocator for HeapAlloc {
         // SAFETY: the caller promises `ptr` was allocated by us with `layout`.
         unsafe { (*h.talc.get()).free(ptr, layout) };
         h.lock.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arena starts small and grows as blocks need it, up to the reservation and no
+    /// further; every block lies below [`Heap::written_end`], so a dirty-page walk that stops
+    /// there misses nothing.
+    #[test]
+    fn the_arena_grows_on_demand_and_every_block_lies_below_the_written_end() {
+        let size = 64 << 20;
+        let heap = Heap::reserve(0x5a00_0000_0000, size).expect("reserve a 64 MiB heap");
+        let a = heap.alloc();
+        assert!(heap.written_end() <= heap.base() + HEADER_BYTES + FIRST_ARENA_BYTES);
+        let mut blocks = Vec::new();
+        for len in [1 << 10, 3 << 20, 5 << 20, 100, 20 << 20] {
+            let layout = Layout::from_size_align(len, 64).unwrap();
+            let p = a.allocate(layout).expect("fits the reservation");
+            let end = p.as_ptr().cast::<u8>() as usize + len;
+            assert!(
+                end <= heap.written_end(),
+                "a block of {len} B ends at {end:#x}, above the written end {:#x}",
+                heap.written_end()
+            );
+            blocks.push((p, layout));
+        }
+        // More than is left cannot be had; what is left can.
+        let too_big = Layout::from_size_align(size, 64).unwrap();
+        assert!(a.allocate(too_big).is_err());
+        let rest = Layout::from_size_align(24 << 20, 64).unwrap();
+        let p = a.allocate(rest).expect("the rest of the reservation");
+        assert!(p.as_ptr().cast::<u8>() as usize + rest.size() <= heap.base() + size);
+        assert!(heap.written_end() <= heap.base() + size);
+        for (p, l) in blocks {
+            // SAFETY: allocated above with this layout.
+            unsafe { a.deallocate(p.cast(), l) };
+        }
     }
 }

@@ -56,6 +56,7 @@ mod global;
 pub mod heap;
 mod meta;
 mod metrics;
+mod probe;
 pub mod replica;
 mod resume;
 mod runtime;

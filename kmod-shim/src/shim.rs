@@ -31,6 +31,9 @@ pub struct Shim {
     why: String,
     /// Per range, pages harvested from the backend but not yet handed out.
     pending: Vec<RangeDirty>,
+    /// Per range (as `pending`), the end of what may have been written: see
+    /// [`Shim::set_written_end`].
+    written_end: Vec<Option<usize>>,
     owner: libc::pid_t,
 }
 
@@ -54,6 +57,7 @@ impl Shim {
             tracker,
             why,
             pending: Vec::new(),
+            written_end: Vec::new(),
             owner,
         })
     }
@@ -108,7 +112,21 @@ impl Shim {
         }
         self.pending
             .extend(ranges.iter().map(|r| RangeDirty::clean(*r)));
+        self.written_end.extend(ranges.iter().map(|_| None));
         Ok(())
+    }
+
+    /// Promises that no page of the tracked range `r` at or above `end` has been written since
+    /// it was added, until a later call raises `end`: harvests look below it only, which for
+    /// `uffd-wp` is most of the cost of a QUERY over a large, mostly unused range (a heap
+    /// reserved at 1 GiB whose allocator has handed out 8 MiB). A promise broken loses writes.
+    /// `end` never moves down; a range that is not tracked is ignored.
+    pub fn set_written_end(&mut self, r: Range, end: usize) {
+        if let Some(i) = self.pending.iter().position(|p| p.range == r) {
+            let end = end.clamp(r.start(), r.end());
+            let e = &mut self.written_end[i];
+            *e = Some(e.map_or(end, |was| was.max(end)));
+        }
     }
 
     /// REMOVE: stops tracking `ranges`; each must be exactly a range given to [`Shim::add`].
@@ -141,6 +159,8 @@ impl Shim {
                 first_err.get_or_insert(e);
             }
         }
+        let mut keep = self.pending.iter().map(|p| !ranges.contains(&p.range));
+        self.written_end.retain(|_| keep.next().unwrap_or(true));
         self.pending.retain(|p| !ranges.contains(&p.range));
         range::release(ranges);
         first_err.map_or(Ok(()), Err)
@@ -154,7 +174,8 @@ impl Shim {
 
     pub(crate) fn harvest(&mut self) -> Result<()> {
         self.not_in_child()?;
-        self.tracker.harvest(&mut self.pending)
+        self.tracker
+            .harvest_below(&mut self.pending, &self.written_end)
     }
 
     pub(crate) fn take_pending(&mut self) -> DirtySet {

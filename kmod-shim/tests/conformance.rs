@@ -268,3 +268,37 @@ fn remove_stops_tracking() {
         shim.add(&[m.range()]).unwrap();
     }
 }
+
+/// A promise that nothing at or above `end` was written lets a harvest look below it only; a
+/// write above it (a promise the caller broke, or one it is about to widen) is never lost: it is
+/// reported once the end covers it. On every backend (only uffd-wp makes use of the promise).
+#[test]
+fn written_end_defers_pages_above_it_and_never_loses_them() {
+    for kind in working_backends() {
+        let m = Mapping::new(64);
+        let mut s = shim(kind);
+        s.add(&[m.range()]).unwrap();
+        s.query().unwrap();
+        s.set_written_end(m.range(), m.addr(8));
+        m.write(2, 0, 1);
+        m.write(20, 0, 1);
+        let first = dirty_pages_of(&s.query().unwrap(), &m);
+        assert!(
+            first.contains(&2),
+            "{kind:?}: page 2 below the end: {first:?}"
+        );
+        // A lower end is ignored: the end only grows.
+        s.set_written_end(m.range(), m.addr(4));
+        s.set_written_end(m.range(), m.addr(32));
+        let second = dirty_pages_of(&s.query().unwrap(), &m);
+        let seen: Vec<usize> = first.iter().chain(&second).copied().collect();
+        assert!(
+            seen.contains(&20),
+            "{kind:?}: page 20 was lost: {first:?} then {second:?}"
+        );
+        if kind == BackendKind::UffdWp {
+            assert_eq!(first, vec![2], "uffd-wp walked past the end");
+            assert_eq!(second, vec![20], "uffd-wp: the deferred page");
+        }
+    }
+}

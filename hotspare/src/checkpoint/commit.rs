@@ -229,6 +229,7 @@ impl Completion {
     pub fn finish(mut self, result: std::result::Result<(), String>) {
         self.done = true;
         self.shared.end(self.seq, result);
+        crate::probe::mark(self.seq, crate::probe::Stage::Completed);
     }
 }
 

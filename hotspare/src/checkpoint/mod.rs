@@ -279,10 +279,14 @@ impl Engine {
             r.capture_starting(seq);
         }
         let page = page_size();
+        crate::probe::mark(seq, crate::probe::Stage::Enter);
         let t0 = Instant::now();
         let heap = self.heap;
         let mut query = Duration::ZERO;
         let captured = heap.with_allocator_locked(|| -> Result<_> {
+            // Nothing above the allocator's arena was ever written: the walk stops there.
+            self.shim
+                .set_written_end(self.ranges[0], heap.written_end());
             let mut dirty = self.shim.query()?;
             query = t0.elapsed();
             // Pages noted by coalesced calls since the last checkpoint belong in this one.
@@ -329,6 +333,7 @@ impl Engine {
             Ok((strategy, bytes, None, at))
         });
         let stopped = t0.elapsed();
+        crate::probe::mark(seq, crate::probe::Stage::Stopped);
         let (strategy, bytes, snapshot, at) = match captured {
             Ok(c) => c,
             Err(e) => {
@@ -419,6 +424,10 @@ impl Engine {
     /// next checkpoint. Memory stays bounded (one bit per page), nothing queues.
     fn coalesce(&mut self) -> Result<CptStats> {
         let t0 = Instant::now();
+        // A block allocated after this read is written after it too: its page stays written
+        // in the page tables and is reported by the next harvest.
+        self.shim
+            .set_written_end(self.ranges[0], self.heap.written_end());
         let dirty = self.shim.query()?;
         let query = t0.elapsed();
         for (r, ever) in &mut self.pristine {

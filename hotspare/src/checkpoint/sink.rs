@@ -80,6 +80,7 @@ impl Sink {
         match self {
             Sink::Local(image) => {
                 let seq = header.seq;
+                crate::probe::mark(seq, crate::probe::Stage::Sent);
                 let r = match stream {
                     Stream::Spooled => image
                         .commit_wal(seq, Some(exe))
@@ -96,6 +97,7 @@ impl Sink {
                     // A stream that failed before it was delivered is never completed.
                     let _ = image.remove_spool(seq);
                 }
+                crate::probe::mark(seq, crate::probe::Stage::Acked);
                 done.finish(r);
             }
             Sink::Remote { spool, remote } => {
@@ -142,6 +144,7 @@ pub(super) fn writer(
                 staging,
                 done,
             } => {
+                crate::probe::mark(begin.seq, crate::probe::Stage::Writer);
                 let header = StreamHeader {
                     seq: begin.seq,
                     base_seq: begin.base_seq,
@@ -166,7 +169,10 @@ pub(super) fn writer(
                     return;
                 }
                 match encoded {
-                    Ok(()) => sink.deliver(header, Stream::Bytes(bytes), &exe, done),
+                    Ok(()) => {
+                        crate::probe::mark(header.seq, crate::probe::Stage::Delivered);
+                        sink.deliver(header, Stream::Bytes(bytes), &exe, done)
+                    }
                     Err(why) => done.finish(Err(why)),
                 }
             }

@@ -601,6 +601,7 @@ impl LinkLoop {
                 Source::Memory(b) if b.len() <= CHUNK && room => {
                     match self.link.send_checkpoint(now(), header, b) {
                         Ok(()) => {
+                            crate::probe::mark(header.seq, crate::probe::Stage::Sent);
                             PrimaryMetrics::inc(&self.shared.metrics.sent);
                             if self.handover_floor.is_some_and(|f| header.seq > f) {
                                 self.link.mark_final(header.seq);
@@ -883,6 +884,7 @@ impl LinkLoop {
                 ))
             }
             Event::Done { seq, result } => {
+                crate::probe::mark(seq, crate::probe::Stage::Acked);
                 let result = match result {
                     Ok(()) => self.retire_resumed_image(seq),
                     e => e,

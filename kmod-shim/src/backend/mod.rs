@@ -159,4 +159,15 @@ pub(crate) trait Tracker: Send {
     /// ORs into each target the pages written since the previous harvest and starts a new epoch
     /// for them. Each write lands in this harvest or the next one, never in neither.
     fn harvest(&mut self, targets: &mut [RangeDirty]) -> Result<()>;
+    /// [`Tracker::harvest`], told that no page of `targets[i]` at or above `written_end[i]` was
+    /// ever written: a backend whose cost grows with the tracked size may look below it only.
+    /// `None` is no promise. Allocation-free where `harvest` is.
+    fn harvest_below(
+        &mut self,
+        targets: &mut [RangeDirty],
+        written_end: &[Option<usize>],
+    ) -> Result<()> {
+        let _ = written_end;
+        self.harvest(targets)
+    }
 }
