@@ -588,10 +588,15 @@ impl Shadow {
                             .filter(|(x, y)| x != y)
                             .count() as u64;
                         self.remember(a, new, page);
-                        if delta.entries == DELTAS_PER_FRAME {
+                        let p = a / page as u64;
+                        // A frame's pages increase: a page at or below the previous one (runs
+                        // come range by range in registration order, not address order)
+                        // starts a new frame, whose first entry carries its address whole.
+                        if delta.entries == DELTAS_PER_FRAME
+                            || (!delta.first && p <= delta.prev_page)
+                        {
                             flush_delta(&mut o, &mut delta);
                         }
-                        let p = a / page as u64;
                         let before = delta.payload.len();
                         if delta.first {
                             delta.payload.extend_from_slice(&a.to_le_bytes());
@@ -1370,5 +1375,58 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// Guards against deltas that assume the pages come in address order. The capture lists
+    /// dirty runs range by range in registration order (kmod-shim keeps its ranges in the order
+    /// `add` saw them; `HotSpare::register_range` appends), so a range registered below the
+    /// heap comes after it: one DELTA frame then gets a page below the previous one, and the
+    /// encoder's gap `p - prev_page` must not wrap (it did: a panic in debug builds, a stream
+    /// the spare refuses in release builds, so every such incremental checkpoint failed).
+    #[test]
+    fn deltas_of_ranges_listed_high_before_low_resolve() {
+        let half = (NPAGES / 2 * PAGE) as u64;
+        let (lo, hi) = (ADDR, ADDR + half);
+        let two = |seq, base_seq| Begin {
+            ranges: vec![
+                RangeEntry {
+                    addr: hi,
+                    len: half,
+                    complete: base_seq == 0,
+                },
+                RangeEntry {
+                    addr: lo,
+                    len: half,
+                    complete: base_seq == 0,
+                },
+            ],
+            ..begin(seq, base_seq, b"meta")
+        };
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut mem: Vec<u8> = (0..NPAGES * PAGE).map(|_| rng.u8(..)).collect();
+        let h = half as usize;
+        let mut sh = Shadow::new(1 << 10);
+        let b1 = two(1, 0);
+        let mut wire = Vec::new();
+        sh.encode(
+            &mut wire,
+            &b1,
+            [Run::Data(hi, &mem[h..]), Run::Data(lo, &mem[..h])],
+        );
+        let spare = mem.clone();
+        mem[h + 10] ^= 1; // first page of the high range
+        mem[PAGE + 20] ^= 1; // second page of the low range
+        let mut wire = Vec::new();
+        sh.encode(
+            &mut wire,
+            &two(2, 1),
+            [
+                Run::Data(hi, &mem[h..h + PAGE]),
+                Run::Data(lo + PAGE as u64, &mem[PAGE..2 * PAGE]),
+            ],
+        );
+        assert_eq!(sh.stats.delta_pages, 2);
+        let (got, _) = resolve_on(&wire, &b1, &spare).expect("resolves");
+        assert_eq!(got, mem);
     }
 }

@@ -2909,3 +2909,41 @@ fn k_a_stream_in_one_message_is_its_start_chunk_and_end() {
     events(&mut l);
     assert!(l.send_checkpoint(at(131), header(5, 4), vec![6]).is_err());
 }
+
+/// Guards against a term that wraps. Terms only go up, and a takeover's term is one above the
+/// highest seen; a hello stamped with `u64::MAX` (the envelope's term is any varint a key
+/// holder writes, and a resumed primary takes the larger of its image's and its configured
+/// term) must not lead the spare to take over with a term that wrapped to 0 — below the term
+/// of the primary it declared dead, which would then never be fenced.
+#[test]
+fn k_a_term_at_the_top_of_the_range_never_wraps_a_takeover() {
+    let c = ConnId(1);
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, 1, at(0));
+    let mut all = connect(&mut s, at(0), c, u64::MAX, OLD);
+    all.extend(complete_all(&mut s, at(1), disk_ops(&all), OLD, 1));
+    s.handle_closed(at(2), c, "primary died");
+    for t in [1_000, 2_000, 3_000] {
+        s.handle_timeout(at(t));
+        let out = drain(&mut s);
+        all.extend(complete_all(&mut s, at(t + 1), disk_ops(&out), OLD, 1));
+        all.extend(out);
+    }
+    let saved: Vec<u64> = disk_ops(&all)
+        .into_iter()
+        .filter_map(|d| match d {
+            DiskOp::SaveTerm(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        saved.windows(2).all(|w| w[1] > w[0]),
+        "terms saved out of order: {saved:?}"
+    );
+    if let Some((term, _)) = takeover(&all) {
+        assert!(term > 1 && term != 0, "took over with term {term}");
+        assert!(
+            saved.iter().all(|t| *t <= term),
+            "took over with term {term} below a term it saved ({saved:?})"
+        );
+    }
+}

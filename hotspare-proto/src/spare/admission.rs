@@ -94,6 +94,17 @@ impl Spare {
             );
             return self.refuse(c, Msg::Fenced { term: self.term }, why);
         }
+        if term == u64::MAX {
+            // No takeover could have a newer term than it (`term + 1` would wrap to 0).
+            let reason = format!("term {term} is out of range (no takeover could fence it)");
+            return self.refuse(
+                c,
+                Msg::Refused {
+                    reason: reason.clone(),
+                },
+                format!("primary pid {pid}: {reason}"),
+            );
+        }
         if self.tip.is_some_and(|t| t.exe_id != exe_id) {
             let reason = "the image belongs to another executable".to_string();
             return self.refuse(
