@@ -31,7 +31,7 @@ use super::lineage::{check_applies, LineagePolicy, Tip};
 use super::{FormatError, ImageError};
 use crate::identity::ExeId;
 use std::fs::{self, File, OpenOptions};
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -965,16 +965,60 @@ impl ImageDir {
             }
         };
         verified(&summary);
-        if tip.is_some_and(|t| t.lineage != summary.begin.lineage) {
+        let lineage = summary.begin.lineage;
+        let keep = tip.is_some_and(|t| t.lineage != lineage).then_some(lineage);
+        self.commit_checked_wal(seq, None, keep)?;
+        Ok(summary)
+    }
+
+    /// The validation of [`ImageDir::persist_wal_from`] alone: `bytes` (in memory), or
+    /// `wal/<seq>.tmp` when `None`, checked as checkpoint `seq` on `tip`. Nothing is written; a
+    /// spare that acknowledges on receipt validates here and makes durable afterwards with
+    /// [`ImageDir::commit_checked_wal`], off the path of the acknowledgement. On failure the
+    /// spool file (if any) is removed.
+    pub fn check_wal(
+        &self,
+        seq: u64,
+        bytes: Option<&[u8]>,
+        tip: Option<&Tip>,
+        policy: LineagePolicy,
+        min_term: u64,
+    ) -> Result<Summary, ImageError> {
+        let tmp = self.wal_path(seq, "tmp");
+        self.check_stream(&tmp, bytes, seq, tip, policy, min_term)
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
+    }
+
+    /// Makes a stream that [`ImageDir::check_wal`] passed durable: `bytes`, if given, become
+    /// `wal/<seq>.tmp` first (else that file already holds the stream); with `keep_lineage`, WAL
+    /// files of any other lineage are dropped (a new lineage replaces the image); then the file
+    /// and the directory are `fsync`ed around the rename to `wal/<seq>.cpt`.
+    pub fn commit_checked_wal(
+        &self,
+        seq: u64,
+        bytes: Option<&[u8]>,
+        keep_lineage: Option<[u8; 16]>,
+    ) -> Result<PathBuf, ImageError> {
+        let tmp = self.wal_path(seq, "tmp");
+        if let Some(bytes) = bytes {
+            let written = create_private(&tmp)
+                .and_then(|mut f| f.write_all(bytes).map_err(io_err(&tmp, "write")));
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        if let Some(lineage) = keep_lineage {
             for p in self.pending_files()? {
-                let other = read_begin_file(&p).is_ok_and(|b| b.lineage != summary.begin.lineage);
+                let other = read_begin_file(&p).is_ok_and(|b| b.lineage != lineage);
                 if other && p != self.wal_path(seq, "cpt") {
                     let _ = fs::remove_file(p);
                 }
             }
         }
-        self.make_durable(seq)?;
-        Ok(summary)
+        self.make_durable(seq)
     }
 
     /// `wal/<seq>.tmp` → `wal/<seq>.cpt`, with the file and the directory `fsync`ed: from here

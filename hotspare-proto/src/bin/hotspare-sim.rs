@@ -62,6 +62,7 @@ fn main() {
     let mut endings: std::collections::BTreeMap<&str, u64> = Default::default();
     let (mut switchovers, mut handovers) = (0u64, 0u64);
     let (mut overlapping, mut reordered, mut with_overlap) = (0u64, 0u64, 0u64);
+    let (mut ahead, mut refused_after) = (0u64, 0u64);
     for seed in from..from + n {
         let r = run(seed);
         received += u64::from(r.ack == hotspare_proto::AckLevel::Received);
@@ -72,6 +73,8 @@ fn main() {
         switchovers += u64::from(r.switchovers);
         overlapping += r.renewals_overlapping;
         reordered += r.answers_reordered;
+        ahead += r.validated_ahead;
+        refused_after += r.refused_after_sync_failure;
         with_overlap += u64::from(r.renewals_overlapping > 0);
         handovers += u64::from(r.handovers);
         sim += r.sim_nanos;
@@ -88,7 +91,7 @@ fn main() {
     }
     let real = t.elapsed().as_secs_f64();
     println!(
-        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers},\"renewals\":{{\"overlapping\":{overlapping},\"scenarios_with_overlap\":{with_overlap},\"answers_reordered\":{reordered}}}}}",
+        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers},\"renewals\":{{\"overlapping\":{overlapping},\"scenarios_with_overlap\":{with_overlap},\"answers_reordered\":{reordered}}},\"disk\":{{\"validated_ahead\":{ahead},\"refused_after_sync_failure\":{refused_after}}}}}",
         n as f64 / real,
         sim as f64 / 1e9 / real,
         endings.get("kill-primary").unwrap_or(&0),

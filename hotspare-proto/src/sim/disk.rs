@@ -1,8 +1,12 @@
-//! The simulated disk of the spare: the protocol's disk operations executed one at a time,
-//! with latencies and faults; what survives a crash; the validation `ImageDir::check_wal` does.
-//! A Persist runs in two steps, as the persister does: validation (then
-//! [`DiskDone::Verified`]), then making it durable (then [`DiskDone::Persisted`]); a failure of
-//! the disk hits one or the other.
+//! The simulated disk of the spare: the protocol's disk operations, with latencies and faults;
+//! what survives a crash; the validation `ImageDir::check_wal` does. As in the driver
+//! (`hotspare/src/replica/spare/disk.rs`), two workers: the persister runs the operations one
+//! at a time and validates each Persist (then [`DiskDone::Verified`]) on the last stream *it
+//! validated*; a syncer then makes them durable in order (then [`DiskDone::Persisted`]) while
+//! the persister goes on, so a later stream's reports may come before an earlier one's
+//! Persisted. The term file, applies and refusals go through the syncer too. A failure of the
+//! disk hits validation or durability; after a durability failure the syncer refuses what was
+//! validated on top of it, until the persister starts again from what is durable.
 
 use super::*;
 
@@ -43,6 +47,25 @@ pub(super) struct Disk {
     /// The running Persist between its two steps: its final answer (as `disk_exec` decided
     /// it), whether a failure hits validation, and the latency left after validation.
     pub(super) step: Option<(DiskDone, bool, u64)>,
+    /// The syncer's queue, in order; its head runs while `sync_busy`.
+    pub(super) sync: VecDeque<SyncItem>,
+    pub(super) sync_busy: bool,
+    /// The last stream the persister validated (`None`: start from the durable tip).
+    pub(super) validated: Option<Img>,
+    /// The syncer failed to make a stream durable: it refuses later ones (`broken`) until the
+    /// persister, at its next Persist, has waited for it and started again from the durable
+    /// tip (`failed` cleared).
+    pub(super) broken: bool,
+    pub(super) failed: bool,
+}
+
+/// Work for the simulated syncer: the operation, its answer as decided when it was queued
+/// (a Persist's `Err("")`: decided when it completes), and the validated image of a Persist.
+#[derive(Clone)]
+pub(super) struct SyncItem {
+    pub(super) op: DiskOp,
+    pub(super) done: DiskDone,
+    pub(super) img: Option<Img>,
 }
 
 impl Disk {
@@ -57,6 +80,20 @@ impl Disk {
             exe_id: exe,
         }
     }
+    /// What a spare process holds in memory of its disk work, gone with it.
+    pub(super) fn forget_volatile(&mut self) {
+        self.queue.clear();
+        self.busy = false;
+        self.spool = None;
+        self.step = None;
+        self.verified.clear();
+        self.sync.clear();
+        self.sync_busy = false;
+        self.validated = None;
+        self.broken = false;
+        self.failed = false;
+    }
+
     /// Applies the WAL; an incremental that does not chain is a broken promise (it was
     /// acknowledged), reported by returning it.
     pub(super) fn apply(&mut self) -> Result<u64, Img> {
@@ -76,8 +113,36 @@ impl Disk {
 
 impl World {
     pub(super) fn disk_kick(&mut self) {
-        if self.disk.busy || self.disk.queue.is_empty() {
-            return;
+        loop {
+            if self.disk.busy {
+                return;
+            }
+            match self.disk.queue.front() {
+                None => return,
+                // Forwarded to the syncer: after whatever is being made durable.
+                Some(DiskOp::SaveTerm(_) | DiskOp::Apply) => {
+                    let op = self.disk.queue.pop_front().expect("front");
+                    let done = self.disk_exec(op.clone());
+                    self.disk.sync.push_back(SyncItem {
+                        op,
+                        done,
+                        img: None,
+                    });
+                    self.sync_kick();
+                    continue;
+                }
+                Some(DiskOp::Persist { .. }) if self.disk.failed => {
+                    if self.disk.sync_busy || !self.disk.sync.is_empty() {
+                        return; // waits for the syncer; its completion kicks again
+                    }
+                    self.trace("the persister starts again from the durable tip".into());
+                    self.disk.validated = None;
+                    self.disk.failed = false;
+                    self.disk.broken = false;
+                }
+                Some(_) => {}
+            }
+            break;
         }
         self.disk.busy = true;
         let lat = match self.disk_mode {
@@ -119,16 +184,108 @@ impl World {
             self.violation("simulator bug: a Persist step for another operation".into());
             return;
         };
-        if !at_validation {
-            if let Ok(img) = self.sim_check(seq, replace_lineage) {
+        let _ = rest;
+        let checked = if at_validation {
+            match &done {
+                DiskDone::Persisted { result: Err(e), .. } => Err(e.clone()),
+                _ => Err("validation failed".into()),
+            }
+        } else {
+            self.sim_check(seq, replace_lineage)
+        };
+        let op = self.disk.queue.pop_front().expect("the Persist");
+        let item = match checked {
+            Ok(img) => {
                 self.disk.verified.insert((img.lineage, img.seq));
+                self.disk.validated = Some(img);
+                if self.disk.sync.iter().any(|i| i.img.is_some()) {
+                    self.report.validated_ahead += 1;
+                }
                 self.deliver(Ev::DiskDone {
                     inc,
                     done: DiskDone::Verified { seq },
                 });
+                SyncItem {
+                    op,
+                    done,
+                    img: Some(img),
+                }
             }
+            Err(why) => SyncItem {
+                op,
+                done: DiskDone::Persisted {
+                    seq,
+                    result: Err(why),
+                },
+                img: None,
+            },
+        };
+        // The persister is free for the next operation; the syncer has this one.
+        self.disk.busy = false;
+        self.disk.spool = None;
+        self.disk.sync.push_back(item);
+        self.sync_kick();
+        self.disk_kick();
+    }
+
+    /// Starts the syncer's next item, if it is idle.
+    pub(super) fn sync_kick(&mut self) {
+        if self.disk.sync_busy {
+            return;
         }
-        self.after(rest, Ev::DiskDone { inc, done });
+        let Some(item) = self.disk.sync.front() else {
+            return;
+        };
+        self.disk.sync_busy = true;
+        let done = item.done.clone();
+        // fsync, rename and directory fsync: the slow part, so that later streams are often
+        // validated while earlier ones are still being made durable.
+        let lat = match self.disk_mode {
+            DiskMode::Slow => self.rng.u64(100 * MS..900 * MS),
+            _ => self.rng.u64(200_000..8 * MS),
+        };
+        let inc = self.s_inc;
+        self.after(lat, Ev::DiskDone { inc, done });
+    }
+
+    /// The syncer's head is done: its effect on what survives, and its final answer.
+    fn finish_sync(&mut self, mut done: DiskDone) -> DiskDone {
+        let Some(item) = self.disk.sync.pop_front() else {
+            self.violation(format!(
+                "simulator bug: a sync completion with nothing queued: {done:?}"
+            ));
+            return done;
+        };
+        self.disk.sync_busy = false;
+        match (&item.op, &mut done, item.img) {
+            (DiskOp::SaveTerm(t), DiskDone::TermSaved { result: Ok(()), .. }, _) => {
+                self.disk.term = self.disk.term.max(*t);
+            }
+            (DiskOp::Persist { seq, .. }, DiskDone::Persisted { result, .. }, Some(img)) => {
+                if self.disk.broken {
+                    self.report.refused_after_sync_failure += 1;
+                    *result = Err(format!(
+                        "checkpoint {seq}: an earlier checkpoint could not be made durable"
+                    ));
+                } else if result.as_ref().is_err_and(|e| e.is_empty()) {
+                    self.sim_make_durable(img);
+                    *result = Ok(Disk::as_tip(img, self.exe));
+                } else {
+                    self.disk.broken = true;
+                    self.disk.failed = true;
+                }
+            }
+            (DiskOp::Apply, DiskDone::Applied(r), _) if r.is_ok() => match self.disk.apply() {
+                Ok(s) => *r = Ok(s),
+                Err(w) => {
+                    self.violation(format!("an acknowledged checkpoint does not apply: {w:?}"));
+                    *r = Err("does not chain".into());
+                }
+            },
+            _ => {}
+        }
+        self.sync_kick();
+        done
     }
 
     /// Decides the outcome of the disk operation now; it becomes durable when it completes
@@ -174,6 +331,13 @@ impl World {
     }
 
     pub(super) fn finish_disk(&mut self, mut done: DiskDone) -> DiskDone {
+        // Persisted, TermSaved and Applied come from the syncer; the rest from the persister.
+        if matches!(
+            done,
+            DiskDone::Persisted { .. } | DiskDone::TermSaved { .. } | DiskDone::Applied(_)
+        ) {
+            return self.finish_sync(done);
+        }
         let Some(op) = self.disk.queue.pop_front() else {
             self.violation(format!(
                 "simulator bug: disk completion with nothing running: {done:?}"
@@ -181,7 +345,6 @@ impl World {
             return done;
         };
         self.disk.busy = false;
-        let exe = self.exe;
         match (&op, &mut done) {
             (DiskOp::SaveTerm(t), DiskDone::TermSaved { result: Ok(()), .. }) => {
                 self.disk.term = self.disk.term.max(*t);
@@ -219,24 +382,6 @@ impl World {
                     }
                 }
             }
-            (
-                DiskOp::Persist {
-                    seq,
-                    replace_lineage,
-                },
-                DiskDone::Persisted { result, .. },
-            ) if result.as_ref().is_err_and(|e| e.is_empty()) => {
-                *result = self
-                    .sim_persist(*seq, *replace_lineage)
-                    .map(|i| Disk::as_tip(i, exe));
-            }
-            (DiskOp::Apply, DiskDone::Applied(r)) if r.is_ok() => match self.disk.apply() {
-                Ok(s) => *r = Ok(s),
-                Err(w) => {
-                    self.violation(format!("an acknowledged checkpoint does not apply: {w:?}"));
-                    *r = Err("does not chain".into());
-                }
-            },
             _ => {}
         }
         if matches!(op, DiskOp::Persist { .. } | DiskOp::Discard { .. }) {
@@ -245,17 +390,15 @@ impl World {
         done
     }
 
-    /// Validates the spool and makes it durable (`ImageDir::check_wal`, then
-    /// `make_wal_durable`).
-    pub(super) fn sim_persist(&mut self, seq: u64, replace: bool) -> Result<Img, String> {
-        let img = self.sim_check(seq, replace)?;
+    /// A validated stream made durable (`ImageDir::commit_checked_wal`).
+    pub(super) fn sim_make_durable(&mut self, img: Img) {
         self.disk.wal.push(img);
         self.disk.durable.insert((img.lineage, img.seq));
         self.receipt_unsynced.remove(&(img.lineage, img.seq));
-        Ok(img)
     }
 
-    /// The validation `ImageDir::check_wal` does, against the durable tip.
+    /// The validation `ImageDir::check_wal` does, against the last stream validated (the
+    /// durable tip when there is none).
     pub(super) fn sim_check(&self, seq: u64, replace: bool) -> Result<Img, String> {
         let Some((h, lineage, _term, Some(img), true)) = self.disk.spool else {
             return Err("stream torn or incomplete".into());
@@ -263,7 +406,7 @@ impl World {
         if h.seq != seq || img.seq != seq || img.base != h.base_seq || img.lineage != lineage {
             return Err("stream does not match its declared header".into());
         }
-        if let Some(t) = self.disk.tip() {
+        if let Some(t) = self.disk.validated.or_else(|| self.disk.tip()) {
             if img.term < t.term {
                 return Err("stale term".into());
             }

@@ -76,6 +76,11 @@ pub struct Report {
     pub renewals_overlapping: u64,
     /// Answers to the primary's requests that reached it after an answer to a newer one.
     pub answers_reordered: u64,
+    /// Streams the spare validated (and reported Verified) while an earlier one was still
+    /// being made durable.
+    pub validated_ahead: u64,
+    /// Streams the syncer refused because one before them could not be made durable.
+    pub refused_after_sync_failure: u64,
     /// How the scenario used an arbiter: `None` (two-machine mode), or its ending
     /// (`kill-primary`, `kill-spare`, `cut-pair`).
     pub arbiter: Option<&'static str>,

@@ -50,11 +50,7 @@ impl World {
             ));
             self.disk.torn = 0;
         }
-        self.disk.spool = None;
-        self.disk.queue.clear();
-        self.disk.busy = false;
-        self.disk.step = None;
-        self.disk.verified.clear();
+        self.disk.forget_volatile();
         if let Err(w) = self.disk.apply() {
             self.violation(format!(
                 "a durable checkpoint does not apply at recovery: {w:?}"
@@ -108,17 +104,20 @@ impl World {
                 self.trace("spare crashes (unsynced disk work lost)".into());
                 self.s = None;
                 self.s_inc += 1;
-                // A persist that was running when the process died either never became
-                // durable, became durable without anyone hearing of it (fsync and rename done,
-                // the answer lost), or left a torn WAL file that recovery finds damaged.
-                if self.disk.busy {
-                    if let Some(DiskOp::Persist {
-                        seq,
-                        replace_lineage,
-                    }) = self.disk.queue.front().cloned()
+                // A persist the syncer was making durable when the process died either never
+                // became durable, became durable without anyone hearing of it (fsync and
+                // rename done, the answer lost), or left a torn WAL file that recovery finds
+                // damaged. One that was being validated never reached the disk.
+                if self.disk.sync_busy && !self.disk.broken {
+                    if let Some(super::disk::SyncItem {
+                        op: DiskOp::Persist { seq, .. },
+                        done: DiskDone::Persisted { result: Err(e), .. },
+                        img: Some(img),
+                    }) = self.disk.sync.front().cloned()
                     {
                         match self.rng.u32(0..3) {
-                            0 if self.sim_persist(seq, replace_lineage).is_ok() => {
+                            0 if e.is_empty() => {
+                                self.sim_make_durable(img);
                                 self.trace(format!("checkpoint {seq} became durable unannounced"));
                             }
                             1 => self.disk.torn += 1,
@@ -126,11 +125,7 @@ impl World {
                         }
                     }
                 }
-                self.disk.queue.clear();
-                self.disk.busy = false;
-                self.disk.spool = None;
-                self.disk.step = None;
-                self.disk.verified.clear();
+                self.disk.forget_volatile();
                 // What was acknowledged on receipt and is not durable now is lost with this
                 // process: the second failure `received` does not cover. Nothing else is.
                 let lost = std::mem::take(&mut self.receipt_unsynced);

@@ -1,10 +1,25 @@
-//! The spare's disk work, off the event loop: a **persister** thread runs the protocol's disk
-//! operations in the order asked (term, spool, validate — reported as `DiskDone::Verified`, so
-//! a primary that asked for it is acknowledged on receipt — then make durable, discard) and an
-//! **applier** thread writes durable checkpoints into the data files, so an acknowledgement
-//! never waits for a large apply. The queue to the persister is bounded in bytes: when it is
-//! full the event loop stops reading the primary's connection (back-pressure reaches the
-//! primary through TCP) instead of growing without limit.
+//! The spare's disk work, off the event loop, on three threads:
+//!
+//! ```text
+//! event loop ─ DiskOp ─▶ persister ── SyncJob (in order) ─▶ syncer ── Apply ──▶ applier
+//!     ▲   spool in memory, resolve deltas,     write, fsync, rename,      data files
+//!     │   validate → DiskDone::Verified        directory fsync →          (batched)
+//!     │                                        Persisted, TermSaved
+//!     └──────────────────────────── DiskDone + wake ◀───────────────────────┘
+//! ```
+//!
+//! The **persister** validates each stream from memory as soon as it is complete and reports
+//! `Verified` (a primary that asked for it is acknowledged on receipt), then hands it to the
+//! **syncer**, which makes streams durable one after the other. So an acknowledgement on
+//! receipt never waits behind the `fsync` of the checkpoint before it (it did, when one thread
+//! did both: 0.5 ms of a 0.6 ms round trip, serially). Everything whose order matters against
+//! durability (Persisted answers, refusals, the term file, applies) goes through the syncer's
+//! queue. A stream made durable only after the next one was validated on top of it: if that
+//! fails, the syncer refuses every later stream until the persister has started again from
+//! what is durable. The **applier** writes durable checkpoints into the data files, so an
+//! acknowledgement never waits for a large apply. The queue to the persister is bounded in
+//! bytes: when it is full the event loop stops reading the primary's connection
+//! (back-pressure reaches the primary through TCP) instead of growing without limit.
 
 use crate::image::delta::{self, BasePages};
 use crate::image::{Begin, ImageDir, LineagePolicy, RangeEntry, Run, Tip as ImageTip};
@@ -101,10 +116,41 @@ struct Spool {
     header: StreamHeader,
     lineage: [u8; 16],
     term: u64,
-    file: Result<File, String>,
-    /// A copy of what was written, while it is at most [`COPY_LIMIT`]: validated from memory
-    /// instead of reading the file back (`None`: too large, read the file).
+    /// `wal/<seq>.tmp`, created only once the stream outgrows [`COPY_LIMIT`] (`None`: all of
+    /// it is in `copy`).
+    file: Option<Result<File, String>>,
+    /// The stream while it is at most [`COPY_LIMIT`]: validated from memory, written by the
+    /// syncer (`None`: too large, in the file).
     copy: Option<Vec<u8>>,
+}
+
+/// The persister's instructions to the syncer, carried out in order.
+enum SyncJob {
+    /// Make the validated checkpoint `seq` durable; `bytes`: the stream, unless the spool file
+    /// already holds it; `keep_lineage`: drop WAL files of other lineages first.
+    Persist {
+        seq: u64,
+        bytes: Option<Vec<u8>>,
+        keep_lineage: Option<[u8; 16]>,
+        tip: ImageTip,
+        begin: Box<Begin>,
+    },
+    /// An answer that must not overtake what is queued before it (a refused Persist).
+    Answer(DiskDone),
+    SaveTerm(u64),
+    Apply,
+    /// Answered once everything queued before it is done.
+    Barrier(mpsc::Sender<()>),
+    /// The persister has started again from what is durable: make streams durable again.
+    Resume,
+}
+
+/// What the syncer has made durable, for the persister to start again from after a failure.
+struct Durable {
+    tip: Option<ImageTip>,
+    base: Option<Begin>,
+    /// A stream could not be made durable: later ones were validated on a tip that is not.
+    failed: bool,
 }
 
 /// Streams up to this size are validated from a copy in memory (the small checkpoints of
@@ -169,6 +215,23 @@ pub(super) fn start(
                 }
             })?
     };
+    let durable = Arc::new(Mutex::new(Durable {
+        tip: tip.clone(),
+        base: None,
+        failed: false,
+    }));
+    let (sync_tx, sync_rx) = mpsc::channel::<SyncJob>();
+    let syncer = {
+        let (root, durable, done, wake) =
+            (root.clone(), durable.clone(), done.clone(), wake.clone());
+        let service = service.clone();
+        std::thread::Builder::new()
+            .name("hotspare-syncer".into())
+            .spawn(move || {
+                super::super::log::set_service(service);
+                run_syncer(&root, sync_rx, apply_tx, &durable, done, wake)
+            })?
+    };
     let q = queued.clone();
     let persister = std::thread::Builder::new()
         .name("hotspare-persister".into())
@@ -189,15 +252,104 @@ pub(super) fn start(
                 base: None,
                 cache,
                 applied,
+                sync: sync_tx,
+                durable,
+                checker: None,
             };
-            persister.run(rx, apply_tx, done, wake, q)
+            persister.run(rx, done, wake, q)
         })?;
     Ok(Disk {
         ops,
         queued,
         urgent,
-        threads: vec![persister, applier],
+        threads: vec![persister, syncer, applier],
     })
+}
+
+/// Waits until the syncer has done everything queued so far.
+fn drain(sync: &mpsc::Sender<SyncJob>) {
+    let (tx, rx) = mpsc::channel();
+    if sync.send(SyncJob::Barrier(tx)).is_ok() {
+        let _ = rx.recv();
+    }
+}
+
+/// The syncer: carries out the persister's [`SyncJob`] instructions in order.
+fn run_syncer(
+    root: &Path,
+    rx: mpsc::Receiver<SyncJob>,
+    apply: mpsc::Sender<()>,
+    durable: &Mutex<Durable>,
+    done: mpsc::Sender<DiskDone>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+) {
+    let mut dir: Option<ImageDir> = None;
+    let mut broken = false;
+    for job in rx {
+        let answer = match job {
+            SyncJob::Persist {
+                seq,
+                bytes,
+                keep_lineage,
+                tip,
+                begin,
+            } => {
+                let result = if broken {
+                    let _ = std::fs::remove_file(root.join("wal").join(format!("{seq:020}.tmp")));
+                    Err(format!(
+                        "checkpoint {seq}: an earlier checkpoint could not be made durable"
+                    ))
+                } else {
+                    let d = match dir.take() {
+                        Some(d) => Ok(d),
+                        None => ImageDir::attach(root),
+                    };
+                    let r = d.and_then(|d| {
+                        let r = d.commit_checked_wal(seq, bytes.as_deref(), keep_lineage);
+                        dir = Some(d);
+                        r
+                    });
+                    let mut g = durable.lock().unwrap_or_else(|p| p.into_inner());
+                    match r {
+                        Ok(_) => {
+                            let out = proto_tip(&tip);
+                            g.tip = Some(tip);
+                            g.base = Some(*begin);
+                            Ok(out)
+                        }
+                        Err(e) => {
+                            broken = true;
+                            g.failed = true;
+                            Err(e.to_string())
+                        }
+                    }
+                };
+                DiskDone::Persisted { seq, result }
+            }
+            SyncJob::Answer(d) => d,
+            SyncJob::SaveTerm(term) => DiskDone::TermSaved {
+                term,
+                result: write_term(root, term).map_err(|e| e.to_string()),
+            },
+            SyncJob::Apply => {
+                // The applier answers it.
+                let _ = apply.send(());
+                continue;
+            }
+            SyncJob::Barrier(tx) => {
+                let _ = tx.send(());
+                continue;
+            }
+            SyncJob::Resume => {
+                broken = false;
+                continue;
+            }
+        };
+        if done.send(answer).is_err() {
+            return;
+        }
+        wake();
+    }
 }
 
 struct Persister {
@@ -212,6 +364,12 @@ struct Persister {
     cache: PageCache,
     /// Lineage and sequence of the image's manifest, as the applier last left it.
     applied: Applied,
+    /// The syncer's queue.
+    sync: mpsc::Sender<SyncJob>,
+    /// What the syncer has made durable.
+    durable: Arc<Mutex<Durable>>,
+    /// A handle on the image directory for validating streams (attached at the first).
+    checker: Option<ImageDir>,
 }
 
 /// The manifest's lineage and sequence (what the data files hold), shared by the applier and
@@ -331,6 +489,8 @@ struct SpareBase<'a> {
     ranges: &'a [RangeEntry],
     lineage: [u8; 16],
     caught_up: bool,
+    /// The syncer: what it has queued must be durable before the data files can catch up.
+    sync: &'a mpsc::Sender<SyncJob>,
 }
 
 impl BasePages for SpareBase<'_> {
@@ -356,6 +516,7 @@ impl BasePages for SpareBase<'_> {
                 .is_some_and(|(l, s)| l == self.lineage && s >= need)
         };
         if !self.caught_up && !ok(self.applied) {
+            drain(self.sync);
             let mut d = self.applier_dir.lock().unwrap_or_else(|p| p.into_inner());
             let r = d.apply_pending();
             *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = applied_of(&d);
@@ -413,38 +574,31 @@ impl Persister {
     fn run(
         mut self,
         rx: mpsc::Receiver<DiskOp>,
-        apply: mpsc::Sender<()>,
         done: mpsc::Sender<DiskDone>,
         wake: Arc<dyn Fn() + Send + Sync>,
         queued: Arc<AtomicU64>,
     ) {
         for op in rx {
             let answer = match op {
-                DiskOp::SaveTerm(term) => Some(DiskDone::TermSaved {
-                    term,
-                    result: write_term(&self.root, term).map_err(|e| e.to_string()),
-                }),
+                DiskOp::SaveTerm(term) => {
+                    // After whatever is being made durable: the syncer answers it.
+                    let _ = self.sync.send(SyncJob::SaveTerm(term));
+                    continue;
+                }
                 DiskOp::SpoolStart {
                     header,
                     lineage,
                     term,
                 } => {
                     self.drop_spool();
-                    let file = ImageDir::create_wal_at(&self.root, header.seq)
-                        .map(|(_, f)| f)
-                        .map_err(|e| e.to_string());
-                    let failed = file.as_ref().err().cloned();
                     self.spool = Some(Spool {
                         header,
                         lineage,
                         term,
-                        file,
+                        file: None,
                         copy: Some(Vec::new()),
                     });
-                    failed.map(|why| DiskDone::SpoolFailed {
-                        seq: header.seq,
-                        why,
-                    })
+                    None
                 }
                 DiskOp::Spool { seq, bytes } => {
                     queued.fetch_sub(bytes.len() as u64, Ordering::SeqCst);
@@ -454,6 +608,7 @@ impl Persister {
                     seq,
                     replace_lineage,
                 } => {
+                    self.restart_if_sync_failed();
                     // The intermediate report, between validation and durability; the core
                     // does not count it as the end of the operation.
                     let verified = || {
@@ -461,10 +616,15 @@ impl Persister {
                             wake();
                         }
                     };
-                    Some(DiskDone::Persisted {
-                        seq,
-                        result: self.persist(seq, replace_lineage, verified),
-                    })
+                    if let Err(why) = self.persist(seq, replace_lineage, verified) {
+                        let refused = DiskDone::Persisted {
+                            seq,
+                            result: Err(why),
+                        };
+                        let _ = self.sync.send(SyncJob::Answer(refused));
+                    }
+                    // The syncer answers it.
+                    continue;
                 }
                 DiskOp::Discard { seq } => {
                     if self.spool.as_ref().is_some_and(|s| s.header.seq == seq) {
@@ -473,8 +633,8 @@ impl Persister {
                     Some(DiskDone::Discarded)
                 }
                 DiskOp::Apply => {
-                    // The applier answers it.
-                    let _ = apply.send(());
+                    // After what is being made durable; the applier answers it.
+                    let _ = self.sync.send(SyncJob::Apply);
                     continue;
                 }
             };
@@ -487,57 +647,110 @@ impl Persister {
         }
     }
 
+    fn drain_sync(&self) {
+        drain(&self.sync);
+    }
+
+    /// After the syncer failed to make a stream durable, every stream validated on top of it
+    /// is refused: start again from what is durable (its tip and base; no cached page, as the
+    /// cache may hold pages of streams that never became durable) and let the syncer go on.
+    fn restart_if_sync_failed(&mut self) {
+        if !self
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed
+        {
+            return;
+        }
+        self.drain_sync();
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        self.tip = d.tip.clone();
+        self.base = d.base.clone();
+        self.cache = PageCache {
+            lineage: self.tip.as_ref().map(|t| t.lineage),
+            uncached_upto: self.tip.as_ref().map_or(0, |t| t.seq),
+            ..PageCache::default()
+        };
+        d.failed = false;
+        drop(d);
+        let _ = self.sync.send(SyncJob::Resume);
+    }
+
+    fn spool_path(&self, seq: u64) -> PathBuf {
+        self.root.join("wal").join(format!("{seq:020}.tmp"))
+    }
+
     fn drop_spool(&mut self) {
         if let Some(s) = self.spool.take() {
-            drop(s.file);
-            let _ = std::fs::remove_file(
-                self.root
-                    .join("wal")
-                    .join(format!("{:020}.tmp", s.header.seq)),
-            );
+            if s.file.is_some() {
+                drop(s.file);
+                let _ = std::fs::remove_file(self.spool_path(s.header.seq));
+            }
         }
     }
 
+    /// Keeps a stream's bytes in memory while it is small; a larger one goes to its spool file.
     fn spool_bytes(&mut self, seq: u64, bytes: &[u8]) -> Option<DiskDone> {
+        let root = self.root.clone();
         let s = self.spool.as_mut().filter(|s| s.header.seq == seq)?;
-        let Ok(f) = s.file.as_mut() else { return None };
         if let Some(c) = &mut s.copy {
             if c.len() + bytes.len() <= COPY_LIMIT {
                 c.extend_from_slice(bytes);
-            } else {
-                s.copy = None;
+                return None;
             }
         }
-        match f.write_all(bytes) {
+        if s.file.is_none() {
+            match ImageDir::create_wal_at(&root, seq) {
+                Ok((_, f)) => s.file = Some(Ok(f)),
+                Err(e) => {
+                    let why = format!("spooling checkpoint {seq}: {e}");
+                    s.file = Some(Err(why.clone()));
+                    s.copy = None;
+                    return Some(DiskDone::SpoolFailed { seq, why });
+                }
+            }
+        }
+        // A spool that failed before has been reported.
+        let Some(Ok(f)) = s.file.as_mut() else {
+            return None;
+        };
+        let written = match s.copy.take() {
+            Some(c) => f.write_all(&c).and_then(|()| f.write_all(bytes)),
+            None => f.write_all(bytes),
+        };
+        match written {
             Ok(()) => None,
             Err(e) => {
                 let why = format!("spooling checkpoint {seq}: {e}");
-                s.file = Err(why.clone());
+                s.file = Some(Err(why.clone()));
                 Some(DiskDone::SpoolFailed { seq, why })
             }
         }
     }
 
-    /// Validates the whole spooled stream against the durable tip, calls `verified` (only if it
-    /// passed), and makes it durable. What the stream's BEGIN says must be what the primary
-    /// declared (sequence, base, lineage, term) — checked before anything is made durable, so
-    /// a refused stream never is, and before `verified`, so it is never acknowledged either.
+    /// Validates the whole spooled stream against the tip, calls `verified` (only if it
+    /// passed) and hands it to the syncer to be made durable. What the stream's BEGIN says must
+    /// be what the primary declared (sequence, base, lineage, term) — checked before `verified`,
+    /// so a refused stream is never acknowledged, nor made durable. The tip it is checked on is
+    /// the last stream validated, which the syncer makes durable first (or, failing, refuses
+    /// this one: [`Persister::restart_if_sync_failed`]).
     fn persist(
         &mut self,
         seq: u64,
         replace_lineage: bool,
         verified: impl FnOnce(),
-    ) -> Result<Tip, String> {
+    ) -> Result<(), String> {
         let Some(s) = self.spool.take().filter(|s| s.header.seq == seq) else {
             return Err(format!("checkpoint {seq} was not spooled"));
         };
         let (header, lineage, term) = (s.header, s.lineage, s.term);
-        let tmp = self.root.join("wal").join(format!("{seq:020}.tmp"));
+        let tmp = self.spool_path(seq);
         let refuse = |why: String| {
             let _ = std::fs::remove_file(&tmp);
             Err(why)
         };
-        if let Err(why) = s.file {
+        if let Some(Err(why)) = s.file {
             return refuse(why);
         }
         drop(s.file);
@@ -589,7 +802,8 @@ impl Persister {
         // the WAL never holds two lineages (their sequence numbers do not order them). The
         // applier's lock is held until the new stream is durable.
         let other_lineage = self.tip.as_ref().is_some_and(|t| t.lineage != lineage);
-        let _guard = if other_lineage {
+        let guard = if other_lineage {
+            self.drain_sync();
             let mut g = self.applier_dir.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = g.apply_pending() {
                 return refuse(e.to_string());
@@ -598,21 +812,19 @@ impl Persister {
         } else {
             None
         };
-        let dir = ImageDir::attach(&self.root).map_err(|e| e.to_string())?;
-        let summary = match dir.persist_wal_from(
-            seq,
-            copy.as_deref(),
-            self.tip.as_ref(),
-            policy,
-            term,
-            |_| verified(),
-        ) {
-            Ok(s) => s,
-            Err(e) => return refuse(e.to_string()),
-        };
+        if self.checker.is_none() {
+            match ImageDir::attach(&self.root) {
+                Ok(d) => self.checker = Some(d),
+                Err(e) => return refuse(e.to_string()),
+            }
+        }
+        let checker = self.checker.as_ref().expect("attached above");
+        let summary = checker
+            .check_wal(seq, copy.as_deref(), self.tip.as_ref(), policy, term)
+            .map_err(|e| e.to_string())?;
+        verified();
         let tip = ImageTip::from(&summary.begin);
-        let out = proto_tip(&tip);
-        self.tip = Some(tip);
+        self.tip = Some(tip.clone());
         let applied = *self.applied.lock().unwrap_or_else(|p| p.into_inner());
         let page = summary.begin.page_size as usize;
         let update = match update {
@@ -637,8 +849,20 @@ impl Persister {
             }
         };
         self.cache.commit(&summary.begin, update, applied);
-        self.base = Some(summary.begin);
-        Ok(out)
+        self.base = Some(summary.begin.clone());
+        let _ = self.sync.send(SyncJob::Persist {
+            seq,
+            bytes: copy,
+            keep_lineage: other_lineage.then_some(lineage),
+            tip,
+            begin: Box::new(summary.begin),
+        });
+        if let Some(g) = guard {
+            // Durable (or refused) before the applier may run again.
+            self.drain_sync();
+            drop(g);
+        }
+        Ok(())
     }
 
     /// Resolves the wire stream spooled for `seq` (in `copy`, or in the file `tmp`) into a
@@ -673,6 +897,7 @@ impl Persister {
             ranges: &base.ranges,
             lineage: base.lineage,
             caught_up: false,
+            sync: &self.sync,
         };
         let mut sink = SpillTo {
             spill: &mut out,
@@ -699,13 +924,9 @@ impl Persister {
             let _ = std::fs::remove_file(&spill_path);
             return Err(at(e));
         }
+        // In memory, the syncer writes it (after the acknowledgement on receipt).
         let written = match out {
-            Spill::Memory(v) => std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(tmp)
-                .and_then(|mut f| f.write_all(&v))
-                .map(|()| Some(v)),
+            Spill::Memory(v) => Ok(Some(v)),
             Spill::File(p, f) => f
                 .into_inner()
                 .map_err(|e| e.into_error())
@@ -807,10 +1028,25 @@ mod tests {
 
     /// [`run`] in the image directory `dir`.
     fn run_in(dir: &Path, streams: &[(u64, u64, Vec<u8>)]) -> Vec<DiskDone> {
+        run_with(dir, streams, |_| {})
+    }
+
+    /// [`run_in`], calling `before` once the directory is open and before the first stream.
+    fn run_with(
+        dir: &Path,
+        streams: &[(u64, u64, Vec<u8>)],
+        before: impl FnOnce(&Path),
+    ) -> Vec<DiskDone> {
         let image = ImageDir::open(dir).expect("image");
         let (tx, rx) = mpsc::channel();
         let disk = start(image, tx, Arc::new(|| {})).expect("threads");
-        let mut expect = 0;
+        before(dir);
+        submit_all(&disk, streams);
+        answers(&rx, 3 * streams.len())
+    }
+
+    /// The spool operations and the Persist of each stream.
+    fn submit_all(disk: &Disk, streams: &[(u64, u64, Vec<u8>)]) {
         for (seq, base_seq, bytes) in streams {
             let header = StreamHeader {
                 seq: *seq,
@@ -829,14 +1065,17 @@ mod tests {
                 seq: *seq,
                 replace_lineage: false,
             });
-            expect += 3;
         }
+    }
+
+    /// Every report until `finals` operations have ended.
+    fn answers(rx: &mpsc::Receiver<DiskDone>, finals: usize) -> Vec<DiskDone> {
         let mut got = Vec::new();
-        let mut finals = 0;
-        while finals < expect {
+        let mut ended = 0;
+        while ended < finals {
             let d = rx.recv_timeout(Duration::from_secs(10)).expect("an answer");
             if !matches!(d, DiskDone::Verified { .. }) {
-                finals += 1;
+                ended += 1;
             }
             got.push(d);
         }
@@ -1024,22 +1263,86 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect();
+        // The syncer answers Persisted while the persister goes on: only the order of each
+        // stream's own reports, and of the Persisted answers, is fixed.
+        let at = |s: &str| shape.iter().position(|x| x == s);
+        let final_answers: Vec<&String> = shape
+            .iter()
+            .filter(|s| s.starts_with("persisted"))
+            .collect();
         assert_eq!(
-            shape,
-            [
-                "answered",
-                "answered",
-                "verified 1",
-                "persisted 1 ok",
-                "answered",
-                "answered",
-                "persisted 2 err",
-                "answered",
-                "answered",
-                "verified 3",
-                "persisted 3 ok",
-            ],
+            final_answers,
+            ["persisted 1 ok", "persisted 2 err", "persisted 3 ok"],
             "{got:?}"
         );
+        assert!(at("verified 1") < at("persisted 1 ok"), "{shape:?}");
+        assert!(at("verified 3") < at("persisted 3 ok"), "{shape:?}");
+        assert_eq!(
+            at("verified 2"),
+            None,
+            "a refused stream was verified: {shape:?}"
+        );
+        assert_eq!(
+            shape.iter().filter(|s| *s == "answered").count(),
+            6,
+            "every spool operation answered once: {shape:?}"
+        );
+        assert_eq!(shape.len(), 11, "{shape:?}");
+    }
+
+    /// Guards against the split of validation from durability: a stream validated on top of
+    /// one that then could not be made durable must never become durable itself (the image
+    /// would hold a checkpoint on a base it lacks), and the persister must go on from what is
+    /// durable. The durability of checkpoint 2 is made to fail (its spool name is taken by a
+    /// directory, so the syncer cannot create the file); 3 is a delta on 2, validated before
+    /// 2's failure is known; 4 is a full checkpoint, as a primary sends after the connection
+    /// closes.
+    #[test]
+    fn a_stream_validated_on_one_that_failed_to_become_durable_is_refused() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let image = ImageDir::open(t.path()).expect("image");
+        let (tx, rx) = mpsc::channel();
+        let disk = start(image, tx, Arc::new(|| {})).expect("threads");
+        let blocked = t.path().join("wal").join(format!("{:020}.tmp", 2));
+        std::fs::create_dir(&blocked).expect("block the spool of checkpoint 2");
+        submit_all(
+            &disk,
+            &[
+                (1, 0, stream(1, 0, 1)),
+                (2, 1, stream(2, 1, 2)),
+                (3, 2, stream(3, 2, 3)),
+            ],
+        );
+        let got = answers(&rx, 9);
+        let p = persisted(&got);
+        assert_eq!(p[0], Ok(1), "{got:?}");
+        assert!(
+            p[1].is_err(),
+            "checkpoint 2 could not be made durable: {got:?}"
+        );
+        assert!(
+            p[2].is_err(),
+            "checkpoint 3 is on a base that is not durable: {got:?}"
+        );
+        // A delta on 1 (what is durable) and a full checkpoint, once the failure is known.
+        submit_all(&disk, &[(4, 1, stream(4, 1, 4)), (5, 0, stream(5, 0, 5))]);
+        let got = answers(&rx, 6);
+        let p = persisted(&got);
+        assert_eq!(
+            p,
+            [Ok(4), Ok(5)],
+            "the persister goes on from what is durable: {got:?}"
+        );
+        disk.close();
+        std::fs::remove_dir(&blocked).expect("rmdir");
+        assert!(
+            !t.path().join("wal").join(format!("{:020}.cpt", 3)).exists(),
+            "checkpoint 3 was made durable"
+        );
+        let mut image = ImageDir::open(t.path()).expect("reopen");
+        image.apply_pending().expect("apply");
+        assert_eq!(image.seq(), 5);
+        let data = std::fs::read(image.data_path(ADDR, PAGE as u64)).expect("data");
+        assert_eq!(data, vec![5u8; PAGE]);
     }
 }
