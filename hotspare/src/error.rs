@@ -4,7 +4,10 @@ use crate::image::ImageError;
 use std::path::PathBuf;
 
 /// What went wrong in the Hot Spare Library.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` is the message too (see the impl below): a `main` that returns
+/// `Result<(), hotspare::Error>`, as the adoption of docs/library.md does, prints it.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Bad configuration (code, environment or TOML).
     #[error("configuration: {0}")]
@@ -82,6 +85,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The message, as `Display` gives it. Rust prints an error returned from `main` with `Debug`:
+/// derived, a refused resume read `Error: NoRoot("hotspare::sync::Mutex<app::State>")`, naming
+/// a variant and a type but not what was refused or why. Each message is one line and names the
+/// values that matter, so nothing is lost.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Result alias.

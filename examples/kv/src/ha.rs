@@ -274,7 +274,7 @@ impl Durability for HotSpareDurability {
         let (backend, _) = self.hs.backend();
         let resumed = self.hs.resumed();
         out.push_str(&format!(
-            "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_durability:{}\r\nhotspare_pipeline_depth:{}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_capture_ms_median:{cap_med:.3}\r\nhotspare_capture_ms_p99:{cap_p99:.3}\r\nhotspare_capture_ms_max:{cap_max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
+            "# Hotspare\r\nhotspare_backend:{backend:?}\r\nhotspare_durability:{}\r\nhotspare_pipeline_depth:{}\r\nhotspare_cpt_ms:{}\r\nhotspare_every_write:{}\r\nhotspare_checkpoints:{}\r\nhotspare_coalesced:{}\r\nhotspare_failed:{}\r\nhotspare_stop_ms_median:{med:.3}\r\nhotspare_stop_ms_p99:{p99:.3}\r\nhotspare_stop_ms_max:{max:.3}\r\nhotspare_capture_ms_median:{cap_med:.3}\r\nhotspare_capture_ms_p99:{cap_p99:.3}\r\nhotspare_capture_ms_max:{cap_max:.3}\r\nhotspare_bytes_median:{}\r\nhotspare_full_image_bytes:{}\r\nhotspare_heap_used_bytes:{}\r\nhotspare_heap_in_use_bytes:{}\r\nhotspare_wire_bytes:{}\r\nhotspare_resumed:{}\r\nhotspare_resumed_seq:{}\r\nhotspare_restore_ms:{:.3}\r\n\r\n",
             self.hs.config().durability_level(),
             self.hs.config().depth(),
             self.store.cpt_ms.load(Ordering::Relaxed),
@@ -285,6 +285,9 @@ impl Durability for HotSpareDurability {
             bytes_med as u64,
             s.full_bytes,
             self.hs.heap().allocated_bytes(),
+            // Allocated and not freed, the allocator's free lists walked (all its locks held
+            // for the walk): after a FLUSHALL what a resumed server inherited, docs/library.md.
+            hotspare::GlobalHeap::check().map_or(0, |st| st.in_use_bytes),
             self.hs.wire_bytes().unwrap_or(0),
             u8::from(resumed.is_some()),
             resumed.map_or(0, |r| r.seq),
