@@ -2947,3 +2947,153 @@ fn k_a_term_at_the_top_of_the_range_never_wraps_a_takeover() {
         );
     }
 }
+
+/// Drives a spare with no primary the way a driver does, from `from` to `to`: every output
+/// drained, every `SaveTerm` answered `Ok`, every `Observe` answered `observed`, every claim
+/// `Claimed`, and `handle_timeout` called at each `poll_timeout`. Returns the outputs and the
+/// number of timer wake-ups (a past deadline returned again and again would spin: bounded).
+fn drive_alone(
+    s: &mut Spare,
+    from: Time,
+    to: Time,
+    observed: &dyn Fn() -> Answer,
+) -> (Vec<Output>, usize) {
+    let mut all = Vec::new();
+    let mut now = from;
+    let mut wakeups = 0;
+    loop {
+        let out = drain(s);
+        let answered = !out.is_empty();
+        for o in &out {
+            match o {
+                Output::Disk(DiskOp::SaveTerm(t)) => s.handle_disk(
+                    now,
+                    DiskDone::TermSaved {
+                        term: *t,
+                        result: Ok(()),
+                    },
+                ),
+                Output::Disk(op) => panic!("unexpected disk operation {op:?}"),
+                Output::Arbiter(id, Request::Observe) => s.handle_arbiter(now, *id, Ok(observed())),
+                Output::Arbiter(id, Request::Claim { .. }) => {
+                    s.handle_arbiter(now, *id, Ok(Answer::Claimed))
+                }
+                _ => {}
+            }
+        }
+        all.extend(out);
+        if answered {
+            continue;
+        }
+        match s.poll_timeout() {
+            Some(t) if t <= to => {
+                wakeups += 1;
+                assert!(wakeups < 100, "spinning on the timer: {t:?} (now {now:?})");
+                now = now.max(t);
+                s.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    (all, wakeups)
+}
+
+fn logs(out: &[Output]) -> Vec<&str> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Log(l) => Some(l.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn saved_terms(out: &[Output]) -> Vec<u64> {
+    disk_ops(out)
+        .into_iter()
+        .filter_map(|d| match d {
+            DiskOp::SaveTerm(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Guards against a takeover with a term that wrapped to 0 when the spare's own term is the
+/// last one (a tampered term file, or a tip written in term `u64::MAX`): `self.term + 1`
+/// wrapped in release builds, so the spare saved term 0 and took over below every term. The
+/// spare must refuse (stay a spare), say so once, and not leave a past deadline behind.
+#[test]
+fn l_a_saved_term_at_u64_max_refuses_the_takeover_once_and_does_not_spin() {
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, u64::MAX, at(0));
+    let (out, wakeups) = drive_alone(&mut s, at(0), at(10_000), &|| unreachable!());
+    assert!(saved_terms(&out).is_empty(), "saved a term: {out:?}");
+    assert_eq!(takeover(&out), None, "{out:?}");
+    let refused: Vec<_> = logs(&out)
+        .into_iter()
+        .filter(|l| l.contains("NOT taking over"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert!(refused[0].contains(&u64::MAX.to_string()), "{refused:?}");
+    assert!(wakeups <= 1, "{wakeups} wake-ups");
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(at(20_000));
+    assert!(drain(&mut s).is_empty(), "logged again");
+    assert!(!s.taking_over());
+    // The good side: one below the top still takes over, with the top term.
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, u64::MAX - 1, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(10_000), &|| unreachable!());
+    assert_eq!(takeover(&out), Some((u64::MAX, 5)), "{out:?}");
+}
+
+/// The same through the arbiter: a term record at `u64::MAX` (held by another node) is learnt
+/// and saved, after which the next attempt computed `max(term, record) + 1` = 0 and claimed —
+/// and took over with — term 0; a spare whose own term is `u64::MAX` observing no record
+/// claimed `term + 1` = 0. Neither may claim anything.
+#[test]
+fn l_an_arbiter_record_at_u64_max_is_never_claimed_past() {
+    let top = || Answer::Observed {
+        term: Some((9, record(u64::MAX, "c", 45))),
+        alive_rev: 3,
+    };
+    let none = || Answer::Observed {
+        term: None,
+        alive_rev: 0,
+    };
+    let cfg = || SpareConfig {
+        arbiter: Some("spare-b".into()),
+        ..spare_cfg(false)
+    };
+    let claims = |out: &[Output]| {
+        arbiter_requests(out)
+            .into_iter()
+            .filter(|(_, r)| matches!(r, Request::Claim { .. }))
+            .count()
+    };
+    // Learnt from the arbiter.
+    let mut s = spare_with_image(cfg(), OLD, 5, 5, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(10_000), &top);
+    assert_eq!(saved_terms(&out), vec![u64::MAX], "{out:?}");
+    assert_eq!(claims(&out), 0, "{out:?}");
+    assert_eq!(takeover(&out), None, "{out:?}");
+    assert_eq!(
+        logs(&out)
+            .iter()
+            .filter(|l| l.contains("the highest there is"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+    assert_eq!(s.poll_timeout(), None);
+    // Read from the term file, no record at the arbiter.
+    let mut s = spare_with_image(cfg(), OLD, 5, u64::MAX, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(10_000), &none);
+    assert_eq!(claims(&out), 0, "{out:?}");
+    assert!(
+        saved_terms(&out).is_empty() && takeover(&out).is_none(),
+        "{out:?}"
+    );
+    assert_eq!(s.poll_timeout(), None);
+    // The good side: below the top, no record: claimed and taken over with the next term.
+    let mut s = spare_with_image(cfg(), OLD, 5, 5, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(20_000), &none);
+    assert_eq!(takeover(&out), Some((6, 5)), "{out:?}");
+}

@@ -279,6 +279,8 @@ pub struct Spare {
     owed: Vec<(Lineage, u64)>,
     /// Whether the takeover held back by `owed` has been logged.
     owed_logged: bool,
+    /// Whether the refusal to take over for want of a term above `u64::MAX` has been logged.
+    exhausted_logged: bool,
     last_grant: Option<Time>,
     hold_until: Time,
     /// No takeover decision before this: after an abandoned claim (it spares the arbiter, and
@@ -335,6 +337,7 @@ impl Spare {
             persist_waiters: VecDeque::new(),
             owed: Vec::new(),
             owed_logged: false,
+            exhausted_logged: false,
             last_grant: None,
             disk_outstanding: 0,
             adopting: None,
