@@ -3097,3 +3097,88 @@ fn l_an_arbiter_record_at_u64_max_is_never_claimed_past() {
     let (out, _) = drive_alone(&mut s, at(0), at(20_000), &none);
     assert_eq!(takeover(&out), Some((6, 5)), "{out:?}");
 }
+
+/// HMAC-SHA256 from the specification in `codec`'s documentation, not from the codec.
+fn spec_mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("any key size");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Guards against a latent downgrade: the handshake proofs covered the nonces only, so a
+/// version byte rewritten on the way (with a spare that accepted it) went unnoticed by the
+/// primary — nothing authenticated the version the session runs at. Both proofs must cover
+/// the magic and version each side saw; one over the nonces only, or over another version or
+/// magic, fails authentication on both sides.
+#[test]
+fn g_both_handshake_proofs_cover_the_magic_and_version() {
+    let k = b"a shared secret of the pair";
+    let (np, ns) = ([1u8; 32], [2u8; 32]);
+    let ours: &[u8] = &VERSION_NOTICE;
+    let mut older = VERSION_NOTICE;
+    older[4] = VERSION - 1;
+    let mut magic = VERSION_NOTICE;
+    magic[0] ^= 0x20;
+    let candidates: [(&str, Vec<&[u8]>); 4] = [
+        ("the nonces only", vec![]),
+        ("the magic and version", vec![ours]),
+        ("another version", vec![&older]),
+        ("another magic", vec![&magic]),
+    ];
+    for (what, head) in candidates {
+        let good = what == "the magic and version";
+        // The primary checks the spare's proof.
+        let (mut client, _) = ClientHandshake::new(&key(), np);
+        let mut reply = ns.to_vec();
+        let mut parts: Vec<&[u8]> = vec![b"spare"];
+        parts.extend(&head);
+        parts.extend([&np[..], &ns[..]]);
+        reply.extend_from_slice(&spec_mac(k, &parts));
+        match client.feed(&reply) {
+            Ok(Some((proof, _, _))) => {
+                assert!(good, "the primary accepted a spare proof over {what}");
+                // The proof it answers with covers the version too.
+                let want = spec_mac(k, &[b"primary", ours, &np, &ns]);
+                assert_eq!(proof, want.to_vec(), "the primary's proof");
+            }
+            Ok(None) => panic!("a whole reply needs nothing more"),
+            Err(e) => {
+                assert!(
+                    !good,
+                    "the primary refused the spare's proof over {what}: {e}"
+                );
+                assert_eq!(e, WireError::AuthFailed);
+            }
+        }
+        // The spare checks the primary's proof.
+        let (_, hello) = ClientHandshake::new(&key(), np);
+        let mut server = ServerHandshake::new(&key(), ns);
+        let ServerStep::Reply(r) = server.feed(&hello).expect("valid hello") else {
+            panic!("no reply")
+        };
+        assert_eq!(
+            r[32..],
+            spec_mac(k, &[b"spare", ours, &np, &ns]),
+            "the spare's proof"
+        );
+        let mut parts: Vec<&[u8]> = vec![b"primary"];
+        parts.extend(&head);
+        parts.extend([&np[..], &ns[..]]);
+        match server.feed(&spec_mac(k, &parts)) {
+            Ok(ServerStep::Done(..)) => {
+                assert!(good, "the spare accepted a primary proof over {what}")
+            }
+            Ok(_) => panic!("a whole proof needs nothing more"),
+            Err(e) => {
+                assert!(
+                    !good,
+                    "the spare refused the primary's proof over {what}: {e}"
+                );
+                assert_eq!(e, WireError::AuthFailed);
+            }
+        }
+    }
+}
