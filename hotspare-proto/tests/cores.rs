@@ -3182,3 +3182,77 @@ fn g_both_handshake_proofs_cover_the_magic_and_version() {
         }
     }
 }
+
+/// Guards against a misleading Nack when the driver refuses a spool (its disk queue is over
+/// its limit) after the stream's end has already queued the persist — always so for a stream
+/// in one message: the persist then ran on a spool holding no byte of the stream, and the
+/// primary was told what validation said of that ("does not start with BEGIN") instead of
+/// why the spare refused it. Either way the stream must be Nacked with the spool's reason.
+#[test]
+fn k_a_spool_refused_after_the_end_is_nacked_with_the_spools_reason() {
+    let term = 1;
+    let behind = "the spare's disk is behind (64 MiB queued): checkpoint refused";
+    for whole in [true, false] {
+        let c = ConnId(1);
+        let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+        connect(&mut s, at(0), c, term, OLD);
+        let h = header(6, 5);
+        let bytes = vec![9, 8, 7];
+        if whole {
+            s.handle_msg(at(1), c, term, Msg::Stream { header: h, bytes });
+        } else {
+            s.handle_msg(at(1), c, term, Msg::StreamStart(h));
+            s.handle_msg(at(1), c, term, Msg::Chunk { seq: 6, bytes });
+            s.handle_msg(at(1), c, term, Msg::EndStream { seq: 6 });
+        }
+        let ops = disk_ops(&drain(&mut s));
+        assert!(
+            matches!(
+                &ops[..],
+                [
+                    DiskOp::SpoolStart { .. },
+                    DiskOp::Spool { seq: 6, .. },
+                    DiskOp::Persist { seq: 6, .. }
+                ]
+            ),
+            "{ops:?}"
+        );
+        // As the driver answers: the start spooled, the chunk refused at once, then the
+        // persist's validation of an empty spool.
+        s.handle_disk(at(2), DiskDone::Discarded);
+        s.handle_disk(
+            at(2),
+            DiskDone::SpoolFailed {
+                seq: 6,
+                why: behind.into(),
+            },
+        );
+        s.handle_disk(
+            at(3),
+            DiskDone::Persisted {
+                seq: 6,
+                result: Err("stream does not start with BEGIN".into()),
+            },
+        );
+        let out = drain(&mut s);
+        assert_eq!(
+            sent(&out, c),
+            vec![(
+                term,
+                Msg::Nack {
+                    seq: 6,
+                    reason: behind.into()
+                }
+            )],
+            "whole: {whole}: {out:?}"
+        );
+        assert_eq!(s.disk_outstanding(), 0);
+        // The good side: the next stream, spooled, is persisted and acknowledged.
+        let out = stream(&mut s, at(4), c, term, header(7, 5));
+        let after = complete_all(&mut s, at(5), disk_ops(&out), OLD, term);
+        assert!(
+            sent(&after, c).contains(&(term, Msg::Ack { seq: 7 })),
+            "{after:?}"
+        );
+    }
+}

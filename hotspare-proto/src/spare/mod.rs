@@ -241,6 +241,11 @@ struct Waiter {
     replace: bool,
     /// Acknowledged already, on receipt ([`DiskDone::Verified`]), before it was durable.
     acked_on_receipt: bool,
+    /// Why a spool operation of this stream failed after its end had already queued the
+    /// persist (a stream in one message, or its chunk and end in one read): the persist then
+    /// runs on an incomplete spool, and this, not what validation says of it, is the reason
+    /// the primary is told.
+    spool_failed: Option<String>,
 }
 
 /// The spare.
