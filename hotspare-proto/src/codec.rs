@@ -67,9 +67,11 @@ pub enum WireError {
         /// Ours ([`VERSION`]).
         ours: u8,
     },
-    /// The spare closed the connection at our hello without a word: a spare of an older
-    /// version (which does not send [`VERSION_NOTICE`]), or something else listening there.
-    #[error("the spare closed the connection at our hello without answering: it speaks another protocol version than ours ({VERSION}), is not a Hot Spare spare, or was stopping (its log says which)")]
+    /// The spare closed the connection at our hello without a word: a spare of a version older
+    /// than 4 (which does not send [`VERSION_NOTICE`]), a spare that refused the connection
+    /// before answering (too many handshakes in progress, its handshake deadline, stopping),
+    /// or something else listening there. Not necessarily a version problem.
+    #[error("the spare closed the connection at our hello without answering: another protocol version (a spare older than version 4 sends no version notice; ours is {VERSION}), or the spare refused the connection (handshake limit, handshake deadline, stopping), or it is not a Hot Spare spare; the spare's log says which")]
     HelloRefused,
     /// The peer does not know the shared secret.
     #[error("authentication failed: the peer does not know the shared key")]
@@ -194,8 +196,9 @@ impl ClientHandshake {
     }
 
     /// Why the spare closed the connection before the handshake ended: another version (its
-    /// [`VERSION_NOTICE`], or nothing at all from a spare too old to send one), else `None`
-    /// (the driver's own reason stands).
+    /// [`VERSION_NOTICE`]), or [`WireError::HelloRefused`] for nothing at all (another version
+    /// too old to send a notice, or a refusal before the hello was answered), else `None` (the
+    /// driver's own reason stands).
     pub fn closed(&self) -> Option<WireError> {
         match self.got.as_slice() {
             [] => Some(WireError::HelloRefused),
