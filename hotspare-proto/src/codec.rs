@@ -5,12 +5,15 @@
 //! **Handshake** (shared secret `K`; nonces supplied by the driver from the OS):
 //! ```text
 //! primary → spare   "HSRP" | version | nonce_p[32]
-//! spare → primary   nonce_s[32] | HMAC(K, "spare"   | nonce_p | nonce_s)
-//! primary → spare   HMAC(K, "primary" | nonce_p | nonce_s)
+//! spare → primary   nonce_s[32] | HMAC(K, "spare"   | "HSRP" | version | nonce_p | nonce_s)
+//! primary → spare   HMAC(K, "primary" | "HSRP" | version | nonce_p | nonce_s)
 //! session key       S = HMAC(K, "session" | nonce_p | nonce_s)
 //! ```
 //! Each side proves it knows `K` before the other sends anything else; fresh nonces on both
 //! sides make every connection's session key new, so a recorded connection cannot be replayed.
+//! Both proofs cover the magic and version as each side saw them (the primary: what it sent;
+//! the spare: what it received), so a hello whose version was rewritten on the way fails the
+//! handshake instead of starting a session at a version the primary did not ask for.
 //!
 //! **Messages** are `len: u32 | body | mac[16]`, `body = term: varint | postcard(Msg)`,
 //! `mac = HMAC-SHA256(S, direction | counter: u64 | len | body)` truncated to its first 16
@@ -34,8 +37,10 @@ const MAGIC: [u8; 4] = *b"HSRP";
 /// Protocol version (2: lineage, heartbeat ids, stream headers; 3: the durability level in
 /// `Hello`, so a primary of version 2 is refused at its first bytes instead of failing to
 /// decode its hello; 4: 16-byte message MACs, the term as a varint, [`Msg::Stream`] for a
-/// stream in one message, and wire streams of format 4).
-pub const VERSION: u8 = 4;
+/// stream in one message, and wire streams of format 4; 5: the handshake proofs cover the
+/// magic and version, so a peer of version 4, whose proofs do not, is refused by its version
+/// instead of failing authentication).
+pub const VERSION: u8 = 5;
 /// Bytes of a message's MAC (HMAC-SHA256 truncated).
 pub const MAC_LEN: usize = 16;
 /// What a spare sends a peer whose hello has another version, before it closes: its magic and
@@ -62,9 +67,11 @@ pub enum WireError {
         /// Ours ([`VERSION`]).
         ours: u8,
     },
-    /// The spare closed the connection at our hello without a word: a spare of an older
-    /// version (which does not send [`VERSION_NOTICE`]), or something else listening there.
-    #[error("the spare closed the connection at our hello without answering: it speaks another protocol version than ours ({VERSION}), is not a Hot Spare spare, or was stopping (its log says which)")]
+    /// The spare closed the connection at our hello without a word: a spare of a version older
+    /// than 4 (which does not send [`VERSION_NOTICE`]), a spare that refused the connection
+    /// before answering (too many handshakes in progress, its handshake deadline, stopping),
+    /// or something else listening there. Not necessarily a version problem.
+    #[error("the spare closed the connection at our hello without answering: another protocol version (a spare older than version 4 sends no version notice; ours is {VERSION}), or the spare refused the connection (handshake limit, handshake deadline, stopping), or it is not a Hot Spare spare; the spare's log says which")]
     HelloRefused,
     /// The peer does not know the shared secret.
     #[error("authentication failed: the peer does not know the shared key")]
@@ -146,6 +153,8 @@ fn session(key: &Key, np: &[u8; 32], ns: &[u8; 32], send: u8, recv: u8) -> Sessi
 pub struct ClientHandshake {
     key: Key,
     np: [u8; 32],
+    /// The magic and version we sent (covered by both proofs).
+    head: [u8; 5],
     got: Vec<u8>,
 }
 
@@ -158,6 +167,7 @@ impl ClientHandshake {
         let h = ClientHandshake {
             key: key.clone(),
             np: nonce,
+            head: VERSION_NOTICE,
             got: Vec::new(),
         };
         (h, hello)
@@ -172,18 +182,23 @@ impl ClientHandshake {
             return Ok(None);
         }
         let ns: [u8; 32] = self.got[..32].try_into().expect("32 bytes");
-        if !same(&self.key.mac(&[b"spare", &self.np, &ns]), &self.got[32..64]) {
+        let want = self.key.mac(&[b"spare", &self.head, &self.np, &ns]);
+        if !same(&want, &self.got[32..64]) {
             return Err(WireError::AuthFailed);
         }
-        let proof = self.key.mac(&[b"primary", &self.np, &ns]).to_vec();
+        let proof = self
+            .key
+            .mac(&[b"primary", &self.head, &self.np, &ns])
+            .to_vec();
         let s = session(&self.key, &self.np, &ns, b'P', b'S');
         let rest = self.got[64..].to_vec();
         Ok(Some((proof, s, rest)))
     }
 
     /// Why the spare closed the connection before the handshake ended: another version (its
-    /// [`VERSION_NOTICE`], or nothing at all from a spare too old to send one), else `None`
-    /// (the driver's own reason stands).
+    /// [`VERSION_NOTICE`]), or [`WireError::HelloRefused`] for nothing at all (another version
+    /// too old to send a notice, or a refusal before the hello was answered), else `None` (the
+    /// driver's own reason stands).
     pub fn closed(&self) -> Option<WireError> {
         match self.got.as_slice() {
             [] => Some(WireError::HelloRefused),
@@ -204,6 +219,8 @@ pub struct ServerHandshake {
     key: Key,
     ns: [u8; 32],
     np: Option<[u8; 32]>,
+    /// The magic and version received (covered by both proofs).
+    head: [u8; 5],
     got: Vec<u8>,
 }
 
@@ -225,6 +242,7 @@ impl ServerHandshake {
             key: key.clone(),
             ns: nonce,
             np: None,
+            head: [0; 5],
             got: Vec::new(),
         }
     }
@@ -257,17 +275,19 @@ impl ServerHandshake {
                 return Ok(ServerStep::More);
             }
             let np: [u8; 32] = self.got[5..HELLO_LEN].try_into().expect("32 bytes");
+            self.head = self.got[..5].try_into().expect("5 bytes");
             self.got.drain(..HELLO_LEN);
             self.np = Some(np);
             let mut reply = self.ns.to_vec();
-            reply.extend_from_slice(&self.key.mac(&[b"spare", &np, &self.ns]));
+            reply.extend_from_slice(&self.key.mac(&[b"spare", &self.head, &np, &self.ns]));
             return Ok(ServerStep::Reply(reply));
         }
         let np = self.np.expect("set above");
         if self.got.len() < 32 {
             return Ok(ServerStep::More);
         }
-        if !same(&self.key.mac(&[b"primary", &np, &self.ns]), &self.got[..32]) {
+        let want = self.key.mac(&[b"primary", &self.head, &np, &self.ns]);
+        if !same(&want, &self.got[..32]) {
             return Err(WireError::AuthFailed);
         }
         let rest = self.got[32..].to_vec();

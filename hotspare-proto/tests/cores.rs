@@ -2947,3 +2947,312 @@ fn k_a_term_at_the_top_of_the_range_never_wraps_a_takeover() {
         );
     }
 }
+
+/// Drives a spare with no primary the way a driver does, from `from` to `to`: every output
+/// drained, every `SaveTerm` answered `Ok`, every `Observe` answered `observed`, every claim
+/// `Claimed`, and `handle_timeout` called at each `poll_timeout`. Returns the outputs and the
+/// number of timer wake-ups (a past deadline returned again and again would spin: bounded).
+fn drive_alone(
+    s: &mut Spare,
+    from: Time,
+    to: Time,
+    observed: &dyn Fn() -> Answer,
+) -> (Vec<Output>, usize) {
+    let mut all = Vec::new();
+    let mut now = from;
+    let mut wakeups = 0;
+    loop {
+        let out = drain(s);
+        let answered = !out.is_empty();
+        for o in &out {
+            match o {
+                Output::Disk(DiskOp::SaveTerm(t)) => s.handle_disk(
+                    now,
+                    DiskDone::TermSaved {
+                        term: *t,
+                        result: Ok(()),
+                    },
+                ),
+                Output::Disk(op) => panic!("unexpected disk operation {op:?}"),
+                Output::Arbiter(id, Request::Observe) => s.handle_arbiter(now, *id, Ok(observed())),
+                Output::Arbiter(id, Request::Claim { .. }) => {
+                    s.handle_arbiter(now, *id, Ok(Answer::Claimed))
+                }
+                _ => {}
+            }
+        }
+        all.extend(out);
+        if answered {
+            continue;
+        }
+        match s.poll_timeout() {
+            Some(t) if t <= to => {
+                wakeups += 1;
+                assert!(wakeups < 100, "spinning on the timer: {t:?} (now {now:?})");
+                now = now.max(t);
+                s.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    (all, wakeups)
+}
+
+fn logs(out: &[Output]) -> Vec<&str> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Log(l) => Some(l.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn saved_terms(out: &[Output]) -> Vec<u64> {
+    disk_ops(out)
+        .into_iter()
+        .filter_map(|d| match d {
+            DiskOp::SaveTerm(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Guards against a takeover with a term that wrapped to 0 when the spare's own term is the
+/// last one (a tampered term file, or a tip written in term `u64::MAX`): `self.term + 1`
+/// wrapped in release builds, so the spare saved term 0 and took over below every term. The
+/// spare must refuse (stay a spare), say so once, and not leave a past deadline behind.
+#[test]
+fn l_a_saved_term_at_u64_max_refuses_the_takeover_once_and_does_not_spin() {
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, u64::MAX, at(0));
+    let (out, wakeups) = drive_alone(&mut s, at(0), at(10_000), &|| unreachable!());
+    assert!(saved_terms(&out).is_empty(), "saved a term: {out:?}");
+    assert_eq!(takeover(&out), None, "{out:?}");
+    let refused: Vec<_> = logs(&out)
+        .into_iter()
+        .filter(|l| l.contains("NOT taking over"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert!(refused[0].contains(&u64::MAX.to_string()), "{refused:?}");
+    assert!(wakeups <= 1, "{wakeups} wake-ups");
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(at(20_000));
+    assert!(drain(&mut s).is_empty(), "logged again");
+    assert!(!s.taking_over());
+    // The good side: one below the top still takes over, with the top term.
+    let mut s = spare_with_image(spare_cfg(false), OLD, 5, u64::MAX - 1, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(10_000), &|| unreachable!());
+    assert_eq!(takeover(&out), Some((u64::MAX, 5)), "{out:?}");
+}
+
+/// The same through the arbiter: a term record at `u64::MAX` (held by another node) is learnt
+/// and saved, after which the next attempt computed `max(term, record) + 1` = 0 and claimed —
+/// and took over with — term 0; a spare whose own term is `u64::MAX` observing no record
+/// claimed `term + 1` = 0. Neither may claim anything.
+#[test]
+fn l_an_arbiter_record_at_u64_max_is_never_claimed_past() {
+    let top = || Answer::Observed {
+        term: Some((9, record(u64::MAX, "c", 45))),
+        alive_rev: 3,
+    };
+    let none = || Answer::Observed {
+        term: None,
+        alive_rev: 0,
+    };
+    let cfg = || SpareConfig {
+        arbiter: Some("spare-b".into()),
+        ..spare_cfg(false)
+    };
+    let claims = |out: &[Output]| {
+        arbiter_requests(out)
+            .into_iter()
+            .filter(|(_, r)| matches!(r, Request::Claim { .. }))
+            .count()
+    };
+    // Learnt from the arbiter.
+    let mut s = spare_with_image(cfg(), OLD, 5, 5, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(10_000), &top);
+    assert_eq!(saved_terms(&out), vec![u64::MAX], "{out:?}");
+    assert_eq!(claims(&out), 0, "{out:?}");
+    assert_eq!(takeover(&out), None, "{out:?}");
+    assert_eq!(
+        logs(&out)
+            .iter()
+            .filter(|l| l.contains("the highest there is"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+    assert_eq!(s.poll_timeout(), None);
+    // Read from the term file, no record at the arbiter.
+    let mut s = spare_with_image(cfg(), OLD, 5, u64::MAX, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(10_000), &none);
+    assert_eq!(claims(&out), 0, "{out:?}");
+    assert!(
+        saved_terms(&out).is_empty() && takeover(&out).is_none(),
+        "{out:?}"
+    );
+    assert_eq!(s.poll_timeout(), None);
+    // The good side: below the top, no record: claimed and taken over with the next term.
+    let mut s = spare_with_image(cfg(), OLD, 5, 5, at(0));
+    let (out, _) = drive_alone(&mut s, at(0), at(20_000), &none);
+    assert_eq!(takeover(&out), Some((6, 5)), "{out:?}");
+}
+
+/// HMAC-SHA256 from the specification in `codec`'s documentation, not from the codec.
+fn spec_mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("any key size");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Guards against a latent downgrade: the handshake proofs covered the nonces only, so a
+/// version byte rewritten on the way (with a spare that accepted it) went unnoticed by the
+/// primary — nothing authenticated the version the session runs at. Both proofs must cover
+/// the magic and version each side saw; one over the nonces only, or over another version or
+/// magic, fails authentication on both sides.
+#[test]
+fn g_both_handshake_proofs_cover_the_magic_and_version() {
+    let k = b"a shared secret of the pair";
+    let (np, ns) = ([1u8; 32], [2u8; 32]);
+    let ours: &[u8] = &VERSION_NOTICE;
+    let mut older = VERSION_NOTICE;
+    older[4] = VERSION - 1;
+    let mut magic = VERSION_NOTICE;
+    magic[0] ^= 0x20;
+    let candidates: [(&str, Vec<&[u8]>); 4] = [
+        ("the nonces only", vec![]),
+        ("the magic and version", vec![ours]),
+        ("another version", vec![&older]),
+        ("another magic", vec![&magic]),
+    ];
+    for (what, head) in candidates {
+        let good = what == "the magic and version";
+        // The primary checks the spare's proof.
+        let (mut client, _) = ClientHandshake::new(&key(), np);
+        let mut reply = ns.to_vec();
+        let mut parts: Vec<&[u8]> = vec![b"spare"];
+        parts.extend(&head);
+        parts.extend([&np[..], &ns[..]]);
+        reply.extend_from_slice(&spec_mac(k, &parts));
+        match client.feed(&reply) {
+            Ok(Some((proof, _, _))) => {
+                assert!(good, "the primary accepted a spare proof over {what}");
+                // The proof it answers with covers the version too.
+                let want = spec_mac(k, &[b"primary", ours, &np, &ns]);
+                assert_eq!(proof, want.to_vec(), "the primary's proof");
+            }
+            Ok(None) => panic!("a whole reply needs nothing more"),
+            Err(e) => {
+                assert!(
+                    !good,
+                    "the primary refused the spare's proof over {what}: {e}"
+                );
+                assert_eq!(e, WireError::AuthFailed);
+            }
+        }
+        // The spare checks the primary's proof.
+        let (_, hello) = ClientHandshake::new(&key(), np);
+        let mut server = ServerHandshake::new(&key(), ns);
+        let ServerStep::Reply(r) = server.feed(&hello).expect("valid hello") else {
+            panic!("no reply")
+        };
+        assert_eq!(
+            r[32..],
+            spec_mac(k, &[b"spare", ours, &np, &ns]),
+            "the spare's proof"
+        );
+        let mut parts: Vec<&[u8]> = vec![b"primary"];
+        parts.extend(&head);
+        parts.extend([&np[..], &ns[..]]);
+        match server.feed(&spec_mac(k, &parts)) {
+            Ok(ServerStep::Done(..)) => {
+                assert!(good, "the spare accepted a primary proof over {what}")
+            }
+            Ok(_) => panic!("a whole proof needs nothing more"),
+            Err(e) => {
+                assert!(
+                    !good,
+                    "the spare refused the primary's proof over {what}: {e}"
+                );
+                assert_eq!(e, WireError::AuthFailed);
+            }
+        }
+    }
+}
+
+/// Guards against a misleading Nack when the driver refuses a spool (its disk queue is over
+/// its limit) after the stream's end has already queued the persist — always so for a stream
+/// in one message: the persist then ran on a spool holding no byte of the stream, and the
+/// primary was told what validation said of that ("does not start with BEGIN") instead of
+/// why the spare refused it. Either way the stream must be Nacked with the spool's reason.
+#[test]
+fn k_a_spool_refused_after_the_end_is_nacked_with_the_spools_reason() {
+    let term = 1;
+    let behind = "the spare's disk is behind (64 MiB queued): checkpoint refused";
+    for whole in [true, false] {
+        let c = ConnId(1);
+        let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
+        connect(&mut s, at(0), c, term, OLD);
+        let h = header(6, 5);
+        let bytes = vec![9, 8, 7];
+        if whole {
+            s.handle_msg(at(1), c, term, Msg::Stream { header: h, bytes });
+        } else {
+            s.handle_msg(at(1), c, term, Msg::StreamStart(h));
+            s.handle_msg(at(1), c, term, Msg::Chunk { seq: 6, bytes });
+            s.handle_msg(at(1), c, term, Msg::EndStream { seq: 6 });
+        }
+        let ops = disk_ops(&drain(&mut s));
+        assert!(
+            matches!(
+                &ops[..],
+                [
+                    DiskOp::SpoolStart { .. },
+                    DiskOp::Spool { seq: 6, .. },
+                    DiskOp::Persist { seq: 6, .. }
+                ]
+            ),
+            "{ops:?}"
+        );
+        // As the driver answers: the start spooled, the chunk refused at once, then the
+        // persist's validation of an empty spool.
+        s.handle_disk(at(2), DiskDone::Discarded);
+        s.handle_disk(
+            at(2),
+            DiskDone::SpoolFailed {
+                seq: 6,
+                why: behind.into(),
+            },
+        );
+        s.handle_disk(
+            at(3),
+            DiskDone::Persisted {
+                seq: 6,
+                result: Err("stream does not start with BEGIN".into()),
+            },
+        );
+        let out = drain(&mut s);
+        assert_eq!(
+            sent(&out, c),
+            vec![(
+                term,
+                Msg::Nack {
+                    seq: 6,
+                    reason: behind.into()
+                }
+            )],
+            "whole: {whole}: {out:?}"
+        );
+        assert_eq!(s.disk_outstanding(), 0);
+        // The good side: the next stream, spooled, is persisted and acknowledged.
+        let out = stream(&mut s, at(4), c, term, header(7, 5));
+        let after = complete_all(&mut s, at(5), disk_ops(&out), OLD, term);
+        assert!(
+            sent(&after, c).contains(&(term, Msg::Ack { seq: 7 })),
+            "{after:?}"
+        );
+    }
+}

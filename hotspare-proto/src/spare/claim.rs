@@ -128,7 +128,9 @@ impl Spare {
                     self.abandon_claim(now, self.cfg.startup_grace, why);
                 }
                 Some((term_rev, rec)) => {
-                    let term = self.term.max(rec.term) + 1;
+                    let Some(term) = self.term.max(rec.term).checked_add(1) else {
+                        return self.terms_exhausted();
+                    };
                     let record = TermRecord {
                         term,
                         holder: arbiter::claim_holder(&node, term),
@@ -151,7 +153,9 @@ impl Spare {
                     // No record: no primary registered, or the key was deleted under one that
                     // did — whose lease was capped by a W we cannot know. Wait the longest W
                     // any record may ask for.
-                    let term = self.term + 1;
+                    let Some(term) = self.term.checked_add(1) else {
+                        return self.terms_exhausted();
+                    };
                     let record = TermRecord {
                         term,
                         holder: arbiter::claim_holder(&node, term),

@@ -241,6 +241,11 @@ struct Waiter {
     replace: bool,
     /// Acknowledged already, on receipt ([`DiskDone::Verified`]), before it was durable.
     acked_on_receipt: bool,
+    /// Why a spool operation of this stream failed after its end had already queued the
+    /// persist (a stream in one message, or its chunk and end in one read): the persist then
+    /// runs on an incomplete spool, and this, not what validation says of it, is the reason
+    /// the primary is told.
+    spool_failed: Option<String>,
 }
 
 /// The spare.
@@ -279,6 +284,8 @@ pub struct Spare {
     owed: Vec<(Lineage, u64)>,
     /// Whether the takeover held back by `owed` has been logged.
     owed_logged: bool,
+    /// Whether the refusal to take over for want of a term above `u64::MAX` has been logged.
+    exhausted_logged: bool,
     last_grant: Option<Time>,
     hold_until: Time,
     /// No takeover decision before this: after an abandoned claim (it spares the arbiter, and
@@ -335,6 +342,7 @@ impl Spare {
             persist_waiters: VecDeque::new(),
             owed: Vec::new(),
             owed_logged: false,
+            exhausted_logged: false,
             last_grant: None,
             disk_outstanding: 0,
             adopting: None,

@@ -118,6 +118,7 @@ impl Spare {
                         ack,
                         replace,
                         acked_on_receipt: false,
+                        spool_failed: None,
                     });
                     self.queued_tip = Some((lineage, seq));
                 }
@@ -205,6 +206,11 @@ impl Spare {
                     .filter(|i| i.seq == seq)
                 {
                     inc.refused = Some(why.clone());
+                } else if let Some(w) = self.persist_waiters.iter_mut().rev().find(|w| w.seq == seq)
+                {
+                    // Its end came first: the persist is queued on what was spooled. Keep the
+                    // reason for its answer.
+                    w.spool_failed.get_or_insert_with(|| why.clone());
                 }
                 self.log(format!("spooling checkpoint {seq}: {why}"));
             }
@@ -352,7 +358,18 @@ impl Spare {
                         }
                     }
                     w => {
-                        self.log(format!("checkpoint {seq} refused: {reason}"));
+                        let reason = match w.as_ref().and_then(|w| w.spool_failed.clone()) {
+                            Some(first) => {
+                                self.log(format!(
+                                    "checkpoint {seq} refused: {first} (its persist then said: {reason})"
+                                ));
+                                first
+                            }
+                            None => {
+                                self.log(format!("checkpoint {seq} refused: {reason}"));
+                                reason
+                            }
+                        };
                         if let Some(w) = w.filter(|w| Some(w.conn) == current) {
                             self.send(w.conn, Msg::Nack { seq, reason });
                         }

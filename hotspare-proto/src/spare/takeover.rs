@@ -93,10 +93,14 @@ impl Spare {
             }
             return;
         }
+        // Checked: a term read from a tampered term file or arbiter record may be the last
+        // one, and a wrapped term would take over below the primary it declares dead.
+        let Some(term) = self.term.checked_add(1) else {
+            return self.terms_exhausted();
+        };
         if self.cfg.arbiter.is_some() {
             return self.start_claim(now);
         }
-        let term = self.term + 1;
         self.term = term;
         self.taking_over = Some(term);
         let silent = self.last_grant.map_or(Duration::ZERO, |g| now.since(g));
@@ -110,6 +114,18 @@ impl Spare {
                 .push_back(Output::Close(p.conn, "declared dead: taking over".into()));
         }
         self.disk(DiskOp::SaveTerm(term));
+    }
+
+    /// No term above `self.term` exists: refuse to take over, for good (the spare stays a
+    /// spare). Logged once; afterwards no timer leads to a takeover, so none is asked for.
+    pub(super) fn terms_exhausted(&mut self) {
+        if !self.exhausted_logged {
+            self.exhausted_logged = true;
+            self.log(format!(
+                "primary silent, but NOT taking over: the term is {} (the highest there is), so no takeover term above it exists; the term file or the arbiter's term record was probably tampered with. Staying a spare",
+                self.term
+            ));
+        }
     }
 
     /// When [`Spare::handle_timeout`] must next be called.
@@ -127,7 +143,9 @@ impl Spare {
         }
         // While a checkpoint acknowledged on receipt is owed, no timer can lead to a takeover
         // (a past deadline here would have the driver spin); only a disk answer can clear it.
-        if self.tip.is_some() && self.taking_over.is_none() && self.owed.is_empty() {
+        // Nor once the terms are exhausted (logged): no takeover is possible any more.
+        let exhausted = self.exhausted_logged && self.term == u64::MAX;
+        if self.tip.is_some() && self.taking_over.is_none() && self.owed.is_empty() && !exhausted {
             let hold = self.hold_until.max(self.claim_hold_until);
             let due = self
                 .last_grant

@@ -680,7 +680,7 @@ impl LinkLoop {
         for _ in 0..64 {
             let n = match s.stream.read(buf) {
                 Ok(0) => {
-                    // Closed at our hello: another protocol version, in one line.
+                    // Closed at our hello: another protocol version, or a refusal, in one line.
                     if let Phase::Handshake(hs, _) = &s.phase {
                         if let Some(e) = hs.closed() {
                             return Err(e.to_string());

@@ -96,6 +96,11 @@ fn request(addr: &str, key: &Key, msg: &Msg) -> Result<(u64, Msg), Box<dyn std::
     let (proof, mut session, rest) = loop {
         let n = s.read(&mut buf)?;
         if n == 0 {
+            // Closed at our hello: another protocol version (its notice names it), or a
+            // refusal; the same line the link logs.
+            if let Some(e) = hs.closed() {
+                return Err(e.into());
+            }
             return Err("the spare closed the connection during the handshake".into());
         }
         if let Some(done) = hs.feed(&buf[..n])? {
@@ -116,5 +121,56 @@ fn request(addr: &str, key: &Key, msg: &Msg) -> Result<(u64, Msg), Box<dyn std::
             return Err("the spare closed the connection".into());
         }
         session.opener.push(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotspare_proto::codec::{HELLO_LEN, VERSION, VERSION_NOTICE};
+    use std::net::TcpListener;
+
+    /// A "spare" that reads the whole hello, answers `answer` and closes.
+    fn closing_spare(answer: Vec<u8>) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut hello = vec![0; HELLO_LEN];
+            s.read_exact(&mut hello).expect("the hello");
+            s.write_all(&answer).expect("answer");
+            hello
+        });
+        (addr, t)
+    }
+
+    /// Guards against `hotspare status --spare` / `switchover` saying only that the spare
+    /// closed the connection when it named its version (the link logs the version line), or
+    /// calling every silent close a version problem.
+    #[test]
+    fn a_request_reports_the_spares_version_notice_like_the_link() {
+        let key = Key::from_bytes(b"a key of sixteen bytes or more");
+        let mut notice = VERSION_NOTICE;
+        notice[4] = VERSION + 1;
+        let (addr, t) = closing_spare(notice.to_vec());
+        let e = request_status(&addr, &key)
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(t.join().expect("spare")[..5], VERSION_NOTICE);
+        let want = WireError::Version {
+            peer: VERSION + 1,
+            ours: VERSION,
+        }
+        .to_string();
+        assert_eq!(e, want);
+        assert!(e.contains("protocol version mismatch"), "{e}");
+        // Silence at the hello: another version or a refusal, not said to be a version for sure.
+        let (addr, t) = closing_spare(Vec::new());
+        let e = request_switchover(&addr, &key)
+            .expect_err("refused")
+            .to_string();
+        t.join().expect("spare");
+        assert_eq!(e, WireError::HelloRefused.to_string());
+        assert!(e.contains("refused the connection"), "{e}");
     }
 }
