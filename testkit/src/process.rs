@@ -80,3 +80,14 @@ pub fn run_ok(args: &[&str]) -> Result<(), String> {
         ))
     }
 }
+
+/// `hotspare-resume` listening on `127.0.0.1:port` with the shared key in `key` and its image in
+/// `image_dir`; the caller adds the rest (`--exec PROGRAM ARGS…`, environment, output).
+pub fn spare_command(port: u16, key: &std::path::Path, image_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(crate::paths::lib("hotspare-resume"));
+    c.args(["--listen", &format!("127.0.0.1:{port}"), "--key-file"])
+        .arg(key)
+        .arg("--image-dir")
+        .arg(image_dir);
+    c
+}

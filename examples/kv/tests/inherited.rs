@@ -179,11 +179,7 @@ fn a_resumed_server_inherits_a_bounded_amount_of_memory() {
     std::fs::write(&key, "kv inherited-memory test key").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let sport = free_port();
-    let spare = Command::new(util::lib("hotspare-resume"))
-        .args(["--listen", &format!("127.0.0.1:{sport}"), "--key-file"])
-        .arg(&key)
-        .arg("--image-dir")
-        .arg(dir.join("spare"))
+    let spare = util::spare_command(sport, &key, &dir.join("spare"))
         .args(["--missed", "10", "--exec", KV])
         .args(kv_args)
         .env("HOTSPARE_HEAP_SIZE", HEAP)

@@ -333,11 +333,7 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
         "--preload",
         "1000",
     ];
-    let spare = Command::new(util::lib("hotspare-resume"))
-        .args(["--listen", &format!("127.0.0.1:{sport}"), "--key-file"])
-        .arg(&key)
-        .arg("--image-dir")
-        .arg(dir.join("spare"))
+    let spare = util::spare_command(sport, &key, &dir.join("spare"))
         .args(["--missed", "10", "--exec", KV])
         .args(kv_args)
         .env("HOTSPARE_HEAP_SIZE", "64M")
