@@ -78,6 +78,15 @@ struct Captured {
     zero: bool,
 }
 
+/// Marks the pages of `dirty` in `ever`. Bit by bit, not a bitwise OR of the two maps: a
+/// checkpoint's dirty pages are few and the maps span the whole reservation (32 KiB each for
+/// 1 GiB), whose OR was ~8 % of the serving thread's time under serial every-write load.
+fn note_written(ever: &mut PageBits, dirty: &PageBits) {
+    for i in dirty.iter_ones() {
+        ever.set(i, true);
+    }
+}
+
 /// Every page of `r`: bytes, except that in a *pristine* range (untouched anonymous memory when
 /// tracking began, like a fresh checkpoint heap) the pages never reported written read as zeros
 /// and become ZERO runs — so a fresh 1 GiB heap does not cost 1 GiB of disk and copy. This relies
@@ -297,7 +306,7 @@ impl Engine {
             }
             for (r, ever) in &mut self.pristine {
                 if let Some(d) = dirty.ranges.iter().find(|d| d.range == *r) {
-                    *ever |= &d.pages;
+                    note_written(ever, &d.pages);
                 }
             }
             let runs = self.runs_to_capture(&dirty, full);
@@ -432,7 +441,7 @@ impl Engine {
         let query = t0.elapsed();
         for (r, ever) in &mut self.pristine {
             if let Some(d) = dirty.ranges.iter().find(|d| d.range == *r) {
-                *ever |= &d.pages;
+                note_written(ever, &d.pages);
             }
         }
         let pages = dirty.dirty_pages() as u64;
