@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `image_dir` | `HOTSPARE_IMAGE_DIR` | `hotspare-image` |
 //! | `heap_base` | `HOTSPARE_HEAP_BASE` (hex `0x…` or decimal) | `0x600000000000` |
-//! | `heap_size` | `HOTSPARE_HEAP_SIZE` (`K`/`M`/`G` suffixes) | `1G` |
+//! | `heap_size` | `HOTSPARE_HEAP_SIZE` (`K`/`M`/`G` suffixes) | `1G` (address space reserved, and ~2 MiB of page tables per GiB for its write-protect markers; the checkpoint's stop follows what is allocated, not this) |
 //! | `backend` | `HOTSPARE_BACKEND` | `auto` (see kmod-shim) |
 //! | `strategy` | `HOTSPARE_STRATEGY` | `auto` (`copy`, `fork`) |
 //! | `term` | `HOTSPARE_TERM` | `1` (a spare that takes over sets it) |
