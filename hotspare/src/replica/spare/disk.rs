@@ -43,7 +43,7 @@ const APPLY_EVERY: Duration = Duration::from_millis(25);
 /// The handle the event loop holds.
 pub(super) struct Disk {
     ops: mpsc::Sender<DiskOp>,
-    /// Stream bytes queued and not yet written.
+    /// Stream bytes queued and not yet written, or held in memory and not yet durable.
     pub(super) queued: Arc<AtomicU64>,
     /// Set by the event loop while a takeover may be near (no primary, or one silent for
     /// half the detection time): applies then run at once, since a takeover waits for them.
@@ -122,6 +122,37 @@ struct Spool {
     /// The stream while it is at most [`COPY_LIMIT`]: validated from memory, written by the
     /// syncer (`None`: too large, in the file).
     copy: Option<Vec<u8>>,
+    /// The bytes of `copy`, counted in [`Disk::queued`] until the stream is durable or given up.
+    held: Held,
+}
+
+/// Stream bytes held in memory and not yet durable, counted in [`Disk::queued`] (the event
+/// loop's back-pressure) for as long as this lives: a stream validated in memory waits in the
+/// syncer's queue, which a slow disk would otherwise let grow without bound while the primary
+/// is acknowledged on receipt.
+struct Held {
+    bytes: u64,
+    queued: Arc<AtomicU64>,
+}
+
+impl Held {
+    fn release(&mut self) {
+        self.queued
+            .fetch_sub(std::mem::take(&mut self.bytes), Ordering::SeqCst);
+    }
+
+    /// Counts `bytes` instead (a delta's resolved copy is larger than its wire stream).
+    fn set(&mut self, bytes: u64) {
+        self.queued.fetch_add(bytes, Ordering::SeqCst);
+        self.release();
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// The persister's instructions to the syncer, carried out in order.
@@ -134,6 +165,8 @@ enum SyncJob {
         keep_lineage: Option<[u8; 16]>,
         tip: ImageTip,
         begin: Box<Begin>,
+        /// Released once the stream is durable or refused.
+        held: Held,
     },
     /// An answer that must not overtake what is queued before it (a refused Persist).
     Answer(DiskDone),
@@ -293,7 +326,9 @@ fn run_syncer(
                 keep_lineage,
                 tip,
                 begin,
+                held,
             } => {
+                let _held = held;
                 let result = if broken {
                     let _ = std::fs::remove_file(root.join("wal").join(format!("{seq:020}.tmp")));
                     Err(format!(
@@ -597,12 +632,21 @@ impl Persister {
                         term,
                         file: None,
                         copy: Some(Vec::new()),
+                        held: Held {
+                            bytes: 0,
+                            queued: queued.clone(),
+                        },
                     });
                     None
                 }
                 DiskOp::Spool { seq, bytes } => {
-                    queued.fetch_sub(bytes.len() as u64, Ordering::SeqCst);
-                    self.spool_bytes(seq, &bytes)
+                    // Counted in `queued` until written to the spool file, or (kept in memory)
+                    // until the stream is durable or given up.
+                    let mut h = Held {
+                        bytes: bytes.len() as u64,
+                        queued: queued.clone(),
+                    };
+                    self.spool_bytes(seq, &bytes, &mut h)
                 }
                 DiskOp::Persist {
                     seq,
@@ -691,15 +735,18 @@ impl Persister {
     }
 
     /// Keeps a stream's bytes in memory while it is small; a larger one goes to its spool file.
-    fn spool_bytes(&mut self, seq: u64, bytes: &[u8]) -> Option<DiskDone> {
+    fn spool_bytes(&mut self, seq: u64, bytes: &[u8], h: &mut Held) -> Option<DiskDone> {
         let root = self.root.clone();
         let s = self.spool.as_mut().filter(|s| s.header.seq == seq)?;
         if let Some(c) = &mut s.copy {
             if c.len() + bytes.len() <= COPY_LIMIT {
                 c.extend_from_slice(bytes);
+                s.held.bytes += std::mem::take(&mut h.bytes);
                 return None;
             }
         }
+        // Not kept in memory from here on.
+        s.held.release();
         if s.file.is_none() {
             match ImageDir::create_wal_at(&root, seq) {
                 Ok((_, f)) => s.file = Some(Ok(f)),
@@ -745,6 +792,8 @@ impl Persister {
             return Err(format!("checkpoint {seq} was not spooled"));
         };
         let (header, lineage, term) = (s.header, s.lineage, s.term);
+        // Released when this returns with a refusal, else by the syncer.
+        let mut held = s.held;
         let tmp = self.spool_path(seq);
         let refuse = |why: String| {
             let _ = std::fs::remove_file(&tmp);
@@ -850,12 +899,15 @@ impl Persister {
         };
         self.cache.commit(&summary.begin, update, applied);
         self.base = Some(summary.begin.clone());
+        // What the syncer holds in memory: the (resolved) copy.
+        held.set(copy.as_ref().map_or(0, |c| c.len() as u64));
         let _ = self.sync.send(SyncJob::Persist {
             seq,
             bytes: copy,
             keep_lineage: other_lineage.then_some(lineage),
             tip,
             begin: Box::new(summary.begin),
+            held,
         });
         if let Some(g) = guard {
             // Durable (or refused) before the applier may run again.
@@ -1288,6 +1340,83 @@ mod tests {
             "every spool operation answered once: {shape:?}"
         );
         assert_eq!(shape.len(), 11, "{shape:?}");
+    }
+
+    /// A full stream of `npages` pages of `fill` (about `npages * 4 KiB`).
+    fn big_stream(seq: u64, npages: usize, fill: u8) -> Vec<u8> {
+        let mem = vec![fill; npages * PAGE];
+        let mut out = Vec::new();
+        write_stream(&mut out, &begin(seq, 0, npages), [Run::Data(ADDR, &mem)]).expect("memory");
+        out
+    }
+
+    /// Guards against the spare's memory growing without bound while its disk is slow: a
+    /// stream validated in memory and not yet durable is held by the syncer, and must count in
+    /// `queued` (what the event loop's back-pressure looks at) until it is durable. Here the
+    /// syncer is stuck making checkpoint 2 durable (its spool name is a FIFO nobody reads);
+    /// 80 MiB of streams validated behind it must show in `queued`.
+    #[test]
+    fn streams_held_in_memory_for_the_syncer_count_in_the_back_pressure() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let image = ImageDir::open(t.path()).expect("image");
+        let (tx, rx) = mpsc::channel();
+        let disk = start(image, tx, Arc::new(|| {})).expect("threads");
+        let fifo = t.path().join("wal").join(format!("{:020}.tmp", 2));
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        submit_all(&disk, &[(1, 0, stream(1, 0, 1))]);
+        let got = answers(&rx, 3);
+        assert_eq!(persisted(&got), [Ok(1)], "{got:?}");
+        let n = 256; // 1 MiB a stream
+        let streams: Vec<(u64, u64, Vec<u8>)> = (2..=81u64)
+            .map(|seq| (seq, 0, big_stream(seq, n, seq as u8)))
+            .collect();
+        let first_len = streams[0].2.len();
+        let total: u64 = streams.iter().map(|s| s.2.len() as u64).sum();
+        submit_all(&disk, &streams);
+        // Every stream is validated (the persister does not wait for the syncer).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut reports = Vec::new();
+        while !reports.contains(&DiskDone::Verified { seq: 81 }) {
+            let d = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("every stream validated");
+            reports.push(d);
+        }
+        let queued = disk.queued.load(Ordering::SeqCst);
+        // Unblock the syncer before asserting, so that the threads can end.
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)
+                .expect("open the fifo");
+            let mut buf = vec![0u8; first_len];
+            f.read_exact(&mut buf).expect("read what the syncer writes");
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let finals = 3 * streams.len()
+            - reports
+                .iter()
+                .filter(|d| !matches!(d, DiskDone::Verified { .. }))
+                .count();
+        let _ = answers(&rx, finals);
+        reader.join().expect("reader");
+        let left = disk.queued.clone();
+        disk.close();
+        assert!(
+            queued > QUEUE_LIMIT,
+            "{} MiB validated and not durable, but only {queued} B count as queued: the event \
+             loop goes on reading without bound",
+            total >> 20
+        );
+        assert_eq!(
+            left.load(Ordering::SeqCst),
+            0,
+            "everything ended: nothing queued"
+        );
     }
 
     /// Guards against the split of validation from durability: a stream validated on top of
