@@ -76,7 +76,7 @@ fn report(last: u64, n: u64) {
     for seq in last + 1 - n..=last {
         let row = &STAMPS[seq as usize % SLOTS];
         let t: Vec<u64> = row.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-        // A local image has no link stages: carry the previous stamp forward.
+        // A checkpoint with a stage unstamped (a Fork capture, a streamed one) is left out.
         let mut prev = t[0];
         if prev == 0 {
             continue;

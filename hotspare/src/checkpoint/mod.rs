@@ -78,6 +78,16 @@ struct Captured {
     zero: bool,
 }
 
+/// Tells the tracker that nothing of the heap above its allocator's arena was ever written, so
+/// that the walk stops there (`Heap::written_end`). Named by the heap's own range: a resumed
+/// image whose heap lies inside a larger tracked range gets no promise (a whole walk), never
+/// one about another range.
+fn promise_heap_end(shim: &mut Shim, heap: Heap) {
+    if let Ok(r) = Range::new(heap.base(), heap.size()) {
+        shim.set_written_end(r, heap.written_end());
+    }
+}
+
 /// Marks the pages of `dirty` in `ever`. Bit by bit, not a bitwise OR of the two maps: a
 /// checkpoint's dirty pages are few and the maps span the whole reservation (32 KiB each for
 /// 1 GiB), whose OR was ~8 % of the serving thread's time under serial every-write load.
@@ -294,8 +304,7 @@ impl Engine {
         let mut query = Duration::ZERO;
         let captured = heap.with_allocator_locked(|| -> Result<_> {
             // Nothing above the allocator's arena was ever written: the walk stops there.
-            self.shim
-                .set_written_end(self.ranges[0], heap.written_end());
+            promise_heap_end(&mut self.shim, heap);
             let mut dirty = self.shim.query()?;
             query = t0.elapsed();
             // Pages noted by coalesced calls since the last checkpoint belong in this one.
@@ -435,8 +444,7 @@ impl Engine {
         let t0 = Instant::now();
         // A block allocated after this read is written after it too: its page stays written
         // in the page tables and is reported by the next harvest.
-        self.shim
-            .set_written_end(self.ranges[0], self.heap.written_end());
+        promise_heap_end(&mut self.shim, self.heap);
         let dirty = self.shim.query()?;
         let query = t0.elapsed();
         for (r, ever) in &mut self.pristine {

@@ -17,9 +17,9 @@
 //! queue. A stream made durable only after the next one was validated on top of it: if that
 //! fails, the syncer refuses every later stream until the persister has started again from
 //! what is durable. The **applier** writes durable checkpoints into the data files, so an
-//! acknowledgement never waits for a large apply. The queue to the persister is bounded in
-//! bytes: when it is full the event loop stops reading the primary's connection
-//! (back-pressure reaches the primary through TCP) instead of growing without limit.
+//! acknowledgement never waits for a large apply. Stream bytes held for the persister and the
+//! syncer are bounded: past the limit the event loop refuses the stream being sent (the
+//! primary sees a Nack and tries again) instead of growing without limit.
 
 use crate::image::delta::{self, BasePages};
 use crate::image::{Begin, ImageDir, LineagePolicy, RangeEntry, Run, Tip as ImageTip};
@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Bytes of stream data queued for the persister before the event loop stops reading.
+/// Bytes of stream data held (queued for the persister, or validated and waiting for the
+/// syncer) before the event loop refuses new streams.
 pub(super) const QUEUE_LIMIT: u64 = 64 << 20;
 
 /// Durable checkpoints are applied to the data files at most this often while the primary is
@@ -48,12 +49,12 @@ pub(super) struct Disk {
     /// Set by the event loop while a takeover may be near (no primary, or one silent for
     /// half the detection time): applies then run at once, since a takeover waits for them.
     pub(super) urgent: Arc<AtomicBool>,
-    /// The persister and the applier, joined by [`Disk::close`].
+    /// The persister, the syncer and the applier, joined by [`Disk::close`].
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Disk {
-    /// Ends both threads once they have done what was queued, and waits for them: the image
+    /// Ends the three threads once they have done what was queued, and waits for them: the image
     /// directory (and its lock) is closed when this returns, so another process may open it.
     pub(super) fn close(self) {
         drop(self.ops);
