@@ -956,14 +956,7 @@ impl ImageDir {
         min_term: u64,
         verified: impl FnOnce(&Summary),
     ) -> Result<Summary, ImageError> {
-        let tmp = self.wal_path(seq, "tmp");
-        let summary = match self.check_stream(&tmp, copy, seq, tip, policy, min_term) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        let summary = self.check_wal(seq, copy, tip, policy, min_term)?;
         verified(&summary);
         let lineage = summary.begin.lineage;
         let keep = tip.is_some_and(|t| t.lineage != lineage).then_some(lineage);

@@ -19,5 +19,5 @@ pub use etcd::Etcd;
 pub use net::{free_port, now_ns, wait_port};
 pub use netns::{enter_netns, Lab};
 pub use paths::{compile_c, lib, link_shared, profile_dir, repo};
-pub use process::{next_line, spare_command, spawn_lines, Killed};
+pub use process::{next_line, primary_command, spare_command, spawn_lines, Killed};
 pub use resp::{Reply, RespConn};

@@ -91,3 +91,20 @@ pub fn spare_command(port: u16, key: &std::path::Path, image_dir: &std::path::Pa
         .arg(image_dir);
     c
 }
+
+/// `program` as the primary of the spare `spare_command(port, key, …)` started: streaming to
+/// it with the same key, its local image in `image_dir`, the heap `heap` (`HOTSPARE_HEAP_SIZE`).
+pub fn primary_command(
+    program: &str,
+    port: u16,
+    key: &std::path::Path,
+    image_dir: &std::path::Path,
+    heap: &str,
+) -> Command {
+    let mut c = Command::new(program);
+    c.env("HOTSPARE_HEAP_SIZE", heap)
+        .env("HOTSPARE_IMAGE_DIR", image_dir)
+        .env("HOTSPARE_SPARE", format!("127.0.0.1:{port}"))
+        .env("HOTSPARE_KEY_FILE", key);
+    c
+}

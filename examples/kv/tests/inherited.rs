@@ -189,12 +189,8 @@ fn a_resumed_server_inherits_a_bounded_amount_of_memory() {
         .unwrap();
     let spare = Killed(spare);
     wait_port(sport);
-    let primary = Command::new(KV)
+    let primary = util::primary_command(KV, sport, &key, &dir.join("spool"), HEAP)
         .args(kv_args)
-        .env("HOTSPARE_HEAP_SIZE", HEAP)
-        .env("HOTSPARE_IMAGE_DIR", dir.join("spool"))
-        .env("HOTSPARE_SPARE", format!("127.0.0.1:{sport}"))
-        .env("HOTSPARE_KEY_FILE", &key)
         .env("HOTSPARE_LEASE_MS", "80")
         .stderr(log(dir, "primary.log"))
         .spawn()

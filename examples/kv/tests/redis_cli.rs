@@ -345,12 +345,8 @@ fn acknowledged_writes_survive_failover_to_the_spare() {
         .unwrap();
     let spare = Killed(spare);
     wait_port(sport);
-    let primary = Command::new(KV)
+    let primary = util::primary_command(KV, sport, &key, &dir.join("spool"), "64M")
         .args(kv_args)
-        .env("HOTSPARE_HEAP_SIZE", "64M")
-        .env("HOTSPARE_IMAGE_DIR", dir.join("spool"))
-        .env("HOTSPARE_SPARE", format!("127.0.0.1:{sport}"))
-        .env("HOTSPARE_KEY_FILE", &key)
         .env("HOTSPARE_LEASE_MS", "80")
         .stderr(Stdio::from(
             std::fs::File::create(dir.join("primary.log")).unwrap(),

@@ -1098,6 +1098,15 @@ mod tests {
         answers(&rx, 3 * streams.len())
     }
 
+    /// The disk threads on a fresh image directory, and where their reports arrive.
+    fn started() -> (tempfile::TempDir, Disk, mpsc::Receiver<DiskDone>) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let image = ImageDir::open(t.path()).expect("image");
+        let (tx, rx) = mpsc::channel();
+        let disk = start(image, tx, Arc::new(|| {})).expect("threads");
+        (t, disk, rx)
+    }
+
     /// The spool operations and the Persist of each stream.
     fn submit_all(disk: &Disk, streams: &[(u64, u64, Vec<u8>)]) {
         for (seq, base_seq, bytes) in streams {
@@ -1358,10 +1367,7 @@ mod tests {
     /// 80 MiB of streams validated behind it must show in `queued`.
     #[test]
     fn streams_held_in_memory_for_the_syncer_count_in_the_back_pressure() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let image = ImageDir::open(t.path()).expect("image");
-        let (tx, rx) = mpsc::channel();
-        let disk = start(image, tx, Arc::new(|| {})).expect("threads");
+        let (t, disk, rx) = started();
         let fifo = t.path().join("wal").join(format!("{:020}.tmp", 2));
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: a valid NUL-terminated path.
@@ -1429,10 +1435,7 @@ mod tests {
     /// closes.
     #[test]
     fn a_stream_validated_on_one_that_failed_to_become_durable_is_refused() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let image = ImageDir::open(t.path()).expect("image");
-        let (tx, rx) = mpsc::channel();
-        let disk = start(image, tx, Arc::new(|| {})).expect("threads");
+        let (t, disk, rx) = started();
         let blocked = t.path().join("wal").join(format!("{:020}.tmp", 2));
         std::fs::create_dir(&blocked).expect("block the spool of checkpoint 2");
         submit_all(
