@@ -20,6 +20,9 @@
 //! | `arbiter_lease_ms` | `HOTSPARE_ARBITER_LEASE_MS` | `40` (capped below the spare's wait `W`) |
 //! | `arbiter_wait_ms` | `HOTSPARE_ARBITER_WAIT_MS` | `45` (`W`, written into the term key the first primary creates) |
 //! | `arbiter_timeout_ms` | `HOTSPARE_ARBITER_TIMEOUT_MS` | `200` (an etcd request not answered by then fails) |
+//! | `arbiter_ca` | `HOTSPARE_ARBITER_CA` | none: plain http. A PEM file of the CA that signed etcd's server certificate: TLS to etcd (a bare `host:port` endpoint gets `https://`; an `https://` endpoint needs it) |
+//! | `arbiter_cert` | `HOTSPARE_ARBITER_CERT` | none. A PEM client certificate for etcd's `--client-cert-auth` (needs `arbiter_key` and `arbiter_ca`) |
+//! | `arbiter_key` | `HOTSPARE_ARBITER_KEY` | none. The PEM private key of `arbiter_cert` (the files are read once, at start: a missing one is a configuration error) |
 //! | `ack_timeout_ms` | `HOTSPARE_ACK_TIMEOUT_MS` | `5000` (a checkpoint not acknowledged by then fails, or not sent on: no chunk taken for that long) |
 //! | `spare_wait_ms` | `HOTSPARE_SPARE_WAIT_MS` | `1000` (at start, how long to wait for the spare before the first checkpoint; a fleet daemon starting a service raises it) |
 //! | `pipeline_depth` | `HOTSPARE_PIPELINE_DEPTH` | `0`: automatic — 2 with a spare, 1 without (checkpoints in flight at once, up to 64; see `docs/library.md`) |
@@ -169,6 +172,12 @@ pub struct Config {
     pub arbiter_timeout_ms: u64,
     /// The claim this program takes over at the arbiter (set by the spare that resumes it).
     pub arbiter_adopt: Option<String>,
+    /// The CA (PEM) of etcd's server certificate: TLS to the arbiter.
+    pub arbiter_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's client-certificate authentication.
+    pub arbiter_cert: Option<PathBuf>,
+    /// The private key (PEM) of `arbiter_cert`.
+    pub arbiter_key: Option<PathBuf>,
     /// A checkpoint the spare has not acknowledged this long after its last byte fails (a
     /// spare whose disk hangs must not block `cpt()` / `wait_durable` forever); so does one
     /// being sent of which the connection took nothing more for this long (a spare that
@@ -215,6 +224,9 @@ impl Default for Config {
             arbiter_wait_ms: 45,
             arbiter_timeout_ms: 200,
             arbiter_adopt: None,
+            arbiter_ca: None,
+            arbiter_cert: None,
+            arbiter_key: None,
             ack_timeout_ms: 5000,
             spare_wait_ms: 1000,
             durability: hotspare_proto::AckLevel::Fsynced,
@@ -365,6 +377,15 @@ impl Config {
             self.arbiter_adopt = Some(v);
         }
         for (name, field) in [
+            ("HOTSPARE_ARBITER_CA", &mut self.arbiter_ca),
+            ("HOTSPARE_ARBITER_CERT", &mut self.arbiter_cert),
+            ("HOTSPARE_ARBITER_KEY", &mut self.arbiter_key),
+        ] {
+            if let Some(v) = var(name).filter(|v| !v.is_empty()) {
+                *field = Some(v.into());
+            }
+        }
+        for (name, field) in [
             ("HOTSPARE_ARBITER_LEASE_MS", &mut self.arbiter_lease_ms),
             ("HOTSPARE_ARBITER_WAIT_MS", &mut self.arbiter_wait_ms),
             ("HOTSPARE_ARBITER_TIMEOUT_MS", &mut self.arbiter_timeout_ms),
@@ -422,9 +443,16 @@ impl Config {
         if endpoints.is_empty() {
             return Err(Error::Config("HOTSPARE_ARBITER lists no endpoint".into()));
         }
+        let tls = crate::replica::arbiter::ArbiterTls::load(
+            self.arbiter_ca.as_deref(),
+            self.arbiter_cert.as_deref(),
+            self.arbiter_key.as_deref(),
+        )
+        .map_err(Error::Config)?;
         let ms = std::time::Duration::from_millis;
-        Ok(Some(crate::replica::ArbiterConfig {
+        let cfg = crate::replica::ArbiterConfig {
             endpoints,
+            tls,
             service,
             node: self
                 .node
@@ -434,7 +462,9 @@ impl Config {
             lease: ms(self.arbiter_lease_ms.max(1)),
             wait: ms(self.arbiter_wait_ms.max(1)),
             adopt: self.arbiter_adopt.clone(),
-        }))
+        };
+        cfg.check_schemes().map_err(Error::Config)?;
+        Ok(Some(cfg))
     }
 }
 

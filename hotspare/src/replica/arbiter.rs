@@ -46,11 +46,108 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tokio::sync::mpsc as tokio_mpsc;
 
+/// TLS to etcd: the CA that signed etcd's server certificate and, for etcd's
+/// `--client-cert-auth`, this node's client certificate and key. The files are read once, when
+/// the configuration is made ([`ArbiterTls::load`]); their paths are kept for the program a
+/// spare starts (which reads them again, [`ArbiterConfig::program_env`]).
+#[derive(Clone)]
+pub struct ArbiterTls {
+    /// The CA file (`HOTSPARE_ARBITER_CA`).
+    pub ca_file: std::path::PathBuf,
+    /// The client certificate and key files (`HOTSPARE_ARBITER_CERT`, `HOTSPARE_ARBITER_KEY`).
+    pub identity_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ArbiterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The files' names, never the key.
+        f.debug_struct("ArbiterTls")
+            .field("ca_file", &self.ca_file)
+            .field("identity_files", &self.identity_files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArbiterTls {
+    /// Reads the files: `ca` (PEM certificates), and `cert` with `key` (PEM) for a client
+    /// certificate. `None` when none is given. Every mistake is one line naming the setting and
+    /// the file: a file missing, unreadable or not PEM, a certificate without its key (or a key
+    /// without its certificate), a client certificate without a CA.
+    pub fn load(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Option<ArbiterTls>, String> {
+        fn read(what: &str, p: &std::path::Path, pem: &str) -> Result<Vec<u8>, String> {
+            let bytes = std::fs::read(p)
+                .map_err(|e| format!("the arbiter's {what} {}: {e}", p.display()))?;
+            let text = String::from_utf8_lossy(&bytes);
+            if !(text.contains("-----BEGIN ") && text.contains(pem)) {
+                return Err(format!(
+                    "the arbiter's {what} {} holds no PEM {}",
+                    p.display(),
+                    pem.trim_end_matches("-----")
+                ));
+            }
+            Ok(bytes)
+        }
+        let ca_name = "CA file (HOTSPARE_ARBITER_CA, --arbiter-ca, arbiter_ca)";
+        let cert_name = "client certificate (HOTSPARE_ARBITER_CERT, --arbiter-cert, arbiter_cert)";
+        let key_name = "client key (HOTSPARE_ARBITER_KEY, --arbiter-key, arbiter_key)";
+        let identity_files = match (cert, key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c.to_path_buf(), k.to_path_buf())),
+            (Some(_), None) => {
+                return Err(format!("the arbiter's {cert_name} needs its {key_name}"))
+            }
+            (None, Some(_)) => {
+                return Err(format!("the arbiter's {key_name} needs its {cert_name}"))
+            }
+        };
+        let Some(ca_file) = ca else {
+            if identity_files.is_some() {
+                return Err(format!(
+                    "the arbiter's client certificate needs a {ca_name}: TLS to etcd checks etcd's certificate against it"
+                ));
+            }
+            return Ok(None);
+        };
+        let ca = read(ca_name, ca_file, "CERTIFICATE-----")?;
+        let identity = match &identity_files {
+            Some((c, k)) => Some((
+                read(cert_name, c, "CERTIFICATE-----")?,
+                read(key_name, k, "PRIVATE KEY-----")?,
+            )),
+            None => None,
+        };
+        Ok(Some(ArbiterTls {
+            ca_file: ca_file.to_path_buf(),
+            identity_files,
+            ca,
+            identity,
+        }))
+    }
+
+    fn options(&self) -> etcd_client::TlsOptions {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        tls
+    }
+}
+
 /// Where the arbiter is and how this node uses it.
 #[derive(Debug, Clone)]
 pub struct ArbiterConfig {
-    /// etcd client URLs (`http://10.0.0.1:2379`; a bare `host:port` gets `http://`).
+    /// etcd client URLs (`http://10.0.0.1:2379`, `https://…`; a bare `host:port` gets
+    /// `https://` with [`ArbiterConfig::tls`], `http://` without).
     pub endpoints: Vec<String>,
+    /// TLS to etcd (`HOTSPARE_ARBITER_CA`, `…_CERT`, `…_KEY`); none: plain http.
+    pub tls: Option<ArbiterTls>,
     /// The service's name: its keys are `/hotspare/<service>/term` and `…/alive`.
     pub service: String,
     /// This node's name (the holder of a term it claims).
@@ -74,14 +171,191 @@ impl ArbiterConfig {
     pub fn term_key(&self) -> String {
         self.key("term")
     }
+
+    /// The client URLs of the endpoints ([`endpoint_url`]).
+    pub fn urls(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .map(|e| endpoint_url(e, self.tls.is_some()))
+            .collect()
+    }
+
+    /// Checks that the endpoints' schemes agree with the TLS settings: an `https://` endpoint
+    /// needs a CA, and with one an `http://` endpoint would be plain text (etcd-client refuses
+    /// it at every connection; here it is one line at start).
+    pub fn check_schemes(&self) -> Result<(), String> {
+        for e in &self.endpoints {
+            let url = endpoint_url(e, self.tls.is_some());
+            if let Some((scheme, _)) = url.split_once("://") {
+                match (scheme, self.tls.is_some()) {
+                    ("https", false) => {
+                        return Err(format!(
+                            "arbiter endpoint {e} is https:// but no CA is configured (HOTSPARE_ARBITER_CA, --arbiter-ca, arbiter_ca)"
+                        ))
+                    }
+                    ("http", true) => {
+                        return Err(format!(
+                            "arbiter endpoint {e} is http:// but a CA is configured: use https:// (or host:port) for TLS"
+                        ))
+                    }
+                    ("http" | "https", _) => {}
+                    _ => return Err(format!("arbiter endpoint {e}: unknown scheme (http://, https://)")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The options of a connection to etcd made from this configuration (its TLS, and
+    /// `timeout` for connecting and for each request); the arbiter's own client adds its
+    /// keep-alive and `require_leader`. Every client of etcd (the arbiter's, the fleet view's,
+    /// `hotspare status --etcd`) is built with these.
+    pub fn connect_options(&self, timeout: Duration) -> etcd_client::ConnectOptions {
+        let o = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        match &self.tls {
+            Some(tls) => o.with_tls(tls.options()),
+            None => o,
+        }
+    }
+
+    /// An etcd client's error, said so that an operator can act on it: a TLS refusal names
+    /// what to fix (etcd-client reports it as a gRPC "transport error" with the TLS alert deep
+    /// inside), anything else is the error with its causes.
+    pub fn explain(&self, e: &etcd_client::Error) -> String {
+        let full = chain(e);
+        let tail = |needle: &str| {
+            full.find(needle).map(|i| {
+                full[i..]
+                    .split(['"', ')', ','])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        };
+        let identity = self.tls.as_ref().and_then(|t| t.identity_files.as_ref());
+        let no_cert = "none is configured (HOTSPARE_ARBITER_CERT and HOTSPARE_ARBITER_KEY, --arbiter-cert/--arbiter-key, arbiter_cert/arbiter_key)";
+        let bad_cert = |cert: &std::path::Path| {
+            format!(
+                "this node's client certificate {} must be signed by a CA etcd trusts (its --trusted-ca-file), be valid now, and be for client authentication",
+                cert.display()
+            )
+        };
+        if let Some(alert) = tail("received fatal alert: ") {
+            if alert.contains("Certificate") {
+                return match identity {
+                    None => format!(
+                        "etcd refused the TLS connection ({alert}): it asks for a client certificate and {no_cert}"
+                    ),
+                    Some((cert, _)) => format!(
+                        "etcd refused this node's client certificate ({alert}): {}",
+                        bad_cert(cert)
+                    ),
+                };
+            }
+            return format!("etcd refused the TLS connection ({alert}): {full}");
+        }
+        // With TLS 1.3 the server checks the client's certificate after the client finished
+        // its handshake: the refusal may arrive as a closed connection instead of the alert.
+        let closed = [
+            "broken pipe",
+            "connection reset",
+            "Connection reset",
+            "connection closed",
+        ]
+        .into_iter()
+        .find(|c| full.contains(c));
+        if let (Some(closed), Some(_)) = (closed, &self.tls) {
+            return match identity {
+                None => format!(
+                    "etcd closed the TLS connection ({closed}): with --client-cert-auth it asks for a client certificate, and {no_cert}"
+                ),
+                Some((cert, _)) => format!(
+                    "etcd closed the TLS connection ({closed}): with --client-cert-auth it may have refused this node's certificate; {}",
+                    bad_cert(cert)
+                ),
+            };
+        }
+        if let (Some(why), Some(tls)) = (tail("invalid peer certificate: "), &self.tls) {
+            return format!(
+                "etcd's server certificate is not trusted: {why} (it must be signed by the CA in {}, HOTSPARE_ARBITER_CA, and name the endpoint's host or IP)",
+                tls.ca_file.display()
+            );
+        }
+        full
+    }
+
+    /// The arbiter's settings for a program a spare starts (or resumes) as its primary:
+    /// `HOTSPARE_ARBITER`, `HOTSPARE_SERVICE`, `HOTSPARE_NODE` and the TLS files (the ones
+    /// not configured are removed, `None`).
+    pub fn program_env(&self) -> Vec<(&'static str, Option<std::ffi::OsString>)> {
+        let tls = self.tls.as_ref();
+        let identity = tls.and_then(|t| t.identity_files.as_ref());
+        vec![
+            ("HOTSPARE_ARBITER", Some(self.endpoints.join(",").into())),
+            ("HOTSPARE_SERVICE", Some(self.service.clone().into())),
+            ("HOTSPARE_NODE", Some(self.node.clone().into())),
+            ("HOTSPARE_ARBITER_CA", tls.map(|t| t.ca_file.clone().into())),
+            (
+                "HOTSPARE_ARBITER_CERT",
+                identity.map(|i| i.0.clone().into()),
+            ),
+            ("HOTSPARE_ARBITER_KEY", identity.map(|i| i.1.clone().into())),
+        ]
+    }
 }
 
-/// An etcd client URL: a bare `host:port` gets `http://`.
-pub fn endpoint_url(e: &str) -> String {
+/// An etcd client URL: a bare `host:port` gets `https://` with TLS, `http://` without.
+pub fn endpoint_url(e: &str, tls: bool) -> String {
     if e.contains("://") {
         e.to_string()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
+    }
+}
+
+/// An etcd client's error with its causes, in one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Observes the service's term key once, through the arbiter client itself (the same
+/// connections, options and TLS as a primary's and a spare's): to check a configuration.
+/// `Ok(None)` when no term key exists yet.
+pub fn check(cfg: &ArbiterConfig) -> Result<Option<(Rev, TermRecord)>, String> {
+    let mut poll = mio::Poll::new().map_err(|e| e.to_string())?;
+    let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).map_err(|e| e.to_string())?);
+    let client = ArbiterClient::start(cfg.clone(), waker).map_err(|e| e.to_string())?;
+    client.submit(1, Request::Observe);
+    let deadline = std::time::Instant::now() + cfg.timeout * 4 + Duration::from_secs(1);
+    let mut events = mio::Events::with_capacity(4);
+    loop {
+        if let Some((_, outcome)) = client.try_recv() {
+            return match outcome {
+                Ok(Answer::Observed { term, .. }) => Ok(term),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("the arbiter did not answer".into());
+        }
+        poll.poll(&mut events, Some(left))
+            .map_err(|e| e.to_string())?;
     }
 }
 
@@ -193,7 +467,10 @@ type TxnFuture = std::pin::Pin<
 
 /// The first of `futs` to finish with `Ok`, and its index; or, if every one fails, the error of
 /// the last to fail. The others are dropped (a request they sent may still be applied).
-async fn first_ok(futs: Vec<TxnFuture>) -> Result<(usize, etcd_client::TxnResponse), String> {
+async fn first_ok(
+    futs: Vec<TxnFuture>,
+    explain: impl Fn(&etcd_client::Error) -> String,
+) -> Result<(usize, etcd_client::TxnResponse), String> {
     use std::task::Poll;
     let mut futs: Vec<Option<TxnFuture>> = futs.into_iter().map(Some).collect();
     let mut last_err = String::from("no etcd member to ask");
@@ -204,7 +481,7 @@ async fn first_ok(futs: Vec<TxnFuture>) -> Result<(usize, etcd_client::TxnRespon
                     *slot = None;
                     match r {
                         Ok(resp) => return Poll::Ready(Ok((i, resp))),
-                        Err(e) => last_err = e.to_string(),
+                        Err(e) => last_err = explain(&e),
                     }
                 }
             }
@@ -249,9 +526,8 @@ impl Etcd {
 
     /// The options of every connection to etcd.
     fn options(&self) -> etcd_client::ConnectOptions {
-        etcd_client::ConnectOptions::new()
-            .with_connect_timeout(self.cfg.timeout)
-            .with_timeout(self.cfg.timeout)
+        self.cfg
+            .connect_options(self.cfg.timeout)
             .with_keep_alive(
                 Duration::from_secs(1),
                 self.cfg.timeout.max(Duration::from_millis(500)),
@@ -262,17 +538,16 @@ impl Etcd {
     async fn clients(&self) -> Result<&Clients, ArbiterError> {
         self.clients
             .get_or_try_init(|| async {
-                let endpoints: Vec<String> =
-                    self.cfg.endpoints.iter().map(|e| endpoint_url(e)).collect();
+                let endpoints = self.cfg.urls();
                 let all = etcd_client::Client::connect(&endpoints, Some(self.options()))
                     .await
-                    .map_err(failed)?;
+                    .map_err(|e| failed(self.cfg.explain(&e)))?;
                 let mut members = Vec::new();
                 for e in &endpoints {
                     members.push(
                         etcd_client::Client::connect([e], Some(self.options()))
                             .await
-                            .map_err(failed)?,
+                            .map_err(|e| failed(self.cfg.explain(&e)))?,
                     );
                 }
                 Ok(Clients { all, members })
@@ -319,7 +594,9 @@ impl Etcd {
                 }) as TxnFuture
             })
             .collect();
-        let (i, resp) = first_ok(futs).await.map_err(failed)?;
+        let (i, resp) = first_ok(futs, |e| self.cfg.explain(e))
+            .await
+            .map_err(failed)?;
         self.answered.set(Some(i));
         Ok(resp)
     }
@@ -334,7 +611,7 @@ impl Etcd {
             Some(m) => m.clone(),
             None => clients.all.clone(),
         };
-        c.txn(txn).await.map_err(failed)
+        c.txn(txn).await.map_err(|e| failed(self.cfg.explain(&e)))
     }
 
     async fn txn(&self, req: Request) -> Outcome {
@@ -444,5 +721,69 @@ impl Etcd {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_follow_the_tls_settings() {
+        assert_eq!(endpoint_url("10.0.0.1:2379", false), "http://10.0.0.1:2379");
+        assert_eq!(endpoint_url("10.0.0.1:2379", true), "https://10.0.0.1:2379");
+        assert_eq!(endpoint_url("https://e:2379", true), "https://e:2379");
+        assert_eq!(endpoint_url("http://e:2379", false), "http://e:2379");
+    }
+
+    /// A spare hands the program it starts the TLS files' paths, and removes the variables it
+    /// has no value for (so a stale one in its own environment does not reach the program).
+    #[test]
+    fn program_env_carries_the_tls_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |n: &str, kind: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(
+                &p,
+                format!("-----BEGIN {kind}-----\nAA==\n-----END {kind}-----\n"),
+            )
+            .unwrap();
+            p
+        };
+        let (ca, cert, key) = (
+            pem("ca.pem", "CERTIFICATE"),
+            pem("c.pem", "CERTIFICATE"),
+            pem("c.key", "PRIVATE KEY"),
+        );
+        let tls = ArbiterTls::load(Some(&ca), Some(&cert), Some(&key))
+            .unwrap()
+            .unwrap();
+        assert!(
+            !format!("{tls:?}").contains("AA=="),
+            "no key material in Debug"
+        );
+        let mut cfg = ArbiterConfig {
+            endpoints: vec!["e1:2379".into(), "e2:2379".into()],
+            tls: Some(tls),
+            service: "s".into(),
+            node: "n".into(),
+            timeout: Duration::from_millis(200),
+            lease: Duration::from_millis(40),
+            wait: Duration::from_millis(45),
+            adopt: None,
+        };
+        let env: std::collections::HashMap<_, _> = cfg.program_env().into_iter().collect();
+        assert_eq!(env["HOTSPARE_ARBITER"], Some("e1:2379,e2:2379".into()));
+        assert_eq!(env["HOTSPARE_ARBITER_CA"], Some(ca.clone().into()));
+        assert_eq!(env["HOTSPARE_ARBITER_CERT"], Some(cert.into()));
+        assert_eq!(env["HOTSPARE_ARBITER_KEY"], Some(key.into()));
+        assert_eq!(cfg.urls()[0], "https://e1:2379");
+        cfg.tls = ArbiterTls::load(Some(&ca), None, None).unwrap();
+        let env: std::collections::HashMap<_, _> = cfg.program_env().into_iter().collect();
+        assert_eq!(env["HOTSPARE_ARBITER_CERT"], None);
+        cfg.tls = None;
+        assert_eq!(cfg.urls()[0], "http://e1:2379");
+        let env: std::collections::HashMap<_, _> = cfg.program_env().into_iter().collect();
+        assert_eq!(env["HOTSPARE_ARBITER_CA"], None);
     }
 }

@@ -93,6 +93,16 @@ struct Args {
     /// An etcd request not answered within this many ms fails (default 200).
     #[arg(long)]
     arbiter_timeout_ms: Option<u64>,
+    /// TLS to etcd: the CA (PEM) that signed etcd's server certificate (as
+    /// HOTSPARE_ARBITER_CA; a bare host:port endpoint then gets https://).
+    #[arg(long)]
+    arbiter_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's --client-cert-auth (needs --arbiter-key).
+    #[arg(long)]
+    arbiter_cert: Option<PathBuf>,
+    /// The private key (PEM) of --arbiter-cert.
+    #[arg(long)]
+    arbiter_key: Option<PathBuf>,
     /// The program to start in resume mode, and its arguments.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
     exec: Vec<String>,
@@ -114,6 +124,9 @@ struct FileConfig {
     service: Option<String>,
     node: Option<String>,
     arbiter_timeout_ms: Option<u64>,
+    arbiter_ca: Option<PathBuf>,
+    arbiter_cert: Option<PathBuf>,
+    arbiter_key: Option<PathBuf>,
     exec: Option<Vec<String>>,
     env: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -149,6 +162,9 @@ fn config(a: Args) -> Result<SpareConfig> {
         service: a.service.or(f.service),
         node: a.node.or(f.node),
         arbiter_timeout_ms: a.arbiter_timeout_ms.or(f.arbiter_timeout_ms).unwrap_or(200),
+        arbiter_ca: a.arbiter_ca.or(f.arbiter_ca),
+        arbiter_cert: a.arbiter_cert.or(f.arbiter_cert),
+        arbiter_key: a.arbiter_key.or(f.arbiter_key),
         ..hotspare::Config::default()
     }
     .arbiter()?;

@@ -8,27 +8,50 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// A record older than this is marked stale (its host's daemon is not writing).
 const STALE_MS: u64 = 3_000;
 
+/// How to reach etcd: its endpoints and, for TLS, the CA and client certificate files (as the
+/// arbiter's settings, `HOTSPARE_ARBITER_CA` …).
+#[derive(Debug)]
+pub struct EtcdAccess {
+    /// Comma-separated endpoints.
+    pub endpoints: String,
+    /// `--arbiter-ca`.
+    pub ca: Option<PathBuf>,
+    /// `--arbiter-cert`.
+    pub cert: Option<PathBuf>,
+    /// `--arbiter-key`.
+    pub key: Option<PathBuf>,
+}
+
 /// Prints the view; `Ok(false)` when some service has no host publishing fresh records.
-pub fn show(endpoints: &str) -> Result<bool> {
-    let urls: Vec<String> = endpoints
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(hotspare::replica::arbiter::endpoint_url)
-        .collect();
+pub fn show(access: EtcdAccess) -> Result<bool> {
+    let endpoints = access.endpoints.as_str();
+    // The library's arbiter settings: the same parser and checks, the same connection options
+    // (the service name only satisfies them; this reads every service).
+    let cfg = hotspare::Config {
+        arbiter: Some(access.endpoints.clone()),
+        service: Some("status".into()),
+        arbiter_ca: access.ca,
+        arbiter_cert: access.cert,
+        arbiter_key: access.key,
+        ..hotspare::Config::default()
+    }
+    .arbiter()?
+    .context("no etcd endpoint")?;
+    let urls = cfg.urls();
+    let describe = |e: etcd_client::Error| anyhow::anyhow!(cfg.explain(&e));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let kvs: Vec<(String, Vec<u8>)> = rt.block_on(async {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(std::time::Duration::from_secs(2))
-            .with_timeout(std::time::Duration::from_secs(2));
+        let options = cfg.connect_options(std::time::Duration::from_secs(2));
         let mut c = etcd_client::Client::connect(&urls, Some(options))
             .await
+            .map_err(describe)
             .with_context(|| format!("connecting to etcd at {endpoints}"))?;
         let r = c
             .get(
@@ -36,6 +59,7 @@ pub fn show(endpoints: &str) -> Result<bool> {
                 Some(etcd_client::GetOptions::new().with_prefix()),
             )
             .await
+            .map_err(describe)
             .context("reading /hotspare/ from etcd")?;
         Ok::<_, anyhow::Error>(
             r.kvs()

@@ -52,6 +52,16 @@ enum Cmd {
         /// URLs): each service's term and holder, and what each of its hosts last published.
         #[arg(long, conflicts_with_all = ["dir", "spare", "fleet"])]
         etcd: Option<String>,
+        /// With --etcd, TLS: the CA (PEM) of etcd's server certificate (the arbiter's
+        /// HOTSPARE_ARBITER_CA; a bare host:port endpoint then gets https://).
+        #[arg(long, requires = "etcd")]
+        arbiter_ca: Option<PathBuf>,
+        /// With --etcd, a client certificate (PEM) for etcd's --client-cert-auth.
+        #[arg(long, requires = "etcd")]
+        arbiter_cert: Option<PathBuf>,
+        /// With --etcd, the private key (PEM) of --arbiter-cert.
+        #[arg(long, requires = "etcd")]
+        arbiter_key: Option<PathBuf>,
     },
     /// Serve `GET /metrics` (Prometheus / OpenMetrics text) built from the status files of
     /// these directories (a primary's spool or image directory, a spare's image directory),
@@ -338,13 +348,25 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Inspect { dir, no_data } => inspect(dir, no_data),
         Cmd::Status { fleet: Some(f), .. } => fleet_status(&f),
-        Cmd::Status { etcd: Some(e), .. } => fleet_view::show(&e),
+        Cmd::Status {
+            etcd: Some(endpoints),
+            arbiter_ca,
+            arbiter_cert,
+            arbiter_key,
+            ..
+        } => fleet_view::show(fleet_view::EtcdAccess {
+            endpoints,
+            ca: arbiter_ca,
+            cert: arbiter_cert,
+            key: arbiter_key,
+        }),
         Cmd::Status {
             dir,
             spare,
             key_file,
             fleet: None,
             etcd: None,
+            ..
         } => status(dir, spare, key_file),
         Cmd::Metrics { listen, dirs } => metrics::serve(&listen, dirs).map(|()| true),
         Cmd::Switchover {

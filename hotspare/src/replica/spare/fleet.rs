@@ -473,14 +473,8 @@ fn publish_loop(cfg: super::super::ArbiterConfig, table: &Table) {
         logs::line("hotspare-resume", "fleet view: cannot start a runtime");
         return;
     };
-    let urls: Vec<String> = cfg
-        .endpoints
-        .iter()
-        .map(|e| super::super::arbiter::endpoint_url(e))
-        .collect();
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_timeout(Duration::from_secs(1));
+    let urls = cfg.urls();
+    let options = cfg.connect_options(Duration::from_secs(1));
     let mut client = None;
     let mut failing = false;
     loop {
@@ -509,12 +503,12 @@ fn publish_loop(cfg: super::super::ArbiterConfig, table: &Table) {
                 client = Some(
                     etcd_client::Client::connect(&urls, Some(options.clone()))
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(|e| cfg.explain(&e))?,
                 );
             }
             let c = client.as_mut().expect("connected above");
             for (k, v) in records {
-                c.put(k, v, None).await.map_err(|e| e.to_string())?;
+                c.put(k, v, None).await.map_err(|e| cfg.explain(&e))?;
             }
             Ok::<(), String>(())
         });

@@ -4,6 +4,9 @@
 //! ```toml
 //! node = "hostb"                        # this host at the arbiter (default: the host name)
 //! arbiter = "10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379"   # etcd; without it, two-machine mode
+//! arbiter_ca = "/etc/hotspare/etcd-ca.pem"     # TLS to etcd (optional; then https://)
+//! arbiter_cert = "/etc/hotspare/etcd-client.pem"  # etcd's --client-cert-auth (optional,
+//! arbiter_key = "/etc/hotspare/etcd-client.key"   # both or neither)
 //! key_file = "/etc/hotspare/key"        # defaults for every service (each may override them)
 //! heartbeat_ms = 10
 //! missed = 5
@@ -33,6 +36,9 @@ struct FleetFile {
     node: Option<String>,
     arbiter: Option<String>,
     arbiter_timeout_ms: Option<u64>,
+    arbiter_ca: Option<PathBuf>,
+    arbiter_cert: Option<PathBuf>,
+    arbiter_key: Option<PathBuf>,
     key_file: Option<PathBuf>,
     heartbeat_ms: Option<u64>,
     missed: Option<u32>,
@@ -137,6 +143,9 @@ pub fn load(path: &Path) -> Result<Fleet, FleetFileError> {
             service: Some(s.name.clone()),
             node: f.node.clone(),
             arbiter_timeout_ms: f.arbiter_timeout_ms.unwrap_or(200),
+            arbiter_ca: f.arbiter_ca.clone(),
+            arbiter_cert: f.arbiter_cert.clone(),
+            arbiter_key: f.arbiter_key.clone(),
             ..crate::Config::default()
         }
         .arbiter()

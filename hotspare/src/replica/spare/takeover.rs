@@ -52,9 +52,7 @@ pub(super) fn start_fresh(
         .env_remove("HOTSPARE_ARBITER_ADOPT")
         .env("HOTSPARE_IMAGE_DIR", &cfg.image_dir);
     if let Some(a) = &cfg.arbiter {
-        cmd.env("HOTSPARE_ARBITER", a.endpoints.join(","))
-            .env("HOTSPARE_SERVICE", &a.service)
-            .env("HOTSPARE_NODE", &a.node);
+        arbiter_env(&mut cmd, a);
         if let Some(pid) = previous {
             cmd.env("HOTSPARE_ARBITER_ADOPT", format!("{} pid {pid}", a.node));
         }
@@ -64,6 +62,17 @@ pub(super) fn start_fresh(
         source,
     })?;
     spawn(cfg, cmd)
+}
+
+/// The arbiter's settings, TLS files included, for the program (over whatever its own
+/// environment says).
+fn arbiter_env(cmd: &mut std::process::Command, a: &crate::replica::ArbiterConfig) {
+    for (k, v) in a.program_env() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
 }
 
 fn spawn(
@@ -113,13 +122,11 @@ fn program(cfg: &SpareConfig, term: u64) -> Result<std::process::Command, SpareE
         .env("HOTSPARE_TERM", term.to_string());
     if let Some(a) = &cfg.arbiter {
         // The resumed program registers at the arbiter with the term this spare won there.
-        cmd.env("HOTSPARE_ARBITER", a.endpoints.join(","))
-            .env("HOTSPARE_SERVICE", &a.service)
-            .env("HOTSPARE_NODE", &a.node)
-            .env(
-                "HOTSPARE_ARBITER_ADOPT",
-                hotspare_proto::arbiter::claim_holder(&a.node, term),
-            );
+        arbiter_env(&mut cmd, a);
+        cmd.env(
+            "HOTSPARE_ARBITER_ADOPT",
+            hotspare_proto::arbiter::claim_holder(&a.node, term),
+        );
     }
     Ok(cmd)
 }
