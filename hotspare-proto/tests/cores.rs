@@ -2170,6 +2170,163 @@ fn h_the_spare_observes_waits_w_claims_and_only_then_saves_its_term() {
     assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 5)));
 }
 
+/// A spare with an arbiter and an admitted primary whose last heartbeat was answered at the
+/// returned time (nothing asked yet).
+fn spare_with_arbiter(term: u64) -> (Spare, ConnId, Time) {
+    let c = ConnId(1);
+    let cfg = SpareConfig {
+        arbiter: Some("spare-b".into()),
+        ..spare_cfg(false)
+    };
+    let mut s = spare_with_image(cfg, OLD, 5, term, at(0));
+    connect(&mut s, at(0), c, term, OLD);
+    let last = at(GRACE_MS + 100);
+    s.handle_msg(last, c, term, Msg::Heartbeat { id: 1, seq: 5 });
+    drain(&mut s);
+    (s, c, last)
+}
+
+/// Guards the early observation: asked once the primary has been silent for
+/// `max(D − W, D/2)` (the primary is not declared dead then: nothing closed, no claim), its `W`
+/// counted from its answer, so the claim goes at `max(D, answer + W)` — never before `D`, never
+/// before `W` from the answer — instead of `D + W`.
+#[test]
+fn h_the_observation_is_made_during_the_silence_so_w_runs_inside_detection() {
+    let term = 1;
+    let (mut s, c, last) = spare_with_arbiter(term);
+    let early = last + ms(DETECTION_MS / 2); // D − W = 5 ms < D/2
+    assert_eq!(s.poll_timeout(), Some(early));
+    s.handle_timeout(early - Duration::from_nanos(1));
+    assert!(drain(&mut s).is_empty());
+    s.handle_timeout(early);
+    let out = drain(&mut s);
+    let reqs = arbiter_requests(&out);
+    assert!(matches!(reqs[..], [(_, Request::Observe)]), "{out:?}");
+    assert!(
+        !closed(&out, c) && !s.claiming(),
+        "declared dead early: {out:?}"
+    );
+    // Asked once per silence.
+    s.handle_timeout(early + ms(1));
+    assert!(drain(&mut s).is_empty());
+    s.handle_arbiter(
+        early + ms(1),
+        reqs[0].0,
+        Ok(Answer::Observed {
+            term: Some((5, record(term, "a pid 9", 45))),
+            alive_rev: 7,
+        }),
+    );
+    assert!(drain(&mut s).is_empty());
+    // At D: declared dead; W (from the answer) is not over, so the claim waits for it.
+    let dead = last + ms(DETECTION_MS);
+    assert_eq!(s.poll_timeout(), Some(dead));
+    s.handle_timeout(dead);
+    let out = drain(&mut s);
+    assert!(closed(&out, c) && s.claiming(), "{out:?}");
+    assert!(
+        arbiter_requests(&out).is_empty(),
+        "no second observation: {out:?}"
+    );
+    let w_over = early + ms(1) + ms(45);
+    assert_eq!(s.poll_timeout(), Some(w_over));
+    s.handle_timeout(w_over - Duration::from_nanos(1));
+    assert!(drain(&mut s).is_empty(), "claimed before W was over");
+    s.handle_timeout(w_over);
+    let want = Request::Claim {
+        term_rev: 5,
+        alive_rev: 7,
+        record: record(term + 1, "spare-b#2", 45),
+    };
+    let reqs = arbiter_requests(&drain(&mut s));
+    assert_eq!(reqs.iter().map(|r| &r.1).collect::<Vec<_>>(), vec![&want]);
+    assert!(w_over < dead + ms(45), "no faster than observing at D");
+
+    // W shorter than what is left of D: the claim goes at D itself.
+    let (mut s, _, last) = spare_with_arbiter(term);
+    s.handle_timeout(last + ms(DETECTION_MS / 2));
+    let id = arbiter_requests(&drain(&mut s))[0].0;
+    s.handle_arbiter(
+        last + ms(DETECTION_MS / 2),
+        id,
+        Ok(Answer::Observed {
+            term: Some((5, record(term, "a pid 9", 10))),
+            alive_rev: 7,
+        }),
+    );
+    s.handle_timeout(last + ms(DETECTION_MS));
+    let reqs = arbiter_requests(&drain(&mut s));
+    assert!(
+        matches!(reqs[..], [(_, Request::Claim { .. })]),
+        "claim at D: {reqs:?}"
+    );
+}
+
+/// Guards against an observation of an earlier silence being used: a lease granted after it
+/// discards it (the next silence asks again), and one that failed is replaced by an
+/// observation at `D`, as without the early one. An answer still out at `D` becomes the claim's.
+#[test]
+fn h_an_early_observation_serves_only_its_own_silence() {
+    let term = 1;
+    let (mut s, c, last) = spare_with_arbiter(term);
+    let early = last + ms(DETECTION_MS / 2);
+    s.handle_timeout(early);
+    let first = arbiter_requests(&drain(&mut s))[0].0;
+    s.handle_arbiter(
+        early,
+        first,
+        Ok(Answer::Observed {
+            term: Some((5, record(term, "a pid 9", 45))),
+            alive_rev: 7,
+        }),
+    );
+    // The primary answers again: a lease granted, the observation is stale.
+    let later = early + ms(10);
+    s.handle_msg(later, c, term, Msg::Heartbeat { id: 2, seq: 5 });
+    drain(&mut s);
+    let early2 = later + ms(DETECTION_MS / 2);
+    assert_eq!(s.poll_timeout(), Some(early2));
+    s.handle_timeout(early2);
+    let reqs = arbiter_requests(&drain(&mut s));
+    assert!(matches!(reqs[..], [(_, Request::Observe)]), "{reqs:?}");
+    // This one fails: at D a fresh observation, then W from its answer.
+    s.handle_arbiter(early2, reqs[0].0, Err(ArbiterError::Timeout(1)));
+    assert!(drain(&mut s).is_empty());
+    let dead = later + ms(DETECTION_MS);
+    s.handle_timeout(dead);
+    let out = drain(&mut s);
+    let reqs = arbiter_requests(&out);
+    assert!(matches!(reqs[..], [(_, Request::Observe)]), "{out:?}");
+    assert!(closed(&out, c) && s.claiming());
+    s.handle_arbiter(
+        dead + ms(1),
+        reqs[0].0,
+        Ok(Answer::Observed {
+            term: Some((5, record(term, "a pid 9", 45))),
+            alive_rev: 8,
+        }),
+    );
+    assert_eq!(s.poll_timeout(), Some(dead + ms(46)));
+
+    // Still out at D: its answer is the claim's observation.
+    let (mut s, _, last) = spare_with_arbiter(term);
+    s.handle_timeout(last + ms(DETECTION_MS / 2));
+    let id = arbiter_requests(&drain(&mut s))[0].0;
+    s.handle_timeout(last + ms(DETECTION_MS));
+    let out = drain(&mut s);
+    assert!(arbiter_requests(&out).is_empty() && s.claiming(), "{out:?}");
+    let answered = last + ms(DETECTION_MS + 3);
+    s.handle_arbiter(
+        answered,
+        id,
+        Ok(Answer::Observed {
+            term: Some((5, record(term, "a pid 9", 45))),
+            alive_rev: 7,
+        }),
+    );
+    assert_eq!(s.poll_timeout(), Some(answered + ms(45)));
+}
+
 /// Guards against a takeover of a primary that is cut off from its spare but alive at the
 /// arbiter (it renewed, so the swap fails): the spare goes back to granting.
 #[test]
