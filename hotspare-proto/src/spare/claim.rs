@@ -1,15 +1,6 @@
 //! Taking over through the arbiter: observe both keys, wait `W`, claim the next term with a
 //! compare-and-swap; grant nothing meanwhile. The argument is in [`crate::arbiter`].
 //!
-//! **The observation is made early.** The argument needs the claim to come `W` after the
-//! observation's answer, and no lease granted for the detection time `D` before the claim —
-//! not that the observation come after `D`. So once the primary has been silent for
-//! `max(D − W, D/2)` the spare asks for the observation ([`Early`]) and, if the silence lasts
-//! to `D`, claims at `max(D, answer + W)`: a failover costs `D` plus two arbiter round trips
-//! instead of `D + W` plus two. An observation is used only in the silence it was asked in (a
-//! lease granted since discards it); one the primary outdated by renewing makes the claim fail,
-//! as a renewal during `W` always did.
-//!
 //! ```text
 //!  decided ──▶ Observing ──Observed──▶ Waiting (W) ──▶ Claiming ──Claimed──▶ save term, take over
 //!                 │                                       │ NotClaimed: the primary renewed
@@ -20,33 +11,6 @@
 
 use super::*;
 use crate::arbiter::{self, Answer, Outcome, Request, Rev, TermRecord};
-
-/// An observation asked for before the primary is declared dead. `after` is the last lease
-/// granted when it was asked: it belongs to that silence only.
-#[derive(Debug)]
-pub(super) enum Early {
-    /// The observation is out.
-    Asking { id: u64, after: Option<Time> },
-    /// Its answer, received at `at`.
-    Answered {
-        after: Option<Time>,
-        at: Time,
-        term: Option<(Rev, TermRecord)>,
-        alive_rev: Rev,
-    },
-    /// It was not answered: not asked again in this silence (the claim then observes).
-    Failed { after: Option<Time> },
-}
-
-impl Early {
-    fn after(&self) -> Option<Time> {
-        match self {
-            Early::Asking { after, .. }
-            | Early::Answered { after, .. }
-            | Early::Failed { after } => *after,
-        }
-    }
-}
 
 /// Where a takeover through the arbiter stands.
 #[derive(Debug)]
@@ -94,61 +58,9 @@ impl Spare {
             self.out
                 .push_back(Output::Close(p.conn, "declared dead: taking over".into()));
         }
+        let id = self.ask(Request::Observe);
+        self.claim = Some(Claim::Observing { id });
         self.claim_started = Some(now);
-        let early = self.early.take().filter(|e| e.after() == self.last_grant);
-        match early {
-            Some(Early::Asking { id, .. }) => self.claim = Some(Claim::Observing { id }),
-            Some(Early::Answered {
-                at,
-                term,
-                alive_rev,
-                ..
-            }) => {
-                self.observed(now, at, term, alive_rev);
-                // W may be over already: claim now rather than on the next timer.
-                if self.claim.is_some() {
-                    self.claim_timeout(now);
-                }
-            }
-            Some(Early::Failed { .. }) | None => {
-                let id = self.ask(Request::Observe);
-                self.claim = Some(Claim::Observing { id });
-            }
-        }
-    }
-
-    /// When to ask for the early observation of the current silence (see the module's
-    /// comment), if one is to be asked: only with an arbiter, while the primary is silent and
-    /// not yet declared dead, and when nothing else would delay the claim past `D` (an early
-    /// observation is never unsafe, only useless then).
-    pub(super) fn early_due(&self) -> Option<Time> {
-        self.cfg.arbiter.as_ref()?;
-        let g = self.last_grant?;
-        if self.claim.is_some()
-            || self.taking_over.is_some()
-            || self.handed_over.is_some()
-            || self.tip.is_none()
-            || self.early.as_ref().is_some_and(|e| e.after() == Some(g))
-        {
-            return None;
-        }
-        let d = self.cfg.detection;
-        let dead_at = g + d;
-        if self.hold_until > dead_at || self.claim_hold_until > dead_at {
-            return None;
-        }
-        Some(g + d.saturating_sub(self.last_wait).max(d / 2))
-    }
-
-    /// Asks for the early observation if it is due.
-    pub(super) fn observe_early(&mut self, now: Time) {
-        if self.early_due().is_some_and(|t| now >= t) {
-            let id = self.ask(Request::Observe);
-            self.early = Some(Early::Asking {
-                id,
-                after: self.last_grant,
-            });
-        }
     }
 
     /// Gives up this attempt: back to being a spare, the next one no sooner than `hold` from
@@ -191,25 +103,6 @@ impl Spare {
         if self.taken_over || self.taking_over.is_some() {
             return;
         }
-        if let Some(Early::Asking { id: x, after }) = self.early {
-            if x == id {
-                self.early = Some(match outcome {
-                    Ok(Answer::Observed { term, alive_rev }) => {
-                        if let Some((_, rec)) = &term {
-                            self.last_wait = rec.wait();
-                        }
-                        Early::Answered {
-                            after,
-                            at: now,
-                            term,
-                            alive_rev,
-                        }
-                    }
-                    _ => Early::Failed { after },
-                });
-                return;
-            }
-        }
         let pending = match &self.claim {
             Some(Claim::Observing { id: x })
             | Some(Claim::Claiming { id: x, .. })
@@ -219,13 +112,63 @@ impl Spare {
         if pending != id {
             return;
         }
+        let Some(node) = self.cfg.arbiter.clone() else {
+            return;
+        };
         match (self.claim.take().expect("checked"), outcome) {
-            (Claim::Observing { .. }, Ok(Answer::Observed { term, alive_rev })) => {
-                if let Some((_, rec)) = &term {
-                    self.last_wait = rec.wait();
+            (Claim::Observing { .. }, Ok(Answer::Observed { term, alive_rev })) => match term {
+                Some((_, rec)) if self.claimed_by_us(&rec) => self.won(now, rec.term),
+                Some((_, rec)) if rec.term > self.term => {
+                    let why = format!(
+                        "the arbiter holds term {}, held by {} (ours {}): a newer primary exists",
+                        rec.term, rec.holder, self.term
+                    );
+                    self.term = rec.term;
+                    self.disk(DiskOp::SaveTerm(rec.term));
+                    self.abandon_claim(now, self.cfg.startup_grace, why);
                 }
-                self.observed(now, now, term, alive_rev)
-            }
+                Some((term_rev, rec)) => {
+                    let Some(term) = self.term.max(rec.term).checked_add(1) else {
+                        return self.terms_exhausted();
+                    };
+                    let record = TermRecord {
+                        term,
+                        holder: arbiter::claim_holder(&node, term),
+                        wait_us: rec.wait_us,
+                    };
+                    // After a hand-over the primary renews nothing and serves no more: no W.
+                    let wait = if self.handed_over.is_some() {
+                        Duration::ZERO
+                    } else {
+                        rec.wait()
+                    };
+                    self.claim = Some(Claim::Waiting {
+                        until: now + wait,
+                        term_rev,
+                        alive_rev,
+                        record,
+                    });
+                }
+                None => {
+                    // No record: no primary registered, or the key was deleted under one that
+                    // did — whose lease was capped by a W we cannot know. Wait the longest W
+                    // any record may ask for.
+                    let Some(term) = self.term.checked_add(1) else {
+                        return self.terms_exhausted();
+                    };
+                    let record = TermRecord {
+                        term,
+                        holder: arbiter::claim_holder(&node, term),
+                        wait_us: arbiter::DEFAULT_WAIT.as_micros() as u64,
+                    };
+                    self.claim = Some(Claim::Waiting {
+                        until: now + arbiter::MAX_WAIT,
+                        term_rev: 0,
+                        alive_rev,
+                        record,
+                    });
+                }
+            },
             (Claim::Claiming { record, .. }, Ok(Answer::Claimed)) => self.won(now, record.term),
             // The primary is alive: give it the start-up grace to reconnect (connections are
             // closed while a claim runs) before the next attempt.
@@ -263,67 +206,6 @@ impl Spare {
                 Duration::ZERO,
                 format!("unexpected answer from the arbiter: {other:?}"),
             ),
-        }
-    }
-
-    /// The observation answered at `t0` (now, or earlier for an early one): won already, a
-    /// newer primary, or wait `W` from `t0` and claim.
-    fn observed(&mut self, now: Time, t0: Time, term: Option<(Rev, TermRecord)>, alive_rev: Rev) {
-        let Some(node) = self.cfg.arbiter.clone() else {
-            return;
-        };
-        match term {
-            Some((_, rec)) if self.claimed_by_us(&rec) => self.won(now, rec.term),
-            Some((_, rec)) if rec.term > self.term => {
-                let why = format!(
-                    "the arbiter holds term {}, held by {} (ours {}): a newer primary exists",
-                    rec.term, rec.holder, self.term
-                );
-                self.term = rec.term;
-                self.disk(DiskOp::SaveTerm(rec.term));
-                self.abandon_claim(now, self.cfg.startup_grace, why);
-            }
-            Some((term_rev, rec)) => {
-                let Some(term) = self.term.max(rec.term).checked_add(1) else {
-                    return self.terms_exhausted();
-                };
-                let record = TermRecord {
-                    term,
-                    holder: arbiter::claim_holder(&node, term),
-                    wait_us: rec.wait_us,
-                };
-                // After a hand-over the primary renews nothing and serves no more: no W.
-                let wait = if self.handed_over.is_some() {
-                    Duration::ZERO
-                } else {
-                    rec.wait()
-                };
-                self.claim = Some(Claim::Waiting {
-                    until: t0 + wait,
-                    term_rev,
-                    alive_rev,
-                    record,
-                });
-            }
-            None => {
-                // No record: no primary registered, or the key was deleted under one that
-                // did — whose lease was capped by a W we cannot know. Wait the longest W
-                // any record may ask for.
-                let Some(term) = self.term.checked_add(1) else {
-                    return self.terms_exhausted();
-                };
-                let record = TermRecord {
-                    term,
-                    holder: arbiter::claim_holder(&node, term),
-                    wait_us: arbiter::DEFAULT_WAIT.as_micros() as u64,
-                };
-                self.claim = Some(Claim::Waiting {
-                    until: t0 + arbiter::MAX_WAIT,
-                    term_rev: 0,
-                    alive_rev,
-                    record,
-                });
-            }
         }
     }
 

@@ -301,11 +301,6 @@ pub struct Spare {
     handed_over: Option<u64>,
     /// A takeover being decided at the arbiter.
     claim: Option<claim::Claim>,
-    /// An observation of the arbiter's keys asked for while the primary is silent but not yet
-    /// declared dead, so that `W` runs during the detection time instead of after it.
-    early: Option<claim::Early>,
-    /// `W` as the last observation read it (when to observe early depends on it).
-    last_wait: Duration,
     /// When the current (or last) claim began.
     claim_started: Option<Time>,
     arbiter_id: u64,
@@ -355,8 +350,6 @@ impl Spare {
             taken_over: false,
             handed_over: None,
             claim: None,
-            early: None,
-            last_wait: crate::arbiter::DEFAULT_WAIT,
             claim_started: None,
             arbiter_id: 0,
             claim_note: None,

@@ -70,9 +70,6 @@ impl Spare {
             || self
                 .last_grant
                 .is_none_or(|g| now >= g + self.cfg.detection);
-        if !quiet_enough {
-            return self.observe_early(now);
-        }
         let ready = quiet_enough
             && now >= self.hold_until
             && (handed_over || now >= self.claim_hold_until)
@@ -154,9 +151,6 @@ impl Spare {
                 .last_grant
                 .map_or(hold, |g| (g + self.cfg.detection).max(hold));
             t = Some(t.map_or(due, |x| x.min(due)));
-        }
-        if let Some(e) = self.early_due() {
-            t = Some(t.map_or(e, |x| x.min(e)));
         }
         t
     }
