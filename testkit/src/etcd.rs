@@ -213,6 +213,27 @@ impl Etcd {
         }
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
+
+    /// [`Etcd::get`], retried for up to `within` while `etcdctl` fails (an etcd starved by the
+    /// load of a fault scenario times a read out now and then; that is not the scenario's
+    /// finding). The last error if none succeeded.
+    pub fn get_retrying(
+        &self,
+        lab: &Lab,
+        h: &str,
+        key: &str,
+        within: std::time::Duration,
+    ) -> Result<String, String> {
+        let t = std::time::Instant::now();
+        loop {
+            match self.get(lab, h, key) {
+                Err(_) if t.elapsed() < within => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
 }
 
 impl Drop for Etcd {

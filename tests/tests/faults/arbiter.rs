@@ -624,7 +624,9 @@ fn s11e_arbiter_ten_failovers_alternating_hosts_lose_nothing() {
         let took = wait_takeover(&dir, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("{what}: no takeover{}", logs(&dir)));
         times.push((took - killed) as f64 / MS as f64);
-        let record = etcd.get(&lab, "C", "/hotspare/kv/term").unwrap_or_default();
+        let record = etcd
+            .get_retrying(&lab, "C", "/hotspare/kv/term", Duration::from_secs(10))
+            .unwrap_or_else(|e| format!("(etcdctl failed for 10 s: {e})"));
         assert!(
             record.contains(&format!("\"term\":{}", round + 1))
                 && record.contains(&format!("\"holder\":\"{off}")),

@@ -367,8 +367,13 @@ fn s13_fleet_twenty_services_three_hosts_lose_one() {
     for &i in &lost_primaries {
         new_pid(i);
         let record = etcd
-            .get(&lab, "C", &format!("/hotspare/svc{i}/term"))
-            .unwrap_or_default();
+            .get_retrying(
+                &lab,
+                "C",
+                &format!("/hotspare/svc{i}/term"),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| format!("(etcdctl failed for 10 s: {e})"));
         let term = serde_json::from_str::<serde_json::Value>(&record)
             .ok()
             .and_then(|r| r["term"].as_u64())
