@@ -19,8 +19,8 @@
 //! sent, bounded by [`SHADOW_LIMIT`]; pages beyond it are sent whole.
 
 use super::format::{
-    decode_begin, frame_header, frame_header_of, validate_begin, Begin, CompactHeader, End,
-    FrameKind, FrameReader, RangeEntry, Run, FORMAT_VERSION, PAGES_PER_FRAME,
+    decode_begin, frame_header, validate_begin, Begin, CompactHeader, End, FrameKind, FrameReader,
+    RangeEntry, Run, FORMAT_VERSION, PAGES_PER_FRAME,
 };
 use super::FormatError;
 use serde::{Deserialize, Serialize};
@@ -738,19 +738,12 @@ pub fn resolve_stream<R: Read, W: Write>(
         seq: begin.seq,
         ..End::default()
     };
-    // One CRC pass per resolved payload: the frame's CRC and the END's digest are both
-    // derived from it (`crc32c_combine`).
     let mut put = |out: &mut W, kind: FrameKind, parts: &[&[u8]], n: u64| {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let crc = parts
-            .iter()
-            .fold(0u32, |crc, p| crc32c::crc32c_append(crc, p));
-        out.write_all(&frame_header_of(kind, len, crc))
-            .map_err(wrt)?;
+        out.write_all(&frame_header(kind, parts)).map_err(wrt)?;
         for p in parts {
             out.write_all(p).map_err(wrt)?;
+            stored.digest = crc32c::crc32c_append(stored.digest, p);
         }
-        stored.digest = crc32c::crc32c_combine(stored.digest, crc, len);
         stored.page_frames += 1;
         stored.pages += n;
         Ok::<(), FormatError>(())

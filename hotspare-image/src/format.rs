@@ -171,20 +171,14 @@ impl End {
 /// `cptfork` child may call it.
 pub fn frame_header(kind: FrameKind, parts: &[&[u8]]) -> [u8; HEADER_LEN] {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let crc = parts
-        .iter()
-        .fold(0u32, |crc, p| crc32c::crc32c_append(crc, p));
-    frame_header_of(kind, len, crc)
-}
-
-/// [`frame_header`] for a payload of `len` bytes whose CRC32C is `payload_crc` (computed once
-/// by a caller that needs it for the END's digest too).
-pub fn frame_header_of(kind: FrameKind, len: usize, payload_crc: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
     h[4] = kind as u8;
     h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-    let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[0..12]), payload_crc, len);
+    let mut crc = crc32c::crc32c(&h[0..12]);
+    for p in parts {
+        crc = crc32c::crc32c_append(crc, p);
+    }
     h[12..16].copy_from_slice(&crc.to_le_bytes());
     h
 }
