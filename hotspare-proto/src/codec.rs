@@ -39,8 +39,9 @@ const MAGIC: [u8; 4] = *b"HSRP";
 /// decode its hello; 4: 16-byte message MACs, the term as a varint, [`Msg::Stream`] for a
 /// stream in one message, and wire streams of format 4; 5: the handshake proofs cover the
 /// magic and version, so a peer of version 4, whose proofs do not, is refused by its version
-/// instead of failing authentication).
-pub const VERSION: u8 = 5;
+/// instead of failing authentication; 6: wire streams of format 5, whose check takes each delta
+/// page's hash instead of the page, so a spare of version 5 would refuse every delta).
+pub const VERSION: u8 = 6;
 /// Bytes of a message's MAC (HMAC-SHA256 truncated).
 pub const MAC_LEN: usize = 16;
 /// What a spare sends a peer whose hello has another version, before it closes: its magic and
