@@ -107,7 +107,7 @@ pub struct CheckpointerStats {
     pub checkpoints: usize,
     /// Interval checkpoints merged into the next because the previous one was still in flight.
     pub coalesced: u64,
-    /// Checkpoints that failed (or were refused while fenced).
+    /// Checkpoints that failed (not counting those refused while fenced).
     pub failed: u64,
     /// Stop per incremental checkpoint, as the program's threads saw it, in ms.
     pub stop_ms: Summary,
@@ -257,7 +257,6 @@ impl Checkpointer {
     fn stop_and_capture(&self, kind: CptKind) -> Result<Option<Capture>, CheckpointerError> {
         // A switchover has stopped serving and waits for one more checkpoint: take it.
         if self.hs.is_fenced() && !self.hs.handover_pending() {
-            self.stats().failed += 1;
             return Err(CheckpointerError::Fenced);
         }
         let t = Instant::now();
