@@ -25,8 +25,8 @@
 //! of the checkpoint heap: they are not state, and would otherwise write heap pages that every
 //! checkpoint captures.
 
-use crate::{CptStats, Error, GlobalHeap, HotSpare, Op, OutputGate, RoundNeed, Ticket};
 use crate::{CommitNotifier, TicketState};
+use crate::{CptStats, Error, GlobalHeap, HotSpare, Op, OutputGate, RoundNeed, Ticket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -117,6 +117,8 @@ pub struct CheckpointerStats {
     pub bytes_median: u64,
     /// Largest full checkpoint seen (kept across resets).
     pub full_bytes: u64,
+    /// From asking to durable, per [`Checkpointer::commit_durable`], in ms.
+    pub durable_ms: Summary,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +128,8 @@ struct Stats {
     coalesced: u64,
     full_bytes: u64,
     failed: u64,
+    /// ms from asking to durable of each `commit_durable`.
+    waited: Vec<f64>,
 }
 
 /// What the replies of an event-loop round wait for ([`Checkpointer::round`]).
@@ -302,6 +306,20 @@ impl Checkpointer {
         }
     }
 
+    /// A checkpoint, and the wait until it is durable: for a server that answers one request
+    /// at a time and replies only once the change it made is kept. Call it where the state is
+    /// consistent (the stop closure is called as for every checkpoint).
+    pub fn commit_durable(&self) -> Result<Capture, CheckpointerError> {
+        let t = Instant::now();
+        let c = self
+            .checkpoint(CptKind::Commit)?
+            .ok_or(CheckpointerError::NotCaptured)?;
+        self.hs.wait_durable(c.stats.seq)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        GlobalHeap::outside(|| self.stats().waited.push(ms));
+        Ok(c)
+    }
+
     fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -319,6 +337,7 @@ impl Checkpointer {
                 capture_ms: of(|x| x.2),
                 bytes_median: of(|x| x.1 as f64).median as u64,
                 full_bytes: s.full_bytes,
+                durable_ms: Summary::of(s.waited.clone()),
             }
         })
     }

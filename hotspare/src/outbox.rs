@@ -9,7 +9,7 @@
 //! of the round (group commit). [`OutputCommit`] is that, once per event loop:
 //!
 //! * [`OutputCommit::begin`] brackets each request (the gate of Remus's rule), replies go into
-//!   the connection's [`Outbox::replies`];
+//!   the connection's [`Outbox::replies`] (one [`Outbox`] per connection);
 //! * every connection an event touched is reported with [`OutputCommit::touched`], and at the
 //!   end of the round [`OutputCommit::end_round`] tags the new replies (taking the checkpoint
 //!   they need, or deferring it while the pipeline is full), and says which connections may be
@@ -43,8 +43,6 @@ pub struct Outbox {
     /// Replies waiting: (end offset in `buf`, ticket — `None`: the next checkpoint, deferred
     /// while the pipeline is full), in order.
     pending: VecDeque<(usize, Option<Ticket>)>,
-    /// Replies wait for durability (every-write); otherwise they pass through.
-    hold: bool,
     /// A reply that reveals data is not written yet: it leaves only with the right to serve.
     lease: bool,
 }
@@ -56,6 +54,16 @@ impl AsMut<Outbox> for Outbox {
 }
 
 impl Outbox {
+    /// An empty outbox of `capacity` bytes for a new connection (outside the checkpoint heap:
+    /// it is not state).
+    pub fn with_capacity(capacity: usize) -> Outbox {
+        GlobalHeap::outside(|| Outbox {
+            buf: Vec::with_capacity(capacity),
+            pending: VecDeque::with_capacity(16),
+            ..Outbox::default()
+        })
+    }
+
     /// Where the program appends its replies.
     pub fn replies(&mut self) -> &mut Vec<u8> {
         &mut self.buf
@@ -86,17 +94,18 @@ impl Outbox {
         !self.pending.is_empty()
     }
 
-    /// Bytes that may be written now.
-    fn ready(&self) -> usize {
-        if self.hold {
+    /// Bytes that may be written now (`hold`: replies wait for durability).
+    fn ready(&self, hold: bool) -> usize {
+        if hold {
             self.released.min(self.buf.len())
         } else {
             self.buf.len()
         }
     }
 
+    /// Replies were added since the last tag (only asked when replies are held).
     fn untagged(&self) -> bool {
-        self.hold && self.buf.len() > self.tagged
+        self.buf.len() > self.tagged
     }
 
     /// Tags the replies added since the last tag with what they wait for.
@@ -239,7 +248,11 @@ impl<'a> OutputCommit<'a> {
     pub fn register(&mut self, registry: &mio::Registry, token: mio::Token) -> std::io::Result<()> {
         if let Some(n) = &self.notifier {
             let fd = n.as_raw_fd();
-            registry.register(&mut mio::unix::SourceFd(&fd), token, mio::Interest::READABLE)?;
+            registry.register(
+                &mut mio::unix::SourceFd(&fd),
+                token,
+                mio::Interest::READABLE,
+            )?;
             self.token = Some(token);
         }
         Ok(())
@@ -251,17 +264,6 @@ impl<'a> OutputCommit<'a> {
         let wake = self.token == Some(token);
         self.woken |= wake;
         wake
-    }
-
-    /// An empty outbox of `capacity` bytes for a new connection (outside the heap: it is not
-    /// state).
-    pub fn outbox(&self, capacity: usize) -> Outbox {
-        GlobalHeap::outside(|| Outbox {
-            buf: Vec::with_capacity(capacity),
-            pending: VecDeque::with_capacity(16),
-            hold: self.hold,
-            ..Outbox::default()
-        })
     }
 
     /// Brackets one request: call before it takes any lock on the state, and
@@ -394,7 +396,7 @@ impl<'a> OutputCommit<'a> {
 
     /// Writes the released replies to `w` as far as it takes them.
     pub fn flush(&self, o: &mut Outbox, w: &mut impl Write) -> Flushed {
-        let ready = o.ready();
+        let ready = o.ready(self.hold);
         // A primary stopped between running a command and writing its reply (or cut off from
         // its spare meanwhile) closes the connection unanswered: the client retries against
         // whoever serves now.
@@ -416,7 +418,7 @@ impl<'a> OutputCommit<'a> {
             }
         }
         o.sent(done);
-        if o.ready() > 0 {
+        if o.ready(self.hold) > 0 {
             Flushed::Blocked
         } else {
             Flushed::Done
@@ -493,14 +495,27 @@ mod tests {
     /// A loop over `src` with connections 1 and 2.
     fn lp(src: Option<&'static Scripted>) -> (OutputCommit<'static>, HashMap<usize, Outbox>) {
         let oc = OutputCommit::with(src.map(|s| s as &dyn Commits)).unwrap();
-        let boxes = [(1, oc.outbox(64)), (2, oc.outbox(64))].into();
+        let boxes = [
+            (1, Outbox::with_capacity(64)),
+            (2, Outbox::with_capacity(64)),
+        ]
+        .into();
         (oc, boxes)
     }
 
     /// Connection `id` answers `reply`, as a request that `wrote` or not.
-    fn request(oc: &mut OutputCommit<'_>, b: &mut HashMap<usize, Outbox>, id: usize, reply: &str, wrote: bool) {
+    fn request(
+        oc: &mut OutputCommit<'_>,
+        b: &mut HashMap<usize, Outbox>,
+        id: usize,
+        reply: &str,
+        wrote: bool,
+    ) {
         let op = oc.begin();
-        b.get_mut(&id).unwrap().replies().extend_from_slice(reply.as_bytes());
+        b.get_mut(&id)
+            .unwrap()
+            .replies()
+            .extend_from_slice(reply.as_bytes());
         if let Some(op) = op {
             op.end(wrote);
         }
@@ -540,17 +555,29 @@ mod tests {
 
     #[test]
     fn a_reply_leaves_only_once_its_ticket_is_durable_and_in_order() {
-        let s = script([Ok(Round::Committed(Ticket::from_seq(5))), Ok(Round::Release)]);
+        let s = script([
+            Ok(Round::Committed(Ticket::from_seq(5))),
+            Ok(Round::Release),
+        ]);
         let (mut oc, mut b) = lp(Some(s));
         request(&mut oc, &mut b, 1, "+OK\r\n", true);
         let (_, w) = round(&mut oc, &mut b);
-        assert!(w.values().all(String::is_empty), "written before durable: {w:?}");
+        assert!(
+            w.values().all(String::is_empty),
+            "written before durable: {w:?}"
+        );
         // A read whose round needs nothing still waits behind the write before it.
         request(&mut oc, &mut b, 1, "$1\r\n1\r\n", false);
         let (_, w) = round(&mut oc, &mut b);
-        assert!(w.values().all(String::is_empty), "overtook the write: {w:?}");
+        assert!(
+            w.values().all(String::is_empty),
+            "overtook the write: {w:?}"
+        );
         s.durable.store(5, Ordering::SeqCst);
-        assert!(!oc.is_wake(mio::Token(7)), "not registered: no token is the notifier's");
+        assert!(
+            !oc.is_wake(mio::Token(7)),
+            "not registered: no token is the notifier's"
+        );
         oc.woken = true;
         let (_, w) = round(&mut oc, &mut b);
         assert_eq!(w[&1], "+OK\r\n$1\r\n1\r\n");
@@ -561,19 +588,34 @@ mod tests {
     /// commit that a later round takes: no second checkpoint is taken for it.
     #[test]
     fn a_commit_taken_in_a_round_serves_the_replies_owed_a_deferred_commit() {
-        let s = script([Ok(Round::NextCommit), Ok(Round::Committed(Ticket::from_seq(7)))]);
+        let s = script([
+            Ok(Round::NextCommit),
+            Ok(Round::Committed(Ticket::from_seq(7))),
+        ]);
         let (mut oc, mut b) = lp(Some(s));
         request(&mut oc, &mut b, 1, "+OK\r\n", true);
         let (_, w) = round(&mut oc, &mut b);
         assert!(w.values().all(String::is_empty));
-        assert_eq!(s.deferred_asked.load(Ordering::SeqCst), 1, "no room asked for");
+        assert_eq!(
+            s.deferred_asked.load(Ordering::SeqCst),
+            1,
+            "no room asked for"
+        );
         s.room.store(true, Ordering::SeqCst);
         s.durable.store(7, Ordering::SeqCst);
         request(&mut oc, &mut b, 2, "+OK\r\n", true);
         let (_, w) = round(&mut oc, &mut b);
         assert_eq!(w.get(&2).map(String::as_str), Some("+OK\r\n"));
-        assert_eq!(w.get(&1).map(String::as_str), Some("+OK\r\n"), "1 waits for another commit");
-        assert_eq!(s.deferred_taken.load(Ordering::SeqCst), 0, "a second checkpoint for 1");
+        assert_eq!(
+            w.get(&1).map(String::as_str),
+            Some("+OK\r\n"),
+            "1 waits for another commit"
+        );
+        assert_eq!(
+            s.deferred_taken.load(Ordering::SeqCst),
+            0,
+            "a second checkpoint for 1"
+        );
     }
 
     #[test]
@@ -647,7 +689,7 @@ mod tests {
             }
         }
         let (oc, _) = lp(None);
-        let mut o = oc.outbox(8);
+        let mut o = Outbox::with_capacity(8);
         o.replies().extend_from_slice(b"+OK\r\n");
         let mut w = Two(Vec::new());
         assert_eq!(oc.flush(&mut o, &mut w), Flushed::Blocked);

@@ -15,7 +15,7 @@ mod resp;
 mod server;
 mod store;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use commands::{Counters, Ctx};
 use hotspare::{Checkpointer, HotSpare};
@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     cpt_ms: u64,
     /// Acknowledge a write only once a checkpoint holding it is durable (group commit).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plain")]
     cpt_every_write: bool,
     /// Run without Hot Spare (ordinary memory, no checkpoints).
     #[arg(long)]
@@ -113,6 +113,13 @@ fn serve_forever(
         started: std::time::Instant::now(),
         port: args.port,
     };
+    eprintln!(
+        "hotspare-kv: serving on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     for _ in 1..args.threads.max(1) {
         let l = listener.try_clone().expect("clone the listening socket");
         std::thread::spawn(move || {
@@ -131,12 +138,8 @@ fn serve_forever(
 /// The worker loop: what runs on a fresh start after `main`'s setup, and what a resume calls.
 fn worker(hs: &HotSpare) {
     let args = ARGS.get().expect("args parsed");
-    let Some(store) = hs.heap().root::<Store>() else {
-        eprintln!("hotspare-kv: the image holds no key space");
-        std::process::exit(1);
-    };
-    let Some(listener) = hs.tcp_listener("kv") else {
-        eprintln!("hotspare-kv: the image holds no listening socket");
+    let (Some(store), Some(listener)) = (hs.heap().root::<Store>(), hs.tcp_listener("kv")) else {
+        eprintln!("hotspare-kv: the image holds no key space or no listening socket");
         std::process::exit(1);
     };
     if let Some(r) = hs.resumed() {
@@ -153,13 +156,6 @@ fn worker(hs: &HotSpare) {
         .interval_ms(args.cpt_ms)
         .every_write(args.cpt_every_write)
         .start(move || pin(args.serve_cpu));
-    eprintln!(
-        "hotspare-kv: serving on {}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    );
     serve_forever(store, Some(cp), listener);
 }
 
@@ -170,14 +166,9 @@ fn main() -> Result<()> {
             .with_context(|| format!("listen on {}:{}", args.bind, args.port))
     };
     if args.plain {
-        if args.cpt_every_write {
-            bail!("--cpt-every-write needs Hot Spare (drop --plain)");
-        }
         let store: &'static Store = Box::leak(Box::new(Store::new()));
         preload(store, args.preload);
-        let listener = listen()?;
-        eprintln!("hotspare-kv: serving on {} (plain)", listener.local_addr()?);
-        serve_forever(store, None, listener);
+        serve_forever(store, None, listen()?);
     }
     // The library's threads are created now and inherit this: keep them off the serving CPU.
     pin(args.background_cpu);

@@ -76,7 +76,7 @@ pub fn serve(ctx: &Ctx<'_>, listener: std::net::TcpListener) -> std::io::Result<
         }
         for ev in events.iter() {
             if ev.token() == LISTENER {
-                accept(ctx, &poll, &commits, &mut listener, &mut conns, &mut next_token);
+                accept(ctx, &poll, &mut listener, &mut conns, &mut next_token);
                 continue;
             }
             if commits.is_wake(ev.token()) {
@@ -107,7 +107,6 @@ pub fn serve(ctx: &Ctx<'_>, listener: std::net::TcpListener) -> std::io::Result<
 fn accept(
     ctx: &Ctx<'_>,
     poll: &Poll,
-    commits: &OutputCommit<'_>,
     listener: &mut TcpListener,
     conns: &mut HashMap<usize, Conn>,
     next_token: &mut usize,
@@ -134,7 +133,7 @@ fn accept(
                     Conn {
                         stream,
                         rbuf,
-                        out: commits.outbox(BUF),
+                        out: Outbox::with_capacity(BUF),
                         want_write: false,
                         client: Client {
                             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
