@@ -132,7 +132,7 @@ struct Stats {
     waited: Vec<f64>,
 }
 
-/// What the replies of an event-loop round wait for ([`Checkpointer::round`]).
+/// What the replies of an event-loop round wait for (`Commits::round`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Round {
     /// Nothing: release them.
@@ -143,7 +143,7 @@ pub(crate) enum Round {
     /// replies that were waiting for a deferred commit wait for it too.
     Committed(Ticket),
     /// The next checkpoint, not taken yet: the pipeline is full
-    /// ([`Checkpointer::deferred_commit`] once a checkpoint ends).
+    /// (`Commits::deferred_commit` once a checkpoint ends).
     NextCommit,
 }
 
