@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod checkpointer;
 pub mod config;
 mod error;
 mod fds;
@@ -56,6 +57,7 @@ mod global;
 pub mod heap;
 mod meta;
 mod metrics;
+mod outbox;
 mod probe;
 pub mod replica;
 mod resume;
@@ -69,11 +71,15 @@ use hotspare_image::identity;
 pub use checkpoint::{
     CommitNotifier, CptStats, Op, OutputGate, RoundNeed, Ticket, TicketState, MAX_IN_FLIGHT,
 };
+pub use checkpointer::{
+    Capture, Checkpointer, CheckpointerError, CheckpointerStats, CptKind, Summary,
+};
 pub use config::{Config, FixedAddresses, OnFence, Strategy};
 pub use error::{Error, Result};
 pub use global::{GlobalHeap, GlobalHeapStats};
 pub use heap::{Heap, HeapAlloc, StableHasher};
 pub use kmod_shim;
 pub use meta::MetaError;
+pub use outbox::{Flushed, Outbox, Outboxes, OutputCommit, Verdict};
 pub use runtime::{Builder, HotSpare, ResumeInfo, SignalFn, Start, WorkerFn};
 pub use sync::{Mutex, MutexGuard};

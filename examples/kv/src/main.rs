@@ -15,11 +15,10 @@ mod resp;
 mod server;
 mod store;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
-use commands::{Counters, CptMode, Ctx, Durability};
-use ha::{HaStore, HotSpareDurability};
-use hotspare::HotSpare;
+use commands::{Counters, Ctx};
+use hotspare::{Checkpointer, HotSpare};
 use std::sync::OnceLock;
 use store::Store;
 
@@ -41,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     cpt_ms: u64,
     /// Acknowledge a write only once a checkpoint holding it is durable (group commit).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plain")]
     cpt_every_write: bool,
     /// Run without Hot Spare (ordinary memory, no checkpoints).
     #[arg(long)]
@@ -102,18 +101,25 @@ fn spawn_expiry_sweep(store: &'static Store) {
 /// Serves on `args.threads` event loops (this thread is one of them); never returns.
 fn serve_forever(
     store: &'static Store,
-    dur: &'static dyn Durability,
+    hs: Option<&'static Checkpointer>,
     listener: std::net::TcpListener,
 ) -> ! {
     let args = ARGS.get().expect("args parsed");
     spawn_expiry_sweep(store);
     let ctx = move || Ctx {
         store,
-        dur,
+        hs,
         counters: COUNTERS.get_or_init(Counters::default),
         started: std::time::Instant::now(),
         port: args.port,
     };
+    eprintln!(
+        "hotspare-kv: serving on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     for _ in 1..args.threads.max(1) {
         let l = listener.try_clone().expect("clone the listening socket");
         std::thread::spawn(move || {
@@ -132,12 +138,8 @@ fn serve_forever(
 /// The worker loop: what runs on a fresh start after `main`'s setup, and what a resume calls.
 fn worker(hs: &HotSpare) {
     let args = ARGS.get().expect("args parsed");
-    let Some(store) = hs.heap().root::<HaStore>() else {
-        eprintln!("hotspare-kv: the image holds no key space");
-        std::process::exit(1);
-    };
-    let Some(listener) = hs.tcp_listener("kv") else {
-        eprintln!("hotspare-kv: the image holds no listening socket");
+    let (Some(store), Some(listener)) = (hs.heap().root::<Store>(), hs.tcp_listener("kv")) else {
+        eprintln!("hotspare-kv: the image holds no key space or no listening socket");
         std::process::exit(1);
     };
     if let Some(r) = hs.resumed() {
@@ -147,49 +149,14 @@ fn worker(hs: &HotSpare) {
             r.restore_time.as_secs_f64() * 1e3
         );
     }
-    // Outside the heap: its output gate is written by every request, and it is not state.
-    let dur: &'static HotSpareDurability = hotspare::GlobalHeap::outside(|| {
-        Box::leak(Box::new(HotSpareDurability::new(
-            hs.clone(),
-            store,
-            args.cpt_every_write,
-        )))
-    });
-    // The checkpointer runs on the serving CPU: while it holds the shard locks nothing else
+    // The interval timer runs on the serving CPU: while it holds the shard locks nothing else
     // can serve anyway, and on the background CPU the library's writer thread (CRCs, disk)
     // would preempt it mid-stop and stretch the stop by a scheduler time slice.
-    std::thread::spawn(move || {
-        pin(args.serve_cpu);
-        dur.run_interval();
-    });
-    // A switchover waits for one checkpoint after serving stopped; in every-write mode no
-    // write comes to cause it.
-    std::thread::spawn(move || dur.run_handover_watch());
-    eprintln!(
-        "hotspare-kv: serving on {}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    );
-    serve_forever(store, dur, listener);
-}
-
-/// No persistence (`--plain`).
-#[derive(Debug)]
-struct Plain;
-
-impl Durability for Plain {
-    fn every_write(&self) -> bool {
-        false
-    }
-    fn cpt_now(&self, _mode: CptMode) -> Result<String, String> {
-        Err("this server runs without Hot Spare (--plain)".into())
-    }
-    fn reset_stats(&self) {}
-    fn info(&self, out: &mut String) {
-        out.push_str("# Persistence\r\nhotspare:off\r\n\r\n");
-    }
+    let cp = ha::checkpointer(hs, store)
+        .interval_ms(args.cpt_ms)
+        .every_write(args.cpt_every_write)
+        .start(move || pin(args.serve_cpu));
+    serve_forever(store, Some(cp), listener);
 }
 
 fn main() -> Result<()> {
@@ -199,14 +166,9 @@ fn main() -> Result<()> {
             .with_context(|| format!("listen on {}:{}", args.bind, args.port))
     };
     if args.plain {
-        if args.cpt_every_write {
-            bail!("--cpt-every-write needs Hot Spare (drop --plain)");
-        }
-        let store: &'static Store = Box::leak(Box::new(Store::new(0)));
+        let store: &'static Store = Box::leak(Box::new(Store::new()));
         preload(store, args.preload);
-        let listener = listen()?;
-        eprintln!("hotspare-kv: serving on {} (plain)", listener.local_addr()?);
-        serve_forever(store, &Plain, listener);
+        serve_forever(store, None, listen()?);
     }
     // The library's threads are created now and inherit this: keep them off the serving CPU.
     pin(args.background_cpu);
@@ -218,7 +180,7 @@ fn main() -> Result<()> {
     else {
         return Ok(());
     };
-    let store = hs.heap().set_root(Store::new(args.cpt_ms))?;
+    let store = hs.heap().set_root(Store::new())?;
     preload(store, args.preload);
     hs.add_tcp_listener("kv", listen()?)?;
     // The first checkpoint is the full image: take it before serving, so that the spare holds

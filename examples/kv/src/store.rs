@@ -11,7 +11,7 @@ use hotspare::{Mutex, MutexGuard};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
@@ -368,9 +368,6 @@ pub struct Store {
     /// every key of a shard would share the bits a map uses to pick buckets), and kept in the
     /// store so that a resumed server picks the same shards.
     shard_hash: RandomState,
-    /// Checkpoint interval in ms (0: none); `CONFIG SET hotspare-cpt-ms` changes it and a
-    /// resumed server keeps it.
-    pub cpt_ms: AtomicU64,
     /// Set once any key was given an expiry: until then the expiry sweep has nothing to do.
     ttl_used: AtomicBool,
 }
@@ -401,11 +398,10 @@ pub struct WrongType;
 
 impl Store {
     /// An empty store.
-    pub fn new(cpt_ms: u64) -> Store {
+    pub fn new() -> Store {
         Store {
             shards: Shards(std::array::from_fn(|_| Mutex::new(Shard::default()))),
             shard_hash: RandomState::new(),
-            cpt_ms: AtomicU64::new(cpt_ms),
             ttl_used: AtomicBool::new(false),
         }
     }
@@ -633,7 +629,7 @@ mod tests {
 
     #[test]
     fn sweep_deletes_only_expired_keys_and_touches_watched_ones() {
-        let store = Store::new(0);
+        let store = Store::new();
         for (k, at) in [(&b"old"[..], 5), (b"new", 500), (b"never", 0)] {
             store
                 .lock_key(k)

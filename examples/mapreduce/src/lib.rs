@@ -3,7 +3,7 @@
 //! * [`job`]: the coordinator's job tables and request handling, in plain Rust (`Vec`s: in the
 //!   checkpoint heap with Hot Spare, whose `GlobalHeap` the coordinator makes its allocator);
 //! * [`server`]: the coordinator's accept loop, shared by both modes, which makes every state
-//!   change durable (through [`server::Commit`]) before it answers;
+//!   change durable (through `hotspare::Checkpointer::commit_durable`) before it answers;
 //! * [`wordcount`]: what a worker does for a map or reduce task.
 //!
 //! The binaries are `mr-coordinator` and `mr-worker`; `docs/mapreduce.md` describes them.

@@ -1,27 +1,13 @@
 //! The coordinator's accept loop, shared by the Hot Spare and the plain build: one request per
-//! connection, answered only after the change it made is durable.
+//! connection, answered only after the change it made is durable (`hotspare::Checkpointer`'s
+//! `commit_durable`; nothing to wait for without Hot Spare).
 
 use crate::job::{now_ms, Event, Job, Phase, Reply, Request};
 use crate::{io, Error};
+use hotspare::Checkpointer;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-/// Makes the job tables durable before a reply that depends on them is sent.
-pub trait Commit {
-    /// With Hot Spare: take a checkpoint and wait until the spare has it. Plain: nothing.
-    fn commit(&mut self) -> Result<(), Error>;
-}
-
-/// The plain build's [`Commit`]: ordinary memory, nothing to make durable.
-#[derive(Debug, Default)]
-pub struct NoCommit;
-
-impl Commit for NoCommit {
-    fn commit(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
-}
 
 /// Settings of the loop that are not job state.
 #[derive(Debug, Clone)]
@@ -38,7 +24,7 @@ pub struct Options {
 pub fn serve(
     listener: &TcpListener,
     job: &mut Job,
-    commit: &mut dyn Commit,
+    cp: Option<&Checkpointer>,
     opts: &Options,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
@@ -69,7 +55,7 @@ pub fn serve(
                 continue;
             }
         };
-        match one(stream, job, commit, opts, &mut unsynced, out) {
+        match one(stream, job, cp, opts, &mut unsynced, out) {
             Ok(true) => done_at = done_at.or(Some(Instant::now())),
             Ok(false) => {}
             Err(e) => eprintln!("mr-coordinator: {e}"),
@@ -81,7 +67,7 @@ pub fn serve(
 fn one(
     stream: TcpStream,
     job: &mut Job,
-    commit: &mut dyn Commit,
+    cp: Option<&Checkpointer>,
     opts: &Options,
     unsynced: &mut bool,
     out: &mut dyn Write,
@@ -101,11 +87,11 @@ fn one(
         Ok(req) => job.handle(req, now_ms()),
         Err(e) => (Reply::Err(e.to_string()), Event::None),
     };
-    if event != Event::None || *unsynced {
-        if let Err(e) = commit.commit() {
+    if let Some(cp) = cp.filter(|_| event != Event::None || *unsynced) {
+        if let Err(e) = cp.commit_durable() {
             *unsynced = true;
             let _ = (&stream).write_all(&Reply::Err("not durable, retry".into()).line());
-            return Err(e);
+            return Err(Error::NotDurable(e.into()));
         }
         *unsynced = false;
     }

@@ -14,7 +14,7 @@ mod string;
 mod tx;
 mod zset;
 
-pub use server::{Counters, CptMode, Durability, RoundTicket};
+pub use server::{Counters, CptMode};
 
 use crate::resp::reply;
 use crate::store::{Locked, Store, WrongType, SHARDS};
@@ -130,8 +130,8 @@ pub struct Client {
     pub name: Option<Vec<u8>>,
     /// Set by `QUIT`: close once the reply is written.
     pub quit: bool,
-    /// A data command was answered since the last complete write of replies: releasing them
-    /// needs the right to serve at that moment, not only when the command ran.
+    /// A data command was answered (the event loop hands it to the connection's outbox:
+    /// releasing the reply needs the right to serve at that moment, not only when it ran).
     pub answered_data: bool,
     /// Inside MULTI: the queued commands.
     pub multi: Option<tx::Queue>,
@@ -143,8 +143,8 @@ pub struct Client {
 pub struct Ctx<'a> {
     /// The key space.
     pub store: &'a Store,
-    /// Persistence.
-    pub dur: &'a dyn Durability,
+    /// The checkpointer (`None` with `--plain`).
+    pub hs: Option<&'a hotspare::Checkpointer>,
     /// Counters.
     pub counters: &'a Counters,
     /// The server's start time (for `uptime_in_seconds`).
@@ -425,7 +425,7 @@ pub fn execute(ctx: &Ctx<'_>, client: &mut Client, args: &[Vec<u8>], out: &mut V
     }
     if cmd.flags & STALE == 0 {
         client.answered_data = true;
-        if !ctx.dur.may_serve() {
+        if !ctx.hs.is_none_or(|h| h.may_serve()) {
             reply::error(
                 out,
                 "TRYAGAIN this server may not serve now: no lease from its spare, or fenced by a newer primary",

@@ -1,6 +1,5 @@
 //! Connection and server commands: PING, ECHO, QUIT, SELECT, INFO, CONFIG, CLIENT, COMMAND,
-//! HELLO, TIME, LASTSAVE, and HOTSPARE.CPT; and the [`Durability`] trait through which the
-//! server learns what persistence it runs with.
+//! HELLO, TIME, LASTSAVE, and HOTSPARE.CPT.
 
 use super::{all_commands, cmd, fail, lookup, ok, parse_i64, Call, Cmd, Fail, Res};
 use super::{ADMIN, ALL_KEYS, FAST, NONE, NO_MULTI, READONLY, STALE, WRITE};
@@ -23,65 +22,6 @@ pub const COMMANDS: &[Cmd] = &[
     cmd!("lastsave", 1, FAST | STALE, NONE, lastsave),
     cmd!("hotspare.cpt", -1, ADMIN | NO_MULTI, NONE, hotspare_cpt),
 ];
-
-/// What persistence the server runs with: Hot Spare checkpoints, or none (`--plain`).
-pub trait Durability: Send + Sync {
-    /// Whether a write must be durable before it is answered (`--cpt-every-write`).
-    fn every_write(&self) -> bool;
-    /// Brackets one request for Remus's rule (`None`: nothing to track).
-    fn begin_op(&self) -> Option<hotspare::Op<'_>> {
-        None
-    }
-    /// With `--cpt-every-write`, at the end of an event-loop round: what the replies it
-    /// produced must wait for — taking the checkpoint first if they may reveal writes not
-    /// captured yet and the pipeline has room.
-    fn round_ticket(&self) -> Result<RoundTicket, String> {
-        Ok(RoundTicket::Release)
-    }
-    /// A commit that [`RoundTicket::NextCommit`] deferred: taken now if the pipeline has room
-    /// (its ticket), else `None` (ask again when a checkpoint ends).
-    fn deferred_commit(&self) -> Result<Option<hotspare::Ticket>, String> {
-        Ok(None)
-    }
-    /// Where a ticket from [`Durability::round_ticket`] stands.
-    fn ticket_state(&self, _t: hotspare::Ticket) -> hotspare::TicketState {
-        hotspare::TicketState::Durable
-    }
-    /// A descriptor readable when tickets may have changed state (one per event loop).
-    fn notifier(&self) -> Option<hotspare::CommitNotifier> {
-        None
-    }
-    /// `HOTSPARE.CPT [FULL|NOWAIT]`: a checkpoint now; its statistics as JSON. Durable before
-    /// the reply, except with NOWAIT (then it is taken as the interval timer takes them: the
-    /// caller is stopped only for the capture).
-    fn cpt_now(&self, mode: CptMode) -> Result<String, String>;
-    /// `CONFIG RESETSTAT`.
-    fn reset_stats(&self);
-    /// Whether this server may answer data commands now (Hot Spare: it holds its lease and is
-    /// not fenced). Asked before every data command, so a primary that was paused or cut off
-    /// from its spare answers nothing a spare that took over could contradict.
-    fn may_serve(&self) -> bool {
-        true
-    }
-    /// The `# Hotspare` section of `INFO`, and `rdb_*` style persistence lines.
-    fn info(&self, out: &mut String);
-}
-
-/// What the replies of a round wait for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoundTicket {
-    /// Nothing: release them.
-    Release,
-    /// This ticket's durability.
-    Wait(hotspare::Ticket),
-    /// The durability of this checkpoint, taken now for these replies. It holds everything
-    /// executed before it, so replies waiting for a deferred commit
-    /// ([`RoundTicket::NextCommit`]) wait for it too.
-    Committed(hotspare::Ticket),
-    /// The next checkpoint, not taken yet (the pipeline is full): see
-    /// [`Durability::deferred_commit`].
-    NextCommit,
-}
 
 /// What `HOTSPARE.CPT` was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +94,7 @@ fn hotspare_cpt(c: &mut Call<'_, '_>) -> Res {
         Some(b"NOWAIT") => CptMode::NoWait,
         Some(_) => return Err(Fail::Syntax),
     };
-    match c.ctx.dur.cpt_now(mode) {
+    match crate::ha::cpt_now(c.ctx.hs, mode) {
         Ok(json) => reply::bulk(c.out, json.as_bytes()),
         Err(e) => return fail(format!("ERR {e}")),
     }
@@ -263,7 +203,7 @@ fn info(c: &mut Call<'_, '_>) -> Res {
         ));
     }
     if on("persistence") || on("hotspare") {
-        ctx.dur.info(&mut s);
+        crate::ha::info(ctx.hs, &mut s);
     }
     if on("keyspace") {
         s.push_str("# Keyspace\r\n");
@@ -301,7 +241,7 @@ fn config(c: &mut Call<'_, '_>) -> Res {
                 ("port", ctx.port.to_string()),
                 (
                     "hotspare-cpt-ms",
-                    ctx.store.cpt_ms.load(Ordering::Relaxed).to_string(),
+                    ctx.hs.map_or(0, |h| h.current_interval_ms()).to_string(),
                 ),
             ];
             let mut hits: Vec<&(&str, String)> = Vec::new();
@@ -323,7 +263,7 @@ fn config(c: &mut Call<'_, '_>) -> Res {
         ("set", 3) if a[1].eq_ignore_ascii_case(b"hotspare-cpt-ms") => {
             match parse_i64(&a[2]).filter(|v| *v >= 0) {
                 Some(v) => {
-                    ctx.store.cpt_ms.store(v as u64, Ordering::Relaxed);
+                    ctx.hs.inspect(|h| h.set_interval_ms(v as u64));
                     reply::simple(out, "OK");
                 }
                 None => reply::error(
@@ -340,7 +280,7 @@ fn config(c: &mut Call<'_, '_>) -> Res {
             ),
         ),
         ("resetstat", 1) => {
-            ctx.dur.reset_stats();
+            ctx.hs.inspect(|h| h.reset_stats());
             reply::simple(out, "OK");
         }
         ("get" | "set" | "resetstat", _) => reply::error(
