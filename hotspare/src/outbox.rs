@@ -699,4 +699,359 @@ mod tests {
         assert_eq!(oc.flush(&mut o, &mut w), Flushed::Done);
         assert!(o.drained());
     }
+
+    /// A model of the library behind the output commit: tickets issued in order, durable up
+    /// to one number, some failed, a pipeline with or without room, the right to serve; each
+    /// round's answer drawn at random.
+    #[derive(Default)]
+    struct Model {
+        gate: OutputGate,
+        issued: AtomicU64,
+        durable: AtomicU64,
+        failed: Mutex<std::collections::BTreeSet<u64>>,
+        room: AtomicBool,
+        serve: AtomicBool,
+        /// What the next `round` answers: 0 Release, 1 Wait(newest), 2 commit, 3 error.
+        next: AtomicU64,
+        /// The next `deferred_commit` fails.
+        deferred_err: AtomicBool,
+        /// What the last `round` answered.
+        last: Mutex<Option<Round>>,
+    }
+
+    impl Commits for Model {
+        fn holds(&self) -> bool {
+            true
+        }
+        fn begin(&self) -> Op<'_> {
+            self.gate.begin()
+        }
+        fn round(&self) -> Result<Round, CheckpointerError> {
+            let r = match self.next.load(Ordering::SeqCst) {
+                0 => Round::Release,
+                1 => match self.issued.load(Ordering::SeqCst) {
+                    0 => Round::Release,
+                    t => Round::Wait(Ticket::from_seq(t)),
+                },
+                2 => match self.deferred_commit()? {
+                    Some(t) => Round::Committed(t),
+                    None => Round::NextCommit,
+                },
+                _ => return Err(CheckpointerError::Fenced),
+            };
+            *self.last.lock().unwrap() = Some(r);
+            Ok(r)
+        }
+        fn deferred_commit(&self) -> Result<Option<Ticket>, CheckpointerError> {
+            if self.deferred_err.swap(false, Ordering::SeqCst) {
+                return Err(CheckpointerError::Fenced);
+            }
+            if !self.room.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            Ok(Some(Ticket::from_seq(
+                self.issued.fetch_add(1, Ordering::SeqCst) + 1,
+            )))
+        }
+        fn ticket_state(&self, t: Ticket) -> TicketState {
+            if t.seq() <= self.durable.load(Ordering::SeqCst) {
+                TicketState::Durable
+            } else if self.failed.lock().unwrap().contains(&t.seq()) {
+                TicketState::Failed("model".into())
+            } else {
+                TicketState::Pending
+            }
+        }
+        fn notifier(&self) -> Result<Option<CommitNotifier>, Error> {
+            Ok(None)
+        }
+        fn may_serve(&self) -> bool {
+            self.serve.load(Ordering::SeqCst)
+        }
+    }
+
+    /// What a reply waits for, as the round that tagged it said.
+    #[derive(Debug, Clone, Copy)]
+    enum Need {
+        Nothing,
+        Ticket(u64),
+        /// A ticket issued after this one.
+        After(u64),
+    }
+
+    /// One connection as the model sees it: every reply appended (its end, what it needs,
+    /// whether it reveals data), what reached the client.
+    #[derive(Default)]
+    struct Client {
+        replies: Vec<(usize, Option<Need>, bool)>,
+        all: Vec<u8>,
+        got: Vec<u8>,
+        closed: bool,
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// A socket that takes at most `cap` bytes, then says EAGAIN.
+    struct Sock<'a>(&'a mut Vec<u8>, usize);
+    impl Write for Sock<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.1 == 0 {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(self.1).min(3);
+            self.1 -= n;
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One random run of three connections: requests (pipelined behind held replies), rounds
+    /// answered at random, tickets becoming durable or failing, partial writes and EAGAIN, the
+    /// right to serve lost and regained. Checks at every write that each byte reaching a client
+    /// is the next of its replies, that a reply leaves only once what it needs is durable, and
+    /// that data leaves only while the process may serve; at the end (no faults any more, room
+    /// in the pipeline, everything durable) that every connection left open got every reply,
+    /// and that a run without faults closed none.
+    fn model_run(seed: u64, faults: bool) {
+        let m: &'static Model = Box::leak(Box::default());
+        m.serve.store(true, Ordering::SeqCst);
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut oc = OutputCommit::with(Some(m as &dyn Commits)).unwrap();
+        let mut boxes: HashMap<usize, Outbox> =
+            (0..3).map(|i| (i, Outbox::with_capacity(16))).collect();
+        let mut cl: Vec<Client> = (0..3).map(|_| Client::default()).collect();
+        let mut n = 0u64;
+        let mut out = Vec::new();
+        let mut closes = 0;
+        let end_round = |oc: &mut OutputCommit<'_>,
+                         boxes: &mut HashMap<usize, Outbox>,
+                         cl: &mut Vec<Client>,
+                         rng: &mut Rng,
+                         out: &mut Vec<(usize, Verdict)>,
+                         closes: &mut i32| {
+            *m.last.lock().unwrap() = None;
+            let issued = m.issued.load(Ordering::SeqCst);
+            let _ = oc.end_round(boxes, out);
+            let last = *m.last.lock().unwrap();
+            for c in cl.iter_mut() {
+                for r in c.replies.iter_mut().filter(|r| r.1.is_none()) {
+                    r.1 = Some(match last {
+                        Some(Round::Release) => Need::Nothing,
+                        Some(Round::Wait(t) | Round::Committed(t)) => Need::Ticket(t.seq()),
+                        Some(Round::NextCommit) => Need::After(issued),
+                        // The round failed: the connection must be closed, nothing written.
+                        None => Need::Ticket(u64::MAX),
+                    });
+                }
+            }
+            for (id, v) in out.drain(..) {
+                let c = &mut cl[id];
+                if c.closed {
+                    // As the server does: a verdict after a Close of the same round.
+                    continue;
+                }
+                if v == Verdict::Close {
+                    c.closed = true;
+                    *closes += 1;
+                    boxes.remove(&id);
+                    continue;
+                }
+                let Some(o) = boxes.get_mut(&id) else {
+                    continue;
+                };
+                let before = c.got.len();
+                let cap = rng.below(12) as usize;
+                let f = oc.flush(o, &mut Sock(&mut c.got, cap));
+                let durable = m.durable.load(Ordering::SeqCst);
+                let serve = m.serve.load(Ordering::SeqCst);
+                assert_eq!(
+                    c.got[..],
+                    c.all[..c.got.len()],
+                    "seed {seed}: out of order or foreign bytes"
+                );
+                for &(end, need, data) in &c.replies {
+                    let start = c.replies.iter().map(|r| r.0).filter(|&e| e < end).max();
+                    let start = start.unwrap_or(0);
+                    if start >= c.got.len() || end <= before || before == c.got.len() {
+                        continue;
+                    }
+                    let ok = match need.expect("tagged before written") {
+                        Need::Nothing => true,
+                        Need::Ticket(t) => t <= durable,
+                        Need::After(k) => durable > k,
+                    };
+                    assert!(
+                        ok,
+                        "seed {seed}: a reply needing {need:?} left at durable {durable}"
+                    );
+                    assert!(
+                        serve || !data,
+                        "seed {seed}: data left without the right to serve"
+                    );
+                }
+                if f == Flushed::Close {
+                    c.closed = true;
+                    *closes += 1;
+                    boxes.remove(&id);
+                }
+            }
+        };
+        for _ in 0..400 {
+            match rng.below(10) {
+                0..=3 => {
+                    let id = rng.below(3) as usize;
+                    if cl[id].closed {
+                        continue;
+                    }
+                    let o = boxes.get_mut(&id).unwrap();
+                    let op = oc.begin().expect("held");
+                    n += 1;
+                    let reply = format!("<{n}>");
+                    o.replies().extend_from_slice(reply.as_bytes());
+                    let data = rng.below(2) == 0;
+                    if data {
+                        o.needs_lease();
+                    }
+                    op.end(rng.below(2) == 0);
+                    let c = &mut cl[id];
+                    c.all.extend_from_slice(reply.as_bytes());
+                    c.replies.push((c.all.len(), None, data));
+                    oc.touched(id);
+                    if rng.below(3) == 0 {
+                        // More requests of the same round.
+                        continue;
+                    }
+                    m.next.store(
+                        match rng.below(20) {
+                            0 if faults => 3,
+                            x => x % 3,
+                        },
+                        Ordering::SeqCst,
+                    );
+                    end_round(
+                        &mut oc,
+                        &mut boxes,
+                        &mut cl,
+                        &mut rng,
+                        &mut out,
+                        &mut closes,
+                    );
+                }
+                4 => {
+                    // Writable, or a wake with nothing read.
+                    let id = rng.below(3) as usize;
+                    if !cl[id].closed {
+                        oc.touched(id);
+                    }
+                    end_round(
+                        &mut oc,
+                        &mut boxes,
+                        &mut cl,
+                        &mut rng,
+                        &mut out,
+                        &mut closes,
+                    );
+                }
+                5 | 6 => {
+                    let (d, i) = (
+                        m.durable.load(Ordering::SeqCst),
+                        m.issued.load(Ordering::SeqCst),
+                    );
+                    if d < i {
+                        m.durable.store(d + 1 + rng.below(i - d), Ordering::SeqCst);
+                    }
+                    oc.woken = true;
+                    end_round(
+                        &mut oc,
+                        &mut boxes,
+                        &mut cl,
+                        &mut rng,
+                        &mut out,
+                        &mut closes,
+                    );
+                }
+                7 => m.room.store(rng.below(2) == 0, Ordering::SeqCst),
+                8 if faults => {
+                    let (d, i) = (
+                        m.durable.load(Ordering::SeqCst),
+                        m.issued.load(Ordering::SeqCst),
+                    );
+                    match rng.below(3) {
+                        0 if d < i => {
+                            m.failed.lock().unwrap().insert(d + 1 + rng.below(i - d));
+                        }
+                        1 => m.serve.store(rng.below(2) == 0, Ordering::SeqCst),
+                        _ => m.deferred_err.store(true, Ordering::SeqCst),
+                    }
+                    oc.woken = true;
+                    end_round(
+                        &mut oc,
+                        &mut boxes,
+                        &mut cl,
+                        &mut rng,
+                        &mut out,
+                        &mut closes,
+                    );
+                }
+                _ => {}
+            }
+        }
+        // No faults from here on: everything still open must arrive.
+        m.serve.store(true, Ordering::SeqCst);
+        m.room.store(true, Ordering::SeqCst);
+        m.deferred_err.store(false, Ordering::SeqCst);
+        m.next.store(0, Ordering::SeqCst);
+        for _ in 0..200 {
+            m.durable
+                .store(m.issued.load(Ordering::SeqCst), Ordering::SeqCst);
+            oc.woken = true;
+            for id in 0..3 {
+                if !cl[id].closed {
+                    oc.touched(id);
+                }
+            }
+            end_round(
+                &mut oc,
+                &mut boxes,
+                &mut cl,
+                &mut rng,
+                &mut out,
+                &mut closes,
+            );
+        }
+        for (id, c) in cl.iter().enumerate() {
+            if !c.closed {
+                assert_eq!(
+                    c.got, c.all,
+                    "seed {seed}: connection {id} never got everything"
+                );
+                assert!(boxes[&id].drained(), "seed {seed}: {id} not drained");
+            }
+        }
+        if !faults {
+            assert_eq!(
+                closes, 0,
+                "seed {seed}: a connection closed without a fault"
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_of_rounds_tickets_failures_and_partial_writes_never_releases_early() {
+        for seed in 0..1000 {
+            model_run(seed, false);
+            model_run(seed, true);
+        }
+    }
 }
