@@ -1328,6 +1328,59 @@ mod tests {
         assert!(refused > wire.len(), "{refused}");
     }
 
+    /// Guards against the wire format 5 change (no CRC digest over a wire stream's frames, the
+    /// END's check instead): in a wire stream whose body holds a DELTA, a whole PAGES frame (a
+    /// page beyond the shadow) and a ZERO run, every change of any one byte after the BASED
+    /// frame — a compact header, a payload, the END — is refused, never resolved.
+    #[test]
+    fn every_damaged_byte_of_a_wire_body_is_refused() {
+        let mut mem = vec![0u8; NPAGES * PAGE];
+        for (i, b) in mem.iter_mut().enumerate() {
+            *b = (i / 11) as u8;
+        }
+        // Two pages shadowed: the others go whole.
+        let mut sh = Shadow::new(2);
+        let b1 = begin(1, 0, b"meta");
+        let mut wire = Vec::new();
+        sh.encode(&mut wire, &b1, [Run::Data(ADDR, &mem)]);
+        let spare = mem.clone();
+        mem[10] ^= 0x33;
+        mem[5 * PAGE + 7] ^= 0x44;
+        for b in &mut mem[6 * PAGE..8 * PAGE] {
+            *b = 0;
+        }
+        let mut wire = Vec::new();
+        sh.encode(
+            &mut wire,
+            &begin(2, 1, b"meta"),
+            [
+                Run::Data(ADDR, &mem[..PAGE]),
+                Run::Data(ADDR + 5 * PAGE as u64, &mem[5 * PAGE..6 * PAGE]),
+                Run::Zero(ADDR + 6 * PAGE as u64, 2 * PAGE as u64),
+            ],
+        );
+        assert!(is_wire_stream(&wire));
+        assert_eq!(
+            (sh.stats.delta_pages, sh.stats.whole_pages),
+            (1, NPAGES as u64 + 1)
+        );
+        let (got, _) = resolve_on(&wire, &b1, &spare).expect("the undamaged stream");
+        // (`resolve_on` applies data runs only: the ZERO run is not in `got`.)
+        assert!(got[..6 * PAGE] == mem[..6 * PAGE], "resolved pages differ");
+        let body = 16 + u32::from_le_bytes(wire[8..12].try_into().unwrap()) as usize;
+        for i in body..wire.len() {
+            for x in [1u8, 0x80, 0xff] {
+                let mut w = wire.clone();
+                w[i] ^= x;
+                assert!(
+                    resolve_on(&w, &b1, &spare).is_err(),
+                    "byte {i} of {} ^ {x:#x} resolved",
+                    wire.len()
+                );
+            }
+        }
+    }
+
     /// Recomputes the BASED frame's CRC of a wire stream (its body has no CRCs; what damage
     /// there gives must be caught by the END's check).
     fn fix_crcs(w: &mut [u8]) {
