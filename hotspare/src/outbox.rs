@@ -1016,8 +1016,8 @@ mod tests {
             m.durable
                 .store(m.issued.load(Ordering::SeqCst), Ordering::SeqCst);
             oc.woken = true;
-            for id in 0..3 {
-                if !cl[id].closed {
+            for (id, c) in cl.iter().enumerate() {
+                if !c.closed {
                     oc.touched(id);
                 }
             }
