@@ -389,6 +389,8 @@ impl Writer {
     /// record counts any more.
     pub fn start_new_chain(&mut self) -> Result<(), ImageError> {
         self.flush()?;
+        // The current segment is left behind whole: the new one follows nothing.
+        self.cur = None;
         self.prev = (0, 0);
         self.need_new = true;
         self.new_segment()
@@ -531,4 +533,64 @@ fn allocate(f: &File, len: u64) -> std::io::Result<()> {
         return f.set_len(len);
     }
     Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards against records whose flush failed counting after all: they reached the disk
+    /// (written back here after the writer zeroed them, as a flush that failed halfway may
+    /// leave them), yet the next segment's header says the durable ones end before them.
+    #[test]
+    fn records_whose_flush_failed_never_count_even_if_they_reached_the_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Durable::default());
+        let mut w = Writer::new(t.path(), shared.clone()).unwrap();
+        w.append(1, [1; 16], b"one").unwrap();
+        w.flush().unwrap();
+        w.append(2, [1; 16], b"two").unwrap();
+        let (gen, at) = {
+            let c = w.cur.as_ref().unwrap();
+            (c.gen, c.durable_end)
+        };
+        // The flush of 2 fails.
+        w.abandon();
+        let rec = encode_record(gen, at, 2, [1; 16], b"two");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(t.path(), gen))
+            .unwrap();
+        f.write_all_at(&rec, at).unwrap();
+        w.append(3, [1; 16], b"three").unwrap();
+        w.flush().unwrap();
+        let seqs: Vec<u64> = scan(t.path(), None)
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.records)
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [1, 3], "2 was reported failed");
+        // A writer of this process bounds what the applier may read to what it flushed.
+        assert_eq!(shared.get().map(|(g, _)| g), Some(gen + 1));
+        w.append(4, [1; 16], b"four").unwrap();
+        let seqs: Vec<u64> = scan(t.path(), shared.get())
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.records)
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [1, 3], "4 is not flushed yet");
+    }
+
+    /// Guards against a record read back from another place than it was written (a
+    /// misdirected write, a recycled segment): the CRC covers the segment and the offset.
+    #[test]
+    fn a_record_counts_only_where_it_was_written() {
+        let rec = encode_record(5, 40, 9, [3; 16], b"payload");
+        assert!(parse_record(&rec, 5, 40).is_some());
+        assert!(parse_record(&rec, 6, 40).is_none());
+        assert!(parse_record(&rec, 5, 80).is_none());
+        assert!(parse_record(&rec[..rec.len() - 1], 5, 40).is_none());
+    }
 }
