@@ -484,9 +484,10 @@ impl ImageDir {
     }
 
     /// Deletes log segments that no longer count, and those before the newest whose records
-    /// are all applied (the newest is the writer's). Best effort: a segment left behind is
-    /// read again, and its records recognised as applied.
-    fn trim_log(&self) {
+    /// are all applied (the newest is the writer's; with `newest_too`, at open, when no
+    /// writer can exist, it goes as well). Best effort: a segment left behind is read again,
+    /// and its records recognised as applied.
+    fn trim_log(&self, newest_too: bool) {
         let Ok(segs) = log::scan(&self.root.join("wal"), self.log.get()) else {
             return;
         };
@@ -505,7 +506,7 @@ impl ImageDir {
             // one of an earlier one.
             trimming &= done;
             let dead = !seg.live && newest_live.is_some_and(|n| i < n);
-            if dead || (seg.live && trimming && Some(i) != newest_live) {
+            if dead || (seg.live && trimming && (newest_too || Some(i) != newest_live)) {
                 let _ = fs::remove_file(&seg.path);
             }
         }
@@ -1035,7 +1036,10 @@ impl ImageDir {
         let _ = fs::remove_file(self.root.join("manifest.tmp"));
         match self.apply_pending() {
             Ok(_) => {
-                self.trim_log();
+                // Nothing applied stays in the log: a directory opened once holds its image in
+                // the manifest and data files only, so that retiring the manifest (a resumed
+                // program's `manifest.superseded`) leaves no image behind to be replayed.
+                self.trim_log(true);
                 Ok(())
             }
             Err(e) if self.ahead => Err(ImageError::Unfinished {
@@ -1069,7 +1073,7 @@ impl ImageDir {
             match failure {
                 None => {
                     if applied_any {
-                        self.trim_log();
+                        self.trim_log(false);
                     }
                     return Ok(self.seq());
                 }
