@@ -28,6 +28,7 @@
 
 use super::format::{self, Begin, FrameReader, Run, Summary};
 use super::lineage::{check_applies, LineagePolicy, Tip};
+use super::log;
 use super::{FormatError, ImageError};
 use crate::identity::ExeId;
 use std::fs::{self, File, OpenOptions};
@@ -35,11 +36,48 @@ use std::io::{BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A durable stream waiting to be applied: a WAL file of its own, or a record of the log.
+#[derive(Clone, Debug)]
+enum Source {
+    File(PathBuf),
+    Record(log::Record),
+}
+
+impl Source {
+    /// The name messages give it.
+    fn name(&self) -> PathBuf {
+        match self {
+            Source::File(p) => p.clone(),
+            Source::Record(r) => r.name(),
+        }
+    }
+
+    /// The stream's bytes in memory (a record), or `None` for a file (read from its path).
+    fn bytes(&self) -> Result<Option<Vec<u8>>, ImageError> {
+        match self {
+            Source::File(_) => Ok(None),
+            Source::Record(r) => r.read().map(Some),
+        }
+    }
+
+    /// The stream's BEGIN.
+    fn begin(&self) -> Result<Begin, ImageError> {
+        match self {
+            Source::File(p) => read_begin_file(p),
+            Source::Record(r) => {
+                let bytes = r.read()?;
+                read_begin(std::io::Cursor::new(bytes), &r.name())
+            }
+        }
+    }
+}
 
 /// A stream that could not be applied: which, why, and whether some of its pages had already
 /// been written into the data files when it failed.
 struct Failure {
-    path: PathBuf,
+    source: Source,
     error: ImageError,
     wrote: bool,
 }
@@ -61,6 +99,11 @@ pub struct ImageDir {
     marker_durable: bool,
     /// The newest durable stream not yet applied, when one is pending.
     pending: Option<Tip>,
+    /// How far the log's records are durable, as this process's writer made them (shared by
+    /// [`ImageDir::attach_shared`] handles).
+    log: Arc<log::Durable>,
+    /// Log records that recovery refused (a record cannot be renamed `.bad`): (gen, offset).
+    refused: Vec<(u64, u64)>,
 }
 
 fn io_err<'a>(
@@ -239,12 +282,17 @@ fn take_lock(root: &Path) -> Result<File, ImageError> {
 
 /// The first frame of a WAL file, decoded and validated.
 fn read_begin_file(path: &Path) -> Result<Begin, ImageError> {
+    let f = File::open(path).map_err(io_err(path, "open"))?;
+    read_begin(BufReader::new(f), path)
+}
+
+/// The first frame of a stream read from `r` (named `path` in errors), decoded and validated.
+fn read_begin(r: impl std::io::Read, path: &Path) -> Result<Begin, ImageError> {
     let fmt = |source| ImageError::Format {
         path: path.to_path_buf(),
         source,
     };
-    let f = File::open(path).map_err(io_err(path, "open"))?;
-    let frame = FrameReader::new(BufReader::new(f))
+    let frame = FrameReader::new(r)
         .next_frame()
         .map_err(fmt)?
         .ok_or(FormatError::Truncated { offset: 0 })
@@ -319,9 +367,33 @@ impl ImageDir {
             ahead,
             marker_durable: false,
             pending: None,
+            log: Arc::default(),
+            refused: Vec::new(),
         };
         dir.pending = dir.pending_tip();
         Ok(dir)
+    }
+
+    /// Another handle on this directory, in this process, that shares its knowledge of how far
+    /// the log is durable: the handle of the log's writer ([`ImageDir::log_writer`]) and the
+    /// one that applies must be such a pair, so that the applier never applies a record whose
+    /// flush has not returned.
+    pub fn attach_shared(&self) -> Result<ImageDir, ImageError> {
+        let mut d = ImageDir::unlocked(self.root.clone())?;
+        d.log = self.log.clone();
+        d.pending = d.pending_tip();
+        Ok(d)
+    }
+
+    /// The writer of the directory's log (`wal/<gen>.log`): one per directory, in the process
+    /// that holds its lock. Its first append starts a new segment.
+    pub fn log_writer(&self) -> Result<log::Writer, ImageError> {
+        log::Writer::new(&self.root.join("wal"), self.log.clone())
+    }
+
+    /// The log's segments as recovery reads them (for `hotspare inspect`).
+    pub fn log_segments(&self) -> Result<Vec<log::Segment>, ImageError> {
+        log::scan(&self.root.join("wal"), self.log.get())
     }
 
     /// Opens an existing image, refusing a directory that holds none.
@@ -382,14 +454,90 @@ impl ImageDir {
             .collect())
     }
 
+    /// Every durable stream not known to be applied: the `.cpt` files and the log's records
+    /// that count (not refused, and not of the manifest's lineage at or below its `seq`), in
+    /// sequence order (within a lineage, the order they became durable).
+    fn pending_sources(&self) -> Result<Vec<Source>, ImageError> {
+        let mut v: Vec<(u64, Source)> = self
+            .pending_files()?
+            .into_iter()
+            .map(|p| {
+                let seq = p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                (seq, Source::File(p))
+            })
+            .collect();
+        let applied = self.manifest.as_ref().map(|m| (m.lineage, m.seq));
+        for seg in log::scan(&self.root.join("wal"), self.log.get())? {
+            for r in seg.records {
+                let done = applied.is_some_and(|(l, s)| r.lineage == l && r.seq <= s);
+                if !done && !self.refused.contains(&(r.gen, r.offset)) {
+                    v.push((r.seq, Source::Record(r)));
+                }
+            }
+        }
+        v.sort_by_key(|(seq, _)| *seq);
+        Ok(v.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Deletes log segments that no longer count, and those before the newest whose records
+    /// are all applied (the newest is the writer's; with `newest_too`, at open, when no
+    /// writer can exist, it goes as well). Best effort: a segment left behind is read again,
+    /// and its records recognised as applied.
+    fn trim_log(&self, newest_too: bool) {
+        let Ok(segs) = log::scan(&self.root.join("wal"), self.log.get()) else {
+            return;
+        };
+        let applied = self.manifest.as_ref().map(|m| (m.lineage, m.seq));
+        let newest_live = segs.iter().rposition(|s| s.live);
+        let mut trimming = true;
+        for (i, seg) in segs.iter().enumerate() {
+            if seg.creating {
+                continue;
+            }
+            let done = seg.records.iter().all(|r| {
+                applied.is_some_and(|(l, s)| r.lineage == l && r.seq <= s)
+                    && !self.refused.contains(&(r.gen, r.offset))
+            });
+            // Only a prefix of the chain: a record of a later segment is never applied before
+            // one of an earlier one.
+            trimming &= done;
+            let dead = !seg.live && newest_live.is_some_and(|n| i < n);
+            if dead || (seg.live && trimming && (newest_too || Some(i) != newest_live)) {
+                let _ = fs::remove_file(&seg.path);
+            }
+        }
+    }
+
+    /// A full stream `seq` of lineage `keep` is about to become durable and replaces the
+    /// image: the `.cpt` files of other lineages are deleted (the log's records stop counting
+    /// with [`log::Writer::start_new_chain`], which the caller runs first).
+    pub fn supersede_lineages(&self, keep: [u8; 16], seq: u64) -> Result<(), ImageError> {
+        self.drop_other_lineage_files(keep, &self.wal_path(seq, "cpt"))
+    }
+
+    /// Deletes every `.cpt` file of a lineage other than `keep`, except `except`.
+    fn drop_other_lineage_files(&self, keep: [u8; 16], except: &Path) -> Result<(), ImageError> {
+        for p in self.pending_files()? {
+            let other = read_begin_file(&p).is_ok_and(|b| b.lineage != keep);
+            if other && p != except {
+                let _ = fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
     /// The newest pending stream's header, if it is newer than the manifest.
     fn pending_tip(&self) -> Option<Tip> {
         let newest = self
-            .pending_files()
+            .pending_sources()
             .ok()?
             .into_iter()
             .rev()
-            .find_map(|p| read_begin_file(&p).ok())?;
+            .find_map(|p| p.begin().ok())?;
         match &self.manifest {
             Some(m) if m.lineage == newest.lineage && newest.seq <= m.seq => None,
             _ => Some(Tip::from(&newest)),
@@ -551,6 +699,11 @@ impl ImageDir {
                     let _ = fs::remove_file(p);
                 }
             }
+            // And the log of the spare this directory was (every record is applied, or
+            // superseded in the same way).
+            for seg in log::scan(&self.root.join("wal"), None)? {
+                let _ = fs::remove_file(seg.path);
+            }
         }
         // The mark that pages may be written, made durable by make_durable's fsync of wal/.
         let fresh_marker = !self.marker_durable && open_private(&self.marker_path()).is_ok();
@@ -564,16 +717,16 @@ impl ImageDir {
             }
         };
         self.marker_durable |= fresh_marker;
-        let pending = self.pending_files()?;
+        let pending = self.pending_sources()?;
         let (done_list, failure) =
             self.apply_batch(&pending, this_exe, LineagePolicy::RefuseNew, true)?;
         if let Some(f) = failure {
-            if f.path == done {
+            if matches!(&f.source, Source::File(p) if *p == done) {
                 if f.error.is_bad_stream() || !f.wrote {
                     let _ = fs::remove_file(&done);
                 }
             } else if f.error.is_bad_stream() {
-                let _ = fs::rename(&f.path, f.path.with_extension("bad"));
+                self.set_aside(&f.source);
             }
             self.pending = self.pending_tip();
             return Err(f.error);
@@ -596,7 +749,7 @@ impl ImageDir {
         this_exe: Option<&ExeId>,
     ) -> Result<Summary, ImageError> {
         let (mut done, failure) = self.apply_batch(
-            &[path.to_path_buf()],
+            &[Source::File(path.to_path_buf())],
             this_exe,
             LineagePolicy::RefuseNew,
             false,
@@ -619,7 +772,7 @@ impl ImageDir {
     /// can have pages in the data files beyond the manifest.
     fn apply_batch(
         &mut self,
-        paths: &[PathBuf],
+        paths: &[Source],
         this_exe: Option<&ExeId>,
         policy: LineagePolicy,
         all_pending: bool,
@@ -639,7 +792,7 @@ impl ImageDir {
                 Ok(None) => finished.push(p.clone()),
                 Err(error) => {
                     failure = Some(Failure {
-                        path: p.clone(),
+                        source: p.clone(),
                         error,
                         wrote,
                     });
@@ -677,8 +830,11 @@ impl ImageDir {
                 }
             }
         }
+        // A log record is trimmed with its segment (`trim_log`).
         for p in finished {
-            let _ = fs::remove_file(p);
+            if let Source::File(p) = p {
+                let _ = fs::remove_file(p);
+            }
         }
         // The data files match the manifest again when every stream that may have pages in
         // them is applied, or when the one that failed wrote none and none did before.
@@ -714,21 +870,28 @@ impl ImageDir {
     /// written; every failure before that leaves the data files as they were.
     fn stage(
         &mut self,
-        path: &Path,
+        source: &Source,
         this_exe: Option<&ExeId>,
         policy: LineagePolicy,
         touched: &mut Vec<(PathBuf, File)>,
         created: &mut bool,
         wrote: &mut bool,
     ) -> Result<Option<Summary>, ImageError> {
+        let name = source.name();
+        let path = name.as_path();
         let fmt = |source: FormatError| ImageError::Format {
             path: path.to_path_buf(),
             source,
         };
-        let open = || {
-            File::open(path)
-                .map(BufReader::new)
-                .map_err(io_err(path, "open"))
+        // A log record is read (and its CRC checked) once; a file is read twice.
+        let bytes = source.bytes()?;
+        let open = || -> Result<Box<dyn std::io::Read + '_>, ImageError> {
+            match &bytes {
+                Some(b) => Ok(Box::new(b.as_slice())),
+                None => File::open(path)
+                    .map(|f| Box::new(BufReader::new(f)) as Box<dyn std::io::Read>)
+                    .map_err(io_err(path, "open")),
+            }
         };
         // Pass 1: everything checked, nothing written; the page runs noted (contiguous ones
         // merged) to reserve their space.
@@ -872,7 +1035,13 @@ impl ImageDir {
         }
         let _ = fs::remove_file(self.root.join("manifest.tmp"));
         match self.apply_pending() {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Nothing applied stays in the log: a directory opened once holds its image in
+                // the manifest and data files only, so that retiring the manifest (a resumed
+                // program's `manifest.superseded`) leaves no image behind to be replayed.
+                self.trim_log(true);
+                Ok(())
+            }
             Err(e) if self.ahead => Err(ImageError::Unfinished {
                 path: self.root.clone(),
                 source: Box::new(e),
@@ -898,16 +1067,37 @@ impl ImageDir {
     /// disk) the stream stays `.cpt` to be retried and the error is returned.
     pub fn apply_pending(&mut self) -> Result<u64, ImageError> {
         loop {
-            let pending = self.pending_files()?;
+            let pending = self.pending_sources()?;
+            let applied_any = !pending.is_empty();
             let (_, failure) = self.apply_batch(&pending, None, LineagePolicy::ReplaceOld, true)?;
             match failure {
-                None => return Ok(self.seq()),
+                None => {
+                    if applied_any {
+                        self.trim_log(false);
+                    }
+                    return Ok(self.seq());
+                }
                 Some(f) if f.error.is_bad_stream() => {
-                    let _ = fs::rename(&f.path, f.path.with_extension("bad"));
-                    eprintln!("hotspare: not applying {}: {}", f.path.display(), f.error);
+                    self.set_aside(&f.source);
+                    eprintln!(
+                        "hotspare: not applying {}: {}",
+                        f.source.name().display(),
+                        f.error
+                    );
                 }
                 Some(f) => return Err(f.error),
             }
+        }
+    }
+
+    /// A stream that will never be applied: a file is renamed `.bad`; a log record is noted
+    /// (it stays in its segment, and is refused again at the next open).
+    fn set_aside(&mut self, s: &Source) {
+        match s {
+            Source::File(p) => {
+                let _ = fs::rename(p, p.with_extension("bad"));
+            }
+            Source::Record(r) => self.refused.push((r.gen, r.offset)),
         }
     }
 
@@ -1004,12 +1194,7 @@ impl ImageDir {
             }
         }
         if let Some(lineage) = keep_lineage {
-            for p in self.pending_files()? {
-                let other = read_begin_file(&p).is_ok_and(|b| b.lineage != lineage);
-                if other && p != self.wal_path(seq, "cpt") {
-                    let _ = fs::remove_file(p);
-                }
-            }
+            self.drop_other_lineage_files(lineage, &self.wal_path(seq, "cpt"))?;
         }
         self.make_durable(seq)
     }

@@ -10,6 +10,7 @@ pub mod dir;
 pub mod format;
 pub mod identity;
 pub mod lineage;
+pub mod log;
 mod writer;
 
 pub use dir::ImageDir;

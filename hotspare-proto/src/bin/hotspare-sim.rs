@@ -63,6 +63,7 @@ fn main() {
     let (mut switchovers, mut handovers) = (0u64, 0u64);
     let (mut overlapping, mut reordered, mut with_overlap) = (0u64, 0u64, 0u64);
     let (mut ahead, mut refused_after) = (0u64, 0u64);
+    let (mut grouped, mut groups_failed) = (0u64, 0u64);
     for seed in from..from + n {
         let r = run(seed);
         received += u64::from(r.ack == hotspare_proto::AckLevel::Received);
@@ -75,6 +76,8 @@ fn main() {
         reordered += r.answers_reordered;
         ahead += r.validated_ahead;
         refused_after += r.refused_after_sync_failure;
+        grouped += r.grouped_persists;
+        groups_failed += r.groups_failed;
         with_overlap += u64::from(r.renewals_overlapping > 0);
         handovers += u64::from(r.handovers);
         sim += r.sim_nanos;
@@ -91,7 +94,7 @@ fn main() {
     }
     let real = t.elapsed().as_secs_f64();
     println!(
-        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers},\"renewals\":{{\"overlapping\":{overlapping},\"scenarios_with_overlap\":{with_overlap},\"answers_reordered\":{reordered}}},\"disk\":{{\"validated_ahead\":{ahead},\"refused_after_sync_failure\":{refused_after}}}}}",
+        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers},\"renewals\":{{\"overlapping\":{overlapping},\"scenarios_with_overlap\":{with_overlap},\"answers_reordered\":{reordered}}},\"disk\":{{\"validated_ahead\":{ahead},\"refused_after_sync_failure\":{refused_after},\"grouped_persists\":{grouped},\"groups_failed\":{groups_failed}}}}}",
         n as f64 / real,
         sim as f64 / 1e9 / real,
         endings.get("kill-primary").unwrap_or(&0),

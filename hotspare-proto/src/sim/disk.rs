@@ -6,7 +6,11 @@
 //! the persister goes on, so a later stream's reports may come before an earlier one's
 //! Persisted. The term file, applies and refusals go through the syncer too. A failure of the
 //! disk hits validation or durability; after a durability failure the syncer refuses what was
-//! validated on top of it, until the persister starts again from what is durable.
+//! validated on top of it, until the persister starts again from what is durable. **Group
+//! fsync:** the Persists at the head of the syncer's queue when it starts are made durable
+//! together (one flush of the log) and answered in order, all at once; a failure fails the
+//! whole group, and a crash during the flush leaves a prefix of it durable (the log's records
+//! are in order; a torn one ends it), unannounced.
 
 use super::*;
 
@@ -50,6 +54,8 @@ pub(super) struct Disk {
     /// The syncer's queue, in order; its head runs while `sync_busy`.
     pub(super) sync: VecDeque<SyncItem>,
     pub(super) sync_busy: bool,
+    /// Items at the head of `sync` in flight together (a group of Persists, or one item).
+    pub(super) sync_inflight: usize,
     /// The last stream the persister validated (`None`: start from the durable tip).
     pub(super) validated: Option<Img>,
     /// The syncer failed to make a stream durable: it refuses later ones (`broken`) until the
@@ -89,6 +95,7 @@ impl Disk {
         self.verified.clear();
         self.sync.clear();
         self.sync_busy = false;
+        self.sync_inflight = 0;
         self.validated = None;
         self.broken = false;
         self.failed = false;
@@ -233,19 +240,53 @@ impl World {
         if self.disk.sync_busy {
             return;
         }
-        let Some(item) = self.disk.sync.front() else {
+        if self.disk.sync.is_empty() {
             return;
-        };
+        }
         self.disk.sync_busy = true;
-        let done = item.done.clone();
-        // fsync, rename and directory fsync: the slow part, so that later streams are often
-        // validated while earlier ones are still being made durable.
+        // Every Persist queued at the head goes in one flush (a syncer that has failed
+        // refuses them one by one).
+        let k = if self.disk.broken {
+            1
+        } else {
+            self.disk
+                .sync
+                .iter()
+                .take_while(|i| matches!(i.op, DiskOp::Persist { .. }))
+                .count()
+                .max(1)
+        };
+        // One of them failing (the append, or the flush) fails them all.
+        let fail = self.disk.sync.iter().take(k).find_map(|i| match &i.done {
+            DiskDone::Persisted { result: Err(e), .. } if !e.is_empty() => Some(e.clone()),
+            _ => None,
+        });
+        if let Some(f) = &fail {
+            for i in self.disk.sync.iter_mut().take(k) {
+                if let DiskDone::Persisted { result, .. } = &mut i.done {
+                    *result = Err(f.clone());
+                }
+            }
+        }
+        if k > 1 {
+            if fail.is_some() {
+                self.report.groups_failed += 1;
+            } else {
+                self.report.grouped_persists += k as u64;
+            }
+        }
+        self.disk.sync_inflight = k;
+        // The flush: the slow part, so that later streams are often validated while earlier
+        // ones are still being made durable.
         let lat = match self.disk_mode {
             DiskMode::Slow => self.rng.u64(100 * MS..900 * MS),
             _ => self.rng.u64(200_000..8 * MS),
         };
         let inc = self.s_inc;
-        self.after(lat, Ev::DiskDone { inc, done });
+        for i in 0..k {
+            let done = self.disk.sync[i].done.clone();
+            self.after(lat, Ev::DiskDone { inc, done });
+        }
     }
 
     /// The syncer's head is done: its effect on what survives, and its final answer.
@@ -256,7 +297,10 @@ impl World {
             ));
             return done;
         };
-        self.disk.sync_busy = false;
+        self.disk.sync_inflight = self.disk.sync_inflight.saturating_sub(1);
+        if self.disk.sync_inflight == 0 {
+            self.disk.sync_busy = false;
+        }
         match (&item.op, &mut done, item.img) {
             (DiskOp::SaveTerm(t), DiskDone::TermSaved { result: Ok(()), .. }, _) => {
                 self.disk.term = self.disk.term.max(*t);

@@ -81,6 +81,10 @@ pub struct Report {
     pub validated_ahead: u64,
     /// Streams the syncer refused because one before them could not be made durable.
     pub refused_after_sync_failure: u64,
+    /// Streams made durable together with at least one other (one flush of the log).
+    pub grouped_persists: u64,
+    /// Groups of streams that failed together.
+    pub groups_failed: u64,
     /// How the scenario used an arbiter: `None` (two-machine mode), or its ending
     /// (`kill-primary`, `kill-spare`, `cut-pair`).
     pub arbiter: Option<&'static str>,

@@ -104,21 +104,37 @@ impl World {
                 self.trace("spare crashes (unsynced disk work lost)".into());
                 self.s = None;
                 self.s_inc += 1;
-                // A persist the syncer was making durable when the process died either never
-                // became durable, became durable without anyone hearing of it (fsync and
-                // rename done, the answer lost), or left a torn WAL file that recovery finds
-                // damaged. One that was being validated never reached the disk.
+                // The group of persists the syncer was flushing when the process died: none
+                // became durable, or a prefix of it did without anyone hearing of it (the
+                // log's records are in order and a torn one ends it), or a torn record is
+                // left that recovery ignores. One that was being validated never reached the
+                // disk.
                 if self.disk.sync_busy && !self.disk.broken {
-                    if let Some(super::disk::SyncItem {
-                        op: DiskOp::Persist { seq, .. },
-                        done: DiskDone::Persisted { result: Err(e), .. },
-                        img: Some(img),
-                    }) = self.disk.sync.front().cloned()
-                    {
+                    let k = self.disk.sync_inflight.min(self.disk.sync.len());
+                    let group: Vec<(u64, super::disk::Img)> = self
+                        .disk
+                        .sync
+                        .iter()
+                        .take(k)
+                        .filter_map(|i| match (&i.op, &i.done, i.img) {
+                            (
+                                DiskOp::Persist { seq, .. },
+                                DiskDone::Persisted { result: Err(e), .. },
+                                Some(img),
+                            ) if e.is_empty() => Some((*seq, img)),
+                            _ => None,
+                        })
+                        .collect();
+                    if !group.is_empty() && group.len() == k {
                         match self.rng.u32(0..3) {
-                            0 if e.is_empty() => {
-                                self.sim_make_durable(img);
-                                self.trace(format!("checkpoint {seq} became durable unannounced"));
+                            0 => {
+                                let j = self.rng.usize(1..=group.len());
+                                for &(seq, img) in &group[..j] {
+                                    self.sim_make_durable(img);
+                                    self.trace(format!(
+                                        "checkpoint {seq} became durable unannounced"
+                                    ));
+                                }
                             }
                             1 => self.disk.torn += 1,
                             _ => {}

@@ -183,6 +183,48 @@ fn inspect(dir: PathBuf, no_data: bool) -> Result<bool> {
         };
         println!("wal          {name}: {state}");
     }
+    for seg in image.log_segments()? {
+        let name = seg
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !seg.live {
+            println!("log          {name}: not counted (superseded or never used)");
+            continue;
+        }
+        let applied = image.manifest().map(|m| (m.lineage, m.seq));
+        let mut pending = 0;
+        for r in &seg.records {
+            if applied.is_some_and(|(l, s)| r.lineage == l && r.seq <= s) {
+                continue;
+            }
+            pending += 1;
+            let checked = r.read().map_err(|e| e.to_string()).and_then(|b| {
+                format::scan_stream(b.as_slice(), |_| Ok(())).map_err(|e| e.to_string())
+            });
+            match checked {
+                Ok(s) => println!(
+                    "log          {name}@{}: complete, not yet applied: seq {} base {} pages {} ({})",
+                    r.offset,
+                    s.begin.seq,
+                    s.begin.base_seq,
+                    s.end.pages,
+                    human(s.bytes)
+                ),
+                Err(e) => {
+                    ok = false;
+                    println!("log          {name}@{}: DAMAGED: {e}", r.offset);
+                }
+            }
+        }
+        println!(
+            "log          {name}: {} records ({pending} not yet applied), {} bytes used",
+            seg.records.len(),
+            seg.end
+        );
+    }
     println!("verdict      {}", if ok { "OK" } else { "DAMAGED" });
     Ok(ok)
 }

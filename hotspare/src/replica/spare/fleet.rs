@@ -406,13 +406,16 @@ fn mark_born(path: &Path, why: &str) -> Result<(), super::SpareError> {
         })
 }
 
-/// Whether `dir` holds a checkpoint: a manifest, or a complete stream not yet applied (the
-/// layout of [`crate::image`]). A directory that does not exist holds none.
+/// Whether `dir` holds a checkpoint: a manifest, or a complete stream not yet applied, in a
+/// file of its own or in the log (the layout of [`crate::image`]). A directory that does not exist holds none.
 fn has_image(dir: &Path) -> bool {
     dir.join("manifest").exists()
         || std::fs::read_dir(dir.join("wal")).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".cpt"))
+            d.flatten().any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".cpt") || n.ends_with(".log")
+            })
         })
 }
 
