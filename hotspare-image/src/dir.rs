@@ -106,7 +106,8 @@ pub struct ImageDir {
     refused: Vec<(u64, u64)>,
 }
 
-fn io_err<'a>(
+/// Maps an I/O error to [`ImageError::Io`] naming the file and what was being done to it.
+pub(crate) fn io_err<'a>(
     path: &'a Path,
     what: &'static str,
 ) -> impl FnOnce(std::io::Error) -> ImageError + 'a {

@@ -31,6 +31,7 @@
 //! lineage (`prev_gen` 0: nothing before it counts).
 
 use super::ImageError;
+use crate::dir::io_err;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -103,17 +104,6 @@ impl Durable {
 
     fn set(&self, gen: u64, end: u64) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((gen, end));
-    }
-}
-
-fn io_err<'a>(
-    path: &'a Path,
-    what: &'static str,
-) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
-    move |source| ImageError::Io {
-        path: path.to_path_buf(),
-        what,
-        source,
     }
 }
 
