@@ -37,6 +37,15 @@ use std::time::{Duration, Instant};
 /// syncer) before the event loop refuses new streams.
 pub(super) const QUEUE_LIMIT: u64 = 64 << 20;
 
+/// Above this many bytes held (a quarter of [`QUEUE_LIMIT`]) a validated stream is not reported
+/// `Verified`: a primary that asked to be acknowledged on receipt is acknowledged once the
+/// stream is durable instead. Acknowledged on receipt, a primary can send faster than the
+/// syncer makes streams durable (measured: a syncer paying five file-system operations per
+/// checkpoint reached [`QUEUE_LIMIT`] in ~1,000 checkpoints, and the refusals closed the
+/// program's clients); waiting for durability while the backlog is high slows the primary to
+/// the disk's pace instead, and the receipt acknowledgements resume once the syncer catches up.
+pub(super) const RECEIPT_ACK_LIMIT: u64 = QUEUE_LIMIT / 4;
+
 /// Durable checkpoints are applied to the data files at most this often while the primary is
 /// healthy ([`Disk::urgent`] lifts it).
 const APPLY_EVERY: Duration = Duration::from_millis(25);
@@ -201,6 +210,16 @@ pub(super) fn start(
     done: mpsc::Sender<DiskDone>,
     wake: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<Disk> {
+    start_with(image, done, wake, RECEIPT_ACK_LIMIT)
+}
+
+/// [`start`], with the backlog above which `Verified` is withheld.
+fn start_with(
+    image: ImageDir,
+    done: mpsc::Sender<DiskDone>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    receipt_ack_limit: u64,
+) -> std::io::Result<Disk> {
     let root: PathBuf = image.path().to_path_buf();
     let tip = image.tip();
     let applied: Applied = Arc::new(Mutex::new(applied_of(&image)));
@@ -299,6 +318,8 @@ pub(super) fn start(
                 sync: sync_tx,
                 durable,
                 checker: None,
+                receipt_ack_limit,
+                receipt_acks_withheld: false,
             };
             persister.run(rx, done, wake, q)
         })?;
@@ -592,6 +613,10 @@ struct Persister {
     durable: Arc<Mutex<Durable>>,
     /// A handle on the image directory for validating streams (attached at the first).
     checker: Option<ImageDir>,
+    /// Held bytes above which `Verified` is withheld ([`RECEIPT_ACK_LIMIT`]).
+    receipt_ack_limit: u64,
+    /// `Verified` is being withheld: the syncer is more than `receipt_ack_limit` behind.
+    receipt_acks_withheld: bool,
 }
 
 /// The manifest's lineage and sequence (what the data files hold), shared by the applier and
@@ -841,9 +866,23 @@ impl Persister {
                 } => {
                     self.restart_if_sync_failed();
                     // The intermediate report, between validation and durability; the core
-                    // does not count it as the end of the operation.
+                    // does not count it as the end of the operation. Withheld while the
+                    // syncer is far behind (the acknowledgement then follows `Persisted`).
+                    let backlog = queued.load(Ordering::SeqCst);
+                    let on_receipt = backlog <= self.receipt_ack_limit;
+                    if on_receipt == self.receipt_acks_withheld {
+                        self.receipt_acks_withheld = !on_receipt;
+                        super::log(if on_receipt {
+                            "the disk caught up: acknowledging on receipt again".to_string()
+                        } else {
+                            format!(
+                                "the disk is {} MiB behind: acknowledging after fsync until it catches up",
+                                backlog >> 20
+                            )
+                        });
+                    }
                     let verified = || {
-                        if done.send(DiskDone::Verified { seq }).is_ok() {
+                        if on_receipt && done.send(DiskDone::Verified { seq }).is_ok() {
                             wake();
                         }
                     };
@@ -1286,10 +1325,14 @@ mod tests {
 
     /// The disk threads on a fresh image directory, and where their reports arrive.
     fn started() -> (tempfile::TempDir, Disk, mpsc::Receiver<DiskDone>) {
+        started_with(RECEIPT_ACK_LIMIT)
+    }
+
+    fn started_with(receipt_ack_limit: u64) -> (tempfile::TempDir, Disk, mpsc::Receiver<DiskDone>) {
         let t = tempfile::tempdir().expect("tempdir");
         let image = ImageDir::open(t.path()).expect("image");
         let (tx, rx) = mpsc::channel();
-        let disk = start(image, tx, Arc::new(|| {})).expect("threads");
+        let disk = start_with(image, tx, Arc::new(|| {}), receipt_ack_limit).expect("threads");
         (t, disk, rx)
     }
 
@@ -1487,6 +1530,34 @@ mod tests {
     /// reporting validation at all: `Verified` comes between the spool answers and
     /// `Persisted { Ok }` for a good stream, never for a refused one, and every operation
     /// still gets exactly one final answer.
+    /// Guards the flow control of acknowledgements on receipt: while the syncer is more than
+    /// [`RECEIPT_ACK_LIMIT`] behind, a valid stream is not reported `Verified` (the primary is
+    /// acknowledged after `Persisted` instead), and once the backlog is back under it, the next
+    /// stream is `Verified` again. Nothing is refused either way.
+    #[test]
+    fn a_far_behind_syncer_withholds_receipt_reports_instead_of_refusing() {
+        let (_t, disk, rx) = started();
+        let backlog = RECEIPT_ACK_LIMIT + 1;
+        disk.queued.fetch_add(backlog, Ordering::SeqCst);
+        submit_all(&disk, &[(1, 0, stream(1, 0, 1))]);
+        let got = answers(&rx, 3);
+        assert!(
+            !got.iter().any(|d| matches!(d, DiskDone::Verified { .. })),
+            "verified while the syncer is {backlog} bytes behind: {got:?}"
+        );
+        assert_eq!(persisted(&got), vec![Ok(1)], "{got:?}");
+        disk.queued.fetch_sub(backlog, Ordering::SeqCst);
+        submit_all(&disk, &[(2, 1, stream(2, 1, 2))]);
+        let got = answers(&rx, 3);
+        assert!(
+            got.iter()
+                .any(|d| matches!(d, DiskDone::Verified { seq: 2 })),
+            "not verified once caught up: {got:?}"
+        );
+        assert_eq!(persisted(&got), vec![Ok(2)], "{got:?}");
+        disk.close();
+    }
+
     #[test]
     fn verified_comes_between_validation_and_persisted_and_only_for_valid_streams() {
         let mut bad = stream(2, 1, 2);
@@ -1553,7 +1624,8 @@ mod tests {
     /// 80 MiB of streams validated behind it must show in `queued`.
     #[test]
     fn streams_held_in_memory_for_the_syncer_count_in_the_back_pressure() {
-        let (t, disk, rx) = started();
+        // Every stream reported `Verified` (how the test sees it validated), however far behind.
+        let (t, disk, rx) = started_with(u64::MAX);
         let fifo = t.path().join("wal").join(format!("{:020}.tmp", 2));
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: a valid NUL-terminated path.
