@@ -97,6 +97,17 @@ enum Cmd {
     },
 }
 
+/// How `inspect` shows a durable stream not yet applied (a WAL file or a log record).
+fn pending_stream(s: &hotspare_image::format::Summary) -> String {
+    format!(
+        "complete, not yet applied: seq {} base {} pages {} ({})",
+        s.begin.seq,
+        s.begin.base_seq,
+        s.end.pages,
+        human(s.bytes)
+    )
+}
+
 fn human(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
@@ -167,13 +178,7 @@ fn inspect(dir: PathBuf, no_data: bool) -> Result<bool> {
             _ => {
                 let f = File::open(&w).with_context(|| w.display().to_string())?;
                 match format::scan_stream(BufReader::new(f), |_| Ok(())) {
-                    Ok(s) => format!(
-                        "complete, not yet applied: seq {} base {} pages {} ({})",
-                        s.begin.seq,
-                        s.begin.base_seq,
-                        s.end.pages,
-                        human(s.bytes)
-                    ),
+                    Ok(s) => pending_stream(&s),
                     Err(e) => {
                         ok = false;
                         format!("DAMAGED: {e}")
@@ -205,14 +210,7 @@ fn inspect(dir: PathBuf, no_data: bool) -> Result<bool> {
                 format::scan_stream(b.as_slice(), |_| Ok(())).map_err(|e| e.to_string())
             });
             match checked {
-                Ok(s) => println!(
-                    "log          {name}@{}: complete, not yet applied: seq {} base {} pages {} ({})",
-                    r.offset,
-                    s.begin.seq,
-                    s.begin.base_seq,
-                    s.end.pages,
-                    human(s.bytes)
-                ),
+                Ok(s) => println!("log          {name}@{}: {}", r.offset, pending_stream(&s)),
                 Err(e) => {
                     ok = false;
                     println!("log          {name}@{}: DAMAGED: {e}", r.offset);
