@@ -384,8 +384,12 @@ struct Syncer<'a> {
     flushes: Arc<AtomicU64>,
 }
 
+/// Most small streams made durable by one flush: bounds how long the first of a group waits
+/// for its answer while more keep arriving.
+const GROUP_MAX: usize = 128;
+
 /// The syncer: carries out the persister's [`SyncJob`] instructions in order. **Group fsync:**
-/// it takes every job queued when it wakes; consecutive Persists of small streams are appended
+/// it takes jobs as long as the queue has any; consecutive Persists of small streams are appended
 /// to the log and made durable by one `fdatasync`, then each is answered in order. Any other
 /// job (an answer, the term, an apply, a large stream's WAL file) first flushes what was
 /// appended before it, so nothing overtakes a Persist queued before it.
@@ -411,12 +415,18 @@ fn run_syncer(
         flushes,
     };
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        jobs.extend(rx.try_iter());
-        for job in jobs {
+        // Jobs that arrive while earlier ones are carried out join the group, up to
+        // GROUP_MAX appended streams: the flush waits only for an empty queue or a full group.
+        let mut next = Some(first);
+        while let Some(job) = next {
             if !s.job(job, &apply) {
                 return;
             }
+            next = if s.group.len() < GROUP_MAX {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         if !s.flush_group() {
             return;
@@ -1801,10 +1811,24 @@ mod tests {
             .map(|seq| (seq, seq - 1, stream(seq, seq - 1, seq as u8)))
             .collect();
         submit_all(&disk, &streams);
+        // The persister answers each stream's two spool operations and then a discard itself,
+        // the discard after it has handed stream 21 to the syncer: once all are answered, all
+        // 20 streams are queued behind the held syncer.
+        disk.submit(DiskOp::Discard { seq: 0 });
         let mut reports = Vec::new();
-        while !reports.contains(&DiskDone::Verified { seq: 21 }) {
+        let by_persister = 2 * streams.len() + 1;
+        while reports
+            .iter()
+            .filter(|d| **d == DiskDone::Discarded)
+            .count()
+            < by_persister
+        {
             reports.push(rx.recv_timeout(Duration::from_secs(10)).expect("validated"));
         }
+        assert!(
+            reports.contains(&DiskDone::Verified { seq: 21 }),
+            "{reports:?}"
+        );
         assert!(
             !reports
                 .iter()
@@ -1817,7 +1841,7 @@ mod tests {
             let mut buf = Vec::new();
             let _ = f.read_to_end(&mut buf);
         });
-        let finals = 1 + 3 * streams.len()
+        let finals = 1 + 3 * streams.len() + 1
             - reports
                 .iter()
                 .filter(|d| !matches!(d, DiskDone::Verified { .. }))
