@@ -741,6 +741,11 @@ fn s13r_fleet_daemon_restarted_under_its_programs() {
     );
     let tally = load.stop();
     for (i, np) in now.iter().enumerate() {
+        assert!(
+            alive(*np),
+            "svc{i}: its new primary {np} is gone{}",
+            logs(&dir)
+        );
         let acks = of_service(&tally.acks, i);
         let (l, _, ex) = lost(kv_addr(lab, "A", i), c, *np, &acks);
         let w = windows(&acks, 0);

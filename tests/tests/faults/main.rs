@@ -588,8 +588,21 @@ fn lost(addr: SocketAddr, ns: Option<i32>, pid: i32, acks: &[Ack]) -> (usize, us
         *e = (*e).max(a.val);
     }
     in_ns(ns, || {
-        let mut c = RespConn::connect(addr, Duration::from_secs(1), Duration::from_secs(5))
-            .expect("connect to the surviving service");
+        // A survivor just taken over may still be binding its port: refused is retried for
+        // 10 s; the panic says whether the process is still there.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            match RespConn::connect(addr, Duration::from_secs(1), Duration::from_secs(5)) {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!(
+                    "connect to the surviving service {addr} (pid {pid}, {}): {e}",
+                    if fleet::alive(pid) { "alive" } else { "gone" }
+                ),
+            }
+        };
         assert_eq!(
             c.server_pid().expect("INFO server"),
             pid,
