@@ -104,6 +104,8 @@ pub struct ImageDir {
     log: Arc<log::Durable>,
     /// Log records that recovery refused (a record cannot be renamed `.bad`): (gen, offset).
     refused: Vec<(u64, u64)>,
+    /// What this handle's scans of the log have read and checked already.
+    log_scanned: log::ScanCache,
 }
 
 /// Maps an I/O error to [`ImageError::Io`] naming the file and what was being done to it.
@@ -370,6 +372,7 @@ impl ImageDir {
             pending: None,
             log: Arc::default(),
             refused: Vec::new(),
+            log_scanned: log::ScanCache::default(),
         };
         dir.pending = dir.pending_tip();
         Ok(dir)
@@ -394,7 +397,7 @@ impl ImageDir {
 
     /// The log's segments as recovery reads them (for `hotspare inspect`).
     pub fn log_segments(&self) -> Result<Vec<log::Segment>, ImageError> {
-        log::scan(&self.root.join("wal"), self.log.get())
+        log::scan_cached(&self.root.join("wal"), self.log.get(), &self.log_scanned)
     }
 
     /// Opens an existing image, refusing a directory that holds none.
@@ -472,7 +475,7 @@ impl ImageDir {
             })
             .collect();
         let applied = self.manifest.as_ref().map(|m| (m.lineage, m.seq));
-        for seg in log::scan(&self.root.join("wal"), self.log.get())? {
+        for seg in log::scan_cached(&self.root.join("wal"), self.log.get(), &self.log_scanned)? {
             for r in seg.records {
                 let done = applied.is_some_and(|(l, s)| r.lineage == l && r.seq <= s);
                 if !done && !self.refused.contains(&(r.gen, r.offset)) {
@@ -489,7 +492,8 @@ impl ImageDir {
     /// writer can exist, it goes as well). Best effort: a segment left behind is read again,
     /// and its records recognised as applied.
     fn trim_log(&self, newest_too: bool) {
-        let Ok(segs) = log::scan(&self.root.join("wal"), self.log.get()) else {
+        let Ok(segs) = log::scan_cached(&self.root.join("wal"), self.log.get(), &self.log_scanned)
+        else {
             return;
         };
         let applied = self.manifest.as_ref().map(|m| (m.lineage, m.seq));
