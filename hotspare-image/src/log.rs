@@ -632,7 +632,9 @@ mod tests {
     /// durable bound and without one.
     #[test]
     fn a_cached_scan_finds_what_a_fresh_scan_finds() {
-        let summary = |segs: Vec<Segment>| -> Vec<(u64, bool, u64, Vec<(u64, u64)>)> {
+        /// A segment as compared: gen, live, end, (seq, offset) of each record.
+        type Seen = (u64, bool, u64, Vec<(u64, u64)>);
+        let summary = |segs: Vec<Segment>| -> Vec<Seen> {
             segs.into_iter()
                 .map(|s| {
                     let recs = s.records.iter().map(|r| (r.seq, r.offset)).collect();
