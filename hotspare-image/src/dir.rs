@@ -683,6 +683,60 @@ impl ImageDir {
         }
     }
 
+    /// Starts the log of a primary that keeps its image here itself (no spare): small streams
+    /// are then made durable by [`ImageDir::append_own`] and one flush, and applied in batches
+    /// ([`ImageDir::apply_pending`]) instead of one `fsync`ed file, rename and apply each.
+    /// Streams left pending by an earlier incarnation that could not apply them are superseded
+    /// first, as by the first [`ImageDir::commit_wal`]. `None` while the data files may be
+    /// ahead of the manifest: that stream must be applied first, and the caller commits each
+    /// stream as a file (the old path) until it has been.
+    pub fn start_own_log(&mut self) -> Result<Option<log::Writer>, ImageError> {
+        if self.ahead {
+            return Ok(None);
+        }
+        for p in self.pending_files()? {
+            let _ = fs::remove_file(p);
+        }
+        for seg in log::scan(&self.root.join("wal"), None)? {
+            let _ = fs::remove_file(seg.path);
+        }
+        self.pending = None;
+        self.log_writer().map(Some)
+    }
+
+    /// Validates a stream this directory's own primary encoded ([`check_applies`] on the
+    /// newest durable stream, another lineage refused) and appends it to `log`, the writer
+    /// [`ImageDir::start_own_log`] gave: durable once `log` is flushed, applied by the next
+    /// [`ImageDir::apply_pending`] (or by recovery at the next open).
+    pub fn append_own(
+        &mut self,
+        log: &mut log::Writer,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), ImageError> {
+        // For messages: the record has no file of its own.
+        let name = self.wal_path(seq, "record");
+        let tip = self.tip();
+        let summary = self.check_stream(
+            &name,
+            Some(bytes),
+            seq,
+            tip.as_ref(),
+            LineagePolicy::RefuseNew,
+            0,
+        )?;
+        log.append(seq, summary.begin.lineage, bytes)?;
+        self.pending = Some(Tip::from(&summary.begin));
+        Ok(())
+    }
+
+    /// Makes what [`ImageDir::append_own`] appended durable. On failure those records never
+    /// count, and the newest durable stream is what it was before them.
+    pub fn flush_own(&mut self, log: &mut log::Writer) -> Result<(), ImageError> {
+        log.flush()
+            .inspect_err(|_| self.pending = self.pending_tip())
+    }
+
     /// Makes a fully written `wal/<seq>.tmp` durable and applies it (the primary's local
     /// path); on success the image is at `seq`. The stream is validated before anything is
     /// applied ([`check_applies`] against the image, another lineage refused). A stream that

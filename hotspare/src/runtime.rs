@@ -259,7 +259,9 @@ fn fresh(b: Builder, code: Option<Vec<LoadedObject>>) -> Result<HotSpare> {
         path: b.config.image_dir.clone(),
         seq,
     };
-    match ImageDir::open_read_only(&b.config.image_dir).map_or(0, |i| i.seq()) {
+    // The newest durable checkpoint, applied or still in the log.
+    match ImageDir::open_read_only(&b.config.image_dir).map_or(0, |i| i.tip().map_or(0, |t| t.seq))
+    {
         0 => {}
         seq => return Err(exists(seq)),
     }
