@@ -325,6 +325,43 @@ struct RangeFiles {
     crc: File,
 }
 
+/// The log of a primary without a spare ([`ImageDir::start_own_log`]). It tracks the newest
+/// durable stream itself, as the handle that applies changes the image meanwhile.
+#[derive(Debug)]
+pub struct OwnLog {
+    writer: log::Writer,
+    tip: Option<Tip>,
+}
+
+impl OwnLog {
+    /// Validates a stream the primary encoded ([`check_applies`] on the newest durable stream,
+    /// another lineage refused; `checker` is any handle of the directory) and makes it durable:
+    /// one append, one `fdatasync`. Applied later by [`ImageDir::apply_pending`], or by recovery
+    /// at the next open. On failure nothing of it counts and the newest durable stream is what
+    /// it was.
+    pub fn commit(&mut self, checker: &ImageDir, seq: u64, bytes: &[u8]) -> Result<(), ImageError> {
+        // For messages: the record has no file of its own.
+        let name = checker.wal_path(seq, "record");
+        let summary = checker.check_stream(
+            &name,
+            Some(bytes),
+            seq,
+            self.tip.as_ref(),
+            LineagePolicy::RefuseNew,
+            0,
+        )?;
+        self.writer.append(seq, summary.begin.lineage, bytes)?;
+        self.writer.flush()?;
+        self.tip = Some(Tip::from(&summary.begin));
+        Ok(())
+    }
+
+    /// The newest durable stream.
+    pub fn tip(&self) -> Option<&Tip> {
+        self.tip.as_ref()
+    }
+}
+
 impl ImageDir {
     /// Opens `root`, creating it if needed, takes its lock (held until the `ImageDir` is
     /// dropped; [`ImageError::Locked`] if another process, or another `open` in this one, holds
@@ -684,13 +721,14 @@ impl ImageDir {
     }
 
     /// Starts the log of a primary that keeps its image here itself (no spare): small streams
-    /// are then made durable by [`ImageDir::append_own`] and one flush, and applied in batches
-    /// ([`ImageDir::apply_pending`]) instead of one `fsync`ed file, rename and apply each.
+    /// are then made durable by [`OwnLog::commit`] (one append and one flush) and applied in
+    /// batches ([`ImageDir::apply_pending`], by any handle that shares this one's log bound,
+    /// [`ImageDir::attach_shared`]) instead of one `fsync`ed file, rename and apply each.
     /// Streams left pending by an earlier incarnation that could not apply them are superseded
     /// first, as by the first [`ImageDir::commit_wal`]. `None` while the data files may be
     /// ahead of the manifest: that stream must be applied first, and the caller commits each
     /// stream as a file (the old path) until it has been.
-    pub fn start_own_log(&mut self) -> Result<Option<log::Writer>, ImageError> {
+    pub fn start_own_log(&mut self) -> Result<Option<OwnLog>, ImageError> {
         if self.ahead {
             return Ok(None);
         }
@@ -701,40 +739,10 @@ impl ImageDir {
             let _ = fs::remove_file(seg.path);
         }
         self.pending = None;
-        self.log_writer().map(Some)
-    }
-
-    /// Validates a stream this directory's own primary encoded ([`check_applies`] on the
-    /// newest durable stream, another lineage refused) and appends it to `log`, the writer
-    /// [`ImageDir::start_own_log`] gave: durable once `log` is flushed, applied by the next
-    /// [`ImageDir::apply_pending`] (or by recovery at the next open).
-    pub fn append_own(
-        &mut self,
-        log: &mut log::Writer,
-        seq: u64,
-        bytes: &[u8],
-    ) -> Result<(), ImageError> {
-        // For messages: the record has no file of its own.
-        let name = self.wal_path(seq, "record");
-        let tip = self.tip();
-        let summary = self.check_stream(
-            &name,
-            Some(bytes),
-            seq,
-            tip.as_ref(),
-            LineagePolicy::RefuseNew,
-            0,
-        )?;
-        log.append(seq, summary.begin.lineage, bytes)?;
-        self.pending = Some(Tip::from(&summary.begin));
-        Ok(())
-    }
-
-    /// Makes what [`ImageDir::append_own`] appended durable. On failure those records never
-    /// count, and the newest durable stream is what it was before them.
-    pub fn flush_own(&mut self, log: &mut log::Writer) -> Result<(), ImageError> {
-        log.flush()
-            .inspect_err(|_| self.pending = self.pending_tip())
+        Ok(Some(OwnLog {
+            writer: self.log_writer()?,
+            tip: self.tip(),
+        }))
     }
 
     /// Makes a fully written `wal/<seq>.tmp` durable and applies it (the primary's local

@@ -13,7 +13,7 @@ pub mod lineage;
 pub mod log;
 mod writer;
 
-pub use dir::ImageDir;
+pub use dir::{ImageDir, OwnLog};
 pub use format::{validate_begin, Begin, End, RangeEntry, Run, Summary, FORMAT_VERSION};
 pub use lineage::{check_applies, lineage_hex, new_lineage, LineagePolicy, Tip};
 pub use writer::write_stream;

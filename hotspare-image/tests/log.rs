@@ -268,14 +268,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A primary without a spare keeps its own log (`start_own_log`, `append_own`, `flush_own`):
-/// guards against acknowledged records that are not recovered after a crash before any apply,
-/// and against an old incarnation's leftovers counting. Streams left pending by an earlier
-/// incarnation are superseded when the log starts; every stream flushed is there at the next
-/// open, applied or not; and one that does not apply on the newest is refused before it is
-/// appended, leaving the log as it was.
+/// A primary without a spare keeps its own log (`start_own_log`, `OwnLog::commit`): guards
+/// against acknowledged records that are not recovered after a crash before any apply, and
+/// against a stream that does not apply being appended. Every stream committed is there at the
+/// next open, applied or not, also when a second handle (the applier's) applied some meanwhile;
+/// one that does not apply on the newest is refused and the log goes on as it was.
 #[test]
-fn a_primarys_own_log_recovers_every_flushed_stream_and_refuses_one_that_does_not_apply() {
+fn a_primarys_own_log_recovers_every_committed_stream_and_refuses_one_that_does_not_apply() {
     let t = tempfile::tempdir().unwrap();
     // Checkpoint 1 applied; an earlier incarnation's records 2..=3 left in the log.
     logged(t.path(), 3);
@@ -283,31 +282,26 @@ fn a_primarys_own_log_recovers_every_flushed_stream_and_refuses_one_that_does_no
         let mut dir = ImageDir::open(t.path()).unwrap();
         // Recovery applied them: this incarnation goes on from 3.
         assert_eq!(dir.seq(), 3);
+        let mut applier = dir.attach_shared().unwrap();
         let mut log = dir.start_own_log().unwrap().expect("not ahead");
         for seq in 4..=9 {
-            dir.append_own(&mut log, seq, &stream(0x11, seq, seq - 1))
-                .unwrap();
-            dir.flush_own(&mut log).unwrap();
+            log.commit(&dir, seq, &stream(0x11, seq, seq - 1)).unwrap();
+            if seq == 6 {
+                assert_eq!(applier.apply_pending().unwrap(), 6, "applied meanwhile");
+            }
         }
-        assert_eq!(dir.tip().unwrap().seq, 9, "the newest durable, not applied");
-        assert_eq!(dir.seq(), 3, "nothing applied yet");
-        // Not on top of 9: refused, nothing appended.
-        let e = dir
-            .append_own(&mut log, 11, &stream(0x11, 11, 10))
-            .unwrap_err();
+        assert_eq!(log.tip().unwrap().seq, 9, "the newest durable");
+        // Not on top of 9, or of another lineage: refused, nothing appended.
+        let e = log.commit(&dir, 11, &stream(0x11, 11, 10)).unwrap_err();
         assert!(e.to_string().contains("11"), "{e}");
-        let e = dir
-            .append_own(&mut log, 10, &stream(0x22, 10, 9))
-            .unwrap_err();
-        assert!(!e.to_string().is_empty());
-        dir.flush_own(&mut log).unwrap();
-        // The process dies here: no apply.
+        log.commit(&dir, 10, &stream(0x22, 10, 9)).unwrap_err();
+        assert_eq!(log.tip().unwrap().seq, 9);
+        // The process dies here: 7..=9 not applied.
     }
-    assert_at(t.path(), 9, "after a crash before any apply");
+    assert_at(t.path(), 9, "after a crash with records not applied");
     let mut dir = ImageDir::open(t.path()).unwrap();
     let mut log = dir.start_own_log().unwrap().expect("not ahead");
-    dir.append_own(&mut log, 10, &stream(0x11, 10, 9)).unwrap();
-    dir.flush_own(&mut log).unwrap();
+    log.commit(&dir, 10, &stream(0x11, 10, 9)).unwrap();
     assert_eq!(dir.apply_pending().unwrap(), 10);
     drop((log, dir));
     assert_at(t.path(), 10, "applied");

@@ -12,6 +12,7 @@
 mod commit;
 mod fork_job;
 mod gate;
+mod local;
 mod sink;
 
 pub use commit::{CommitNotifier, Ticket, TicketState};

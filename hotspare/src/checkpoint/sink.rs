@@ -1,5 +1,6 @@
 //! Where checkpoints go, and the writer thread that takes them there.
 
+use super::local::LocalImage;
 use super::{Captured, Completion, Job, Shared};
 use crate::error::{Error, Result};
 use crate::identity::ExeId;
@@ -8,15 +9,8 @@ use crate::image::format::Begin;
 use crate::image::{write_stream, ImageDir, Run};
 use crate::replica::sender::{Remote, Source};
 use hotspare_proto::StreamHeader;
-use std::io::Write;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long small streams of a primary without a spare wait in its log before they are applied
-/// to the data files together (as a spare's applier does): one `fdatasync` of the log per
-/// checkpoint, one round of page writes and `fsync`s per batch.
-const APPLY_EVERY: Duration = Duration::from_millis(25);
 
 /// Where checkpoints go: the local image directory, or a spare (the directory then only spools
 /// each stream until the spare has acknowledged it).
@@ -42,12 +36,7 @@ impl Sink {
         lineage: [u8; 16],
     ) -> Result<Sink> {
         let Some(addr) = &config.spare else {
-            return Ok(Sink::Local(LocalImage {
-                dir: image,
-                log: None,
-                started: false,
-                applied: Instant::now(),
-            }));
+            return Ok(Sink::Local(LocalImage::new(image)?));
         };
         let key_file = config
             .key_file
@@ -80,7 +69,8 @@ impl Sink {
 
     pub(super) fn dir(&self) -> &ImageDir {
         match self {
-            Sink::Local(LocalImage { dir: d, .. }) | Sink::Remote { spool: d, .. } => d,
+            Sink::Local(local) => local.dir(),
+            Sink::Remote { spool, .. } => spool,
         }
     }
 
@@ -92,7 +82,11 @@ impl Sink {
             Sink::Local(local) => {
                 let seq = header.seq;
                 crate::probe::mark(seq, crate::probe::Stage::Sent);
-                let r = local.commit(seq, stream, exe);
+                let bytes = match stream {
+                    Stream::Bytes(b) => Some(b),
+                    Stream::Spooled => None,
+                };
+                let r = local.commit(seq, bytes, exe);
                 crate::probe::mark(seq, crate::probe::Stage::Acked);
                 done.finish(r);
             }
@@ -103,86 +97,6 @@ impl Sink {
                 };
                 remote.send(header, source, done);
             }
-        }
-    }
-}
-
-/// The image directory of a primary without a spare.
-pub(crate) struct LocalImage {
-    dir: ImageDir,
-    /// The log small streams are appended to ([`ImageDir::start_own_log`]).
-    log: Option<crate::image::log::Writer>,
-    /// The log was started (or could not be, the data files being ahead of the manifest).
-    started: bool,
-    /// When what the log held was last applied.
-    applied: Instant,
-}
-
-impl LocalImage {
-    /// Makes checkpoint `seq` durable: a small stream on top of an existing image by one
-    /// append and flush of the log (applied later, [`LocalImage::apply`]), any other as a WAL
-    /// file of its own, applied at once ([`ImageDir::commit_wal`]).
-    fn commit(&mut self, seq: u64, stream: Stream, exe: &ExeId) -> Result<(), String> {
-        if let Stream::Bytes(bytes) = &stream {
-            // Not before the image has a manifest: an image is found by it (the first
-            // checkpoint, full, is applied at once).
-            if bytes.len() <= crate::image::log::RECORD_MAX && self.dir.lineage().is_some() {
-                if !self.started {
-                    self.started = true;
-                    self.log = self.dir.start_own_log().map_err(|e| e.to_string())?;
-                    self.applied = Instant::now();
-                }
-                if let Some(log) = self.log.as_mut() {
-                    return self
-                        .dir
-                        .append_own(log, seq, bytes)
-                        .and_then(|()| self.dir.flush_own(log))
-                        .map_err(|e| e.to_string());
-                }
-            }
-        }
-        if self.log.is_some() {
-            // `commit_wal` supersedes whatever is pending, the log with it: what the log holds
-            // is applied first, and its writer let go (the next small stream starts another).
-            self.dir.apply_pending().map_err(|e| e.to_string())?;
-            self.log = None;
-            self.started = false;
-        }
-        let image = &mut self.dir;
-        let r = match stream {
-            Stream::Spooled => image
-                .commit_wal(seq, Some(exe))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Stream::Bytes(bytes) => spool_bytes(image, seq, &bytes).and_then(|()| {
-                image
-                    .commit_wal(seq, Some(exe))
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }),
-        };
-        if r.is_err() {
-            // A stream that failed before it was delivered is never completed.
-            let _ = image.remove_spool(seq);
-        }
-        r
-    }
-
-    /// How long until the log's records are due to be applied; `None` when it holds none.
-    fn apply_due(&self) -> Option<Duration> {
-        self.log
-            .as_ref()
-            .filter(|_| self.dir.tip().is_some_and(|t| t.seq > self.dir.seq()))
-            .map(|_| APPLY_EVERY.saturating_sub(self.applied.elapsed()))
-    }
-
-    /// Applies what the log holds. A failure (no disk space for the pages, an I/O error) is
-    /// reported and tried again later: the records stay durable in the log, and an open of the
-    /// directory applies them too.
-    fn apply(&mut self) {
-        self.applied = Instant::now();
-        if let Err(e) = self.dir.apply_pending() {
-            eprintln!("hotspare: applying the image's log to its data files: {e} (tried again)");
         }
     }
 }
@@ -212,28 +126,7 @@ pub(super) fn writer(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    loop {
-        // A primary without a spare applies its log between checkpoints, when it is due.
-        let due = match &sink {
-            Sink::Local(local) => local.apply_due(),
-            Sink::Remote { .. } => None,
-        };
-        let job = match due {
-            Some(wait) => match jobs.recv_timeout(wait) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Sink::Local(local) = &mut sink {
-                        local.apply();
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-            None => match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            },
-        };
+    for job in jobs {
         match job {
             Job::Copied {
                 begin,
@@ -300,12 +193,6 @@ pub(super) fn writer(
             }
         }
     }
-    // The engine is gone: what the log holds is applied now rather than at the next open.
-    if let Sink::Local(local) = &mut sink {
-        if local.apply_due().is_some() {
-            local.apply();
-        }
-    }
 }
 
 /// The runs of a Copy capture.
@@ -329,11 +216,4 @@ fn encode_copied(
     write_stream(out, begin, runs_of(runs, staging))
         .map(|_| ())
         .map_err(|e| format!("encoding checkpoint {}: {e}", begin.seq))
-}
-
-/// Writes an encoded stream to `wal/<seq>.tmp` of the local image.
-fn spool_bytes(dir: &ImageDir, seq: u64, bytes: &[u8]) -> Result<(), String> {
-    let (path, mut file) = dir.create_wal(seq).map_err(|e| e.to_string())?;
-    file.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
