@@ -89,6 +89,11 @@ impl ExeId {
         Some(ExeId(id))
     }
 
+    /// Whether `value` (an [`ExeId::of_file`] answer) was taken of the file now at `path`.
+    pub fn names_file(value: &str, path: &std::path::Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| Self::for_version(value, &m).is_some())
+    }
+
     fn token(&self, m: &std::fs::Metadata) -> String {
         let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
         format!("{hex}:{}", file_version(m))
@@ -284,10 +289,12 @@ mod tests {
         let id = hash_file(&p).unwrap();
         let token = id.token(&m);
         assert_eq!(ExeId::for_version(&token, &m), Some(id));
+        assert!(ExeId::names_file(&token, &p));
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&p, b"version two").unwrap();
         let m2 = std::fs::metadata(&p).unwrap();
         assert_eq!(ExeId::for_version(&token, &m2), None);
+        assert!(!ExeId::names_file(&token, &p));
         assert_eq!(ExeId::for_version("zz", &m), None);
         // Just written: a change within the change time's granularity could go unseen.
         assert_eq!(ExeId::of_file(&p), None);

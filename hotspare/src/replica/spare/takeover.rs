@@ -10,17 +10,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The identities of the programs this daemon may start ([`ExeId::of_file`]), by path, once
-/// hashed.
-fn exe_ids() -> &'static Mutex<HashMap<PathBuf, Option<String>>> {
-    static IDS: OnceLock<Mutex<HashMap<PathBuf, Option<String>>>> = OnceLock::new();
+/// The identities of the programs this daemon may start ([`ExeId::of_file`]), by path: whether
+/// a hashing thread is at work on it, and the last identity got.
+type ExeIds = Mutex<HashMap<PathBuf, (bool, Option<String>)>>;
+
+fn exe_ids() -> &'static ExeIds {
+    static IDS: OnceLock<ExeIds> = OnceLock::new();
     IDS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// Hashes the program (`exec[0]`, if it is a path) on a thread of its own, so that the
 /// program started at the takeover need not hash itself before it can check the image is its
-/// own ([`EXE_ID_ENV`]): that was a third of a planned switchover's pause. A program not hashed
-/// yet, or changed since, hashes itself as before.
+/// own ([`EXE_ID_ENV`]): that was a third of a planned switchover's pause. Hashed again when
+/// the file changed since (a fleet daemon outlives upgrades of its programs). A program not
+/// hashed yet, or changed since, hashes itself as before.
 pub(super) fn hash_program_ahead(cfg: &SpareConfig) {
     let Some(p) = cfg.exec.first().filter(|p| p.contains('/')) else {
         return;
@@ -28,10 +31,12 @@ pub(super) fn hash_program_ahead(cfg: &SpareConfig) {
     let p = PathBuf::from(p);
     {
         let mut ids = exe_ids().lock().unwrap_or_else(|e| e.into_inner());
-        if ids.contains_key(&p) {
+        let e = ids.entry(p.clone()).or_insert((false, None));
+        let current = e.1.as_deref().is_some_and(|id| ExeId::names_file(id, &p));
+        if e.0 || current {
             return;
         }
-        ids.insert(p.clone(), None);
+        e.0 = true;
     }
     let _ = std::thread::Builder::new()
         .name("hotspare-exe-id".into())
@@ -40,7 +45,7 @@ pub(super) fn hash_program_ahead(cfg: &SpareConfig) {
             exe_ids()
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(p, id);
+                .insert(p, (false, id));
         });
 }
 
@@ -51,8 +56,7 @@ fn pass_exe_id(cmd: &mut std::process::Command, program: &str) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(Path::new(program))
-        .cloned()
-        .flatten();
+        .and_then(|(_, id)| id.clone());
     match id {
         Some(v) => cmd.env(EXE_ID_ENV, v),
         None => cmd.env_remove(EXE_ID_ENV),
