@@ -101,8 +101,8 @@ impl ExeId {
 
     /// The identity of the executable at `path`, with its file version, as the value of
     /// [`EXE_ID_ENV`] for a program started from that file; `None` if the file changed while
-    /// it was hashed, or was changed too recently (less than two seconds before) for a later
-    /// change to be told apart by its change time, whose clock is coarse.
+    /// it was hashed, or had changed within the last second or two (its change time's clock is
+    /// coarse, so a later write in the same tick could leave the version as it was).
     pub fn of_file(path: &std::path::Path) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
         use std::time::{Duration, SystemTime, UNIX_EPOCH};

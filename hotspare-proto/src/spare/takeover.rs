@@ -1,7 +1,8 @@
 //! The decision to take over: no lease granted for the detection time, none within the
 //! start-up grace, the disk idle, every durable checkpoint applied and nothing acknowledged on
 //! receipt that failed to become durable; with an arbiter, its compare-and-swap won
-//! ([`super::claim`]); the new term saved first.
+//! ([`super::claim`]); the new term saved first. After a hand-over the term is claimed and
+//! saved without waiting for the disk, and the takeover waits for both.
 
 use super::*;
 
