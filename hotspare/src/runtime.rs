@@ -321,7 +321,9 @@ fn resume(
         what: "executable identity".into(),
         source: e,
     })?;
+    let identified = t0.elapsed();
     let image = ImageDir::open_existing(&dir)?;
+    let opened = t0.elapsed();
     let m = image
         .manifest()
         .expect("open_existing guarantees a manifest")
@@ -392,6 +394,22 @@ fn resume(
         seq,
         restore_time: t0.elapsed(),
     };
+    // Stamped (`HOTSPARE_LOG_TIME=1`) like the spare's lines, so that a takeover can be timed
+    // phase by phase from `exec` to serving.
+    crate::replica::log::line(
+        "hotspare",
+        format!(
+            "resumed checkpoint {seq} in {:.1} ms (the executable's identity {:.1} ms, {}; opening the image {:.1} ms)",
+            info.restore_time.as_secs_f64() * 1e3,
+            identified.as_secs_f64() * 1e3,
+            if ExeId::was_handed_down() {
+                "handed down by the spare"
+            } else {
+                "hashed here"
+            },
+            (opened - identified).as_secs_f64() * 1e3,
+        ),
+    );
     Ok(HotSpare {
         inner: Arc::new(Inner {
             config: b.config,

@@ -60,7 +60,7 @@ fn main() {
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut received, mut exempted) = (0u64, 0u64);
     let mut endings: std::collections::BTreeMap<&str, u64> = Default::default();
-    let (mut switchovers, mut handovers) = (0u64, 0u64);
+    let (mut switchovers, mut handovers, mut term_before_apply) = (0u64, 0u64, 0u64);
     let (mut overlapping, mut reordered, mut with_overlap) = (0u64, 0u64, 0u64);
     let (mut ahead, mut refused_after) = (0u64, 0u64);
     let (mut grouped, mut groups_failed) = (0u64, 0u64);
@@ -80,6 +80,7 @@ fn main() {
         groups_failed += r.groups_failed;
         with_overlap += u64::from(r.renewals_overlapping > 0);
         handovers += u64::from(r.handovers);
+        term_before_apply += u64::from(r.term_before_apply);
         sim += r.sim_nanos;
         acked += r.acked;
         events += r.events;
@@ -94,7 +95,7 @@ fn main() {
     }
     let real = t.elapsed().as_secs_f64();
     println!(
-        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers},\"renewals\":{{\"overlapping\":{overlapping},\"scenarios_with_overlap\":{with_overlap},\"answers_reordered\":{reordered}}},\"disk\":{{\"validated_ahead\":{ahead},\"refused_after_sync_failure\":{refused_after},\"grouped_persists\":{grouped},\"groups_failed\":{groups_failed}}}}}",
+        "{{\"scenarios\":{n},\"failed\":{failed},\"scenarios_per_s\":{:.0},\"sim_to_real\":{:.0},\"events\":{events},\"acked\":{acked},\"takeovers\":{takeovers},\"received_level\":{received},\"lost_as_allowed\":{exempted},\"arbiter\":{{\"kill_primary\":{},\"kill_spare\":{},\"cut_pair\":{}}},\"switchovers\":{switchovers},\"handovers\":{handovers},\"term_saved_before_the_final_apply\":{term_before_apply},\"renewals\":{{\"overlapping\":{overlapping},\"scenarios_with_overlap\":{with_overlap},\"answers_reordered\":{reordered}}},\"disk\":{{\"validated_ahead\":{ahead},\"refused_after_sync_failure\":{refused_after},\"grouped_persists\":{grouped},\"groups_failed\":{groups_failed}}}}}",
         n as f64 / real,
         sim as f64 / 1e9 / real,
         endings.get("kill-primary").unwrap_or(&0),

@@ -4,7 +4,9 @@
 //! at a time and validates each Persist (then [`DiskDone::Verified`]) on the last stream *it
 //! validated*; a syncer then makes them durable in order (then [`DiskDone::Persisted`]) while
 //! the persister goes on, so a later stream's reports may come before an earlier one's
-//! Persisted. The term file, applies and refusals go through the syncer too. A failure of the
+//! Persisted. The term file, applies and refusals go through the syncer too; in half the
+//! scenarios an Apply that reaches the syncer's head goes on to an applier of its own (as the
+//! driver's applier thread), so later syncer work (a term saved) may finish before it. A failure of the
 //! disk hits validation or durability; after a durability failure the syncer refuses what was
 //! validated on top of it, until the persister starts again from what is durable. **Group
 //! fsync:** the Persists at the head of the syncer's queue when it starts are made durable
@@ -63,6 +65,15 @@ pub(super) struct Disk {
     /// tip (`failed` cleared).
     pub(super) broken: bool,
     pub(super) failed: bool,
+    /// The applier's queue: Applies the syncer forwarded (their answers as decided when queued),
+    /// run one at a time beside the syncer, as the driver's applier thread does — so a term
+    /// queued after an Apply may be saved before the Apply is done.
+    pub(super) applies: VecDeque<DiskDone>,
+    pub(super) apply_busy: bool,
+    /// Whether this scenario's Applies go to the applier (half the seeds) or stay in the
+    /// syncer's order (the other half: an Apply then holds the syncer, so Persists queue up
+    /// behind it and are made durable in groups more often).
+    pub(super) separate_applier: bool,
 }
 
 /// Work for the simulated syncer: the operation, its answer as decided when it was queued
@@ -99,6 +110,8 @@ impl Disk {
         self.validated = None;
         self.broken = false;
         self.failed = false;
+        self.applies.clear();
+        self.apply_busy = false;
     }
 
     /// Applies the WAL; an incremental that does not chain is a broken promise (it was
@@ -240,6 +253,19 @@ impl World {
         if self.disk.sync_busy {
             return;
         }
+        // An Apply reaching the head (everything durable before it is) goes to the applier,
+        // and the syncer goes on.
+        while self.disk.separate_applier
+            && self
+                .disk
+                .sync
+                .front()
+                .is_some_and(|i| matches!(i.op, DiskOp::Apply))
+        {
+            let item = self.disk.sync.pop_front().expect("front");
+            self.disk.applies.push_back(item.done);
+            self.apply_kick();
+        }
         if self.disk.sync.is_empty() {
             return;
         }
@@ -289,6 +315,54 @@ impl World {
         }
     }
 
+    /// The applier starts its next Apply, if it is idle.
+    fn apply_kick(&mut self) {
+        if self.disk.apply_busy {
+            return;
+        }
+        let Some(done) = self.disk.applies.front().cloned() else {
+            return;
+        };
+        self.disk.apply_busy = true;
+        let lat = match self.disk_mode {
+            DiskMode::Slow => self.rng.u64(100 * MS..900 * MS),
+            _ => self.rng.u64(200_000..15 * MS),
+        };
+        let inc = self.s_inc;
+        self.after(lat, Ev::DiskDone { inc, done });
+    }
+
+    /// The applier's Apply is done: every durable checkpoint applied (what is durable by now,
+    /// as the driver's `apply_pending` does), or the failure decided when it was queued.
+    fn finish_apply(&mut self, mut done: DiskDone) -> DiskDone {
+        if self.disk.applies.pop_front().is_none() {
+            self.violation(format!(
+                "simulator bug: an apply completion with nothing queued: {done:?}"
+            ));
+            return done;
+        }
+        self.disk.apply_busy = false;
+        if let DiskDone::Applied(r) = &mut done {
+            self.apply_effect(r);
+        }
+        self.apply_kick();
+        done
+    }
+
+    /// An Apply that was to succeed: the WAL applied to the image.
+    fn apply_effect(&mut self, r: &mut Result<u64, String>) {
+        if r.is_err() {
+            return;
+        }
+        match self.disk.apply() {
+            Ok(s) => *r = Ok(s),
+            Err(w) => {
+                self.violation(format!("an acknowledged checkpoint does not apply: {w:?}"));
+                *r = Err("does not chain".into());
+            }
+        }
+    }
+
     /// The syncer's head is done: its effect on what survives, and its final answer.
     fn finish_sync(&mut self, mut done: DiskDone) -> DiskDone {
         let Some(item) = self.disk.sync.pop_front() else {
@@ -319,13 +393,7 @@ impl World {
                     self.disk.failed = true;
                 }
             }
-            (DiskOp::Apply, DiskDone::Applied(r), _) if r.is_ok() => match self.disk.apply() {
-                Ok(s) => *r = Ok(s),
-                Err(w) => {
-                    self.violation(format!("an acknowledged checkpoint does not apply: {w:?}"));
-                    *r = Err("does not chain".into());
-                }
-            },
+            (DiskOp::Apply, DiskDone::Applied(r), _) => self.apply_effect(r),
             _ => {}
         }
         self.sync_kick();
@@ -375,7 +443,11 @@ impl World {
     }
 
     pub(super) fn finish_disk(&mut self, mut done: DiskDone) -> DiskDone {
-        // Persisted, TermSaved and Applied come from the syncer; the rest from the persister.
+        // Persisted and TermSaved come from the syncer, Applied from the applier (or the
+        // syncer); the rest from the persister.
+        if matches!(done, DiskDone::Applied(_)) && self.disk.separate_applier {
+            return self.finish_apply(done);
+        }
         if matches!(
             done,
             DiskDone::Persisted { .. } | DiskDone::TermSaved { .. } | DiskDone::Applied(_)

@@ -70,6 +70,9 @@ pub struct Report {
     pub switchovers: u32,
     /// Hand-overs completed by the primary (switchovers that reached their end).
     pub handovers: u32,
+    /// Takeovers whose term was saved before the last Apply was done (so the Applied answer
+    /// is what let the takeover happen): the order a hand-over allows.
+    pub term_before_apply: u32,
     /// Faults injected.
     pub faults: u32,
     /// Renewals the primary sent while another of its requests was unanswered.
@@ -554,7 +557,13 @@ impl World {
                 };
                 if let Some(s) = self.s.as_mut() {
                     let l = s.clock.local(now);
+                    let waiting = matches!(d, DiskDone::Applied(_))
+                        && s.core.taking_over()
+                        && !s.core.taken_over();
                     s.core.handle_disk(l, d);
+                    if waiting && s.core.taken_over() {
+                        self.report.term_before_apply += 1;
+                    }
                 }
                 self.s_pump();
             }
@@ -851,7 +860,11 @@ pub fn run_with(seed: u64, ack: AckLevel) -> Report {
         s: None,
         p_inc: 0,
         s_inc: 0,
-        disk: Disk::default(),
+        // From the seed alone, not drawn: every other draw of a seed stays as it was.
+        disk: Disk {
+            separate_applier: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1,
+            ..Disk::default()
+        },
         disk_mode: DiskMode::Healthy,
         conns: BTreeMap::new(),
         next_conn: 0,

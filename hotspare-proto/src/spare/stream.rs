@@ -236,6 +236,7 @@ impl Spare {
             }
             DiskDone::Discarded => {}
         }
+        self.finish_takeover(now);
     }
 
     /// The stream of `seq` is validated (not yet durable): a primary that asked for

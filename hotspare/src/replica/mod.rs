@@ -3,7 +3,7 @@
 
 pub mod arbiter;
 mod io;
-mod log;
+pub(crate) mod log;
 pub(crate) mod sender;
 pub mod spare;
 pub mod wire;

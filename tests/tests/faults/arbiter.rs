@@ -937,13 +937,15 @@ fn s11h_switchover_moves_the_primary_with_nothing_lost() {
             .map(|a| a.got)
             .max()
             .unwrap_or(asked);
-        let first_new = tally
+        let first = tally
             .acks
             .iter()
             .filter(|a| a.pid == p.spare.pid())
-            .map(|a| a.got)
-            .min()
-            .unwrap_or(last_old);
+            .min_by_key(|a| a.got);
+        let first_new = first.map_or(last_old, |a| a.got);
+        // How long the new primary took to answer its first write (in every-write mode, its
+        // first checkpoint made durable), the rest of the pause being before it was sent.
+        let first_latency = first.map_or(0, |a| a.got.saturating_sub(a.sent));
         let pause = first_new.saturating_sub(last_old) as f64 / MS as f64;
         pauses.push(format!("{what} {pause:.0}"));
         let record = p.term_record();
@@ -963,6 +965,20 @@ fn s11h_switchover_moves_the_primary_with_nothing_lost() {
         f.add(
             &format!("{what}_takeover_ms_after_request"),
             (took - asked) / MS,
+        );
+        // The pause in two: until the takeover hook ran (the hand-over, the claim, the term
+        // saved), and from there to the first reply (exec, resume, the client's retries).
+        f.add(
+            &format!("{what}_last_ack_to_hook_ms"),
+            took.saturating_sub(last_old) / MS,
+        );
+        f.add(
+            &format!("{what}_hook_to_first_ack_ms"),
+            first_new.saturating_sub(took) / MS,
+        );
+        f.add(
+            &format!("{what}_first_ack_latency_ms"),
+            format!("{:.1}", first_latency as f64 / MS as f64),
         );
         assert_eq!(
             lost_n,
@@ -989,6 +1005,7 @@ fn s11h_switchover_moves_the_primary_with_nothing_lost() {
         );
     }
     f.add("pause_ms", pauses.join(", "));
+    f.add("client_retry_ms", retry_wait().as_millis());
     f.print("switchover");
     if std::env::var_os("HOTSPARE_LOG_TIME").is_some() {
         eprintln!("(logs kept: HOTSPARE_LOG_TIME set)");

@@ -12,7 +12,8 @@
 //! acknowledgement (the longest gap between two; for a stop, a partition or a kill of a
 //! primary that the clients kept using: from the fault to the survivor's first answer).
 //! `HOTSPARE_FAULT_TRIALS=N` multiplies every scenario's trials (default 1: the short CI
-//! version, about a minute). Run alone, the binaries built first:
+//! version, about a minute); `HOTSPARE_FAULT_RETRY_MS=N` sets how long the writers wait before
+//! connecting again after a refusal (default 20). Run alone, the binaries built first:
 //!
 //! ```text
 //! cargo build --release --workspace
@@ -96,6 +97,20 @@ fn fleet_services(release: usize) -> usize {
         } else {
             release
         })
+}
+
+/// How long a writer waits before it tries again after a refused or failed connection:
+/// `HOTSPARE_FAULT_RETRY_MS` (default 20). Part of every pause the clients see (up to all of
+/// it once the new primary listens): client libraries retry at once or after a few ms (go-redis
+/// from 8 ms), so the switchover scenario is measured with both.
+fn retry_wait() -> Duration {
+    static MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_millis(*MS.get_or_init(|| {
+        std::env::var("HOTSPARE_FAULT_RETRY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20)
+    }))
 }
 
 /// Trials of a scenario: `base` times `HOTSPARE_FAULT_TRIALS` (default 1).
@@ -506,7 +521,7 @@ fn writer(
                 Ok(c) => conn = Some(c),
                 Err(_) => {
                     tally.lock().unwrap().refused += 1;
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(retry_wait());
                     continue;
                 }
             }

@@ -247,6 +247,7 @@ impl<'a> Daemon<'a> {
             )),
             None => log("NO ARBITER (two-machine mode): the spare decides alone. No two primaries serve at once (the primary's lease runs out first), but a cut between the two stops the primary and lets this spare take over even if clients can reach only the primary; use --arbiter for takeovers decided by etcd (docs/replication.md)"),
         }
+        takeover::hash_program_ahead(cfg);
         let status = Arc::new(Mutex::new(String::new()));
         super::io::start_status_writer(cfg.image_dir.join("status"), status.clone());
         Ok(Daemon {
