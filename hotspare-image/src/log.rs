@@ -93,17 +93,29 @@ impl Record {
 /// segment newer than `.0`, or at or beyond `.1` in segment `.0`, are not (yet) durable and
 /// must not be applied. Shared by the handles of one process ([`crate::ImageDir::attach_shared`]);
 /// `None`: no writer in this process, everything found on disk counts.
+///
+/// It also remembers the newest generation any writer sharing it has made, so that a writer
+/// started again after the log was deleted (a primary's `commit_wal`, `start_own_log`) never
+/// makes a segment of a generation these handles have scanned before: a [`ScanCache`] trusts
+/// what it read of a generation.
 #[derive(Debug, Default)]
-pub struct Durable(Mutex<Option<(u64, u64)>>);
+pub struct Durable(Mutex<(Option<(u64, u64)>, u64)>);
 
 impl Durable {
     /// The bound.
     pub fn get(&self) -> Option<(u64, u64)> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
     fn set(&self, gen: u64, end: u64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((gen, end));
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = Some((gen, end));
+        g.1 = g.1.max(gen);
+    }
+
+    /// The newest generation a writer sharing this has made or started from.
+    fn max_gen(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 }
 
@@ -238,7 +250,8 @@ pub struct Segment {
 /// 25 ms); re-reading each 2 MiB segment and re-checking the CRC32C of every record in it was
 /// the largest cost of its thread (a third of a CPU at 50 clients). Safe to trust: records are
 /// never changed once written (a writer only appends, after the last record it made durable,
-/// and a generation is never reused), and applying a record reads and checks it again
+/// and a generation is never reused by the writers of the handles sharing a [`Durable`]), and
+/// applying a record reads and checks it again
 /// ([`Record::read`]).
 #[derive(Debug, Default)]
 pub struct ScanCache(Mutex<std::collections::HashMap<u64, Scanned>>);
@@ -458,7 +471,9 @@ impl Writer {
             .rev()
             .find(|s| s.live)
             .map_or((0, 0), |s| (s.gen, s.end));
-        let max_gen = segs.last().map_or(0, |s| s.gen);
+        // Never a generation an earlier writer of these handles made (and their scans may
+        // have cached), even if its segment is gone.
+        let max_gen = segs.last().map_or(0, |s| s.gen).max(shared.max_gen());
         shared.set(prev.0, prev.1);
         Ok(Writer {
             wal: wal.to_path_buf(),
