@@ -133,6 +133,7 @@ fn spawn_applier(image: Arc<Mutex<ImageDir>>) -> std::io::Result<Sender<()>> {
 
 fn run_applier(image: &Mutex<ImageDir>, rx: &Receiver<()>) {
     let mut last = Instant::now();
+    let mut failing = None;
     while rx.recv().is_ok() {
         let due = last + APPLY_EVERY;
         let now = Instant::now();
@@ -141,14 +142,30 @@ fn run_applier(image: &Mutex<ImageDir>, rx: &Receiver<()>) {
         }
         while rx.try_recv().is_ok() {}
         last = Instant::now();
-        apply(image);
+        apply(image, &mut failing);
     }
-    apply(image);
+    apply(image, &mut failing);
 }
 
-fn apply(image: &Mutex<ImageDir>) {
-    if let Err(e) = lock(image).apply_pending() {
-        eprintln!("hotspare: applying the image's log to its data files: {e} (tried again)");
+/// One batch. A failure is reported when it starts or changes (it is tried again every batch,
+/// 40 times a second under load: a full disk must not flood the program's stderr), and its
+/// end once a batch applies again.
+fn apply(image: &Mutex<ImageDir>, failing: &mut Option<String>) {
+    // The lock is not held while reporting (stderr may block).
+    let r = lock(image).apply_pending();
+    match r {
+        Err(e) => {
+            let e = e.to_string();
+            if failing.as_ref() != Some(&e) {
+                eprintln!("hotspare: applying the image's log to its data files: {e} (tried again at every batch; the checkpoints stay durable in the log)");
+                *failing = Some(e);
+            }
+        }
+        Ok(seq) => {
+            if failing.take().is_some() {
+                eprintln!("hotspare: the image's log applies again (image at checkpoint {seq})");
+            }
+        }
     }
 }
 
