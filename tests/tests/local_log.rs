@@ -117,7 +117,7 @@ fn a_resume_that_cannot_apply_a_durable_checkpoint_refuses_and_keeps_it() {
             .iter()
             .map(|r| RangeEntry {
                 complete: false,
-                ..r.clone()
+                ..*r
             })
             .collect(),
         ..m.clone()
@@ -201,13 +201,12 @@ fn conn(addr: SocketAddr) -> std::io::Result<RespConn> {
 /// Waits until the server at `addr` answers a PING.
 fn wait_up(addr: SocketAddr, kv: &mut Killed, log: &Path) -> RespConn {
     let t = Instant::now();
-    let mut last = String::new();
     loop {
-        match conn(addr).and_then(|mut c| c.cmd(&["PING"]).map(|r| (c, r))) {
+        let last = match conn(addr).and_then(|mut c| c.cmd(&["PING"]).map(|r| (c, r))) {
             Ok((c, Reply::Simple(_))) => return c,
-            Ok((_, r)) => last = format!("{r:?}"),
-            Err(e) => last = e.to_string(),
-        }
+            Ok((_, r)) => format!("{r:?}"),
+            Err(e) => e.to_string(),
+        };
         if let Some(st) = kv.0.try_wait().unwrap() {
             panic!(
                 "hotspare-kv ended ({st}): {}",
