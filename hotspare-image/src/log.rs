@@ -375,12 +375,23 @@ pub fn scan(wal: &Path, durable: Option<(u64, u64)>) -> Result<Vec<Segment>, Ima
     scan_cached(wal, durable, &ScanCache::default())
 }
 
-/// [`scan`], reading only what was appended since the scans that filled `cache`.
+/// [`scan`], reading only what was appended since the scans that filled `cache`. Only under a
+/// writer's durable bound: what a scan without one reads may be records whose flush has not
+/// returned yet, which a failed flush then zeros (they never count), so such a scan reads
+/// everything again.
 pub fn scan_cached(
     wal: &Path,
     durable: Option<(u64, u64)>,
     cache: &ScanCache,
 ) -> Result<Vec<Segment>, ImageError> {
+    let unbounded;
+    let cache = match durable {
+        Some(_) => cache,
+        None => {
+            unbounded = ScanCache::default();
+            &unbounded
+        }
+    };
     let files = segment_files(wal)?;
     cache.keep_only(&files.iter().map(|(g, _)| *g).collect::<Vec<_>>());
     let mut out: Vec<Segment> = Vec::with_capacity(files.len());
@@ -695,6 +706,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Guards against a scan without a durable bound (a handle that does not share the
+    /// writer's, e.g. one made by `ImageDir::attach`) that trusts what it read before: a record
+    /// appended but not flushed, read by such a scan, is then zeroed by a failed flush and must
+    /// not be found by the next scan, as a fresh one does not find it.
+    #[test]
+    fn an_unbounded_scan_does_not_keep_a_record_whose_flush_failed() {
+        let t = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(t.path(), Arc::default()).unwrap();
+        let cache = ScanCache::default();
+        let n = |segs: Vec<Segment>| segs.iter().map(|s| s.records.len()).sum::<usize>();
+        w.append(1, [1; 16], b"one").unwrap();
+        w.flush().unwrap();
+        w.append(2, [1; 16], b"two").unwrap();
+        assert_eq!(n(scan_cached(t.path(), None, &cache).unwrap()), 2);
+        // As a failed flush does.
+        w.abandon();
+        assert_eq!(n(scan(t.path(), None).unwrap()), 1);
+        assert_eq!(n(scan_cached(t.path(), None, &cache).unwrap()), 1);
     }
 
     /// Guards against records whose flush failed counting after all: they reached the disk
