@@ -280,6 +280,18 @@ pub enum ImageError {
         #[source]
         source: Box<ImageError>,
     },
+    /// A checkpoint newer than the image is durable (a client may have been told so) but could
+    /// not be applied when the directory was opened (the reason was reported then; usually a
+    /// full disk): resuming from the image would lose it.
+    #[error("{}: checkpoint {seq} is durable but could not be applied to the image (the reason is reported above; a full disk?): not resuming from checkpoint {have}, which would lose it; free space or repair the disk, then resume again", path.display())]
+    Unapplied {
+        /// The image directory.
+        path: PathBuf,
+        /// The newest durable checkpoint.
+        seq: u64,
+        /// The image's.
+        have: u64,
+    },
     /// A data file does not match its checksums.
     #[error("{}: damaged: {what}", path.display())]
     Damaged {

@@ -93,17 +93,29 @@ impl Record {
 /// segment newer than `.0`, or at or beyond `.1` in segment `.0`, are not (yet) durable and
 /// must not be applied. Shared by the handles of one process ([`crate::ImageDir::attach_shared`]);
 /// `None`: no writer in this process, everything found on disk counts.
+///
+/// It also remembers the newest generation any writer sharing it has made, so that a writer
+/// started again after the log was deleted (a primary's `commit_wal`, `start_own_log`) never
+/// makes a segment of a generation these handles have scanned before: a [`ScanCache`] trusts
+/// what it read of a generation.
 #[derive(Debug, Default)]
-pub struct Durable(Mutex<Option<(u64, u64)>>);
+pub struct Durable(Mutex<(Option<(u64, u64)>, u64)>);
 
 impl Durable {
     /// The bound.
     pub fn get(&self) -> Option<(u64, u64)> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
     fn set(&self, gen: u64, end: u64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((gen, end));
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = Some((gen, end));
+        g.1 = g.1.max(gen);
+    }
+
+    /// The newest generation a writer sharing this has made or started from.
+    fn max_gen(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 }
 
@@ -238,7 +250,8 @@ pub struct Segment {
 /// 25 ms); re-reading each 2 MiB segment and re-checking the CRC32C of every record in it was
 /// the largest cost of its thread (a third of a CPU at 50 clients). Safe to trust: records are
 /// never changed once written (a writer only appends, after the last record it made durable,
-/// and a generation is never reused), and applying a record reads and checks it again
+/// and a generation is never reused by the writers of the handles sharing a [`Durable`]), and
+/// applying a record reads and checks it again
 /// ([`Record::read`]).
 #[derive(Debug, Default)]
 pub struct ScanCache(Mutex<std::collections::HashMap<u64, Scanned>>);
@@ -362,12 +375,23 @@ pub fn scan(wal: &Path, durable: Option<(u64, u64)>) -> Result<Vec<Segment>, Ima
     scan_cached(wal, durable, &ScanCache::default())
 }
 
-/// [`scan`], reading only what was appended since the scans that filled `cache`.
+/// [`scan`], reading only what was appended since the scans that filled `cache`. Only under a
+/// writer's durable bound: what a scan without one reads may be records whose flush has not
+/// returned yet, which a failed flush then zeros (they never count), so such a scan reads
+/// everything again.
 pub fn scan_cached(
     wal: &Path,
     durable: Option<(u64, u64)>,
     cache: &ScanCache,
 ) -> Result<Vec<Segment>, ImageError> {
+    let unbounded;
+    let cache = match durable {
+        Some(_) => cache,
+        None => {
+            unbounded = ScanCache::default();
+            &unbounded
+        }
+    };
     let files = segment_files(wal)?;
     cache.keep_only(&files.iter().map(|(g, _)| *g).collect::<Vec<_>>());
     let mut out: Vec<Segment> = Vec::with_capacity(files.len());
@@ -458,7 +482,9 @@ impl Writer {
             .rev()
             .find(|s| s.live)
             .map_or((0, 0), |s| (s.gen, s.end));
-        let max_gen = segs.last().map_or(0, |s| s.gen);
+        // Never a generation an earlier writer of these handles made (and their scans may
+        // have cached), even if its segment is gone.
+        let max_gen = segs.last().map_or(0, |s| s.gen).max(shared.max_gen());
         shared.set(prev.0, prev.1);
         Ok(Writer {
             wal: wal.to_path_buf(),
@@ -680,6 +706,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Guards against a scan without a durable bound (a handle that does not share the
+    /// writer's, e.g. one made by `ImageDir::attach`) that trusts what it read before: a record
+    /// appended but not flushed, read by such a scan, is then zeroed by a failed flush and must
+    /// not be found by the next scan, as a fresh one does not find it.
+    #[test]
+    fn an_unbounded_scan_does_not_keep_a_record_whose_flush_failed() {
+        let t = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(t.path(), Arc::default()).unwrap();
+        let cache = ScanCache::default();
+        let n = |segs: Vec<Segment>| segs.iter().map(|s| s.records.len()).sum::<usize>();
+        w.append(1, [1; 16], b"one").unwrap();
+        w.flush().unwrap();
+        w.append(2, [1; 16], b"two").unwrap();
+        assert_eq!(n(scan_cached(t.path(), None, &cache).unwrap()), 2);
+        // As a failed flush does.
+        w.abandon();
+        assert_eq!(n(scan(t.path(), None).unwrap()), 1);
+        assert_eq!(n(scan_cached(t.path(), None, &cache).unwrap()), 1);
     }
 
     /// Guards against records whose flush failed counting after all: they reached the disk

@@ -306,3 +306,50 @@ fn a_primarys_own_log_recovers_every_committed_stream_and_refuses_one_that_does_
     drop((log, dir));
     assert_at(t.path(), 10, "applied");
 }
+
+/// Writes `bytes` as the spool `wal/<seq>.tmp` of `dir`.
+fn spool(dir: &ImageDir, seq: u64, bytes: &[u8]) {
+    let (p, mut f) = dir.create_wal(seq).unwrap();
+    std::io::Write::write_all(&mut f, bytes).unwrap();
+    drop((p, f));
+}
+
+/// Guards against an acknowledged record that the applier never sees, and that the next
+/// `commit_wal` then deletes with the log: the primary's path (checkpoint/local.rs) applies the
+/// log, lets its writer go and commits a stream as a file; when that `commit_wal` fails before
+/// the stream is durable (an `fsync` or `rename` that fails; here its spool is missing) the log
+/// it deleted is started again. Its first segment must not be taken, by the applier's scans,
+/// for the one of the same generation and header it read before the delete.
+#[test]
+fn a_log_started_again_after_a_failed_commit_is_applied_and_never_lost() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = ImageDir::open(t.path()).unwrap();
+    // As LocalImage: `dir` validates and holds the lock, `image` applies and commits.
+    let mut image = dir.attach_shared().unwrap();
+    spool(&dir, 1, &stream(0x11, 1, 0));
+    image.commit_wal(1, None).unwrap();
+    let mut log = image.start_own_log().unwrap().expect("not ahead");
+    for seq in 2..=3 {
+        log.commit(&dir, seq, &stream(0x11, seq, seq - 1)).unwrap();
+    }
+    assert_eq!(image.apply_pending().unwrap(), 3);
+    // A stream that goes as a file: the log applied, its writer let go; the commit fails.
+    assert_eq!(image.apply_pending().unwrap(), 3);
+    drop(log);
+    image.commit_wal(4, None).unwrap_err();
+    let mut log = image.start_own_log().unwrap().expect("not ahead");
+    // Checkpoint 4 made durable in the log (acknowledged to the program's clients).
+    log.commit(&dir, 4, &stream(0x11, 4, 3)).unwrap();
+    assert_eq!(
+        image.apply_pending().unwrap(),
+        4,
+        "the applier applies the record of the log started again"
+    );
+    // The next stream that goes as a file: what the log holds is applied first.
+    assert_eq!(image.apply_pending().unwrap(), 4);
+    drop(log);
+    spool(&dir, 5, &stream(0x11, 5, 4));
+    image.commit_wal(5, None).unwrap();
+    drop((image, dir));
+    assert_at(t.path(), 5, "checkpoints 4 (logged) and 5 (a file)");
+}

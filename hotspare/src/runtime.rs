@@ -323,6 +323,21 @@ fn resume(
     })?;
     let identified = t0.elapsed();
     let image = ImageDir::open_existing(&dir)?;
+    // A newer checkpoint is durable but could not be applied by the open's recovery (a
+    // primary without a spare reports small checkpoints durable before it applies them):
+    // resuming from the manifest would go back behind it, and the first checkpoint of this
+    // incarnation would supersede it for good.
+    if let Some(t) = image
+        .tip()
+        .filter(|t| image.lineage() != Some(t.lineage) || t.seq > image.seq())
+    {
+        return Err(ImageError::Unapplied {
+            path: dir,
+            seq: t.seq,
+            have: image.seq(),
+        }
+        .into());
+    }
     let opened = t0.elapsed();
     let m = image
         .manifest()
