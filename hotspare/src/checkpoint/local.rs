@@ -172,41 +172,21 @@ fn apply(image: &Mutex<ImageDir>, failing: &mut Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{write_stream, Begin, RangeEntry, Run, FORMAT_VERSION};
     use std::path::Path;
 
     const ADDR: u64 = 0x7000_0000_0000;
     const PAGE: usize = 4096;
     /// 1 MiB: a full stream is over RECORD_MAX, a one-page delta is not.
-    const PAGES: usize = 256;
+    const PAGES: usize = super::model::PAGES;
 
     /// Checkpoint `seq`: every page filled with `seq` when full (`base` 0), else page `seq`.
     fn stream(exe: &ExeId, seq: u64, base: u64) -> Vec<u8> {
-        let begin = Begin {
-            format_version: FORMAT_VERSION,
-            lineage: [0x11; 16],
-            term: 1,
-            seq,
-            base_seq: base,
-            exe_id: exe.0,
-            page_size: PAGE as u32,
-            ranges: vec![RangeEntry {
-                addr: ADDR,
-                len: (PAGES * PAGE) as u64,
-                complete: base == 0,
-            }],
-            meta: Vec::new(),
-        };
-        let mut out = Vec::new();
-        if base == 0 {
-            let mem = vec![seq as u8; PAGES * PAGE];
-            write_stream(&mut out, &begin, [Run::Data(ADDR, &mem)]).unwrap();
+        let pages: Vec<usize> = if base == 0 {
+            (0..PAGES).collect()
         } else {
-            let pg = vec![seq as u8; PAGE];
-            let at = ADDR + (seq as usize % PAGES * PAGE) as u64;
-            write_stream(&mut out, &begin, [Run::Data(at, &pg)]).unwrap();
-        }
-        out
+            vec![seq as usize % PAGES]
+        };
+        super::model::stream_of(exe, [0x11; 16], ADDR, seq, base, &pages)
     }
 
     fn spools(root: &Path) -> Vec<String> {
@@ -277,28 +257,40 @@ mod model {
     const ADDR: u64 = 0x7100_0000_0000;
     const PAGE: usize = 4096;
     /// 1 MiB: a full stream, or a delta of most pages, is over RECORD_MAX.
-    const PAGES: usize = 256;
+    pub(super) const PAGES: usize = 256;
 
     /// Checkpoint `seq` on top of `base` (0: full, every page not in `pages` zeros) writing
     /// `pages` with `seq`'s byte.
     fn stream(exe: &ExeId, seq: u64, base: u64, pages: &[usize]) -> Vec<u8> {
+        stream_of(exe, [0x22; 16], ADDR, seq, base, pages)
+    }
+
+    /// [`stream`] of a lineage, for a range of [`PAGES`] pages at `addr`.
+    pub(super) fn stream_of(
+        exe: &ExeId,
+        lineage: [u8; 16],
+        addr: u64,
+        seq: u64,
+        base: u64,
+        pages: &[usize],
+    ) -> Vec<u8> {
         let begin = Begin {
             format_version: FORMAT_VERSION,
-            lineage: [0x22; 16],
+            lineage,
             term: 1,
             seq,
             base_seq: base,
             exe_id: exe.0,
             page_size: PAGE as u32,
             ranges: vec![RangeEntry {
-                addr: ADDR,
+                addr,
                 len: (PAGES * PAGE) as u64,
                 complete: base == 0,
             }],
             meta: Vec::new(),
         };
         let pg = vec![seq as u8; PAGE];
-        let at = |p: usize| ADDR + (p * PAGE) as u64;
+        let at = |p: usize| addr + (p * PAGE) as u64;
         let runs = (0..PAGES).filter_map(|p| {
             if pages.contains(&p) {
                 Some(Run::Data(at(p), &pg))
