@@ -7,18 +7,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const WORDS: usize = 1 << 20; // 8 MiB of u64
 
-/// Takes a last checkpoint, waits for it, and checks the image's data file against memory
-/// byte for byte. Bytes 16..24 are the allocator's lock word, which every capture holds (and
-/// resume treats as stale): the image has it taken, memory has it free.
+/// Takes a last checkpoint, waits for it, and checks the image as a resume would find it
+/// against memory byte for byte: a copy of the directory, opened (so that recovery applies what
+/// the log holds: a durable checkpoint may not be in the data files yet). Bytes 16..24 are the
+/// allocator's lock word, which every capture holds (and resume treats as stale): the image has
+/// it taken, memory has it free. The copy's directory is kept with the returned handle.
 fn final_image_matches_memory(
     hs: &HotSpare,
     img: &std::path::Path,
     base: usize,
     what: &str,
-) -> hotspare_image::ImageDir {
+) -> (hotspare_image::ImageDir, tempfile::TempDir) {
     let st = hs.cpt().unwrap();
     hs.wait_durable(st.seq).unwrap();
-    let image = hotspare_image::ImageDir::open_read_only(img).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(img, copy.path());
+    let image = hotspare_image::ImageDir::open(copy.path()).unwrap();
+    assert_eq!(image.seq(), st.seq, "{what}: the last durable checkpoint");
     let data = std::fs::read(image.data_path(base as u64, 16 << 20)).unwrap();
     // SAFETY: the heap is mapped for its whole size and nothing writes it any more.
     let mem = unsafe { std::slice::from_raw_parts(base as *const u8, 16 << 20) };
@@ -31,7 +36,21 @@ fn final_image_matches_memory(
         first_diff, None,
         "{what}: image differs from memory at heap offset {first_diff:?}"
     );
-    image
+    (image, copy)
+}
+
+/// Copies a directory tree (the image directory of a live process: its lock file too).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
 }
 
 fn run(strategy: Strategy, base: usize) {
@@ -78,7 +97,7 @@ fn run(strategy: Strategy, base: usize) {
         }
         assert!(n >= 2, "only {n} checkpoints ran during the writes");
     });
-    let image =
+    let (image, _copy) =
         final_image_matches_memory(&hs, &t.path().join("img"), base, &format!("{strategy:?}"));
     assert_eq!(image.verify_data().unwrap(), 4096);
 }

@@ -95,16 +95,21 @@ fn routing_alignment_threads_and_captures() {
     }
     let first = GlobalHeap::check().unwrap();
     let stop = AtomicBool::new(false);
+    let done_checks = std::sync::atomic::AtomicUsize::new(0);
     let mut checks = 0;
     std::thread::scope(|s| {
-        let stop = &stop;
+        let (stop, done_checks) = (&stop, &done_checks);
+        // Six waves at least, and more (up to 60) until a dozen checks and their captures
+        // have run during the churn, however fast the machine runs the waves.
         let churn = s.spawn(move || {
-            for wave in 0..6u64 {
+            let mut wave = 0u64;
+            while wave < 6 || (done_checks.load(Ordering::SeqCst) < 12 && wave < 60) {
                 std::thread::scope(|w| {
                     for t in 0..6u64 {
                         w.spawn(move || worker(wave * 100 + t, 4000));
                     }
                 });
+                wave += 1;
             }
             stop.store(true, Ordering::SeqCst);
         });
@@ -112,6 +117,7 @@ fn routing_alignment_threads_and_captures() {
             let st = GlobalHeap::check().unwrap_or_else(|e| panic!("allocator inconsistent: {e}"));
             assert!(st.slots_owned >= 1);
             checks += 1;
+            done_checks.store(checks, Ordering::SeqCst);
             if checks % 4 == 0 {
                 let c = hs.cpt().unwrap();
                 hs.wait_durable(c.seq).unwrap();
@@ -122,7 +128,7 @@ fn routing_alignment_threads_and_captures() {
     });
     let last = GlobalHeap::check().unwrap();
     assert!(checks > 10, "only {checks} checks ran during the churn");
-    // Six waves of six threads: slots were released at thread exit and reused, not one per
+    // Waves of six threads: slots were released at thread exit and reused, not one per
     // thread ever started (the main thread, the churn thread, six workers, and a few spare).
     assert!(
         last.slots_used <= first.slots_used + 10,
