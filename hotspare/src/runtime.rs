@@ -409,9 +409,11 @@ fn resume(
         seq,
         restore_time: t0.elapsed(),
     };
-    // Stamped (`HOTSPARE_LOG_TIME=1`) like the spare's lines, so that a takeover can be timed
-    // phase by phase from `exec` to serving.
-    crate::replica::log::line(
+    // Only when timing a takeover (`HOTSPARE_LOG_TIME=1`, stamped like the spare's lines), to
+    // time it phase by phase from `exec` to serving: a resume the program then refuses (another
+    // root type) must print one line, the refusal.
+    if crate::replica::log::stamped() {
+        crate::replica::log::line(
         "hotspare",
         format!(
             "resumed checkpoint {seq} in {:.1} ms (the executable's identity {:.1} ms, {}; opening the image {:.1} ms)",
@@ -424,7 +426,8 @@ fn resume(
             },
             (opened - identified).as_secs_f64() * 1e3,
         ),
-    );
+        );
+    }
     Ok(HotSpare {
         inner: Arc::new(Inner {
             config: b.config,

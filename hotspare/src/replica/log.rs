@@ -142,7 +142,7 @@ pub(crate) fn line(prefix: &str, msg: impl std::fmt::Display) {
 
 /// `HOTSPARE_LOG_TIME=1`: each line starts with the wall-clock time (seconds.milliseconds
 /// since 1970), for timing a failover from the logs of both machines.
-fn stamped() -> bool {
+pub(crate) fn stamped() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("HOTSPARE_LOG_TIME").is_some_and(|v| v == "1"))
 }
