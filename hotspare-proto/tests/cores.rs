@@ -2657,65 +2657,6 @@ fn i_the_spare_takes_over_when_the_primary_hands_over_not_before() {
     assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 5)));
 }
 
-/// Guards against a switchover that waits for the final checkpoint's apply before it claims
-/// the term (the two are independent; waiting made the pause their sum), and against one that
-/// takes over before that apply is done (the program would resume without its final writes).
-#[test]
-fn i_after_a_hand_over_the_term_is_saved_while_the_final_checkpoint_is_applied() {
-    let (c, term) = (ConnId(1), 1);
-    let mut s = spare_with_image(spare_cfg(false), OLD, 5, term, at(0));
-    connect(&mut s, at(1), c, term, OLD);
-    let last = at(GRACE_MS + 100);
-    s.handle_msg(last, c, term, Msg::Heartbeat { id: 1, seq: 5 });
-    drain(&mut s);
-    // The final checkpoint: durable (acknowledged), its apply running.
-    let out = stream(&mut s, last, c, term, header(6, 5));
-    for op in disk_ops(&out) {
-        match op {
-            DiskOp::Persist { seq, .. } => {
-                s.handle_disk(last, DiskDone::Verified { seq });
-                s.handle_disk(
-                    last,
-                    DiskDone::Persisted {
-                        seq,
-                        result: Ok(tip(OLD, seq, term)),
-                    },
-                );
-            }
-            _ => s.handle_disk(last, DiskDone::Discarded),
-        }
-    }
-    let out = drain(&mut s);
-    assert!(
-        sent(&out, c).contains(&(term, Msg::Ack { seq: 6 })),
-        "{out:?}"
-    );
-    assert_eq!(disk_ops(&out), vec![DiskOp::Apply]);
-    s.handle_msg(last + ms(1), c, term, Msg::HandedOver { seq: 6 });
-    let out = drain(&mut s);
-    assert_eq!(disk_ops(&out), vec![DiskOp::SaveTerm(term + 1)], "{out:?}");
-    s.handle_disk(
-        last + ms(2),
-        DiskDone::TermSaved {
-            term: term + 1,
-            result: Ok(()),
-        },
-    );
-    s.handle_timeout(last + ms(3));
-    assert_eq!(
-        takeover(&drain(&mut s)),
-        None,
-        "taken over before the apply"
-    );
-    // The apply fails: retried, and still no takeover until it succeeds.
-    s.handle_disk(last + ms(4), DiskDone::Applied(Err("EIO".into())));
-    assert_eq!(takeover(&drain(&mut s)), None);
-    s.handle_timeout(last + ms(4) + ms(10));
-    assert_eq!(disk_ops(&drain(&mut s)), vec![DiskOp::Apply]);
-    s.handle_disk(last + ms(20), DiskDone::Applied(Ok(6)));
-    assert_eq!(takeover(&drain(&mut s)), Some((term + 1, 6)));
-}
-
 // ---------------------------------------------------------------------------------------------
 // j. Output commit
 // ---------------------------------------------------------------------------------------------

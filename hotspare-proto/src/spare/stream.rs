@@ -236,7 +236,6 @@ impl Spare {
             }
             DiskDone::Discarded => {}
         }
-        self.finish_takeover(now);
     }
 
     /// The stream of `seq` is validated (not yet durable): a primary that asked for

@@ -38,29 +38,15 @@ impl Spare {
                 self.admitting = Some(a);
             }
         }
-        self.finish_takeover(now);
-    }
-
-    /// Takes over once the takeover term is saved, the disk idle and every durable checkpoint
-    /// applied. After a hand-over the term is claimed while the final checkpoint is still being
-    /// applied (so the two overlap: the apply was 9–15 ms of a switchover's pause, the claim and
-    /// the term's `fsync` 6–8 ms); otherwise both are already true when the term is saved.
-    pub(super) fn finish_takeover(&mut self, now: Time) {
-        let Some(term) = self.taking_over else { return };
-        if self.taken_over
-            || self.saved_term < term
-            || self.disk_outstanding != 0
-            || self.applied_upto != self.persisted
-        {
-            return;
+        if self.taking_over == Some(term) {
+            self.taken_over = true;
+            let silent = self.last_grant.map_or(Duration::ZERO, |g| now.since(g));
+            self.out.push_back(Output::TakeOver {
+                term,
+                seq: self.applied,
+                silent,
+            });
         }
-        self.taken_over = true;
-        let silent = self.last_grant.map_or(Duration::ZERO, |g| now.since(g));
-        self.out.push_back(Output::TakeOver {
-            term,
-            seq: self.applied,
-            silent,
-        });
     }
 
     /// Timers: apply retries, and the takeover decision.
@@ -85,16 +71,13 @@ impl Spare {
             || self
                 .last_grant
                 .is_none_or(|g| now >= g + self.cfg.detection);
-        // A primary that handed over sends nothing more, so the disk work left is its final
-        // checkpoint's apply (and the discard of a stream it had begun): the takeover term is
-        // claimed and saved meanwhile, and the takeover itself waits for the disk
-        // ([`Spare::finish_takeover`]).
         let ready = quiet_enough
             && now >= self.hold_until
             && (handed_over || now >= self.claim_hold_until)
             && self.adopting.is_none()
             && self.admitting.is_none()
-            && (handed_over || (self.disk_outstanding == 0 && self.applied_upto == self.persisted));
+            && self.disk_outstanding == 0
+            && self.applied_upto == self.persisted;
         if !ready {
             return;
         }
