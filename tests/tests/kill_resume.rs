@@ -78,13 +78,7 @@ fn trial(rng: &mut fastrand::Rng, env: &[(&str, &str)]) -> u64 {
         "resume failed: {}\n{stderr}",
         out.status
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESUMED "))
-        .unwrap_or_else(|| panic!("no RESUMED: {stdout} {stderr}"));
-    let mut f = line.split(' ').skip(1);
-    let ops: u64 = f.next().unwrap().parse().unwrap();
-    let digest: u32 = f.next().unwrap().parse().unwrap();
+    let (ops, digest) = util::resumed_line(&stdout, &stderr);
     assert_eq!(
         ops % k,
         0,

@@ -52,13 +52,7 @@ fn resume(dir: &Path, log: &Path, seed: u64, k: u64) -> Option<u64> {
     if !out.status.success() {
         return None;
     }
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESUMED "))
-        .unwrap_or_else(|| panic!("no RESUMED: {stdout}"));
-    let mut f = line.split(' ').skip(1);
-    let ops: u64 = f.next().unwrap().parse().unwrap();
-    let digest: u32 = f.next().unwrap().parse().unwrap();
+    let (ops, digest) = util::resumed_line(&stdout, "");
     assert_eq!(digest, model::digest_after(seed, ops), "state after {ops}");
     Some(ops)
 }
